@@ -1,0 +1,217 @@
+"""LoRA adapter files: read them safely and check that they fit a base.
+
+An adapter on disk is the PEFT layout: ``adapter_config.json`` plus ``adapter_model.safetensors``.
+Safetensors only: pickled weights (``.bin``, ``.pt``) are refused everywhere, because loading a
+pickle runs code. Weights are checked for shapes, dtypes and non-finite values before anything
+uses them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from adapterhub.errors import IncompatibleAdapterError, UnsafeAdapterError
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+MAX_RANK = 256
+MAX_WEIGHTS_BYTES = 512 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class LoraLimits:
+    """What an adapter may be at most; over it is refused with the limit in the message."""
+
+    max_rank: int = MAX_RANK
+    max_weights_bytes: int = MAX_WEIGHTS_BYTES
+
+
+@dataclass(frozen=True)
+class LoraAdapter:
+    """A LoRA adapter in memory.
+
+    ``tensors`` are keyed as PEFT saves them, e.g.
+    ``base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`` ([r, in]) and
+    ``...lora_B.weight`` ([out, r]). ``extra_tensors`` holds anything else saved beside them
+    (a reward model's score head, for instance).
+    """
+
+    config: Mapping[str, Any]
+    tensors: Mapping[str, Any] = field(repr=False)
+    extra_tensors: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    ref: str = ""
+
+    @property
+    def r(self) -> int:
+        return int(self.config["r"])
+
+    @property
+    def alpha(self) -> float:
+        return float(self.config.get("lora_alpha", self.r))
+
+    @property
+    def scaling(self) -> float:
+        """The factor on B @ A: alpha / r, or alpha / sqrt(r) with rsLoRA."""
+        if self.config.get("use_rslora"):
+            return self.alpha / math.sqrt(self.r)
+        return self.alpha / self.r
+
+    @property
+    def target_modules(self) -> tuple[str, ...]:
+        return tuple(sorted({name.rsplit(".", 1)[-1] for name in self.pairs()}))
+
+    def pairs(self) -> dict[str, tuple[Any, Any]]:
+        """Per module path in the base model (``model.layers.0.self_attn.q_proj``): (A, B)."""
+        pairs: dict[str, tuple[Any, Any]] = {}
+        for key, tensor in self.tensors.items():
+            if ".lora_A." not in key:
+                continue
+            module = _module_path(key.split(".lora_A.")[0])
+            pairs[module] = (tensor, self.tensors[key.replace(".lora_A.", ".lora_B.")])
+        return pairs
+
+    @property
+    def num_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+
+def _module_path(peft_prefix: str) -> str:
+    # PEFT prefixes keys with "base_model.model." (the PeftModel's wrapper around the base).
+    return peft_prefix.removeprefix("base_model.model.")
+
+
+def refuse_pickles(filenames: list[str], *, where: str) -> None:
+    """Raise if any file is a pickle format; say how to convert it.
+
+    Raises:
+        UnsafeAdapterError: names the offending files.
+    """
+    pickles = [n for n in filenames if n.lower().endswith(PICKLE_SUFFIXES)]
+    if pickles:
+        raise UnsafeAdapterError(
+            f"{where} has pickled weights {pickles!r}; pickles can run code when loaded, so only "
+            f"{WEIGHTS_FILE} is accepted. Convert with PEFT: "
+            "`PeftModel.from_pretrained(...).save_pretrained(dir, safe_serialization=True)`"
+        )
+
+
+def load_lora_bytes(
+    config_bytes: bytes,
+    weights_bytes: bytes,
+    *,
+    ref: str = "",
+    limits: LoraLimits = LoraLimits(),
+) -> LoraAdapter:
+    """Parse and validate an adapter from the bytes of its two files.
+
+    Raises:
+        UnsafeAdapterError: malformed config or weights, non-finite values, over the limits.
+    """
+    import torch
+    from safetensors.torch import load as load_safetensors
+
+    where = ref or "adapter"
+    try:
+        config = json.loads(config_bytes)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UnsafeAdapterError(f"{where}: {CONFIG_FILE} is not valid JSON ({e})") from e
+    if not isinstance(config, dict):
+        raise UnsafeAdapterError(f"{where}: {CONFIG_FILE} must be a JSON object, got {config!r:.80}")
+    peft_type = config.get("peft_type", "LORA")
+    if str(peft_type).upper() != "LORA":
+        raise UnsafeAdapterError(f"{where}: peft_type {peft_type!r} is not supported; only LORA is")
+    rank = config.get("r")
+    if not isinstance(rank, int) or rank < 1:
+        raise UnsafeAdapterError(f"{where}: {CONFIG_FILE} has r={rank!r}; it must be a whole number >= 1")
+    if rank > limits.max_rank:
+        raise UnsafeAdapterError(f"{where}: rank r={rank} is over the limit of {limits.max_rank}")
+    if len(weights_bytes) > limits.max_weights_bytes:
+        raise UnsafeAdapterError(
+            f"{where}: {WEIGHTS_FILE} is {len(weights_bytes)} bytes, over the limit of "
+            f"{limits.max_weights_bytes}"
+        )
+    try:
+        tensors = load_safetensors(weights_bytes)
+    except Exception as e:  # safetensors raises its own error type for bad headers
+        raise UnsafeAdapterError(
+            f"{where}: {WEIGHTS_FILE} is not a valid safetensors file ({e}); re-save it with PEFT"
+        ) from e
+
+    lora: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for key, tensor in tensors.items():
+        if not tensor.is_floating_point():
+            raise UnsafeAdapterError(f"{where}: tensor {key!r} has dtype {tensor.dtype}; expected floats")
+        if not torch.isfinite(tensor).all():
+            raise UnsafeAdapterError(f"{where}: tensor {key!r} holds NaN or Inf values; retrain or re-export it")
+        (lora if (".lora_A." in key or ".lora_B." in key) else extra)[key] = tensor
+    if not lora:
+        raise UnsafeAdapterError(f"{where}: {WEIGHTS_FILE} holds no lora_A/lora_B tensors")
+    for key, a in lora.items():
+        if ".lora_A." not in key:
+            continue
+        b_key = key.replace(".lora_A.", ".lora_B.")
+        b = lora.get(b_key)
+        if b is None:
+            raise UnsafeAdapterError(f"{where}: {key!r} has no matching {b_key!r}")
+        if a.ndim != 2 or b.ndim != 2 or a.shape[0] != rank or b.shape[1] != rank:
+            raise UnsafeAdapterError(
+                f"{where}: {key!r} has shapes A={tuple(a.shape)} B={tuple(b.shape)}; "
+                f"expected A=[r, in] and B=[out, r] with r={rank}"
+            )
+    return LoraAdapter(config=config, tensors=lora, extra_tensors=extra, ref=ref)
+
+
+def load_lora_folder(path: Path | str, *, limits: LoraLimits = LoraLimits()) -> LoraAdapter:
+    """Read a PEFT adapter folder (safetensors only).
+
+    Raises:
+        UnsafeAdapterError: pickled weights, missing files, malformed contents.
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        raise UnsafeAdapterError(f"adapter folder {str(folder)!r} does not exist or is not a folder")
+    refuse_pickles([p.name for p in folder.iterdir()], where=str(folder))
+    missing = [n for n in (CONFIG_FILE, WEIGHTS_FILE) if not (folder / n).is_file()]
+    if missing:
+        raise UnsafeAdapterError(
+            f"adapter folder {str(folder)!r} lacks {missing!r}; a PEFT LoRA folder has "
+            f"{CONFIG_FILE} and {WEIGHTS_FILE}"
+        )
+    return load_lora_bytes(
+        (folder / CONFIG_FILE).read_bytes(), (folder / WEIGHTS_FILE).read_bytes(),
+        ref=str(folder), limits=limits,
+    )
+
+
+def check_fits(adapter: LoraAdapter, model: Any) -> None:
+    """Check every adapted module exists in ``model`` with matching in/out features.
+
+    Raises:
+        IncompatibleAdapterError: lists every module that is missing or mis-shaped.
+    """
+    modules = dict(model.named_modules())
+    problems = []
+    for path, (a, b) in adapter.pairs().items():
+        module = modules.get(path)
+        if module is None:
+            problems.append(f"module {path!r} does not exist in the base")
+            continue
+        in_f, out_f = getattr(module, "in_features", None), getattr(module, "out_features", None)
+        if (in_f, out_f) != (a.shape[1], b.shape[0]):
+            problems.append(
+                f"module {path!r} is {in_f}->{out_f} in the base but the adapter is "
+                f"{a.shape[1]}->{b.shape[0]}"
+            )
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise IncompatibleAdapterError(
+            f"adapter {adapter.ref or ''!s} does not fit this base: {shown}. "
+            "Was it trained on another base model?"
+        )

@@ -1,0 +1,161 @@
+"""``adapterhub.Hub``: the library's front door.
+
+One ``Hub`` is one hub home (``ADAPTERHUB_HOME``, default ``~/.adapterhub``): its current base, its
+registry, and — loaded lazily, once — the frozen base model itself. The CLI, the server and the TUI
+are thin layers over this class.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from adapterhub.adapters import CONFIG_FILE, WEIGHTS_FILE, check_fits, load_lora_folder
+from adapterhub.base import (
+    BaseInfo,
+    LoadedBase,
+    Progress,
+    load_base,
+    load_skeleton,
+    materialize_base,
+)
+from adapterhub.errors import BaseModelError, ConfigError
+from adapterhub.refs import validate_name
+from adapterhub.registry import Registry, Version
+
+if TYPE_CHECKING:
+    from adapterhub.engine.types import SamplingParams
+
+HOME_ENV = "ADAPTERHUB_HOME"
+_SETTINGS_FILE = "hub.json"
+
+
+def default_home() -> Path:
+    """``$ADAPTERHUB_HOME``, else ``~/.adapterhub``."""
+    return Path(os.environ.get(HOME_ENV) or Path.home() / ".adapterhub").expanduser()
+
+
+class Hub:
+    """One hub home: its base, its registry and the base model loaded once.
+
+    Args:
+        home: the hub home; ``$ADAPTERHUB_HOME`` or ``~/.adapterhub`` when None.
+        precision: how to load the base (``nf4``, ``int8``, ``bf16``, ``fp32``); the precision
+            chosen at ``init`` when None.
+    """
+
+    def __init__(self, home: Path | str | None = None, *, precision: str | None = None) -> None:
+        self.home = Path(home).expanduser() if home is not None else default_home()
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.registry = Registry(self.home)
+        self._precision = precision
+        self._base: LoadedBase | None = None
+
+    # ------------------------------------------------------------------ base
+
+    def init(
+        self,
+        base: str | None = None,
+        *,
+        precision: str = "nf4",
+        force: bool = False,
+        progress: Progress | None = None,
+    ) -> BaseInfo:
+        """Materialise a base into this home (once) and make it the current base."""
+        from adapterhub.base import PRECISIONS
+
+        if precision not in PRECISIONS:
+            raise ConfigError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+        info = materialize_base(self.home, base, force=force, progress=progress)
+        settings = {"base": str(info.path.relative_to(self.home)), "precision": precision}
+        (self.home / _SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
+        self._base = None
+        return info
+
+    def _settings(self) -> dict[str, str]:
+        try:
+            return dict(json.loads((self.home / _SETTINGS_FILE).read_text()))
+        except FileNotFoundError:
+            raise BaseModelError(
+                f"no base in {str(self.home)!r}; run `adapterhub init` first"
+            ) from None
+
+    @property
+    def base_info(self) -> BaseInfo:
+        """The current base (without loading it)."""
+        return BaseInfo.read(self.home / self._settings()["base"])
+
+    @property
+    def precision(self) -> str:
+        return self._precision or self._settings().get("precision", "nf4")
+
+    @property
+    def base(self) -> LoadedBase:
+        """The frozen base model, loaded on first use and kept."""
+        if self._base is None:
+            self._base = load_base(self.base_info.path, self.precision)
+        return self._base
+
+    # ------------------------------------------------------------------ registry
+
+    def import_adapter(self, path: Path | str, name: str) -> Version:
+        """Register a PEFT LoRA folder trained elsewhere as the next version of ``name``.
+
+        Checks that its target modules exist in the current base and their shapes match;
+        accepts safetensors only.
+        """
+        validate_name(name, field="adapter name")
+        folder = Path(path).expanduser()
+        adapter = load_lora_folder(folder)
+        info = self.base_info
+        check_fits(adapter, load_skeleton(info.path))
+        return self.registry.register(
+            name,
+            {CONFIG_FILE: folder / CONFIG_FILE, WEIGHTS_FILE: folder / WEIGHTS_FILE},
+            base_fingerprint=info.fingerprint,
+            template_hash=info.template_hash,
+            method="imported",
+            source={"path": str(folder.resolve())},
+            metrics={"r": adapter.r, "alpha": adapter.alpha, "target_modules": list(adapter.target_modules)},
+        )
+
+    def resolve(self, ref: str) -> Version:
+        return self.registry.resolve(ref)
+
+    def list(self, name: str | None = None) -> list[Version]:
+        return self.registry.list_versions(name)
+
+    def tag(self, ref: str, alias: str) -> Version:
+        return self.registry.tag(ref, alias)
+
+    def delete(self, ref: str, *, force: bool = False) -> list[Version]:
+        return self.registry.delete(ref, force=force)
+
+    # ------------------------------------------------------------------ generate
+
+    def generate(
+        self,
+        ref: str | None,
+        prompt: str | list[dict[str, str]],
+        sampling: SamplingParams | None = None,
+        **sampling_fields: Any,
+    ) -> str:
+        """One chat turn through the base's chat template, with adapter ``ref`` (None = base).
+
+        Args:
+            prompt: the user's message, or a whole list of chat messages.
+            sampling: sampling settings; or pass their fields as keywords
+                (``max_tokens=64, temperature=0``).
+        """
+        from adapterhub.engine.types import SamplingParams
+
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        sampling = sampling or SamplingParams(**sampling_fields)
+        return self._generate_once(ref, self.base.render_chat(messages), sampling)
+
+    def _generate_once(self, ref: str | None, prompt_ids: list[int], sampling: SamplingParams) -> str:
+        from adapterhub.engine.simple import generate_with_peft
+
+        return generate_with_peft(self, ref, prompt_ids, sampling)
