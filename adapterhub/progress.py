@@ -1,0 +1,66 @@
+"""Progress of long work, from one source: a callback that receives :class:`ProgressEvent` s.
+
+Training emits them; the CLI draws a bar, the TUI draws live curves, the server streams them.
+The same events are written as JSONL (``step_log.jsonl``) beside a trained version. Cancellation
+travels the other way, through a :class:`CancelToken` the worker checks between steps.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+EventKind = Literal["start", "step", "eval", "message", "done", "failed", "cancelled"]
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """One moment of a long run.
+
+    ``metrics`` carries the method's own numbers (DPO reward margin, GRPO reward mean, PPO KL …)
+    under stable names, so every consumer can plot them without knowing the method.
+    """
+
+    kind: EventKind
+    step: int = 0
+    total_steps: int = 0
+    loss: float | None = None
+    learning_rate: float | None = None
+    tokens_per_s: float | None = None
+    eta_s: float | None = None
+    epoch: float | None = None
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    message: str = ""
+    version_ref: str | None = None  # set on "done"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["metrics"] = dict(self.metrics)
+        return {k: v for k, v in data.items() if v not in (None, "", {})}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ProgressEvent:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+ProgressCallback = Callable[[ProgressEvent], None]
+
+
+def no_progress(_event: ProgressEvent) -> None:
+    """The callback that ignores everything."""
+
+
+class CancelToken:
+    """Thread-safe cancel flag that a long run checks between steps."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
