@@ -78,7 +78,9 @@ class HubServer:
         config = uvicorn.Config(self.app, log_level="warning", lifespan="on", access_log=False)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True,
+            target=self._server.run,
+            kwargs={"sockets": [self._sock]},
+            daemon=True,
             name=f"hubserver-{self.port}",
         )
 

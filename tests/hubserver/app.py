@@ -1,10 +1,10 @@
 """The HTTP side of the test Hub: the routes, headers and JSON shapes huggingface_hub 2.4 uses.
 
 Each route was written by reading the 2.4 client (``hf_api.py``, ``file_download.py``,
-``_commit_api.py``, ``utils/_http.py``); the client's own parsing is the contract. Routes are matched
-on the *raw* request path split at ``/`` with each segment unquoted afterwards, because the client
-quotes revisions and tree paths with ``safe=""`` (``refs%2Fpr%2F1``) and a router that decodes
-first would split them.
+``_commit_api.py``, ``utils/_http.py``); the client's own parsing is the contract. Routes are
+matched on the *raw* request path split at ``/`` with each segment unquoted afterwards, because
+the client quotes revisions and tree paths with ``safe=""`` (``refs%2Fpr%2F1``) and a router that
+decodes first would split them.
 
 Errors follow the Hub: a JSON body ``{"error": ...}``, ``X-Error-Message`` and, for not-found,
 ``X-Error-Code`` (``RepoNotFound``, ``RevisionNotFound``, ``EntryNotFound``) which the client turns
@@ -14,7 +14,8 @@ a 404 ``RepoNotFound`` (the real Hub sometimes says 401 here; the client maps bo
 ``RepositoryNotFoundError``). Handlers are synchronous (they run git) and run in a thread pool.
 
 Uploads are inline only: ``preupload`` answers ``regular`` for every file, so tests set
-``HF_HUB_DISABLE_XET=1`` and no LFS or Xet transfer is involved; an ``lfsFile`` commit line is a 400.
+``HF_HUB_DISABLE_XET=1`` and no LFS or Xet transfer is involved; an ``lfsFile`` commit line is a
+400.
 """
 
 from __future__ import annotations
@@ -90,7 +91,10 @@ class _Route:
 
 _ROUTES: list[_Route] = []
 _REPO = r"/api/(?P<type>models|datasets|spaces)/(?P<ns>[^/]+)/(?P<name>[^/]+)"
-_RESOLVE = r"(?:/(?P<type>datasets|spaces))?/(?P<ns>[^/]+)/(?P<name>[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)"
+_RESOLVE = (
+    r"(?:/(?P<type>datasets|spaces))?/(?P<ns>[^/]+)/(?P<name>[^/]+)"
+    r"/resolve/(?P<rev>[^/]+)/(?P<path>.+)"
+)
 
 
 def route(methods: str, pattern: str) -> Callable[[Handler], Handler]:
@@ -132,7 +136,9 @@ class HubApp:
                 if match and request.method in candidate.method:
                     call = Call(
                         method=request.method,
-                        parts={k: unquote(v) for k, v in match.groupdict().items() if v is not None},
+                        parts={
+                            k: unquote(v) for k, v in match.groupdict().items() if v is not None
+                        },
                         query=parse_qs(request.url.query, keep_blank_values=True),
                         headers={k.lower(): v for k, v in request.headers.items()},
                         body=await request.body(),
@@ -163,9 +169,7 @@ class HubApp:
         """The repo if the caller may read it, else 404 ``RepoNotFound`` (no existence leak)."""
         record = self.store.get(repo_type, repo_id)
         if record is None or (record.private and not _member(call.token, record.namespace)):
-            raise HubServerError(
-                404, "Repository not found", code="RepoNotFound"
-            )
+            raise HubServerError(404, "Repository not found", code="RepoNotFound")
         return record
 
     def writable(self, call: Call, repo_type: str, repo_id: str) -> tuple[RepoRecord, Token]:
@@ -265,8 +269,11 @@ def create_repo(app: HubApp, call: Call) -> Response:
         app.store.create(repo_type, repo_id, private=private, user=call.token.user.name)
     except HubServerError as e:
         if e.status == 409:
-            return JSONResponse({"error": e.message, "url": url}, status_code=409,
-                                headers={"X-Error-Message": e.message})
+            return JSONResponse(
+                {"error": e.message, "url": url},
+                status_code=409,
+                headers={"X-Error-Message": e.message},
+            )
         raise
     return JSONResponse({"url": url, "name": repo_id, "id": repo_id})
 
@@ -334,8 +341,9 @@ def validate_yaml(app: HubApp, call: Call) -> Response:
     try:
         _card_data(content.encode())
     except (yaml.YAMLError, ValueError) as e:
-        return JSONResponse({"errors": [{"message": f"Invalid YAML: {e}"}], "warnings": []},
-                            status_code=400)
+        return JSONResponse(
+            {"errors": [{"message": f"Invalid YAML: {e}"}], "warnings": []}, status_code=400
+        )
     return JSONResponse({"errors": [], "warnings": []})
 
 
@@ -488,8 +496,15 @@ def commits(app: HubApp, call: Call) -> Response:
     )
 
 
-def _entry_json(app: HubApp, record: RepoRecord, sha: str, entry: Any, expand: bool) -> dict[str, Any]:
-    item: dict[str, Any] = {"type": entry.kind, "oid": entry.oid, "size": entry.size, "path": entry.path}
+def _entry_json(
+    app: HubApp, record: RepoRecord, sha: str, entry: Any, expand: bool
+) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "type": entry.kind,
+        "oid": entry.oid,
+        "size": entry.size,
+        "path": entry.path,
+    }
     if expand:
         last = app.store.last_commit(record, sha, entry.path)
         item["lastCommit"] = {"id": last.sha, "title": last.title, "date": last.date}

@@ -4,8 +4,8 @@ Every Hub repo is a bare git repository at ``<root>/<type>s/<namespace>/<name>.g
 ``hubserver.json`` beside the objects (visibility, creation time). Commits are built without a
 working tree: a private index file is filled from the parent commit (``read-tree``), edited with
 ``update-index``, written with ``write-tree`` and published with ``commit-tree`` and a
-compare-and-swap ``update-ref``, so concurrent writers never lose a commit. Commit shas, branches and
-tags are therefore exactly what ``git`` would produce, and a test can inspect a repo with plain git.
+compare-and-swap ``update-ref``, so concurrent writers never lose a commit. Commit shas, branches
+and tags are exactly what ``git`` would produce, and a test can inspect a repo with plain git.
 
 Revisions are resolved only as ``refs/heads/<rev>``, ``refs/tags/<rev>`` or a full 40-hex sha;
 nothing else reaches ``git rev-parse``, so a revision can never be read as an option or an
@@ -39,7 +39,9 @@ _INITIAL_ATTRIBUTES = (
 class HubServerError(Exception):
     """An error the test Hub answers with: an HTTP status, an ``X-Error-Code`` and a message."""
 
-    def __init__(self, status: int, message: str, *, code: str | None = None, commit: str = "") -> None:
+    def __init__(
+        self, status: int, message: str, *, code: str | None = None, commit: str = ""
+    ) -> None:
         self.status = status
         self.code = code
         self.message = message
@@ -82,6 +84,12 @@ class CommitEntry:
     message: str
     author: str
     date: str
+
+
+def _iso(timestamp: float) -> str:
+    """The Hub's date format: ``2024-11-16T00:27:02.000Z`` (the client parses exactly this)."""
+    moment = datetime.fromtimestamp(timestamp, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def validate_repo_id(repo_id: str) -> str:
@@ -172,7 +180,7 @@ class GitRepoStore:
         return RepoRecord(repo_type, repo_id, git_dir, bool(data["private"]), data["created_at"])
 
     def create(self, repo_type: str, repo_id: str, *, private: bool, user: str) -> RepoRecord:
-        """Create a bare repo whose ``main`` has one commit adding ``.gitattributes``, as the Hub does.
+        """Create a bare repo whose ``main`` has one commit (``.gitattributes``), as on the Hub.
 
         Raises:
             HubServerError: 409 if the repo exists.
@@ -188,7 +196,7 @@ class GitRepoStore:
                 env=self._env,
                 capture_output=True,
             )
-            created_at = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            created_at = _iso(datetime.now(UTC).timestamp())
             (git_dir / "hubserver.json").write_text(
                 json.dumps({"private": private, "created_at": created_at})
             )
@@ -231,9 +239,7 @@ class GitRepoStore:
         """Like :meth:`resolve`, but a missing revision is a 404 ``RevisionNotFound``."""
         sha = self.resolve(record, revision)
         if sha is None:
-            raise HubServerError(
-                404, f"Invalid rev id: {revision}", code="RevisionNotFound"
-            )
+            raise HubServerError(404, f"Invalid rev id: {revision}", code="RevisionNotFound")
         return sha
 
     def refs(self, record: RepoRecord) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
@@ -274,29 +280,48 @@ class GitRepoStore:
         with self._lock:
             self._git(record.git_dir, "update-ref", "-d", f"refs/heads/{name}")
 
-    def create_tag(self, record: RepoRecord, name: str, sha: str, *, message: str | None, user: str) -> None:
+    def create_tag(
+        self, record: RepoRecord, name: str, sha: str, *, message: str | None, user: str
+    ) -> None:
         """Tag commit ``sha``: annotated when a message is given, else lightweight; 409 if taken."""
         validate_ref_name(name, kind="tag")
         with self._lock:
-            if self._git(record.git_dir, "show-ref", "--verify", "--quiet", f"refs/tags/{name}",
-                         check=False).returncode == 0:
+            if (
+                self._git(
+                    record.git_dir,
+                    "show-ref",
+                    "--verify",
+                    "--quiet",
+                    f"refs/tags/{name}",
+                    check=False,
+                ).returncode
+                == 0
+            ):
                 raise HubServerError(409, f"Tag already exists: {name}")
             if message:
-                self._git(record.git_dir, "tag", "-a", "-m", message, name, sha, env=self._identity(user))
+                self._git(
+                    record.git_dir, "tag", "-a", "-m", message, name, sha, env=self._identity(user)
+                )
             else:
                 self._git(record.git_dir, "update-ref", f"refs/tags/{name}", sha, "0" * 40)
 
     def delete_tag(self, record: RepoRecord, name: str) -> None:
         """Delete a tag; 404 ``RevisionNotFound`` if there is none."""
         with self._lock:
-            if not _REF_NAME.match(name) or self._git(
-                record.git_dir, "update-ref", "-d", f"refs/tags/{name}", check=False
-            ).returncode != 0:
+            if (
+                not _REF_NAME.match(name)
+                or self._git(
+                    record.git_dir, "update-ref", "-d", f"refs/tags/{name}", check=False
+                ).returncode
+                != 0
+            ):
                 raise HubServerError(404, f"Invalid rev id: {name}", code="RevisionNotFound")
 
     # -- contents -------------------------------------------------------------------------
 
-    def tree(self, record: RepoRecord, sha: str, path: str = "", *, recursive: bool = False) -> list[TreeEntry]:
+    def tree(
+        self, record: RepoRecord, sha: str, path: str = "", *, recursive: bool = False
+    ) -> list[TreeEntry]:
         """List a folder of commit ``sha`` (children only, or everything below it).
 
         Raises:
@@ -305,7 +330,9 @@ class GitRepoStore:
         if path:
             kind = self._git(record.git_dir, "cat-file", "-t", f"{sha}:{path}", check=False)
             if kind.stdout.strip() != b"tree":
-                raise HubServerError(404, f"Entry not found: {path}", code="EntryNotFound", commit=sha)
+                raise HubServerError(
+                    404, f"Entry not found: {path}", code="EntryNotFound", commit=sha
+                )
         args = ["ls-tree", "-l", "-z"] + (["-r", "-t"] if recursive else [])
         args += [sha, "--", f"{path}/"] if path else [sha]
         out = self._git(record.git_dir, *args).stdout.decode()
@@ -313,6 +340,8 @@ class GitRepoStore:
         for item in filter(None, out.split("\0")):
             meta, name = item.split("\t", 1)
             _mode, kind_name, oid, size = meta.split()
+            if name == path:  # ``-t`` also shows the folder being listed
+                continue
             if kind_name == "blob":
                 entries.append(TreeEntry(name, "file", oid, int(size)))
             elif kind_name == "tree":
@@ -338,9 +367,11 @@ class GitRepoStore:
         """Return the last commit at or before ``sha`` that touched ``path``."""
         return self.log(record, sha, path=path, limit=1)[0]
 
-    def log(self, record: RepoRecord, sha: str, *, path: str = "", limit: int = 0) -> list[CommitEntry]:
+    def log(
+        self, record: RepoRecord, sha: str, *, path: str = "", limit: int = 0
+    ) -> list[CommitEntry]:
         """Return the history of ``sha``, newest first."""
-        args = ["log", "-z", "--format=%H%x1f%an%x1f%cI%x1f%s%x1f%b"]
+        args = ["log", "-z", "--format=%H%x1f%an%x1f%ct%x1f%s%x1f%b"]
         if limit:
             args.append(f"-{limit}")
         args.append(sha)
@@ -349,8 +380,8 @@ class GitRepoStore:
         out = self._git(record.git_dir, *args).stdout.decode()
         commits = []
         for item in filter(None, out.split("\0")):
-            commit_sha, author, date, title, body = item.split("\x1f", 4)
-            commits.append(CommitEntry(commit_sha, title, body.strip(), author, date))
+            commit_sha, author, stamp, title, body = item.split("\x1f", 4)
+            commits.append(CommitEntry(commit_sha, title, body.strip(), author, _iso(int(stamp))))
         return commits
 
     def commit(
@@ -390,7 +421,8 @@ class GitRepoStore:
             raise HubServerError(404, f"Invalid rev id: {branch}", code="RevisionNotFound")
         if parent_commit is not None and parent_commit != head:
             raise HubServerError(
-                412, f"A commit has happened since. Parent commit {parent_commit} is not head {head}"
+                412,
+                f"A commit has happened since. Parent commit {parent_commit} is not head {head}",
             )
         with tempfile.TemporaryDirectory(prefix="hubserver-index-") as tmp:
             env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
@@ -399,7 +431,12 @@ class GitRepoStore:
             else:
                 self._git(record.git_dir, "read-tree", "--empty", env=env)
             tracked = set(
-                filter(None, self._git(record.git_dir, "ls-files", "-z", env=env).stdout.decode().split("\0"))
+                filter(
+                    None,
+                    self._git(record.git_dir, "ls-files", "-z", env=env)
+                    .stdout.decode()
+                    .split("\0"),
+                )
             )
             removals = []
             for path in deleted_files:
@@ -411,32 +448,49 @@ class GitRepoStore:
             for folder in deleted_folders:
                 prefix = validate_path(folder.rstrip("/")) + "/"
                 removals += [p for p in tracked if p.startswith(prefix)]
-            if removals:
-                self._git(
-                    record.git_dir, "update-index", "--force-remove", "-z", "--stdin",
-                    data="\0".join(removals).encode() + b"\0", env=env,
-                )
-            index_lines = []
+            # ``--index-info`` with mode 0 removes an entry (and needs no work tree).
+            index_lines = [f"0 {'0' * 40}\t{path}" for path in removals]
             for path, content in files.items():
-                oid = self._git(
-                    record.git_dir, "hash-object", "-w", "--stdin", data=content
-                ).stdout.decode().strip()
+                oid = (
+                    self._git(record.git_dir, "hash-object", "-w", "--stdin", data=content)
+                    .stdout.decode()
+                    .strip()
+                )
                 index_lines.append(f"100644 {oid}\t{validate_path(path)}")
             if index_lines:
                 self._git(
-                    record.git_dir, "update-index", "--add", "-z", "--index-info",
-                    data="\0".join(index_lines).encode() + b"\0", env=env,
+                    record.git_dir,
+                    "update-index",
+                    "--add",
+                    "-z",
+                    "--index-info",
+                    data="\0".join(index_lines).encode() + b"\0",
+                    env=env,
                 )
             tree = self._git(record.git_dir, "write-tree", env=env).stdout.decode().strip()
         message = summary + (f"\n\n{description}" if description else "")
         parents = ["-p", head] if head else []
-        new = self._git(
-            record.git_dir, "commit-tree", tree, *parents, "-F", "-",
-            data=message.encode(), env=self._identity(user),
-        ).stdout.decode().strip()
+        new = (
+            self._git(
+                record.git_dir,
+                "commit-tree",
+                tree,
+                *parents,
+                "-F",
+                "-",
+                data=message.encode(),
+                env=self._identity(user),
+            )
+            .stdout.decode()
+            .strip()
+        )
         with self._lock:
             proc = self._git(
-                record.git_dir, "update-ref", f"refs/heads/{branch}", new, head or "0" * 40,
+                record.git_dir,
+                "update-ref",
+                f"refs/heads/{branch}",
+                new,
+                head or "0" * 40,
                 check=False,
             )
         if proc.returncode != 0:
