@@ -112,10 +112,10 @@ def tiny_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def other_tiny_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A second tiny base with different weights (another fingerprint), for compatibility tests."""
+    """A second tiny base, wider and with other weights, for compatibility tests."""
     from adapterhub.base import materialize_base
 
-    src = build_tiny_llama_folder(tmp_path_factory.mktemp("other-src") / "tiny-other", seed=1)
+    src = build_tiny_llama_folder(tmp_path_factory.mktemp("other-src") / "tiny-other", seed=1, hidden=96)
     home = tmp_path_factory.mktemp("other-home")
     return materialize_base(home, str(src)).path
 
@@ -167,6 +167,12 @@ def make_lora_folder(
                 p.normal_(0, 0.5)
     peft_model.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+@pytest.fixture
+def lora_factory():  # type: ignore[no-untyped-def]
+    """:func:`make_lora_folder`, for tests that need several or unusual adapters."""
+    return make_lora_folder
 
 
 @pytest.fixture
