@@ -120,3 +120,45 @@ class GenerationResult:
     finish_reason: FinishReason
     usage: Usage
     adapter_version: str | None = None
+
+
+@dataclass(frozen=True)
+class ResidentAdapter:
+    """An adapter in one of the engine's slots (for admin listings and metrics)."""
+
+    ref: str  # the resolved version, e.g. "pirate@3"
+    slot: int
+    pinned: bool
+    active_rows: int  # running rows that use it now
+    rank: int
+    num_bytes: int
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """A snapshot of the engine for ``/metrics`` and the TUI.
+
+    Counters are totals since the engine started; the latency tuples hold the most recent
+    samples (``EngineConfig.latency_samples`` of them), with ``*_count``/``*_sum`` totals so a
+    Prometheus summary can be exported without losing observations.
+    """
+
+    steps: int
+    queue_depth: int
+    running_rows: int
+    max_rows: int
+    max_slots: int
+    resident: tuple[ResidentAdapter, ...]
+    cached_adapters: int
+    loads_in_flight: int
+    cache_hits: int
+    cache_misses: int
+    requests_finished: int
+    prompt_tokens: int
+    completion_tokens: int
+    ttft_seconds: tuple[float, ...]
+    ttft_count: int
+    ttft_sum: float
+    token_latency_seconds: tuple[float, ...]
+    token_latency_count: int
+    token_latency_sum: float

@@ -1,0 +1,689 @@
+"""The inference engine: one base, adapter slots, mixed-adapter continuous batching.
+
+``Engine(base, registry)`` starts one engine thread that owns the model, the KV cache and the
+slots. Callers on any thread (or an asyncio loop) hand requests in through a queue and get
+chunks back through a sink callback; the server's event loop therefore never runs a forward.
+
+Design choices:
+
+* **One engine thread, one loop.** Each iteration: take new requests, cancellations and admin
+  calls from the inbox; admit queued requests into free rows (:mod:`.scheduler`); prefill the
+  admitted prompts; run one decode step for every running row; emit one chunk per row; free
+  finished rows. torch releases the GIL inside its kernels, so other threads stay responsive.
+* **Fail early, on the caller's thread.** Unknown refs, incompatible adapters, prompts that do
+  not fit and a full queue raise from :meth:`Engine.submit` before anything is queued, so the
+  server can answer 404/400/429 before it starts a stream.
+* **Errors after queuing travel in the stream.** A corrupt blob found by the loader fails the
+  requests that wait for it: the sink receives the exception, and the sync and async APIs
+  raise it to their caller.
+* **Three faces on one primitive.** :meth:`Engine.submit` with a sink is the primitive;
+  :meth:`Engine.generate` (blocking) and :meth:`Engine.stream` (async iterator) are built on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from typing import Any
+
+import torch
+
+from adapterhub.engine.config import EngineConfig
+from adapterhub.engine.llama import LlamaRunner, compute_dtype, projection_dims
+from adapterhub.engine.lora import LoraSlots, RowMix
+from adapterhub.engine.residency import AdapterResidency, AdapterSource
+from adapterhub.engine.sampling import RowSampler, TextTracker, choose_tokens
+from adapterhub.engine.scheduler import Job, Scheduler, Sink
+from adapterhub.engine.types import (
+    EngineStats,
+    FinishReason,
+    GenerationChunk,
+    GenerationRequest,
+    GenerationResult,
+    ResidentAdapter,
+    Usage,
+)
+from adapterhub.errors import CapacityError, ConfigError, EngineError, PromptTooLongError
+
+
+class Engine:
+    """Serve many adapters over one frozen base with continuous batching.
+
+    Example::
+
+        with Engine(load_base(path, "bf16"), Registry(home)) as engine:
+            result = engine.generate(GenerationRequest(prompt_ids=ids, adapter="pirate@3"))
+    """
+
+    def __init__(
+        self,
+        base: Any,
+        registry: AdapterSource | None = None,
+        config: EngineConfig | None = None,
+    ) -> None:
+        """Start the engine thread.
+
+        Args:
+            base: a :class:`~adapterhub.base.LoadedBase` (Llama family, any precision).
+            registry: where adapter refs resolve and load from; None serves the base only.
+            config: capacity and scheduling settings.
+
+        Raises:
+            EngineError: the base is not a Llama-family model.
+        """
+        self.base = base
+        self.config = config or EngineConfig()
+        self.tokenizer = base.tokenizer
+        model = base.model
+        if self.config.num_threads:
+            torch.set_num_threads(self.config.num_threads)
+        self.max_seq_len = int(self.config.max_seq_len or model.config.max_position_embeddings)
+        self.vocab_size = int(model.config.vocab_size)
+        self._eos = frozenset(base.eos_token_ids)
+        with torch.inference_mode():
+            self._slots = LoraSlots(
+                projection_dims(model),
+                num_layers=int(model.config.num_hidden_layers),
+                num_slots=self.config.max_slots,
+                rank=self.config.max_lora_rank,
+                dtype=compute_dtype(model),
+            )
+            self._runner = LlamaRunner(
+                model, self._slots, max_rows=self.config.max_rows, max_seq_len=self.max_seq_len
+            )
+        self._wake = threading.Event()
+        self._residency = AdapterResidency(
+            registry, base, self._slots,
+            max_cpu_adapters=self.config.max_cpu_adapters, on_loaded=self._wake.set,
+        )
+        self._sched = Scheduler(
+            max_rows=self.config.max_rows,
+            max_prefill_tokens=self.config.max_prefill_tokens,
+            max_wait_steps=self.config.max_wait_steps,
+        )
+        self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._goals: list[tuple[str, bool, Future[ResidentAdapter]]] = []
+        self._lock = threading.Lock()  # guards the fields below, read by callers' threads
+        self._active_ids: set[str] = set()
+        self._queued = 0  # submitted and not yet admitted, finished or cancelled
+        self._finished = 0
+        self._prompt_tokens = 0
+        self._completion_tokens = 0
+        samples = self.config.latency_samples
+        self._ttft: deque[float] = deque(maxlen=samples)
+        self._ttft_total = [0, 0.0]
+        self._itl: deque[float] = deque(maxlen=samples)
+        self._itl_total = [0, 0.0]
+        self._mix_cache: tuple[tuple[Any, ...], RowMix | None] | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="adapterhub-engine", daemon=True)
+        self._thread.start()
+
+    # ================================================================== public: requests
+
+    def submit(self, request: GenerationRequest, sink: Sink) -> str:
+        """Queue a request; ``sink`` then receives its chunks on the engine thread.
+
+        The sink gets one :class:`GenerationChunk` per generated token (the last has
+        ``finish_reason`` and ``usage``), or one exception if the request fails after queuing.
+        It must be quick and must not raise (exceptions from it are swallowed).
+
+        Returns:
+            The request id (``request.request_id`` or a new one).
+
+        Raises:
+            AdapterNotFoundError: an adapter ref does not resolve.
+            IncompatibleAdapterError: an adapter was trained on another base or template.
+            PromptTooLongError: prompt plus ``max_tokens`` is over ``max_seq_len``.
+            ConfigError: bad token ids, a duplicate request id, a mix bigger than the slots.
+            CapacityError: the queue is full.
+            EngineError: the engine is closed.
+        """
+        if self._closed:
+            raise EngineError("the engine is closed; create a new Engine")
+        request_id = request.request_id or uuid.uuid4().hex
+        adapters, version = self._resolve(request)
+        self._check_fits(request, adapters)
+        params = request.sampling
+        job = Job(
+            request=request,
+            request_id=request_id,
+            adapters=adapters,
+            adapter_version=version,
+            sink=sink,
+            sampler=RowSampler(params, () if params.ignore_eos else sorted(self._eos)),
+            text=TextTracker(self.tokenizer, request.prompt_ids, params.stop),
+        )
+        with self._lock:
+            if request_id in self._active_ids:
+                raise ConfigError(f"request_id {request_id!r} is already running; use a unique id")
+            if self._queued >= self.config.max_queue:
+                raise CapacityError(
+                    f"the request queue is full ({self.config.max_queue} waiting); retry shortly "
+                    "or raise EngineConfig.max_queue",
+                    retry_after=1.0,
+                )
+            self._active_ids.add(request_id)
+            self._queued += 1
+        self._post("submit", job)
+        return request_id
+
+    def cancel(self, request_id: str) -> None:
+        """Cancel a queued or running request; its row is freed before the next step.
+
+        The request's sink gets a last chunk with ``finish_reason="cancelled"``. Unknown or
+        finished ids are ignored.
+        """
+        self._post("cancel", request_id)
+
+    def generate(self, request: GenerationRequest, timeout: float | None = None) -> GenerationResult:
+        """Run one request to the end, blocking (see :meth:`submit` for errors)."""
+        return self.generate_many([request], timeout=timeout)[0]
+
+    def generate_many(
+        self, requests: Sequence[GenerationRequest], timeout: float | None = None
+    ) -> list[GenerationResult]:
+        """Run several requests concurrently (in one batch) and wait for all of them.
+
+        Raises:
+            The first error of any request; see :meth:`submit`.
+        """
+        collectors: list[_Collector] = []
+        try:
+            for request in requests:
+                collector = _Collector()
+                collector.request_id = self.submit(request, collector)
+                collectors.append(collector)
+        except BaseException:
+            for collector in collectors:
+                self.cancel(collector.request_id)
+            raise
+        return [c.result(timeout) for c in collectors]
+
+    def stream(self, request: GenerationRequest) -> RequestStream:
+        """Start a request and return an async iterator of its chunks.
+
+        Call it from a coroutine; errors that can be known at once (unknown adapter, full
+        queue...) raise here, before anything streams. Leaving ``async with`` or calling
+        :meth:`RequestStream.cancel` before the end cancels the request.
+        """
+        return RequestStream(self, request)
+
+    async def agenerate(self, request: GenerationRequest) -> GenerationResult:
+        """Run one request to the end without blocking the event loop."""
+        chunks: list[GenerationChunk] = []
+        async with self.stream(request) as stream:
+            async for chunk in stream:
+                chunks.append(chunk)
+        return _result(chunks)
+
+    # ================================================================== public: admin
+
+    def load_adapter(self, ref: str, *, pin: bool = False, timeout: float = 60.0) -> ResidentAdapter:
+        """Make an adapter resident in a slot (loading it from the registry), optionally pinned.
+
+        Raises:
+            AdapterNotFoundError, IncompatibleAdapterError, CorruptBlobError: as for requests.
+            CapacityError: every slot is pinned or busy past ``timeout`` seconds.
+        """
+        key = self._residency.resolve(ref)
+        future: Future[ResidentAdapter] = Future()
+        self._post("goal", (key, pin, future))
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            future.cancel()
+            raise CapacityError(
+                f"no slot for {key!r} became free within {timeout}s; every slot is pinned or "
+                "busy. Unpin or unload an adapter, or raise EngineConfig.max_slots",
+                retry_after=timeout,
+            ) from None
+
+    def pin_adapter(self, ref: str, pinned: bool = True) -> ResidentAdapter:
+        """Pin (or unpin) an adapter: a pinned slot is never evicted. Loads it if needed."""
+        if pinned:
+            return self.load_adapter(ref, pin=True)
+        key = self._residency.resolve(ref)
+        found = self._call(lambda: self._residency.set_pinned(key, False))
+        if found is None:
+            raise ConfigError(f"adapter {key!r} is not resident, so it cannot be unpinned")
+        return found
+
+    def unload_adapter(self, ref: str) -> bool:
+        """Drop an adapter from its slot and the cache; False when it was not resident.
+
+        Raises:
+            CapacityError: running rows use it (retry when they finish).
+        """
+        key = self._residency.resolve(ref)
+        return bool(self._call(lambda: self._residency.unload(key)))
+
+    def resident_adapters(self) -> list[ResidentAdapter]:
+        """Adapters in slots now, with their pin state and running rows."""
+        return list(self._call(self._residency.resident))
+
+    def stats(self) -> EngineStats:
+        """A snapshot of queue, rows, slots, cache and latency samples (cheap, any thread)."""
+        with self._lock:
+            ttft, itl = tuple(self._ttft), tuple(self._itl)
+            ttft_count, ttft_sum = self._ttft_total
+            itl_count, itl_sum = self._itl_total
+            finished, prompt, completion = (
+                self._finished, self._prompt_tokens, self._completion_tokens
+            )
+            queued = self._queued
+        residency = self._residency
+        return EngineStats(
+            steps=self._sched.step,
+            queue_depth=queued,
+            running_rows=len(self._sched.running),
+            max_rows=self.config.max_rows,
+            max_slots=self.config.max_slots,
+            resident=tuple(residency.resident()),
+            cached_adapters=residency.cached,
+            loads_in_flight=residency.loads_in_flight,
+            cache_hits=residency.hits,
+            cache_misses=residency.misses,
+            requests_finished=finished,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            ttft_seconds=ttft,
+            ttft_count=int(ttft_count),
+            ttft_sum=float(ttft_sum),
+            token_latency_seconds=itl,
+            token_latency_count=int(itl_count),
+            token_latency_sum=float(itl_sum),
+        )
+
+    def close(self) -> None:
+        """Stop the engine thread; queued and running requests end with ``EngineError``."""
+        if self._closed:
+            return
+        self._closed = True
+        self._post("stop", None)
+        self._thread.join()
+        self._residency.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ================================================================== caller-side helpers
+
+    def _resolve(self, request: GenerationRequest) -> tuple[dict[str, float], str | None]:
+        if request.adapter is not None:
+            key = self._residency.resolve(request.adapter)
+            return {key: 1.0}, key
+        if request.mix is not None:
+            adapters: dict[str, float] = {}
+            for ref, weight in zip(request.mix.refs, request.mix.weights, strict=True):
+                key = self._residency.resolve(ref)
+                adapters[key] = adapters.get(key, 0.0) + float(weight)
+            version = "+".join(f"{w:g}*{k}" for k, w in adapters.items())
+            return adapters, version
+        return {}, None
+
+    def _check_fits(self, request: GenerationRequest, adapters: dict[str, float]) -> None:
+        total = len(request.prompt_ids) + request.sampling.max_tokens
+        if total > self.max_seq_len:
+            raise PromptTooLongError(
+                f"prompt of {len(request.prompt_ids)} tokens plus max_tokens="
+                f"{request.sampling.max_tokens} is {total}, over the engine's max_seq_len="
+                f"{self.max_seq_len}; shorten the prompt or lower max_tokens"
+            )
+        bad = [t for t in request.prompt_ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise ConfigError(
+                f"prompt token ids {bad[:5]!r} are outside the vocabulary [0, {self.vocab_size})"
+            )
+        if len(adapters) > self.config.max_slots:
+            raise ConfigError(
+                f"a mix of {len(adapters)} adapters needs that many slots but max_slots is "
+                f"{self.config.max_slots}; mix fewer adapters or raise EngineConfig.max_slots"
+            )
+
+    def _post(self, kind: str, payload: Any) -> None:
+        self._inbox.put((kind, payload))
+        self._wake.set()
+
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on the engine thread between steps and return its result."""
+        if self._closed:
+            raise EngineError("the engine is closed; create a new Engine")
+        future: Future[Any] = Future()
+        self._post("call", (fn, future))
+        return future.result()
+
+    # ================================================================== engine thread
+
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while True:
+                self._wake.clear()
+                if not self._drain_inbox():
+                    break
+                self._handle_loads()
+                admitted = self._sched.admit(self._try_start)
+                with self._lock:
+                    self._queued -= len(admitted)
+                try:
+                    if admitted:
+                        self._prefill(admitted)
+                    if self._sched.running:
+                        self._decode()
+                except Exception as error:  # a kernel failure must not kill the thread
+                    self._fail_running(EngineError(f"generation step failed: {error!r}"), error)
+                if not self._sched.running:
+                    self._wake.wait(timeout=0.5)
+            self._shutdown()
+
+    def _drain_inbox(self) -> bool:
+        while True:
+            try:
+                kind, payload = self._inbox.get_nowait()
+            except queue.Empty:
+                return True
+            if kind == "submit":
+                job: Job = payload
+                for key in job.adapters:
+                    self._residency.prefetch(key)
+                self._sched.enqueue(job)
+            elif kind == "cancel":
+                self._cancel(payload)
+            elif kind == "call":
+                fn, future = payload
+                if future.set_running_or_notify_cancel():
+                    try:
+                        future.set_result(fn())
+                    except Exception as error:
+                        future.set_exception(error)
+            elif kind == "goal":
+                key, _, _ = payload
+                self._residency.prefetch(key)
+                self._goals.append(payload)
+            elif kind == "stop":
+                return False
+
+    def _handle_loads(self) -> None:
+        failed = self._residency.poll()
+        if failed:
+            for job in [j for j in self._sched.waiting if failed.keys() & j.adapters.keys()]:
+                self._sched.waiting.remove(job)
+                error = next(failed[k] for k in job.adapters if k in failed)
+                with self._lock:
+                    self._queued -= 1
+                self._end(job, error=error)
+        for goal in list(self._goals):
+            key, pin, future = goal
+            if future.cancelled():
+                self._goals.remove(goal)
+            elif key in failed:
+                self._goals.remove(goal)
+                future.set_exception(failed[key])
+            elif not self._residency.can_ever_fit(1) and self._residency.slot_of(key) is None:
+                self._goals.remove(goal)
+                future.set_exception(CapacityError(
+                    f"every slot is pinned, so {key!r} cannot be loaded; unpin one first"
+                ))
+            elif self._residency.acquire([key], hold=False) is not None:
+                self._goals.remove(goal)
+                resident = self._residency.set_pinned(key, True) if pin else None
+                described = resident or next(r for r in self._residency.resident() if r.ref == key)
+                future.set_result(described)
+
+    def _try_start(self, job: Job) -> bool:
+        if not job.adapters:
+            return True
+        placed = self._residency.acquire(job.adapters)
+        if placed is None:
+            return False
+        job.slots = {placed[key]: weight for key, weight in job.adapters.items()}
+        return True
+
+    def _prefill(self, jobs: list[Job]) -> None:
+        row_start = len(self._sched.running)
+        self._sched.running.extend(jobs)
+        mix = self._slots.row_mix([job.slots for job in jobs])
+        logits = self._runner.prefill([job.request.prompt_ids for job in jobs], row_start, mix)
+        for job in jobs:
+            job.cache_len = job.prompt_len
+        with self._lock:
+            self._prompt_tokens += sum(job.prompt_len for job in jobs)
+        self._accept(jobs, logits)
+
+    def _decode(self) -> None:
+        jobs = list(self._sched.running)
+        tokens = torch.tensor([job.next_token for job in jobs])
+        lengths = torch.tensor([job.cache_len for job in jobs])
+        logits = self._runner.decode(tokens, lengths, self._row_mix(jobs))
+        for job in jobs:
+            job.cache_len += 1
+        self._sched.step += 1
+        self._accept(jobs, logits)
+
+    def _row_mix(self, jobs: list[Job]) -> RowMix | None:
+        signature = (self._slots.generation, *(tuple(job.slots.items()) for job in jobs))
+        if self._mix_cache is None or self._mix_cache[0] != signature:
+            self._mix_cache = (signature, self._slots.row_mix([job.slots for job in jobs]))
+        return self._mix_cache[1]
+
+    def _accept(self, jobs: list[Job], logits: torch.Tensor) -> None:
+        """Sample each row's next token, stream it, and retire rows that are done."""
+        tokens = choose_tokens(logits, [j.sampler for j in jobs], [len(j.generated) for j in jobs])
+        now = time.perf_counter()
+        ttft: list[float] = []
+        itl: list[float] = []
+        for job, token in zip(jobs, tokens, strict=True):
+            (ttft if job.first_token_at is None else itl).append(
+                now - (job.last_token_at or job.submitted_at)
+            )
+            if job.first_token_at is None:
+                job.first_token_at = now
+            job.last_token_at = now
+            self._emit(job, token)
+        with self._lock:
+            self._completion_tokens += len(tokens)
+            self._ttft.extend(ttft)
+            self._ttft_total[0] += len(ttft)
+            self._ttft_total[1] += sum(ttft)
+            self._itl.extend(itl)
+            self._itl_total[0] += len(itl)
+            self._itl_total[1] += sum(itl)
+        for job in jobs:
+            if job.finished:
+                self._retire(job)
+
+    def _emit(self, job: Job, token: int) -> None:
+        params = job.request.sampling
+        job.generated.append(token)
+        count = len(job.generated)
+        text = job.text.push(token, check_stop=count >= params.min_tokens)
+        reason: FinishReason | None = None
+        if token in self._eos and not params.ignore_eos or job.text.stopped:
+            reason = "stop"
+        elif count >= params.max_tokens or job.prompt_len + count >= self.max_seq_len:
+            reason = "length"
+        if reason is None:
+            _send(job.sink, GenerationChunk(
+                job.request_id, text, (token,), adapter_version=job.adapter_version
+            ))
+            return
+        job.finished = True
+        _send(job.sink, GenerationChunk(
+            job.request_id, text + job.text.flush(), (token,), finish_reason=reason,
+            usage=Usage(job.prompt_len, count), adapter_version=job.adapter_version,
+        ))
+
+    def _retire(self, job: Job) -> None:
+        self._sched.remove_running(job, self._runner.cache.move_row)
+        self._residency.release(job.slots)
+        with self._lock:
+            self._active_ids.discard(job.request_id)
+            self._finished += 1
+
+    def _cancel(self, request_id: str) -> None:
+        job = self._sched.find(request_id)
+        if job is None or job.finished:
+            return
+        if job in self._sched.waiting:
+            self._sched.waiting.remove(job)
+            with self._lock:
+                self._queued -= 1
+            self._end(job, reason="cancelled")
+        else:
+            job.finished = True
+            self._retire(job)
+            _send(job.sink, GenerationChunk(
+                job.request_id, job.text.flush(), (), finish_reason="cancelled",
+                usage=Usage(job.prompt_len, len(job.generated)),
+                adapter_version=job.adapter_version,
+            ))
+
+    def _end(self, job: Job, *, reason: FinishReason = "error", error: BaseException | None = None) -> None:
+        """Finish a job that holds no row: with an exception or a bare final chunk."""
+        job.finished = True
+        with self._lock:
+            self._active_ids.discard(job.request_id)
+            self._finished += 1
+        if error is not None:
+            _send(job.sink, error)
+        else:
+            _send(job.sink, GenerationChunk(
+                job.request_id, "", (), finish_reason=reason,
+                usage=Usage(job.prompt_len, 0), adapter_version=job.adapter_version,
+            ))
+
+    def _fail_running(self, error: EngineError, cause: BaseException) -> None:
+        error.__cause__ = cause
+        for job in list(self._sched.running):
+            job.finished = True
+            self._retire(job)
+            _send(job.sink, error)
+
+    def _shutdown(self) -> None:
+        closed = EngineError("the engine was closed before this request finished")
+        self._fail_running(closed, closed)
+        while self._sched.waiting:
+            self._end(self._sched.waiting.popleft(), error=closed)
+        for _, _, future in self._goals:
+            if not future.done():
+                future.set_exception(closed)
+        while True:
+            try:
+                kind, payload = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if kind == "submit":
+                self._end(payload, error=closed)
+            elif kind in ("call", "goal"):
+                future = payload[-1] if kind == "goal" else payload[1]
+                if not future.done():
+                    future.set_exception(closed)
+
+
+def _send(sink: Sink, item: GenerationChunk | BaseException) -> None:
+    try:
+        sink(item)
+    except Exception:  # a broken consumer must not stop the other rows
+        pass
+
+
+def _result(chunks: list[GenerationChunk]) -> GenerationResult:
+    last = chunks[-1]
+    assert last.finish_reason is not None and last.usage is not None
+    return GenerationResult(
+        request_id=last.request_id,
+        text="".join(c.text for c in chunks),
+        token_ids=tuple(t for c in chunks for t in c.token_ids),
+        finish_reason=last.finish_reason,
+        usage=last.usage,
+        adapter_version=last.adapter_version,
+    )
+
+
+class _Collector:
+    """A sink that gathers a request's chunks for the blocking API."""
+
+    def __init__(self) -> None:
+        self.request_id = ""
+        self.chunks: list[GenerationChunk] = []
+        self.error: BaseException | None = None
+        self._done = threading.Event()
+
+    def __call__(self, item: GenerationChunk | BaseException) -> None:
+        if isinstance(item, BaseException):
+            self.error = item
+            self._done.set()
+            return
+        self.chunks.append(item)
+        if item.finish_reason is not None:
+            self._done.set()
+
+    def result(self, timeout: float | None) -> GenerationResult:
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"request {self.request_id!r} did not finish within {timeout}s")
+        if self.error is not None:
+            raise self.error
+        return _result(self.chunks)
+
+
+class RequestStream:
+    """Async iterator over one request's chunks; cancel it to free its row at once.
+
+    Use as ``async with engine.stream(request) as stream: async for chunk in stream: ...``;
+    leaving the block early (or the task being cancelled) cancels the request.
+    """
+
+    def __init__(self, engine: Engine, request: GenerationRequest) -> None:
+        self._engine = engine
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[GenerationChunk | BaseException] = asyncio.Queue()
+        self._done = False
+        self.request_id = engine.submit(request, self._put)
+
+    def _put(self, item: GenerationChunk | BaseException) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            pass
+
+    def __aiter__(self) -> RequestStream:
+        return self
+
+    async def __anext__(self) -> GenerationChunk:
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            item = await self._queue.get()
+        except asyncio.CancelledError:
+            self.cancel()
+            raise
+        if isinstance(item, BaseException):
+            self._done = True
+            raise item
+        if item.finish_reason is not None:
+            self._done = True
+        return item
+
+    def cancel(self) -> None:
+        """Cancel the request (no-op once it has finished)."""
+        if not self._done:
+            self._done = True
+            self._engine.cancel(self.request_id)
+
+    async def aclose(self) -> None:
+        self.cancel()
+
+    async def __aenter__(self) -> RequestStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.cancel()

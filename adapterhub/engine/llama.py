@@ -1,0 +1,267 @@
+"""Our own forward pass and KV cache for Llama-family bases, with per-row LoRA deltas.
+
+vLLM and LoRAX keep their own model code for the same reason: a serving forward needs a KV cache
+laid out for continuous batching and a hook for batched LoRA, neither of which the Hugging Face
+forward gives without per-step overhead.
+
+Design choices:
+
+* **The base's own modules do the frozen work.** Embedding, RMSNorm, rotary tables, the seven
+  projections and the LM head are called as the loaded model has them, so a base in nf4 or int8
+  (bitsandbytes ``Linear4bit`` / ``Linear8bitLt``), bf16 or fp32 all run the same code.
+* **Row-major KV cache.** One tensor ``[layers, 2, rows, kv_heads, capacity, head_dim]``. Row i
+  of the running batch is cache row i, its tokens at positions ``0..len-1`` (no left padding, so
+  positions and rotary phases are those of the request run alone). The engine keeps running rows
+  contiguous by moving the last row into a finished row's place; capacity doubles on demand.
+* **Prefill and decode are separate forwards.** A prefill runs the newly admitted prompts,
+  right-padded to one length; a decode step runs one token per running row and attends to each
+  row's own length through a mask. Only the last position of a prompt goes through the LM head.
+* **Tokens are flattened** to ``[tokens, hidden]`` around the projections so that the LoRA
+  product of :mod:`.lora` is one GEMM per projection for the whole batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from adapterhub.engine.lora import TARGETS, LoraSlots, RowMix
+from adapterhub.errors import EngineError
+
+SUPPORTED_MODEL_TYPES = ("llama",)
+
+
+def is_supported(model: Any) -> bool:
+    """Whether ``model`` is a Llama-family causal LM that :class:`LlamaRunner` can drive."""
+    config = getattr(model, "config", None)
+    return (
+        getattr(config, "model_type", None) in SUPPORTED_MODEL_TYPES
+        and hasattr(model, "model")
+        and hasattr(model.model, "layers")
+        and hasattr(model.model, "rotary_emb")
+    )
+
+
+def projection_dims(model: Any) -> dict[str, tuple[int, int]]:
+    """``target -> (in_features, out_features)`` of the first layer's projections."""
+    layer = model.model.layers[0]
+    dims = {}
+    for target in TARGETS:
+        parent = layer.self_attn if target in ("q_proj", "k_proj", "v_proj", "o_proj") else layer.mlp
+        module = getattr(parent, target)
+        dims[target] = (int(module.in_features), int(module.out_features))
+    return dims
+
+
+def compute_dtype(model: Any) -> torch.dtype:
+    """The dtype activations flow in: the embedding's (bnb keeps it unquantized)."""
+    return model.model.embed_tokens.weight.dtype
+
+
+class KvCache:
+    """Keys and values of every running row, ``[layers, 2, rows, kv_heads, capacity, head_dim]``."""
+
+    def __init__(
+        self,
+        *,
+        num_layers: int,
+        rows: int,
+        kv_heads: int,
+        head_dim: int,
+        max_len: int,
+        dtype: torch.dtype,
+        initial_len: int = 256,
+    ) -> None:
+        self.max_len = max_len
+        self._shape = (num_layers, 2, rows, kv_heads, head_dim)
+        self.data = self._alloc(min(initial_len, max_len), dtype)
+
+    def _alloc(self, capacity: int, dtype: torch.dtype) -> torch.Tensor:
+        layers, two, rows, heads, dim = self._shape
+        return torch.zeros(layers, two, rows, heads, capacity, dim, dtype=dtype)
+
+    @property
+    def capacity(self) -> int:
+        return self.data.shape[4]
+
+    @property
+    def num_bytes(self) -> int:
+        return self.data.numel() * self.data.element_size()
+
+    def reserve(self, length: int) -> None:
+        """Make room for ``length`` positions per row (doubling, up to ``max_len``)."""
+        if length <= self.capacity:
+            return
+        if length > self.max_len:
+            raise EngineError(f"sequence length {length} is over the cache's max_len={self.max_len}")
+        capacity = min(self.max_len, max(length, 2 * self.capacity))
+        grown = self._alloc(capacity, self.data.dtype)
+        grown[:, :, :, :, : self.capacity].copy_(self.data)
+        self.data = grown
+
+    def move_row(self, src: int, dst: int, length: int) -> None:
+        """Copy row ``src``'s first ``length`` positions into row ``dst``."""
+        if src != dst and length > 0:
+            self.data[:, :, dst, :, :length] = self.data[:, :, src, :, :length]
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class LlamaRunner:
+    """Prefill and decode steps over a Hugging Face ``LlamaForCausalLM`` with a KV cache.
+
+    Not thread-safe: the engine thread alone calls it.
+    """
+
+    def __init__(self, model: Any, slots: LoraSlots, *, max_rows: int, max_seq_len: int) -> None:
+        """Args:
+        model: the frozen base (any precision).
+        slots: the LoRA slot buffers the deltas come from.
+        max_rows: cache rows, the most requests decoded at once.
+        max_seq_len: longest prompt plus completion.
+        """
+        if not is_supported(model):
+            kind = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
+            raise EngineError(
+                f"the engine's fast path serves Llama-family bases {SUPPORTED_MODEL_TYPES!r}, "
+                f"not {kind!r}; use a Llama-architecture base"
+            )
+        config = model.config
+        self.model = model
+        self.slots = slots
+        self.layers = list(model.model.layers)
+        self.num_heads = int(config.num_attention_heads)
+        self.num_kv_heads = int(config.num_key_value_heads)
+        self.head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // self.num_heads)
+        self.dtype = compute_dtype(model)
+        self.cache = KvCache(
+            num_layers=len(self.layers),
+            rows=max_rows,
+            kv_heads=self.num_kv_heads,
+            head_dim=self.head_dim,
+            max_len=max_seq_len,
+            dtype=self.dtype,
+        )
+
+    # ------------------------------------------------------------------ steps
+
+    def prefill(self, prompts: Sequence[Sequence[int]], row_start: int, mix: RowMix | None) -> torch.Tensor:
+        """Run new prompts into cache rows ``row_start ..``; return their next-token logits.
+
+        Args:
+            prompts: token ids of each new request.
+            row_start: the first free cache row; prompt i goes to row ``row_start + i``.
+            mix: slots per new row, or None when none uses an adapter.
+
+        Returns:
+            ``[len(prompts), vocab]`` float32 logits at each prompt's last position.
+        """
+        count = len(prompts)
+        lengths = torch.tensor([len(p) for p in prompts])
+        width = int(lengths.max())
+        self.cache.reserve(width)
+        ids = torch.zeros(count, width, dtype=torch.long)
+        for i, prompt in enumerate(prompts):
+            ids[i, : len(prompt)] = torch.tensor(prompt, dtype=torch.long)
+        positions = torch.arange(width).expand(count, width)
+        if bool((lengths == width).all()):
+            attn_mask = None
+        else:  # causal and not past the row's own end: [count, 1, width, width]
+            causal = torch.ones(width, width, dtype=torch.bool).tril()
+            attn_mask = (causal & (positions < lengths[:, None])[:, None, :])[:, None]
+        token_mix = mix.per_token(width) if mix is not None else None
+        x = self.model.model.embed_tokens(ids.view(-1))  # [count*width, hidden]
+        cos, sin = self.model.model.rotary_emb(x, positions)  # [count, width, head_dim]
+        cos, sin = cos[:, None], sin[:, None]
+        rows = slice(row_start, row_start + count)
+
+        def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            q = q.view(count, width, self.num_heads, self.head_dim).transpose(1, 2)
+            k = k.view(count, width, self.num_kv_heads, self.head_dim).transpose(1, 2)
+            v = v.view(count, width, self.num_kv_heads, self.head_dim).transpose(1, 2)
+            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+            self.cache.data[layer, 0, rows, :, :width] = k
+            self.cache.data[layer, 1, rows, :, :width] = v
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None, enable_gqa=True
+            )  # [count, heads, width, head_dim]
+            return out.transpose(1, 2).reshape(count * width, -1)
+
+        x = self._layers(x, token_mix, attend)
+        last = x.view(count, width, -1)[torch.arange(count), lengths - 1]  # [count, hidden]
+        return self._logits(last)
+
+    def decode(self, tokens: torch.Tensor, lengths: torch.Tensor, mix: RowMix | None) -> torch.Tensor:
+        """One token for each of the first ``len(tokens)`` cache rows.
+
+        Args:
+            tokens: ``[rows]`` the last sampled token of each row.
+            lengths: ``[rows]`` tokens already in each row's cache (the new token's position).
+            mix: slots per row, or None when no row uses an adapter.
+
+        Returns:
+            ``[rows, vocab]`` float32 logits.
+        """
+        count = tokens.shape[0]
+        span = int(lengths.max()) + 1
+        self.cache.reserve(span)
+        row_ids = torch.arange(count)
+        key_ok = (torch.arange(span)[None, :] <= lengths[:, None])[:, None, None]  # [rows,1,1,span]
+        x = self.model.model.embed_tokens(tokens)  # [rows, hidden]
+        cos, sin = self.model.model.rotary_emb(x, lengths[:, None])  # [rows, 1, head_dim]
+        cos, sin = cos[:, None], sin[:, None]  # [rows, 1, 1, head_dim]
+
+        def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            q = q.view(count, self.num_heads, 1, self.head_dim)
+            k = k.view(count, self.num_kv_heads, 1, self.head_dim)
+            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+            cache_k, cache_v = self.cache.data[layer, 0], self.cache.data[layer, 1]
+            cache_k[row_ids, :, lengths] = k[:, :, 0]
+            cache_v[row_ids, :, lengths] = v.view(count, self.num_kv_heads, self.head_dim)
+            out = F.scaled_dot_product_attention(
+                q, cache_k[:count, :, :span], cache_v[:count, :, :span],
+                attn_mask=key_ok, enable_gqa=True,
+            )  # [rows, heads, 1, head_dim]
+            return out.view(count, -1)
+
+        x = self._layers(x, mix, attend)
+        return self._logits(x)
+
+    # ------------------------------------------------------------------ shared body
+
+    def _layers(self, x: torch.Tensor, mix: RowMix | None, attend: Any) -> torch.Tensor:
+        slots = self.slots
+        for index, layer in enumerate(self.layers):
+            attn, mlp = layer.self_attn, layer.mlp
+            h = layer.input_layernorm(x)
+            q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
+            if mix is not None:
+                slots.add_delta(mix, index, "q_proj", h, q)
+                slots.add_delta(mix, index, "k_proj", h, k)
+                slots.add_delta(mix, index, "v_proj", h, v)
+            o_in = attend(index, q, k, v)
+            o = attn.o_proj(o_in)
+            if mix is not None:
+                slots.add_delta(mix, index, "o_proj", o_in, o)
+            x = x + o
+            h = layer.post_attention_layernorm(x)
+            gate, up = mlp.gate_proj(h), mlp.up_proj(h)
+            if mix is not None:
+                slots.add_delta(mix, index, "gate_proj", h, gate)
+                slots.add_delta(mix, index, "up_proj", h, up)
+            d_in = mlp.act_fn(gate) * up
+            d = mlp.down_proj(d_in)
+            if mix is not None:
+                slots.add_delta(mix, index, "down_proj", d_in, d)
+            x = x + d
+        return x
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.model.lm_head(self.model.model.norm(hidden)).float()

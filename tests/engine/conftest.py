@@ -1,0 +1,125 @@
+"""Engine test fixtures: PEFT adapters on the tiny base, registered in a temp registry, and a
+PEFT reference that runs one request alone with its adapter, the way the issue defines "equal".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from adapterhub.base import load_base
+from adapterhub.engine import Engine, EngineConfig
+
+ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
+ALL = (*ATTN, "gate_proj", "up_proj", "down_proj")
+# name -> (seed, rank, targets): different ranks and targets so slots are padded and mixed
+ADAPTERS: dict[str, tuple[int, int, tuple[str, ...]]] = {
+    "alpha": (1, 4, ATTN),
+    "beta": (2, 8, ALL),
+    "gamma": (3, 4, ("q_proj", "v_proj")),
+}
+
+
+def save_lora(base_dir: Path, folder: Path, *, seed: int, r: int, targets: Sequence[str]) -> Path:
+    """A PEFT LoRA with random non-zero A and B (init_lora_weights=False), saved as safetensors."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    torch.manual_seed(seed)
+    config = LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(targets), init_lora_weights=False)
+    peft_model = get_peft_model(model, config)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_" in name:
+                p.normal_(0, 0.3)
+    peft_model.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def register(registry: Any, base: Any, name: str, folder: Path) -> Any:
+    return registry.register(
+        name,
+        {f.name: f for f in folder.iterdir() if f.suffix in (".json", ".safetensors")},
+        base_fingerprint=base.info.fingerprint,
+        template_hash=base.info.template_hash,
+        method="sft",
+    )
+
+
+@pytest.fixture(scope="session")
+def lora_folders(tiny_base_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("engine-loras")
+    return {
+        name: save_lora(tiny_base_dir, root / name, seed=seed, r=r, targets=targets)
+        for name, (seed, r, targets) in ADAPTERS.items()
+    }
+
+
+@pytest.fixture
+def adapter_registry(registry: Any, tiny_base: Any, lora_folders: dict[str, Path]) -> Any:
+    """The temp registry with alpha, beta and gamma registered (each at version 1)."""
+    for name, folder in lora_folders.items():
+        register(registry, tiny_base, name, folder)
+    return registry
+
+
+@pytest.fixture
+def make_engine(tiny_base: Any, adapter_registry: Any) -> Iterator[Callable[..., Engine]]:
+    """Build engines over the shared fp32 tiny base; all are closed after the test."""
+    engines: list[Engine] = []
+
+    def make(base: Any = None, **config: Any) -> Engine:
+        engine = Engine(base or tiny_base, adapter_registry, EngineConfig(**config))
+        engines.append(engine)
+        return engine
+
+    yield make
+    for engine in engines:
+        engine.close()
+
+
+class PeftReference:
+    """Runs one request alone through PEFT (full recompute each step, no cache tricks)."""
+
+    def __init__(self, base_dir: Path, folders: dict[str, Path], precision: str = "fp32") -> None:
+        from peft import PeftModel
+
+        self.base = load_base(base_dir, precision)
+        names = list(folders)
+        self.model = PeftModel.from_pretrained(self.base.model, folders[names[0]], adapter_name=names[0])
+        for name in names[1:]:
+            self.model.load_adapter(folders[name], adapter_name=name)
+        self.model.eval()
+
+    @torch.inference_mode()
+    def logits(self, ids: Sequence[int], adapter: str | None) -> torch.Tensor:
+        """Next-token logits ``[vocab]`` after ``ids`` with ``adapter`` (None: adapters off)."""
+        x = torch.tensor([list(ids)])
+        if adapter is None:
+            with self.model.disable_adapter():
+                return self.model(input_ids=x).logits[0, -1].float()
+        self.model.set_adapter(adapter)
+        return self.model(input_ids=x).logits[0, -1].float()
+
+    def greedy(self, prompt: Sequence[int], adapter: str | None, n: int) -> list[int]:
+        ids = list(prompt)
+        for _ in range(n):
+            ids.append(int(self.logits(ids, adapter).argmax()))
+        return ids[len(prompt):]
+
+
+@pytest.fixture(scope="session")
+def peft_ref(tiny_base_dir: Path, lora_folders: dict[str, Path]) -> PeftReference:
+    return PeftReference(tiny_base_dir, lora_folders)
+
+
+@pytest.fixture(scope="session")
+def prompts(tiny_base: Any) -> list[list[int]]:
+    """Chat-templated prompts of different lengths."""
+    texts = ["What is two plus two?", "The capital of France", "Arr matey", "hello world the quick brown fox"]
+    return [tiny_base.render_chat([{"role": "user", "content": t}]) for t in texts]
