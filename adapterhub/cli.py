@@ -10,6 +10,8 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -19,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from adapterhub.errors import AdapterHubError, ConfigError
+from adapterhub.progress import ProgressEvent
 
 app = typer.Typer(
     name="adapterhub",
@@ -156,10 +159,98 @@ def generate(
     out.print(text, markup=False, highlight=False)
 
 
+@app.command()
+def doctor(
+    repair: Annotated[bool, typer.Option(help="Remove leftovers and unreferenced blobs; checkpoint the WAL.")] = False,
+    home: HomeOption = None,
+) -> None:
+    """Check the whole registry: checksums, database, leftovers. Exit 1 if problems remain."""
+    from adapterhub.facade import default_home
+    from adapterhub.registry.doctor import diagnose
+
+    report = diagnose(home or default_home(), repair=repair)
+    for line in report.lines():
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
+    if not report.healthy:
+        raise typer.Exit(1)
+
+
+EndpointOption = Annotated[
+    str | None,
+    typer.Option("--endpoint", help="Hub URL (default: $HF_ENDPOINT or https://huggingface.co).",
+                 show_default=False),
+]
+
+
+@contextmanager
+def _transfer_bar(label: str) -> Iterator[Callable[[ProgressEvent], None]]:
+    """A byte progress bar on stderr (terminals only) fed by push/pull progress events."""
+    from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
+    with Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(),
+                  console=err, transient=True, disable=not err.is_terminal) as bar:
+        task = bar.add_task(label, total=None)
+
+        def update(event: ProgressEvent) -> None:
+            if event.total_steps:
+                bar.update(task, total=event.total_steps)
+            if event.kind == "step":
+                bar.update(task, completed=event.step, description=f"{label} {event.message}")
+
+        yield update
+
+
+@app.command()
+def push(
+    ref: Annotated[str, typer.Argument(help="Version to push: name, name@N or name:alias.")],
+    repo_id: Annotated[str, typer.Argument(help="Hub repo namespace/name; created if missing.")],
+    private: Annotated[bool, typer.Option(help="Create the repo private.")] = False,
+    revision: Annotated[str, typer.Option(help="Branch to commit on.")] = "main",
+    endpoint: EndpointOption = None,
+    home: HomeOption = None,
+) -> None:
+    """Push a version to the Hugging Face Hub as one commit tagged vN (no-op if already there)."""
+    with _transfer_bar("pushing") as progress:
+        result = _hub(home).push(ref, repo_id, private=private, revision=revision,
+                                 endpoint=endpoint, progress=progress)
+    state = "pushed" if result.created else "already on the Hub:"
+    out.print(f"{state} {result.repo_id}@{result.tag} commit {result.commit[:12]}  {result.url}")
+
+
+@app.command()
+def pull(
+    repo: Annotated[str, typer.Argument(
+        metavar="REPO_ID[@REVISION]",
+        help="namespace/name, optionally @ a branch, a tag such as v3, or a commit sha.")],
+    name: Annotated[str | None, typer.Option(help="Adapter name (default: the pushed name, "
+                                             "else the repo name).")] = None,
+    endpoint: EndpointOption = None,
+    home: HomeOption = None,
+) -> None:
+    """Pull a PEFT LoRA repo from the Hub and register it; prints NAME@N."""
+    import warnings
+
+    from adapterhub.errors import AdapterHubWarning
+
+    repo_id, _, revision = repo.partition("@")
+    with warnings.catch_warnings(record=True) as caught, _transfer_bar("pulling") as progress:
+        warnings.simplefilter("always", AdapterHubWarning)
+        result = _hub(home).pull(repo_id, revision=revision or None, name=name,
+                                 endpoint=endpoint, progress=progress)
+    for warning in caught:
+        if issubclass(warning.category, AdapterHubWarning):
+            err.print(f"[yellow]warning:[/] {warning.message}", highlight=False, soft_wrap=True)
+    if not result.created:
+        err.print(f"{result.repo_id}@{result.commit[:12]} was already pulled")
+    out.print(result.version.ref)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning our errors into one line and an exit code."""
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
+        if isinstance(code, int) and code:  # typer.Exit(n) comes back as a return value here
+            sys.exit(code)
     except AdapterHubError as e:
         if os.environ.get("ADAPTERHUB_DEBUG"):
             raise

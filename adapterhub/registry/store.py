@@ -109,6 +109,20 @@ class Version:
         }
 
 
+@contextmanager
+def _nothing_registered_on_failure(name: str) -> Iterator[None]:
+    """Turn a storage failure (disk full, read-only, I/O) into a RegistryError that says so."""
+    try:
+        yield
+    except (OSError, sqlite3.OperationalError) as e:
+        reason = getattr(e, "strerror", None) or str(e)
+        raise RegistryError(
+            f"could not store a new version of {name!r}: {reason}; nothing was registered and "
+            "earlier versions are intact. Free disk space (`adapterhub doctor --repair` removes "
+            "leftovers) and try again"
+        ) from e
+
+
 class Registry:
     """Versions and aliases of adapters under one hub home.
 
@@ -223,12 +237,13 @@ class Registry:
 
         # 1. Blobs first: durable before anything points at them.
         stored: dict[str, tuple[str, int]] = {}
-        for filename, content in files.items():
-            data = Path(content).read_bytes() if isinstance(content, Path) else bytes(content)
-            stored[filename] = (self.blobs.put(data), len(data))
+        with _nothing_registered_on_failure(name):
+            for filename, content in files.items():
+                data = Path(content).read_bytes() if isinstance(content, Path) else bytes(content)
+                stored[filename] = (self.blobs.put(data), len(data))
 
         # 2. One transaction publishes the version.
-        with self._write() as db:
+        with _nothing_registered_on_failure(name), self._write() as db:
             if number is None:
                 (latest,) = db.execute(
                     "SELECT COALESCE(MAX(number), 0) FROM versions WHERE name=?", (name,)
