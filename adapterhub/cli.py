@@ -245,6 +245,30 @@ def pull(
     out.print(result.version.ref)
 
 
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1); non-loopback needs API keys.", show_default=False)] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8000).", show_default=False)] = None,
+    slots: Annotated[int | None, typer.Option(min=1, help="Adapter slots resident at once (default 8).", show_default=False)] = None,
+    precision: Annotated[str | None, typer.Option(help="Load the base as nf4, int8, bf16 or fp32 (default: as at init).", show_default=False)] = None,
+    keys_file: Annotated[Path | None, typer.Option(help="YAML/JSON file of API keys with roles.", show_default=False)] = None,
+    home: HomeOption = None,
+) -> None:
+    """Serve the OpenAI-compatible HTTP API (settings also from ADAPTERHUB_* variables)."""
+    try:  # the server is an optional extra; the library never imports it at module level
+        from adapterhub_server import load_settings
+        from adapterhub_server import serve as run_server
+    except ImportError as e:
+        raise ConfigError(f"the server needs its extra ({e.name} is missing): pip install 'adapterhub[server]'") from e
+
+    _quiet_libraries()
+    settings = load_settings(
+        host=host, port=port, precision=precision, keys_file=keys_file, home=home,
+        engine={"max_slots": slots} if slots is not None else None,
+    )
+    run_server(settings)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning our errors into one line and an exit code."""
     try:

@@ -1,0 +1,1 @@
+"""Route modules: ``openai`` (OpenAI-compatible), ``admin`` (adapters, registry), ``health``."""

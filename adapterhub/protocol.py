@@ -1,0 +1,201 @@
+"""Wire schemas of the server's admin and registry routes, shared by the server and the TUI.
+
+The server (``adapterhub_server``) answers with these models and the TUI's HTTP backend parses
+them, so both sides spell every field the same way without importing each other. The
+OpenAI-compatible routes keep their schemas in the server (``adapterhub_server.schemas``): a
+client of those uses the ``openai`` package.
+
+Design choices:
+
+* Requests are strict (``extra="forbid"``, limits, a docstring per field). Responses ignore
+  fields they do not know, so an older TUI keeps working against a newer server.
+* Library values convert in one place: :meth:`VersionInfo.from_version` /
+  :meth:`VersionInfo.to_version`, :meth:`ResidentAdapterInfo.from_resident`.
+* Pure pydantic: importing this module imports neither torch nor any web framework.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from adapterhub.engine.types import ResidentAdapter
+    from adapterhub.registry import Version
+
+_REF = Field(min_length=1, max_length=200)
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Response(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+# ---------------------------------------------------------------------------- requests
+
+
+class LoadAdapterRequest(_Request):
+    """``POST /admin/adapters/load``: warm an adapter into a slot."""
+
+    ref: str = _REF
+    """Adapter ref: ``name``, ``name@3`` or ``name:alias``."""
+
+    pin: bool = False
+    """Also pin it, so it is never evicted."""
+
+
+class PinAdapterRequest(_Request):
+    """``POST /admin/adapters/pin``: pin (load if needed) or unpin an adapter."""
+
+    ref: str = _REF
+    """Adapter ref."""
+
+    pinned: bool = True
+    """True pins (loading it if needed); False unpins a resident adapter."""
+
+
+class UnloadAdapterRequest(_Request):
+    """``POST /admin/adapters/unload``: drop an adapter from its slot and the cache."""
+
+    ref: str = _REF
+    """Adapter ref."""
+
+
+class TagRequest(_Request):
+    """``POST /admin/versions/{ref}/tag``: point ``name:alias`` at a version."""
+
+    alias: str = Field(min_length=1, max_length=64)
+    """Alias to set or move, e.g. ``prod``."""
+
+
+class VllmLoadLoraRequest(_Request):
+    """vLLM's ``POST /v1/load_lora_adapter`` body."""
+
+    lora_name: str = _REF
+    """Adapter ref to warm, or the name to register ``lora_path`` under."""
+
+    lora_path: str | None = Field(default=None, min_length=1, max_length=4096)
+    """A PEFT LoRA folder on the server's disk to import as the next version of ``lora_name``
+    (safetensors only, checked against the base); omit it to load a registered ref."""
+
+    load_inplace: bool = False
+    """vLLM's flag; accepted. Registered versions are immutable, so a path always makes a new
+    version."""
+
+
+class VllmUnloadLoraRequest(_Request):
+    """vLLM's ``POST /v1/unload_lora_adapter`` body."""
+
+    lora_name: str = _REF
+    """Adapter ref to unload."""
+
+    lora_int_id: int | None = None
+    """vLLM's numeric id; accepted and ignored."""
+
+
+# ---------------------------------------------------------------------------- responses
+
+
+class ResidentAdapterInfo(_Response):
+    """An adapter resident in one of the engine's slots."""
+
+    ref: str
+    slot: int
+    pinned: bool
+    active_rows: int
+    rank: int
+    num_bytes: int
+
+    @classmethod
+    def from_resident(cls, resident: ResidentAdapter) -> ResidentAdapterInfo:
+        return cls(
+            ref=resident.ref, slot=resident.slot, pinned=resident.pinned,
+            active_rows=resident.active_rows, rank=resident.rank, num_bytes=resident.num_bytes,
+        )
+
+
+class ResidencyResponse(_Response):
+    """``GET /admin/adapters``: slots, cache and queue of the engine."""
+
+    max_slots: int
+    slots_used: int
+    resident: list[ResidentAdapterInfo]
+    cached_adapters: int
+    """Prepared adapters in the in-memory LRU cache behind the slots."""
+    loads_in_flight: int
+    cache_hits: int
+    cache_misses: int
+    queue_depth: int
+    running_rows: int
+    max_rows: int
+
+
+class UnloadResponse(_Response):
+    """Result of an unload."""
+
+    ref: str
+    """The resolved version."""
+    unloaded: bool
+    """False when it was not resident."""
+
+
+class VersionInfo(_Response):
+    """One registered version: the fields of :class:`adapterhub.registry.Version`."""
+
+    ref: str
+    name: str
+    number: int
+    created_at: float
+    method: str
+    base_fingerprint: str
+    template_hash: str
+    files: dict[str, str]
+    recipe: dict[str, Any] = Field(default_factory=dict)
+    dataset_fingerprint: str | None = None
+    parent: str | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    source: dict[str, Any] = Field(default_factory=dict)
+    aliases: list[str] = Field(default_factory=list)
+
+    @classmethod
+    def from_version(cls, version: Version) -> VersionInfo:
+        return cls.model_validate(version.to_dict())
+
+    def to_version(self) -> Version:
+        from adapterhub.registry import Version
+
+        return Version(
+            name=self.name, number=self.number, created_at=self.created_at, method=self.method,
+            base_fingerprint=self.base_fingerprint, template_hash=self.template_hash,
+            files=dict(self.files), recipe=dict(self.recipe),
+            dataset_fingerprint=self.dataset_fingerprint, parent=self.parent,
+            metrics=dict(self.metrics), source=dict(self.source), aliases=tuple(self.aliases),
+        )
+
+
+class VersionList(_Response):
+    """``GET /admin/versions`` (every version, oldest first) and lineage chains (newest first)."""
+
+    data: list[VersionInfo]
+
+
+class DeleteResponse(_Response):
+    """``DELETE /admin/versions/{ref}``: the versions deleted."""
+
+    deleted: list[str]
+
+
+class ServerInfo(_Response):
+    """``GET /admin/info``: what this server serves."""
+
+    base_name: str
+    base_fingerprint: str
+    template_hash: str
+    precision: str
+    max_model_len: int
+    home: str
+    version: str

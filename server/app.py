@@ -1,0 +1,150 @@
+"""``create_app(settings)``: the FastAPI app, and ``serve(settings)``: run it with uvicorn.
+
+Design choices:
+
+* **A factory, no module-level state.** Everything an app holds (service, keys, metrics registry)
+  hangs off ``app.state``; two apps in one process share nothing.
+* **Lifespan** starts loading the hub, base and engine in a worker thread and, on shutdown,
+  closes the engine. uvicorn first stops accepting and lets in-flight requests run for
+  ``shutdown_grace_s`` (``timeout_graceful_shutdown``), then cancels what is left; cancelled
+  streams cancel their rows.
+* **Body limit as pure ASGI middleware** (not ``BaseHTTPMiddleware``, which breaks streaming
+  disconnects): bodies are buffered up to ``max_body_bytes`` and replayed; one byte more is a 413
+  in OpenAI's shape, before any route parses it.
+* **Refuse an open server on the network:** both ``create_app`` and ``serve`` check that a
+  non-loopback host has API keys.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+import adapterhub
+from adapterhub_server.auth import KeyTable
+from adapterhub_server.errors import http_error_response, install_error_handlers
+from adapterhub_server.routes import admin, health, openai
+from adapterhub_server.service import InferenceService
+from adapterhub_server.settings import ServerSettings, check_bind
+
+log = logging.getLogger("adapterhub.server")
+
+
+def create_app(settings: ServerSettings) -> FastAPI:
+    """Build the server app for ``settings``. Loading starts when its lifespan starts.
+
+    Raises:
+        ConfigError: a non-loopback host without keys, or an unreadable keys file.
+    """
+    keys = settings.resolved_keys()
+    check_bind(settings, keys)
+    service = InferenceService(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        service.start_loading()
+        try:
+            yield
+        finally:
+            await service.close()
+
+    app = FastAPI(
+        title="adapterhub",
+        version=adapterhub.__version__,
+        summary="OpenAI-compatible serving of many LoRA adapters over one frozen base.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.service = service
+    app.state.keys = KeyTable(keys)
+    install_error_handlers(app)
+    app.include_router(openai.router)
+    app.include_router(admin.router)
+    app.include_router(health.router)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    return app
+
+
+class BodyLimit:
+    """Refuse request bodies over ``max_bytes`` with 413 (buffers up to that much, then replays)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(scope, receive, send, int(declared))
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # disconnected while sending the body
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._refuse(scope, receive, send, size)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, size: int) -> None:
+        response = http_error_response(
+            413,
+            f"the request body is {size} bytes or more, over this server's max_body_bytes="
+            f"{self.max_bytes}; send less (or raise ADAPTERHUB_MAX_BODY_BYTES)",
+            code="request_too_large",
+            headers={"Connection": "close"},
+        )
+        await response(scope, receive, send)
+
+
+def serve(settings: ServerSettings) -> None:
+    """Run the app with uvicorn until SIGINT/SIGTERM (what ``adapterhub serve`` calls).
+
+    Checks what can be checked before binding: keys for a non-loopback host, and that the hub
+    home has a base (else ``adapterhub init`` is the fix).
+
+    Raises:
+        ConfigError: see :func:`create_app`.
+        BaseModelError: the hub home has no base.
+    """
+    import uvicorn
+
+    from adapterhub.facade import Hub
+
+    check_bind(settings, settings.resolved_keys())
+    Hub(settings.home).base_info  # noqa: B018  (raises BaseModelError with the fix)
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
+        lifespan="on",
+        access_log=settings.log_level == "debug",
+    )
+    uvicorn.Server(config).run()

@@ -1,0 +1,212 @@
+"""Every error the server answers, in OpenAI's shape, from ONE table of types.
+
+``{"error": {"message": ..., "type": ..., "param": ..., "code": ...}}`` — the body the official
+``openai`` client parses into ``openai.NotFoundError`` & co. Inside an SSE stream the same JSON
+arrives as one ``data:`` event, then the stream ends.
+
+Design choices:
+
+* **Types, never text.** :data:`ERROR_TABLE` maps library exception *types* to a status, an OpenAI
+  error type and a code; the most specific class in the exception's MRO wins. The message is the
+  library's own (it already names the field, shows the value and says how to fix it). This is
+  the opposite of choosing a status by searching message text.
+* **HTTP conditions** (401, 403, 404 route, 413, 503 not ready) are FastAPI ``HTTPException`` s
+  rendered through :data:`STATUS_TYPES`.
+* **No stack traces in responses.** Anything unexpected is logged with its traceback and answered
+  500 with a request id to find it in the log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from adapterhub.errors import (
+    AdapterHubError,
+    AdapterNotFoundError,
+    BaseModelError,
+    CapacityError,
+    ConfigError,
+    CorruptBlobError,
+    EngineError,
+    HubError,
+    IncompatibleAdapterError,
+    PromptTooLongError,
+    RegistryError,
+    TrainingError,
+    UnsafeAdapterError,
+    VersionExistsError,
+)
+
+log = logging.getLogger("adapterhub.server")
+
+
+@dataclass(frozen=True)
+class ErrorSpec:
+    """How one library error type is answered."""
+
+    status: int
+    type: str
+    code: str
+
+
+ERROR_TABLE: dict[type[BaseException], ErrorSpec] = {
+    AdapterNotFoundError: ErrorSpec(404, "not_found_error", "model_not_found"),
+    PromptTooLongError: ErrorSpec(400, "invalid_request_error", "context_length_exceeded"),
+    ConfigError: ErrorSpec(400, "invalid_request_error", "invalid_value"),
+    IncompatibleAdapterError: ErrorSpec(409, "invalid_request_error", "incompatible_adapter"),
+    UnsafeAdapterError: ErrorSpec(422, "invalid_request_error", "unsafe_adapter"),
+    VersionExistsError: ErrorSpec(409, "invalid_request_error", "version_exists"),
+    CorruptBlobError: ErrorSpec(500, "server_error", "corrupt_adapter"),
+    RegistryError: ErrorSpec(409, "invalid_request_error", "registry_conflict"),
+    CapacityError: ErrorSpec(429, "rate_limit_error", "capacity_exceeded"),
+    BaseModelError: ErrorSpec(503, "service_unavailable", "base_unavailable"),
+    EngineError: ErrorSpec(503, "service_unavailable", "engine_unavailable"),
+    HubError: ErrorSpec(502, "server_error", "hub_unavailable"),
+    TrainingError: ErrorSpec(500, "server_error", "training_failed"),
+    AdapterHubError: ErrorSpec(500, "server_error", "internal_error"),
+}
+"""Library error type -> answer. Looked up along the exception's MRO (most specific first)."""
+
+STATUS_TYPES: dict[int, str] = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    503: "service_unavailable",
+}
+"""HTTP status -> OpenAI error type, for errors that are HTTP conditions rather than ours."""
+
+_INTERNAL = ErrorSpec(500, "server_error", "internal_error")
+
+
+def spec_for(error: BaseException) -> ErrorSpec:
+    """The table row for ``error``: its most specific class that the table names."""
+    for cls in type(error).__mro__:
+        spec = ERROR_TABLE.get(cls)
+        if spec is not None:
+            return spec
+    return _INTERNAL
+
+
+def error_body(message: str, type_: str, *, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    """OpenAI's error object."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def retry_after_seconds(error: BaseException) -> int | None:
+    """Whole seconds for ``Retry-After`` (CapacityError carries its own hint)."""
+    if isinstance(error, CapacityError):
+        return max(1, math.ceil(error.retry_after))
+    return None
+
+
+def library_error_response(error: AdapterHubError) -> JSONResponse:
+    """The HTTP answer for one of our library errors, by :data:`ERROR_TABLE`."""
+    spec = spec_for(error)
+    if spec.status >= 500:
+        log.error("%s answered %d: %s", type(error).__name__, spec.status, error)
+    param = "model" if isinstance(error, AdapterNotFoundError | IncompatibleAdapterError) else None
+    headers = {}
+    retry = retry_after_seconds(error)
+    if retry is not None:
+        headers["Retry-After"] = str(retry)
+    return JSONResponse(
+        error_body(str(error), spec.type, param=param, code=spec.code), spec.status, headers=headers
+    )
+
+
+def sse_error_event(error: BaseException) -> str:
+    """One SSE ``data:`` event carrying the error JSON (for errors after the stream started)."""
+    if isinstance(error, AdapterHubError):
+        spec = spec_for(error)
+        body = error_body(str(error), spec.type, code=spec.code)
+    else:
+        request_id = _log_unexpected(error)
+        body = error_body(_internal_message(request_id), "server_error", code="internal_error")
+    return f"data: {json.dumps(body)}\n\n"
+
+
+def http_error_response(status: int, message: str, *, code: str | None = None,
+                        param: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    """An OpenAI-shaped answer for an HTTP condition (auth, size, readiness ...)."""
+    return JSONResponse(
+        error_body(message, STATUS_TYPES.get(status, "invalid_request_error" if status < 500 else "server_error"),
+                   param=param, code=code),
+        status,
+        headers=headers,
+    )
+
+
+def describe_request_errors(error: RequestValidationError) -> tuple[str, str | None]:
+    """Every problem of an invalid body in one message, and the first field's path as ``param``."""
+    problems, params = [], []
+    for item in error.errors():
+        loc = [str(p) for p in item.get("loc", ()) if p != "body"]
+        where = ".".join(loc) or "body"
+        params.append(where)
+        got = item.get("input")
+        shown = "" if item.get("type") == "missing" or got is None or isinstance(got, dict) \
+            else f" (got {_short(got)})"
+        problems.append(f"{where}: {item.get('msg', 'invalid')}{shown}")
+    message = problems[0] if len(problems) == 1 else f"{len(problems)} problems: " + "; ".join(problems)
+    return message, params[0] if params else None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _internal_message(request_id: str) -> str:
+    return f"internal server error (request {request_id}); the server log has the details"
+
+
+def _log_unexpected(error: BaseException) -> str:
+    request_id = uuid.uuid4().hex[:12]
+    log.error("unexpected error, request %s", request_id, exc_info=error)
+    return request_id
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every error the app can meet to an OpenAI-shaped JSON answer."""
+
+    async def on_library_error(_: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, AdapterHubError)
+        return library_error_response(error)
+
+    async def on_invalid_request(_: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, RequestValidationError)
+        message, param = describe_request_errors(error)
+        return http_error_response(400, message, code="invalid_request", param=param)
+
+    async def on_http_error(_: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, StarletteHTTPException)
+        code = {401: "invalid_api_key", 403: "insufficient_permissions", 404: "not_found",
+                405: "method_not_allowed", 413: "request_too_large", 503: "not_ready"}.get(error.status_code)
+        return http_error_response(error.status_code, str(error.detail), code=code,
+                                   headers=dict(error.headers or {}))
+
+    async def on_unexpected(_: Request, error: Exception) -> JSONResponse:
+        return http_error_response(500, _internal_message(_log_unexpected(error)), code="internal_error")
+
+    app.add_exception_handler(AdapterHubError, on_library_error)
+    app.add_exception_handler(RequestValidationError, on_invalid_request)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_unexpected)

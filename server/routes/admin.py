@@ -1,0 +1,185 @@
+"""Admin routes: adapter residency (load, pin, unload, list) and registry reads/writes.
+
+Every route here needs an admin key (:data:`~adapterhub_server.deps.AdminCaller`); an inference
+key gets 403. Blocking calls (the engine's admin queue, SQLite) run in worker threads. Shapes
+are the library's wire schemas in :mod:`adapterhub.protocol`, which the TUI's HTTP backend
+parses too. vLLM's ``/v1/load_lora_adapter`` and ``/v1/unload_lora_adapter`` are here as well,
+answering plain text as vLLM does.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import anyio
+from fastapi import APIRouter
+from fastapi.responses import PlainTextResponse
+
+import adapterhub
+from adapterhub.errors import AdapterNotFoundError, ConfigError
+from adapterhub.protocol import (
+    DeleteResponse,
+    LoadAdapterRequest,
+    PinAdapterRequest,
+    ResidencyResponse,
+    ResidentAdapterInfo,
+    ServerInfo,
+    TagRequest,
+    UnloadAdapterRequest,
+    UnloadResponse,
+    VersionInfo,
+    VersionList,
+    VllmLoadLoraRequest,
+    VllmUnloadLoraRequest,
+)
+from adapterhub.refs import validate_name
+from adapterhub_server.deps import AdminCaller, ReadyService
+from adapterhub_server.schemas import ERROR_RESPONSES
+from adapterhub_server.service import InferenceService
+
+router = APIRouter(tags=["admin"], responses={**ERROR_RESPONSES, 403: ERROR_RESPONSES[401] | {
+    "description": "An inference key on an admin route"}})
+STEP_LOG_FILE = "step_log.jsonl"
+
+
+def _engine(service: InferenceService) -> Any:
+    return service.ready_engine()
+
+
+@router.get("/admin/info", response_model=ServerInfo, summary="The base this server serves")
+async def info(_: AdminCaller, service: ReadyService) -> ServerInfo:
+    assert service.hub is not None
+    base = service.hub.base
+    return ServerInfo(
+        base_name=base.info.name, base_fingerprint=base.info.fingerprint,
+        template_hash=base.info.template_hash, precision=base.precision,
+        max_model_len=service.max_model_len, home=str(service.hub.home), version=adapterhub.__version__,
+    )
+
+
+@router.get("/admin/adapters", response_model=ResidencyResponse,
+            summary="Adapters in slots, cache counters, queue")
+async def residency(_: AdminCaller, service: ReadyService) -> ResidencyResponse:
+    stats = await anyio.to_thread.run_sync(_engine(service).stats)
+    return ResidencyResponse(
+        max_slots=stats.max_slots, slots_used=len(stats.resident),
+        resident=[ResidentAdapterInfo.from_resident(r) for r in stats.resident],
+        cached_adapters=stats.cached_adapters, loads_in_flight=stats.loads_in_flight,
+        cache_hits=stats.cache_hits, cache_misses=stats.cache_misses,
+        queue_depth=stats.queue_depth, running_rows=stats.running_rows, max_rows=stats.max_rows,
+    )
+
+
+@router.post("/admin/adapters/load", response_model=ResidentAdapterInfo,
+             summary="Warm an adapter into a slot (optionally pinned)")
+async def load(body: LoadAdapterRequest, _: AdminCaller, service: ReadyService) -> ResidentAdapterInfo:
+    engine = _engine(service)
+    resident = await anyio.to_thread.run_sync(lambda: engine.load_adapter(body.ref, pin=body.pin))
+    return ResidentAdapterInfo.from_resident(resident)
+
+
+@router.post("/admin/adapters/pin", response_model=ResidentAdapterInfo,
+             summary="Pin (loading if needed) or unpin an adapter")
+async def pin(body: PinAdapterRequest, _: AdminCaller, service: ReadyService) -> ResidentAdapterInfo:
+    engine = _engine(service)
+    resident = await anyio.to_thread.run_sync(lambda: engine.pin_adapter(body.ref, body.pinned))
+    return ResidentAdapterInfo.from_resident(resident)
+
+
+@router.post("/admin/adapters/unload", response_model=UnloadResponse,
+             summary="Drop an adapter from its slot and the cache")
+async def unload(body: UnloadAdapterRequest, _: AdminCaller, service: ReadyService) -> UnloadResponse:
+    engine = _engine(service)
+    ref = await anyio.to_thread.run_sync(lambda: service.hub.registry.resolve(body.ref).ref)  # type: ignore[union-attr]
+    unloaded = await anyio.to_thread.run_sync(lambda: engine.unload_adapter(ref))
+    return UnloadResponse(ref=ref, unloaded=unloaded)
+
+
+# ---------------------------------------------------------------------------- vLLM shapes
+
+
+@router.post("/v1/load_lora_adapter", response_class=PlainTextResponse,
+             summary="vLLM-compatible: load a registered ref, or import a local PEFT folder and load it")
+async def vllm_load(body: VllmLoadLoraRequest, _: AdminCaller, service: ReadyService) -> str:
+    engine = _engine(service)
+    hub = service.hub
+    assert hub is not None
+    ref = body.lora_name
+    if body.lora_path is not None:
+        name = validate_name(body.lora_name, field="lora_name")
+        path = Path(body.lora_path)
+        if not path.is_absolute():
+            raise ConfigError(f"lora_path={body.lora_path!r} must be an absolute path on the server")
+        version = await anyio.to_thread.run_sync(lambda: hub.import_adapter(path, name))
+        ref = version.ref
+    resident = await anyio.to_thread.run_sync(lambda: engine.load_adapter(ref))
+    return f"Success: LoRA adapter '{body.lora_name}' added successfully ({resident.ref} in slot {resident.slot})."
+
+
+@router.post("/v1/unload_lora_adapter", response_class=PlainTextResponse,
+             summary="vLLM-compatible: unload an adapter")
+async def vllm_unload(body: VllmUnloadLoraRequest, _: AdminCaller, service: ReadyService) -> str:
+    engine = _engine(service)
+    unloaded = await anyio.to_thread.run_sync(lambda: engine.unload_adapter(body.lora_name))
+    if not unloaded:
+        raise AdapterNotFoundError(
+            f"adapter {body.lora_name!r} is not loaded; GET /admin/adapters lists what is",
+            ref=body.lora_name,
+        )
+    return f"Success: LoRA adapter '{body.lora_name}' removed successfully."
+
+
+# ---------------------------------------------------------------------------- registry
+
+
+@router.get("/admin/versions", response_model=VersionList, summary="Every registered version, oldest first")
+async def versions(_: AdminCaller, service: ReadyService) -> VersionList:
+    assert service.hub is not None
+    found = await anyio.to_thread.run_sync(service.hub.registry.list_versions)
+    return VersionList(data=[VersionInfo.from_version(v) for v in found])
+
+
+@router.get("/admin/versions/{ref}", response_model=VersionInfo, summary="One version's metadata")
+async def version(ref: str, _: AdminCaller, service: ReadyService) -> VersionInfo:
+    assert service.hub is not None
+    return VersionInfo.from_version(await anyio.to_thread.run_sync(service.hub.registry.resolve, ref))
+
+
+@router.get("/admin/versions/{ref}/lineage", response_model=VersionList,
+            summary="A version and its parent chain, newest first")
+async def lineage(ref: str, _: AdminCaller, service: ReadyService) -> VersionList:
+    assert service.hub is not None
+    chain = await anyio.to_thread.run_sync(service.hub.registry.lineage, ref)
+    return VersionList(data=[VersionInfo.from_version(v) for v in chain])
+
+
+@router.get("/admin/versions/{ref}/step_log", summary="Progress events recorded while the version trained")
+async def step_log(ref: str, _: AdminCaller, service: ReadyService) -> list[dict[str, Any]]:
+    hub = service.hub
+    assert hub is not None
+
+    def read() -> list[dict[str, Any]]:
+        found = hub.registry.resolve(ref)
+        if STEP_LOG_FILE not in found.files:
+            return []
+        lines = hub.registry.read_file(found, STEP_LOG_FILE).decode().splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+
+    return await anyio.to_thread.run_sync(read)
+
+
+@router.post("/admin/versions/{ref}/tag", response_model=VersionInfo, summary="Point name:alias at a version")
+async def tag(ref: str, body: TagRequest, _: AdminCaller, service: ReadyService) -> VersionInfo:
+    assert service.hub is not None
+    tagged = await anyio.to_thread.run_sync(service.hub.registry.tag, ref, body.alias)
+    return VersionInfo.from_version(tagged)
+
+
+@router.delete("/admin/versions/{ref}", response_model=DeleteResponse,
+               summary="Delete a version (refused while another names it as parent)")
+async def delete(ref: str, _: AdminCaller, service: ReadyService) -> DeleteResponse:
+    assert service.hub is not None
+    gone = await anyio.to_thread.run_sync(service.hub.registry.delete, ref)
+    return DeleteResponse(deleted=[v.ref for v in gone])

@@ -1,0 +1,383 @@
+"""Wire schemas of the OpenAI-compatible routes: what clients send and what they get back.
+
+Design choices:
+
+* **Strict in, OpenAI-shaped out.** Requests are pydantic models with ``extra="forbid"``: an
+  unknown field is a 400 naming it, not a silently ignored setting. Fields that OpenAI clients
+  commonly send with neutral values (``frequency_penalty=0``, ``logprobs=false``, ``user``) are
+  accepted; a non-neutral value is refused with what to do instead.
+* **Extras, named as their origin names them:** vLLM's ``top_k``, ``min_tokens``, ``ignore_eos``;
+  LoRAX's ``adapter_id`` (an alias of ``model``); our ``mix`` (request-time weighted adapters).
+  With the ``openai`` client they go in ``extra_body``.
+* **Limits that depend on settings** (``max_tokens``, ``n``, prompt length) are checked by
+  :mod:`.service` against ``ServerSettings``; limits that are facts of the API are here.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MAX_STOP_SEQUENCES = 8
+MAX_MIX_ADAPTERS = 16
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TextPart(_Strict):
+    """One part of a message's content; only text is supported."""
+
+    type: Literal["text"]
+    """Always ``"text"`` (images and audio are not supported by a text-only base)."""
+
+    text: str = Field(max_length=1_000_000)
+    """The text."""
+
+
+class ChatMessage(_Strict):
+    """One chat message."""
+
+    role: Literal["system", "developer", "user", "assistant"]
+    """Who speaks; ``developer`` is treated as ``system``."""
+
+    content: Annotated[str, Field(max_length=4_000_000)] | Annotated[list[TextPart], Field(max_length=1024)]
+    """The message text, or a list of text parts that are joined."""
+
+    name: str | None = Field(default=None, max_length=64)
+    """Accepted for compatibility; not shown to the model."""
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class MixEntry(_Strict):
+    """One adapter of a request-time mix."""
+
+    ref: str = Field(min_length=1, max_length=200)
+    """Adapter ref: ``name``, ``name@3`` or ``name:alias``."""
+
+    weight: float = Field(ge=-10.0, le=10.0)
+    """Weight of this adapter's LoRA delta (``sum w_i * B_i A_i x``)."""
+
+
+class StreamOptions(_Strict):
+    """OpenAI's ``stream_options``."""
+
+    include_usage: bool = False
+    """Send one more chunk before ``[DONE]`` with empty ``choices`` and the request's usage."""
+
+    continuous_usage_stats: bool = False
+    """vLLM's option: accepted; usage is still sent once, at the end."""
+
+
+class _GenerationRequest(_Strict):
+    """Fields shared by chat and text completions."""
+
+    model: str = Field(min_length=1, max_length=256)
+    """An adapter ref (``pirate``, ``pirate@3``, ``pirate:prod``) or the base's name."""
+
+    adapter_id: str | None = Field(default=None, min_length=1, max_length=256)
+    """LoRAX-style alias: when given it names the adapter and ``model`` is ignored."""
+
+    mix: list[MixEntry] | None = Field(default=None, min_length=1, max_length=MAX_MIX_ADAPTERS)
+    """Request-time mixing: several adapters with weights; ``model`` must then be the base."""
+
+    max_tokens: int | None = Field(default=None, ge=1)
+    """Most tokens to generate; the server's default when omitted (see ``/v1/models``)."""
+
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    """Sampling temperature; 0 is greedy."""
+
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    """Nucleus sampling mass."""
+
+    top_k: int = Field(default=0, ge=-1, le=1_000_000)
+    """vLLM extra: sample among the k most likely tokens; 0 or -1 turns it off."""
+
+    min_tokens: int = Field(default=0, ge=0)
+    """vLLM extra: generate at least this many tokens before eos or a stop string may end."""
+
+    ignore_eos: bool = False
+    """vLLM extra: keep generating past the end-of-sequence token (benchmarks)."""
+
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
+    """Makes sampling reproducible for this request, whatever shares its batch."""
+
+    stop: (
+        Annotated[str, Field(max_length=256)]
+        | Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]],
+                    Field(max_length=MAX_STOP_SEQUENCES)]
+        | None
+    ) = None
+    """Up to 8 strings that end the completion (not included in the text)."""
+
+    n: int = Field(default=1, ge=1, le=128)
+    """Completions per prompt (the server's ``max_n`` caps it)."""
+
+    stream: bool = False
+    """Stream chunks as server-sent events, ending with ``data: [DONE]``."""
+
+    stream_options: StreamOptions | None = None
+    """Streaming options (``include_usage``)."""
+
+    user: str | None = Field(default=None, max_length=256)
+    """Accepted for compatibility; not used."""
+
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    """Only 0 is supported."""
+
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    """Only 0 is supported."""
+
+    logit_bias: dict[str, float] | None = Field(default=None, max_length=0)
+    """Only empty is supported."""
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_not_empty(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, str) and not value:
+            raise ValueError("stop must not be an empty string; omit it or give text")
+        return value
+
+    @field_validator("frequency_penalty", "presence_penalty")
+    @classmethod
+    def _neutral_penalty(cls, value: float | None) -> float | None:
+        if value:
+            raise ValueError(f"{value!r} is not supported; only 0 (no penalty) is")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> _GenerationRequest:
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options is only allowed with stream=true")
+        if self.mix is not None and self.adapter_id is not None:
+            raise ValueError("give either adapter_id or mix, not both")
+        return self
+
+    def stop_strings(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+
+class ChatCompletionRequest(_GenerationRequest):
+    """``POST /v1/chat/completions``."""
+
+    messages: list[ChatMessage] = Field(min_length=1, max_length=2048)
+    """The conversation so far, rendered with the base's own chat template."""
+
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    """OpenAI's newer name for ``max_tokens``; give one of them."""
+
+    logprobs: bool | None = None
+    """Only false is supported."""
+
+    top_logprobs: int | None = Field(default=None, ge=0, le=0)
+    """Only 0 is supported."""
+
+    @field_validator("logprobs")
+    @classmethod
+    def _no_logprobs(cls, value: bool | None) -> bool | None:
+        if value:
+            raise ValueError("logprobs are not supported; omit it or send false")
+        return value
+
+    @model_validator(mode="after")
+    def _one_max(self) -> ChatCompletionRequest:
+        if self.max_completion_tokens is not None:
+            if self.max_tokens is not None and self.max_tokens != self.max_completion_tokens:
+                raise ValueError(
+                    f"max_tokens={self.max_tokens} and max_completion_tokens="
+                    f"{self.max_completion_tokens} disagree; give one of them"
+                )
+            self.max_tokens = self.max_completion_tokens
+        return self
+
+
+_TokenIds = Annotated[list[Annotated[int, Field(ge=0, le=2**31)]], Field(min_length=1, max_length=1_000_000)]
+PromptInput = (
+    Annotated[str, Field(max_length=4_000_000)]
+    | Annotated[list[Annotated[str, Field(max_length=4_000_000)]], Field(min_length=1, max_length=1024)]
+    | _TokenIds
+    | Annotated[list[_TokenIds], Field(min_length=1, max_length=1024)]
+)
+
+
+class CompletionRequest(_GenerationRequest):
+    """``POST /v1/completions``: raw text in, text out (no chat template)."""
+
+    prompt: PromptInput
+    """A string, a list of strings (one completion each), or token ids (a list, or lists)."""
+
+    echo: bool = False
+    """Only false is supported."""
+
+    suffix: str | None = Field(default=None, max_length=0)
+    """Only empty is supported."""
+
+    best_of: int | None = Field(default=None, ge=1, le=128)
+    """Only equal to ``n`` (or omitted) is supported."""
+
+    logprobs: int | None = Field(default=None, ge=0, le=0)
+    """Only 0 / omitted is supported."""
+
+    @field_validator("echo")
+    @classmethod
+    def _no_echo(cls, value: bool) -> bool:
+        if value:
+            raise ValueError("echo is not supported; omit it or send false")
+        return value
+
+    @model_validator(mode="after")
+    def _best_of(self) -> CompletionRequest:
+        if self.best_of is not None and self.best_of != self.n:
+            raise ValueError(f"best_of={self.best_of} is not supported unless it equals n={self.n}")
+        return self
+
+
+# ---------------------------------------------------------------------------- responses
+
+
+class UsageInfo(BaseModel):
+    """Token counts of a whole request."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatMessageOut(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: ChatMessageOut
+    finish_reason: str | None
+    logprobs: None = None
+
+
+class ChatCompletionResponse(BaseModel):
+    """A whole chat completion."""
+
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: UsageInfo
+    system_fingerprint: str | None = None
+
+
+class ChatDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int
+    delta: ChatDelta
+    finish_reason: str | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One SSE event of a streamed chat completion."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: UsageInfo | None = None
+    system_fingerprint: str | None = None
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    finish_reason: str | None
+    logprobs: None = None
+
+
+class CompletionResponse(BaseModel):
+    """A whole text completion (also the shape of each streamed chunk)."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: UsageInfo | None = None
+    system_fingerprint: str | None = None
+
+
+class ModelCard(BaseModel):
+    """One entry of ``/v1/models``: the base, or an adapter version on it."""
+
+    id: str
+    """What to send as ``model``: the base name, ``name`` (latest), or ``name@N``."""
+
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "adapterhub"
+    root: str
+    """The base model this runs on."""
+
+    parent: str | None
+    """The base's name for adapters; None for the base itself."""
+
+    version: str | None = None
+    """The resolved version (``name@N``) this id serves now; None for the base."""
+
+    aliases: list[str] = Field(default_factory=list)
+    """Aliases pointing at this version (``prod`` means ``name:prod`` works too)."""
+
+    method: str | None = None
+    """How the version was made (``sft``, ``dpo``, ``imported`` ...)."""
+
+    max_model_len: int | None = None
+    """Longest prompt + completion the server accepts."""
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error shape, for every 4xx and 5xx."""
+
+    error: ErrorDetail
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": text}
+    for status, text in {
+        400: "Invalid request (names the field)",
+        401: "Missing or unknown API key",
+        404: "Unknown adapter or model",
+        409: "Adapter incompatible with the loaded base or template",
+        413: "Request body too large",
+        429: "Queue full or too many requests in flight for this key (Retry-After)",
+        503: "Not ready (base loading) or shutting down",
+    }.items()
+}
+"""OpenAPI ``responses=`` for generation routes: every error has the OpenAI shape."""

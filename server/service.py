@@ -1,0 +1,380 @@
+"""The server's one hold on the library: Hub, base and Engine, and how requests become rows.
+
+:class:`InferenceService` is created by ``create_app`` (never at import), loads the hub, the base
+and the engine once in a worker thread, and turns wire requests into engine requests.
+
+Design choices:
+
+* **Loading in the background.** The lifespan starts the load and returns, so ``/health``
+  answers at once and generation routes answer 503 ``not_ready`` (with ``Retry-After``) until the
+  base and engine are up; ``/ready`` says which.
+* **The event loop never runs a forward.** The engine has its own thread; here we only render
+  prompts, submit, and await chunks. Blocking admin calls go through ``anyio.to_thread``.
+* **Fail before the headers.** The engine raises admission errors (unknown adapter, full queue,
+  prompt too long) at submit; :meth:`open` also waits for the first chunk of every row before
+  the route answers, so even a corrupt adapter found by the loader gets a real status code and
+  the resolved version can go in the ``X-Adapter-Version`` header.
+* **Cancellation is explicit.** Every opened stream is cancelled in a ``finally`` (a no-op once
+  finished), so a client that disconnects, a failed sibling row or a shutdown frees rows at once.
+* **Refs resolve per request** against the registry, so a version registered by another process
+  is served without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from fastapi import HTTPException
+
+from adapterhub.engine.types import AdapterMix, GenerationChunk, GenerationRequest, SamplingParams
+from adapterhub.errors import AdapterHubError, ConfigError, PromptTooLongError
+from adapterhub_server.auth import RequestBudget
+from adapterhub_server.metrics import ServerMetrics
+from adapterhub_server.schemas import ChatCompletionRequest, CompletionRequest
+from adapterhub_server.settings import ServerSettings
+
+if TYPE_CHECKING:
+    from adapterhub.engine import Engine, RequestStream
+    from adapterhub.facade import Hub
+
+log = logging.getLogger("adapterhub.server")
+BASE_LABEL = "base"
+
+
+class Phase(StrEnum):
+    STARTING = "starting"
+    READY = "ready"
+    FAILED = "failed"
+    STOPPING = "stopping"
+
+
+@dataclass(frozen=True)
+class Target:
+    """Which weights serve a request: the base (both None), one adapter ref, or a mix."""
+
+    adapter: str | None = None
+    mix: AdapterMix | None = None
+
+
+@dataclass
+class OpenRequest:
+    """A request whose rows are submitted and have each produced their first chunk.
+
+    Attributes:
+        streams: one per row (prompt x n), in choice order.
+        first: each row's first chunk.
+        adapter_version: the resolved version (``name@N``), a mix's description, or None.
+        label: the metrics label (resolved version, ``mix`` or ``base``).
+    """
+
+    streams: list[RequestStream]
+    first: list[GenerationChunk]
+    adapter_version: str | None
+    label: str
+    started: float
+    prompt_tokens: list[int] = field(default_factory=list)
+
+    def cancel(self) -> None:
+        for stream in self.streams:
+            stream.cancel()
+
+
+class InferenceService:
+    """Hub + base + engine for one app, and the request plumbing around them."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.phase = Phase.STARTING
+        self.failure: str | None = None
+        self.hub: Hub | None = None
+        self.engine: Engine | None = None
+        self.budget = RequestBudget(settings.max_streams_per_key)
+        self.metrics = ServerMetrics(self._engine_stats)
+        self._loader: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start_loading(self) -> None:
+        """Start loading hub, base and engine off the event loop (the lifespan calls this)."""
+        self._loader = asyncio.get_running_loop().create_task(self._load())
+
+    async def _load(self) -> None:
+        try:
+            await anyio.to_thread.run_sync(self._load_blocking)
+        except Exception as error:  # reported by /ready and every 503; the log has the trace
+            self.phase = Phase.FAILED
+            self.failure = f"{type(error).__name__}: {error}"
+            log.error("loading the base or engine failed", exc_info=error)
+        else:
+            if self.phase is Phase.STARTING:
+                self.phase = Phase.READY
+                log.info("ready: base %s, %d slots", self.base_name, self.settings.engine.max_slots)
+
+    def _load_blocking(self) -> None:
+        from adapterhub.engine import Engine
+        from adapterhub.facade import Hub
+
+        hub = Hub(self.settings.home, precision=self.settings.precision)
+        base = hub.base  # loads the model: the slow part
+        self.hub = hub
+        self.engine = Engine(base, hub.registry, self.settings.engine)
+
+    async def wait_ready(self, timeout: float) -> bool:
+        """Wait for loading to end (ready or failed); True when ready."""
+        if self._loader is not None:
+            with anyio.move_on_after(timeout):
+                await asyncio.shield(self._loader)
+        return self.phase is Phase.READY
+
+    async def close(self) -> None:
+        """Stop the engine: rows still running end with an error event."""
+        self.phase = Phase.STOPPING
+        if self._loader is not None and not self._loader.done():
+            await asyncio.shield(self._loader)  # a half-built engine would leak its thread
+        engine, self.engine = self.engine, None
+        if engine is not None:
+            await anyio.to_thread.run_sync(engine.close)
+
+    def ready_engine(self) -> Engine:
+        """The engine, or a 503 saying why it is not available."""
+        if self.phase is Phase.READY and self.engine is not None:
+            return self.engine
+        reasons = {
+            Phase.STARTING: "the server is still loading the base model; retry shortly",
+            Phase.STOPPING: "the server is shutting down",
+            Phase.FAILED: f"the server could not load its model ({self.failure}); see its log",
+        }
+        raise HTTPException(503, reasons[self.phase], headers={"Retry-After": "2"})
+
+    def _engine_stats(self) -> Any:
+        return self.engine.stats() if self.engine is not None and self.phase is Phase.READY else None
+
+    # ------------------------------------------------------------------ identity
+
+    @property
+    def base_name(self) -> str:
+        assert self.hub is not None, "base_name read before the service was ready"
+        return self.hub.base.info.name
+
+    @property
+    def max_model_len(self) -> int:
+        assert self.engine is not None
+        return int(self.engine.max_seq_len)
+
+    # ------------------------------------------------------------------ request -> rows
+
+    def target(self, body: ChatCompletionRequest | CompletionRequest) -> Target:
+        """Base, adapter or mix from ``model`` / ``adapter_id`` / ``mix``.
+
+        Raises:
+            ConfigError: a mix with ``model`` naming an adapter.
+        """
+        base = self.base_name
+        if body.mix is not None:
+            if body.model != base:
+                raise ConfigError(
+                    f"model={body.model!r} with mix: a mix combines adapters over the base, so "
+                    f"model must be the base {base!r}"
+                )
+            return Target(mix=AdapterMix(tuple(m.ref for m in body.mix), tuple(m.weight for m in body.mix)))
+        ref = body.adapter_id or body.model
+        return Target() if ref == base else Target(adapter=ref)
+
+    def chat_prompt(self, body: ChatCompletionRequest) -> list[int]:
+        """Token ids of the conversation through the base's chat template.
+
+        Raises:
+            ConfigError: the template refuses the conversation (e.g. roles it does not know).
+        """
+        import jinja2
+
+        assert self.hub is not None
+        messages = [
+            {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+            for m in body.messages
+        ]
+        try:
+            ids = self.hub.base.render_chat(messages)
+        except jinja2.TemplateError as e:
+            raise ConfigError(
+                f"messages: the base's chat template refused this conversation ({e}); check the "
+                "roles and their order"
+            ) from e
+        self._check_prompt(len(ids))
+        return ids
+
+    def completion_prompts(self, body: CompletionRequest) -> list[list[int]]:
+        """Token ids of each prompt of a text completion (no chat template)."""
+        assert self.hub is not None
+        prompt = body.prompt
+        if isinstance(prompt, str):
+            texts: list[str] | None = [prompt]
+        elif prompt and isinstance(prompt[0], str):
+            texts = [str(p) for p in prompt]
+        else:
+            texts = None
+        if texts is not None:
+            tokenizer = self.hub.base.tokenizer
+            prompts = [list(tokenizer(text)["input_ids"]) for text in texts]
+        elif prompt and isinstance(prompt[0], list):
+            prompts = [list(p) for p in prompt]  # type: ignore[arg-type]
+        else:
+            prompts = [list(prompt)]  # type: ignore[arg-type]
+        if len(prompts) > self.settings.max_prompts_per_request:
+            raise ConfigError(
+                f"prompt has {len(prompts)} prompts; the server allows at most "
+                f"max_prompts_per_request={self.settings.max_prompts_per_request} per request"
+            )
+        for ids in prompts:
+            if not ids:
+                raise ConfigError("prompt is empty; give at least one token of text")
+            self._check_prompt(len(ids))
+        return prompts
+
+    def _check_prompt(self, length: int) -> None:
+        limit = min(self.settings.max_prompt_tokens, self.max_model_len - 1)
+        if length > limit:
+            raise PromptTooLongError(
+                f"the prompt is {length} tokens, over this server's limit of {limit} "
+                f"(max_prompt_tokens={self.settings.max_prompt_tokens}, context "
+                f"{self.max_model_len} minus at least one generated token); shorten it"
+            )
+
+    def sampling(self, body: ChatCompletionRequest | CompletionRequest, prompt_len: int) -> list[SamplingParams]:
+        """One :class:`SamplingParams` per choice (``n``); seeds differ per choice.
+
+        Raises:
+            ConfigError: ``n`` or ``max_tokens`` over the server's limits.
+            PromptTooLongError: ``prompt + max_tokens`` over the context.
+        """
+        s = self.settings
+        problems = []
+        if body.n > s.max_n:
+            problems.append(f"n={body.n} is over the server's max_n={s.max_n}; ask for fewer choices")
+        if body.max_tokens is not None and body.max_tokens > s.max_tokens_limit:
+            problems.append(
+                f"max_tokens={body.max_tokens} is over the server's max_tokens_limit="
+                f"{s.max_tokens_limit}; ask for fewer"
+            )
+        if problems:
+            raise ConfigError(problems, source="request")
+        room = self.max_model_len - prompt_len
+        max_tokens = body.max_tokens if body.max_tokens is not None else min(s.default_max_tokens, room)
+        if max_tokens > room:
+            raise PromptTooLongError(
+                f"the prompt is {prompt_len} tokens and max_tokens={max_tokens}: "
+                f"{prompt_len + max_tokens} is over the context of {self.max_model_len}; "
+                f"lower max_tokens to at most {room} or shorten the prompt"
+            )
+        return [
+            SamplingParams(
+                max_tokens=max_tokens,
+                temperature=body.temperature,
+                top_p=body.top_p,
+                top_k=max(body.top_k, 0),
+                seed=None if body.seed is None else body.seed + i,
+                stop=body.stop_strings(),
+                min_tokens=body.min_tokens,
+                ignore_eos=body.ignore_eos,
+            )
+            for i in range(body.n)
+        ]
+
+    async def open(
+        self, prompts: Sequence[Sequence[int]], target: Target, body: ChatCompletionRequest | CompletionRequest
+    ) -> OpenRequest:
+        """Submit every row (prompt x n) and wait for each row's first chunk.
+
+        Raises:
+            AdapterHubError: admission errors from the engine, or an error that a row met
+                before its first token (every other row is then cancelled).
+        """
+        engine = self.ready_engine()
+        started = time.perf_counter()
+        streams: list[RequestStream] = []
+        opened: OpenRequest | None = None
+        prefix = uuid.uuid4().hex[:16]
+        try:
+            for ids in prompts:
+                for params in self.sampling(body, len(ids)):
+                    request = GenerationRequest(
+                        prompt_ids=tuple(ids), adapter=target.adapter, mix=target.mix,
+                        sampling=params, request_id=f"{prefix}-{len(streams)}",
+                    )
+                    streams.append(engine.stream(request))
+            first = list(await asyncio.gather(*(anext(s) for s in streams)))
+            version = first[0].adapter_version
+            label = "mix" if target.mix is not None else (version or BASE_LABEL)
+            opened = OpenRequest(streams, first, version, label, started,
+                                 [len(ids) for ids in prompts for _ in range(body.n)])
+            self.metrics.first_tokens(opened.label, started, len(streams))
+            return opened
+        finally:
+            if opened is None:
+                for stream in streams:
+                    stream.cancel()
+
+    async def rows(self, opened: OpenRequest) -> AsyncIterator[tuple[int, GenerationChunk]]:
+        """Every chunk of every row as ``(row, chunk)``, first chunks first, until all finish.
+
+        Errors of a row after its first chunk are raised here; the caller cancels the rest.
+        """
+        last = [time.perf_counter()] * len(opened.streams)
+        for row, chunk in enumerate(opened.first):
+            yield row, chunk
+        live = [row for row, chunk in enumerate(opened.first) if chunk.finish_reason is None]
+        if len(live) == 1:
+            row = live[0]
+            async for chunk in opened.streams[row]:
+                now = time.perf_counter()
+                self.metrics.token_gap(now - last[row], len(chunk.token_ids))
+                last[row] = now
+                yield row, chunk
+            return
+        queue: asyncio.Queue[tuple[int, GenerationChunk | BaseException | None]] = asyncio.Queue()
+
+        async def pump(row: int) -> None:
+            try:
+                async for chunk in opened.streams[row]:
+                    queue.put_nowait((row, chunk))
+            except BaseException as error:  # handed to the consumer, which re-raises it
+                queue.put_nowait((row, error))
+            else:
+                queue.put_nowait((row, None))
+
+        tasks = [asyncio.create_task(pump(row)) for row in live]
+        try:
+            pending = len(tasks)
+            while pending:
+                row, item = await queue.get()
+                if item is None:
+                    pending -= 1
+                    continue
+                if isinstance(item, BaseException):
+                    raise item
+                now = time.perf_counter()
+                self.metrics.token_gap(now - last[row], len(item.token_ids))
+                last[row] = now
+                yield row, item
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    def finish(self, opened: OpenRequest, endpoint: str, outcome: str, completion_tokens: int) -> None:
+        """Count a finished (or failed, or cancelled) request in the metrics."""
+        self.metrics.request_done(
+            opened.label, endpoint, outcome, sum(opened.prompt_tokens), completion_tokens,
+            time.perf_counter() - opened.started,
+        )
+
+    def count_refused(self, endpoint: str, error: BaseException) -> None:
+        kind = type(error).__name__ if isinstance(error, AdapterHubError | HTTPException) else "internal"
+        self.metrics.refused(endpoint, kind)

@@ -1,0 +1,241 @@
+"""``ServerSettings``: everything the HTTP server reads from its environment.
+
+Design choices:
+
+* **pydantic-settings, prefix ``ADAPTERHUB_``.** ``ADAPTERHUB_HOME`` is the same variable the
+  library reads; engine knobs nest with ``__`` (``ADAPTERHUB_ENGINE__MAX_SLOTS=4``). Keyword
+  arguments (the CLI's flags, a test's values) win over the environment. ``extra="forbid"``: a
+  typo in a keyword is an error, not a silently ignored setting.
+* **Keys.** Inference keys (``ADAPTERHUB_API_KEYS``) and admin keys (``ADAPTERHUB_ADMIN_KEYS``)
+  are comma-separated secrets; a YAML/JSON keys file (``ADAPTERHUB_KEYS_FILE``) gives named keys
+  with roles. No keys at all means an open server, which :func:`check_bind` allows on loopback
+  only.
+* **Bounds.** Body size, prompt tokens, ``max_tokens``, ``n`` and concurrent requests per key all
+  have limits here, so a client cannot make the server do unbounded work.
+* **One error type.** :func:`load_settings` turns pydantic's ``ValidationError`` into our
+  ``ConfigError`` listing every problem at once, so the CLI prints it as one red message.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from adapterhub.engine.config import EngineConfig
+from adapterhub.errors import ConfigError
+
+Role = Literal["inference", "admin"]
+MIN_KEY_LENGTH = 16
+_LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
+
+
+class KeyEntry(BaseModel):
+    """One API key in a keys file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    """Who holds the key; shown in logs and metrics, never the key itself."""
+
+    key: SecretStr = Field(min_length=MIN_KEY_LENGTH, max_length=512)
+    """The secret a client sends as ``Authorization: Bearer <key>``."""
+
+    role: Role = "inference"
+    """``inference`` may call ``/v1/*`` generation and listing; ``admin`` may also manage
+    adapters (load, pin, unload)."""
+
+
+class KeysFile(BaseModel):
+    """The keys file: ``keys: [{name, key, role}, ...]`` in YAML or JSON."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    keys: list[KeyEntry] = Field(default_factory=list, max_length=10_000)
+    """Every key the server accepts, with its role."""
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A resolved key: its holder's name, its secret and its role."""
+
+    name: str
+    secret: str
+    role: Role
+
+
+def _split_keys(value: Any) -> Any:
+    """``"a,b"`` from the environment -> ``["a", "b"]``; lists pass through."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class ServerSettings(BaseSettings):
+    """Settings of one ``adapterhub serve`` process (see the module docstring for sources)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ADAPTERHUB_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    home: Path | None = None
+    """Hub home to serve (its base and registry); ``~/.adapterhub`` when unset."""
+
+    host: str = Field(default="127.0.0.1", min_length=1, max_length=255)
+    """Address to bind. Anything but loopback requires at least one API key."""
+
+    port: int = Field(default=8000, ge=0, le=65535)
+    """TCP port to bind (0 picks a free one)."""
+
+    precision: Literal["nf4", "int8", "bf16", "fp32"] | None = None
+    """How to load the base; the precision chosen at ``adapterhub init`` when unset."""
+
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    """Engine capacity: rows, queue, adapter slots, cache (``ADAPTERHUB_ENGINE__MAX_SLOTS`` ...)."""
+
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list, max_length=10_000)
+    """Inference keys, comma-separated in the environment."""
+
+    admin_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list, max_length=10_000)
+    """Admin keys (may also call inference routes), comma-separated in the environment."""
+
+    keys_file: Path | None = None
+    """YAML or JSON file with named keys and roles: ``keys: [{name, key, role}]``."""
+
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, le=1 << 30)
+    """Largest request body accepted; a bigger one is answered 413."""
+
+    max_prompt_tokens: int = Field(default=8192, ge=1, le=1_000_000)
+    """Longest prompt (in tokens) a request may send, whatever the base's context allows."""
+
+    max_tokens_limit: int = Field(default=4096, ge=1, le=1_000_000)
+    """Largest ``max_tokens`` a request may ask for."""
+
+    default_max_tokens: int = Field(default=256, ge=1, le=1_000_000)
+    """``max_tokens`` of a request that does not say (capped by the context left)."""
+
+    max_n: int = Field(default=8, ge=1, le=128)
+    """Largest ``n`` (completions per prompt) a request may ask for."""
+
+    max_prompts_per_request: int = Field(default=32, ge=1, le=1024)
+    """Largest number of prompts in one ``/v1/completions`` batch request."""
+
+    max_streams_per_key: int = Field(default=128, ge=1, le=100_000)
+    """Generation requests (streaming or not) one key may have in flight; one more is answered
+    429. Without keys every client shares one budget."""
+
+    shutdown_grace_s: float = Field(default=10.0, ge=0, le=3600)
+    """On shutdown, how long in-flight requests may finish before they are cancelled."""
+
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    """uvicorn's log level."""
+
+    @field_validator("api_keys", "admin_keys", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        return _split_keys(value)
+
+    @field_validator("api_keys", "admin_keys")
+    @classmethod
+    def _long_enough(cls, value: list[SecretStr]) -> list[SecretStr]:
+        short = [i for i, key in enumerate(value) if len(key.get_secret_value()) < MIN_KEY_LENGTH]
+        if short:
+            raise ValueError(
+                f"keys at positions {short} are shorter than {MIN_KEY_LENGTH} characters; use long "
+                "random keys, e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+            )
+        return value
+
+    def resolved_keys(self) -> tuple[ApiKey, ...]:
+        """Every accepted key with its role: env keys (named ``env-inference-N``/``env-admin-N``)
+        then the keys file.
+
+        Raises:
+            ConfigError: the keys file cannot be read or is invalid.
+        """
+        keys = [
+            ApiKey(f"env-inference-{i}", k.get_secret_value(), "inference")
+            for i, k in enumerate(self.api_keys)
+        ]
+        keys += [
+            ApiKey(f"env-admin-{i}", k.get_secret_value(), "admin") for i, k in enumerate(self.admin_keys)
+        ]
+        if self.keys_file is not None:
+            keys += [ApiKey(e.name, e.key.get_secret_value(), e.role) for e in _read_keys_file(self.keys_file).keys]
+        return tuple(keys)
+
+
+def _read_keys_file(path: Path) -> KeysFile:
+    try:
+        text = Path(path).expanduser().read_text()
+    except OSError as e:
+        raise ConfigError(f"keys_file {str(path)!r} cannot be read ({e.strerror}); fix the path") from e
+    try:
+        data = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"keys_file {str(path)!r} is not valid YAML/JSON: {e}") from e
+    try:
+        return KeysFile.model_validate(data or {})
+    except ValidationError as e:
+        raise ConfigError(describe_validation_error(e), source=f"keys_file {str(path)!r}") from e
+
+
+def describe_validation_error(error: ValidationError) -> list[str]:
+    """One line per problem: ``field.path: message (got value)`` — never the secret values."""
+    problems = []
+    for item in error.errors(include_url=False):
+        where = ".".join(str(p) for p in item["loc"]) or "settings"
+        shown = "" if "key" in where or "input" not in item else f" (got {_short(item['input'])})"
+        problems.append(f"{where}: {item['msg']}{shown}")
+    return problems
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def load_settings(**overrides: Any) -> ServerSettings:
+    """``ServerSettings`` from the environment with ``overrides`` on top (None means unset).
+
+    Raises:
+        ConfigError: every invalid setting at once.
+    """
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return ServerSettings(**given)
+    except ValidationError as e:
+        raise ConfigError(describe_validation_error(e), source="server settings") from e
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` only accepts connections from this machine."""
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(settings: ServerSettings, keys: tuple[ApiKey, ...]) -> None:
+    """Refuse to serve a non-loopback address without API keys.
+
+    Raises:
+        ConfigError: says how to add a key or bind loopback instead.
+    """
+    if not keys and not is_loopback(settings.host):
+        raise ConfigError(
+            f"host={settings.host!r} is reachable from other machines but no API key is set; "
+            "set ADAPTERHUB_API_KEYS / ADAPTERHUB_ADMIN_KEYS or ADAPTERHUB_KEYS_FILE, "
+            "or bind --host 127.0.0.1"
+        )
