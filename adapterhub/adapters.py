@@ -122,13 +122,17 @@ def load_lora_bytes(
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UnsafeAdapterError(f"{where}: {CONFIG_FILE} is not valid JSON ({e})") from e
     if not isinstance(config, dict):
-        raise UnsafeAdapterError(f"{where}: {CONFIG_FILE} must be a JSON object, got {config!r:.80}")
+        raise UnsafeAdapterError(
+            f"{where}: {CONFIG_FILE} must be a JSON object, got {config!r:.80}"
+        )
     peft_type = config.get("peft_type", "LORA")
     if str(peft_type).upper() != "LORA":
         raise UnsafeAdapterError(f"{where}: peft_type {peft_type!r} is not supported; only LORA is")
     rank = config.get("r")
     if not isinstance(rank, int) or rank < 1:
-        raise UnsafeAdapterError(f"{where}: {CONFIG_FILE} has r={rank!r}; it must be a whole number >= 1")
+        raise UnsafeAdapterError(
+            f"{where}: {CONFIG_FILE} has r={rank!r}; it must be a whole number >= 1"
+        )
     if rank > limits.max_rank:
         raise UnsafeAdapterError(f"{where}: rank r={rank} is over the limit of {limits.max_rank}")
     if len(weights_bytes) > limits.max_weights_bytes:
@@ -147,9 +151,13 @@ def load_lora_bytes(
     extra: dict[str, Any] = {}
     for key, tensor in tensors.items():
         if not tensor.is_floating_point():
-            raise UnsafeAdapterError(f"{where}: tensor {key!r} has dtype {tensor.dtype}; expected floats")
+            raise UnsafeAdapterError(
+                f"{where}: tensor {key!r} has dtype {tensor.dtype}; expected floats"
+            )
         if not torch.isfinite(tensor).all():
-            raise UnsafeAdapterError(f"{where}: tensor {key!r} holds NaN or Inf values; retrain or re-export it")
+            raise UnsafeAdapterError(
+                f"{where}: tensor {key!r} holds NaN or Inf values; retrain or re-export it"
+            )
         (lora if (".lora_A." in key or ".lora_B." in key) else extra)[key] = tensor
     if not lora:
         raise UnsafeAdapterError(f"{where}: {WEIGHTS_FILE} holds no lora_A/lora_B tensors")
@@ -176,7 +184,9 @@ def load_lora_folder(path: Path | str, *, limits: LoraLimits = LoraLimits()) -> 
     """
     folder = Path(path)
     if not folder.is_dir():
-        raise UnsafeAdapterError(f"adapter folder {str(folder)!r} does not exist or is not a folder")
+        raise UnsafeAdapterError(
+            f"adapter folder {str(folder)!r} does not exist or is not a folder"
+        )
     refuse_pickles([p.name for p in folder.iterdir()], where=str(folder))
     missing = [n for n in (CONFIG_FILE, WEIGHTS_FILE) if not (folder / n).is_file()]
     if missing:
@@ -185,8 +195,10 @@ def load_lora_folder(path: Path | str, *, limits: LoraLimits = LoraLimits()) -> 
             f"{CONFIG_FILE} and {WEIGHTS_FILE}"
         )
     return load_lora_bytes(
-        (folder / CONFIG_FILE).read_bytes(), (folder / WEIGHTS_FILE).read_bytes(),
-        ref=str(folder), limits=limits,
+        (folder / CONFIG_FILE).read_bytes(),
+        (folder / WEIGHTS_FILE).read_bytes(),
+        ref=str(folder),
+        limits=limits,
     )
 
 
@@ -210,7 +222,9 @@ def check_fits(adapter: LoraAdapter, model: Any) -> None:
                 f"{a.shape[1]}->{b.shape[0]}"
             )
     if problems:
-        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        shown = "; ".join(problems[:5]) + (
+            f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
+        )
         raise IncompatibleAdapterError(
             f"adapter {adapter.ref or ''!s} does not fit this base: {shown}. "
             "Was it trained on another base model?"

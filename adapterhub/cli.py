@@ -35,7 +35,9 @@ err = Console(stderr=True)
 
 HomeOption = Annotated[
     Path | None,
-    typer.Option("--home", help="Hub home (default: $ADAPTERHUB_HOME or ~/.adapterhub).", show_default=False),
+    typer.Option(
+        "--home", help="Hub home (default: $ADAPTERHUB_HOME or ~/.adapterhub).", show_default=False
+    ),
 ]
 
 
@@ -63,8 +65,13 @@ def _when(ts: float) -> str:
 
 @app.command()
 def init(
-    base: Annotated[str | None, typer.Option(help="HF model id or local folder (default SmolLM2-135M-Instruct).")] = None,
-    precision: Annotated[str, typer.Option(help="How to load the base: nf4, int8, bf16 or fp32.")] = "nf4",
+    base: Annotated[
+        str | None,
+        typer.Option(help="HF model id or local folder (default SmolLM2-135M-Instruct)."),
+    ] = None,
+    precision: Annotated[
+        str, typer.Option(help="How to load the base: nf4, int8, bf16 or fp32.")
+    ] = "nf4",
     force: Annotated[bool, typer.Option(help="Materialise again even if present.")] = False,
     home: HomeOption = None,
 ) -> None:
@@ -74,12 +81,19 @@ def init(
     with err.status("materialising base…") as status:
         info = hub.init(base, precision=precision, force=force, progress=lambda m: status.update(m))
     out.print(f"base [bold]{info.name}[/] ready at {info.path} ({time.monotonic() - started:.1f}s)")
-    out.print(f"fingerprint {info.fingerprint[:16]}…  template {info.template_hash[:16]}…  precision {precision}")
+    out.print(
+        f"fingerprint {info.fingerprint[:16]}…  template {info.template_hash[:16]}…  precision {precision}"
+    )
 
 
 @app.command("import")
 def import_(
-    path: Annotated[Path, typer.Argument(help="A PEFT LoRA folder (adapter_config.json + adapter_model.safetensors).")],
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="A PEFT LoRA folder (adapter_config.json + adapter_model.safetensors)."
+        ),
+    ],
     name: Annotated[str, typer.Option("--name", help="Adapter name in the registry.")],
     home: HomeOption = None,
 ) -> None:
@@ -100,17 +114,27 @@ def list_(
         out.print_json(json.dumps([v.to_dict() for v in versions]))
         return
     if not versions:
-        out.print("no adapters yet: `adapterhub import PATH --name NAME` or `adapterhub train RECIPE`")
+        out.print(
+            "no adapters yet: `adapterhub import PATH --name NAME` or `adapterhub train RECIPE`"
+        )
         return
     table = Table("ref", "method", "aliases", "parent", "created", "base")
     for v in versions:
-        table.add_row(v.ref, v.method, ", ".join(v.aliases), v.parent or "", _when(v.created_at),
-                      v.base_fingerprint[:10])
+        table.add_row(
+            v.ref,
+            v.method,
+            ", ".join(v.aliases),
+            v.parent or "",
+            _when(v.created_at),
+            v.base_fingerprint[:10],
+        )
     out.print(table)
 
 
 @app.command()
-def show(ref: Annotated[str, typer.Argument(help="name, name@N or name:alias")], home: HomeOption = None) -> None:
+def show(
+    ref: Annotated[str, typer.Argument(help="name, name@N or name:alias")], home: HomeOption = None
+) -> None:
     """Show all metadata of a version and its lineage chain."""
     hub = _hub(home)
     chain = hub.registry.lineage(ref)
@@ -129,7 +153,9 @@ def tag(ref: str, alias: str, home: HomeOption = None) -> None:
 @app.command()
 def rm(
     ref: str,
-    force: Annotated[bool, typer.Option(help="Delete even if other versions name it as parent.")] = False,
+    force: Annotated[
+        bool, typer.Option(help="Delete even if other versions name it as parent.")
+    ] = False,
     home: HomeOption = None,
 ) -> None:
     """Delete a version (or every version of a bare name)."""
@@ -152,7 +178,9 @@ def generate(
     if base and prompt is None:
         ref, prompt = None, ref
     if prompt is None or (ref is None and not base):
-        raise ConfigError("give `adapterhub generate REF PROMPT` or `adapterhub generate --base PROMPT`")
+        raise ConfigError(
+            "give `adapterhub generate REF PROMPT` or `adapterhub generate --base PROMPT`"
+        )
     text = _hub(home, precision).generate(
         None if base else ref, prompt, max_tokens=max_tokens, temperature=temperature, seed=seed
     )
@@ -161,7 +189,9 @@ def generate(
 
 @app.command()
 def doctor(
-    repair: Annotated[bool, typer.Option(help="Remove leftovers and unreferenced blobs; checkpoint the WAL.")] = False,
+    repair: Annotated[
+        bool, typer.Option(help="Remove leftovers and unreferenced blobs; checkpoint the WAL.")
+    ] = False,
     home: HomeOption = None,
 ) -> None:
     """Check the whole registry: checksums, database, leftovers. Exit 1 if problems remain."""
@@ -177,8 +207,11 @@ def doctor(
 
 EndpointOption = Annotated[
     str | None,
-    typer.Option("--endpoint", help="Hub URL (default: $HF_ENDPOINT or https://huggingface.co).",
-                 show_default=False),
+    typer.Option(
+        "--endpoint",
+        help="Hub URL (default: $HF_ENDPOINT or https://huggingface.co).",
+        show_default=False,
+    ),
 ]
 
 
@@ -187,8 +220,14 @@ def _transfer_bar(label: str) -> Iterator[Callable[[ProgressEvent], None]]:
     """A byte progress bar on stderr (terminals only) fed by push/pull progress events."""
     from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
 
-    with Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(),
-                  console=err, transient=True, disable=not err.is_terminal) as bar:
+    with Progress(
+        *Progress.get_default_columns(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    ) as bar:
         task = bar.add_task(label, total=None)
 
         def update(event: ProgressEvent) -> None:
@@ -211,19 +250,26 @@ def push(
 ) -> None:
     """Push a version to the Hugging Face Hub as one commit tagged vN (no-op if already there)."""
     with _transfer_bar("pushing") as progress:
-        result = _hub(home).push(ref, repo_id, private=private, revision=revision,
-                                 endpoint=endpoint, progress=progress)
+        result = _hub(home).push(
+            ref, repo_id, private=private, revision=revision, endpoint=endpoint, progress=progress
+        )
     state = "pushed" if result.created else "already on the Hub:"
     out.print(f"{state} {result.repo_id}@{result.tag} commit {result.commit[:12]}  {result.url}")
 
 
 @app.command()
 def pull(
-    repo: Annotated[str, typer.Argument(
-        metavar="REPO_ID[@REVISION]",
-        help="namespace/name, optionally @ a branch, a tag such as v3, or a commit sha.")],
-    name: Annotated[str | None, typer.Option(help="Adapter name (default: the pushed name, "
-                                             "else the repo name).")] = None,
+    repo: Annotated[
+        str,
+        typer.Argument(
+            metavar="REPO_ID[@REVISION]",
+            help="namespace/name, optionally @ a branch, a tag such as v3, or a commit sha.",
+        ),
+    ],
+    name: Annotated[
+        str | None,
+        typer.Option(help="Adapter name (default: the pushed name, else the repo name)."),
+    ] = None,
     endpoint: EndpointOption = None,
     home: HomeOption = None,
 ) -> None:
@@ -235,8 +281,9 @@ def pull(
     repo_id, _, revision = repo.partition("@")
     with warnings.catch_warnings(record=True) as caught, _transfer_bar("pulling") as progress:
         warnings.simplefilter("always", AdapterHubWarning)
-        result = _hub(home).pull(repo_id, revision=revision or None, name=name,
-                                 endpoint=endpoint, progress=progress)
+        result = _hub(home).pull(
+            repo_id, revision=revision or None, name=name, endpoint=endpoint, progress=progress
+        )
     for warning in caught:
         if issubclass(warning.category, AdapterHubWarning):
             err.print(f"[yellow]warning:[/] {warning.message}", highlight=False, soft_wrap=True)

@@ -22,11 +22,13 @@ from adapterhub.base import (
     materialize_base,
 )
 from adapterhub.errors import BaseModelError, ConfigError
+from adapterhub.progress import ProgressCallback, no_progress
 from adapterhub.refs import validate_name
 from adapterhub.registry import Registry, Version
 
 if TYPE_CHECKING:
     from adapterhub.engine.types import SamplingParams
+    from adapterhub.hub import PullResult, PushResult
 
 HOME_ENV = "ADAPTERHUB_HOME"
 _SETTINGS_FILE = "hub.json"
@@ -118,7 +120,11 @@ class Hub:
             template_hash=info.template_hash,
             method="imported",
             source={"path": str(folder.resolve())},
-            metrics={"r": adapter.r, "alpha": adapter.alpha, "target_modules": list(adapter.target_modules)},
+            metrics={
+                "r": adapter.r,
+                "alpha": adapter.alpha,
+                "target_modules": list(adapter.target_modules),
+            },
         )
 
     def resolve(self, ref: str) -> Version:
@@ -132,6 +138,67 @@ class Hub:
 
     def delete(self, ref: str, *, force: bool = False) -> list[Version]:
         return self.registry.delete(ref, force=force)
+
+    # ------------------------------------------------------------------ Hugging Face Hub
+
+    def push(
+        self,
+        ref: str,
+        repo_id: str,
+        *,
+        private: bool = False,
+        revision: str = "main",
+        endpoint: str | None = None,
+        token: str | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> PushResult:
+        """Push version ``ref`` to Hub repo ``repo_id``: one commit on ``revision``, tagged ``vN``.
+
+        Pushing a version that is already there is a no-op. See :func:`adapterhub.hub.push_version`.
+        """
+        from adapterhub.hub import HubSettings, push_version
+
+        try:
+            base: BaseInfo | None = self.base_info
+        except BaseModelError:
+            base = None  # no base here: push without tokenizer files
+        return push_version(
+            self.registry,
+            ref,
+            repo_id,
+            base=base,
+            private=private,
+            branch=revision,
+            settings=HubSettings.resolve(endpoint, token),
+            progress=progress or no_progress,
+        )
+
+    def pull(
+        self,
+        repo_id: str,
+        *,
+        revision: str | None = None,
+        name: str | None = None,
+        endpoint: str | None = None,
+        token: str | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> PullResult:
+        """Pull a PEFT LoRA repo at ``revision`` (branch, tag or sha) and register it.
+
+        Pulling a commit already registered returns that version. See
+        :func:`adapterhub.hub.pull_version`.
+        """
+        from adapterhub.hub import HubSettings, pull_version
+
+        return pull_version(
+            self.registry,
+            repo_id,
+            base=self.base_info,
+            revision=revision,
+            name=name,
+            settings=HubSettings.resolve(endpoint, token),
+            progress=progress or no_progress,
+        )
 
     # ------------------------------------------------------------------ generate
 
@@ -155,7 +222,9 @@ class Hub:
         sampling = sampling or SamplingParams(**sampling_fields)
         return self._generate_once(ref, self.base.render_chat(messages), sampling)
 
-    def _generate_once(self, ref: str | None, prompt_ids: list[int], sampling: SamplingParams) -> str:
+    def _generate_once(
+        self, ref: str | None, prompt_ids: list[int], sampling: SamplingParams
+    ) -> str:
         from adapterhub.engine.simple import generate_with_peft
 
         return generate_with_peft(self, ref, prompt_ids, sampling)

@@ -115,7 +115,9 @@ def other_tiny_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A second tiny base, wider and with other weights, for compatibility tests."""
     from adapterhub.base import materialize_base
 
-    src = build_tiny_llama_folder(tmp_path_factory.mktemp("other-src") / "tiny-other", seed=1, hidden=96)
+    src = build_tiny_llama_folder(
+        tmp_path_factory.mktemp("other-src") / "tiny-other", seed=1, hidden=96
+    )
     home = tmp_path_factory.mktemp("other-home")
     return materialize_base(home, str(src)).path
 
@@ -159,7 +161,9 @@ def make_lora_folder(
 
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     torch.manual_seed(seed)
-    config = LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(targets), init_lora_weights=False)
+    config = LoraConfig(
+        r=r, lora_alpha=2 * r, target_modules=list(targets), init_lora_weights=False
+    )
     peft_model = get_peft_model(model, config)
     with torch.no_grad():  # large enough to change greedy tokens on a random model
         for name, p in peft_model.named_parameters():

@@ -24,10 +24,12 @@ CONFIG = json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8}).encode()
 
 
 def _weights(a: torch.Tensor | None = None, b: torch.Tensor | None = None) -> bytes:
-    return save({
-        f"{KEY}.lora_A.weight": a if a is not None else torch.randn(4, 64),
-        f"{KEY}.lora_B.weight": b if b is not None else torch.randn(64, 4),
-    })
+    return save(
+        {
+            f"{KEY}.lora_A.weight": a if a is not None else torch.randn(4, 64),
+            f"{KEY}.lora_B.weight": b if b is not None else torch.randn(64, 4),
+        }
+    )
 
 
 def test_valid_adapter_loads_and_fits(tiny_base_dir: Path) -> None:
@@ -57,7 +59,9 @@ def test_bad_weights_are_refused(weights, message: str) -> None:  # type: ignore
 
 def _lying_header() -> bytes:
     """A header that claims more bytes than the file holds."""
-    header = json.dumps({f"{KEY}.lora_A.weight": {"dtype": "F32", "shape": [4, 64], "data_offsets": [0, 1 << 30]}})
+    header = json.dumps(
+        {f"{KEY}.lora_A.weight": {"dtype": "F32", "shape": [4, 64], "data_offsets": [0, 1 << 30]}}
+    )
     raw = header.encode()
     return struct.pack("<Q", len(raw)) + raw + b"\x00" * 16
 
@@ -91,5 +95,7 @@ def test_pickles_are_refused_in_folders(tmp_path: Path) -> None:
 
 def test_shape_mismatch_lists_modules(tiny_base_dir: Path) -> None:
     adapter = load_lora_bytes(CONFIG, _weights(a=torch.randn(4, 32), b=torch.randn(64, 4)))
-    with pytest.raises(IncompatibleAdapterError, match="is 64->64 in the base but the adapter is 32->64"):
+    with pytest.raises(
+        IncompatibleAdapterError, match="is 64->64 in the base but the adapter is 32->64"
+    ):
         check_fits(adapter, load_skeleton(tiny_base_dir))

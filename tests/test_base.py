@@ -16,13 +16,17 @@ def test_materialise_records_fingerprints(tiny_base_dir: Path) -> None:
     info = BaseInfo.read(tiny_base_dir)
     record = json.loads((tiny_base_dir / "base.json").read_text())
     assert record["architecture"] == "LlamaForCausalLM"
-    tokenizer_template = json.loads((tiny_base_dir / "tokenizer_config.json").read_text()).get("chat_template") \
+    tokenizer_template = (
+        json.loads((tiny_base_dir / "tokenizer_config.json").read_text()).get("chat_template")
         or (tiny_base_dir / "chat_template.jinja").read_text()
+    )
     assert info.template_hash == template_hash(tokenizer_template)
     assert fingerprint_folder(tiny_base_dir, tokenizer_template) == info.fingerprint
 
 
-def test_fingerprint_changes_with_weights_and_template(tiny_base_dir: Path, other_tiny_base_dir: Path) -> None:
+def test_fingerprint_changes_with_weights_and_template(
+    tiny_base_dir: Path, other_tiny_base_dir: Path
+) -> None:
     a, b = BaseInfo.read(tiny_base_dir), BaseInfo.read(other_tiny_base_dir)
     assert a.fingerprint != b.fingerprint
     template = (tiny_base_dir / "chat_template.jinja").read_text()

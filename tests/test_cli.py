@@ -14,8 +14,11 @@ from adapterhub.cli import main
 def run_cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "adapterhub.cli", *args, "--home", str(home)]
-        if args and args[0] not in {"--help"} else [sys.executable, "-m", "adapterhub.cli", *args],
-        capture_output=True, text=True, timeout=300,
+        if args and args[0] not in {"--help"}
+        else [sys.executable, "-m", "adapterhub.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -27,7 +30,9 @@ def inited(home: Path, tiny_base_dir: Path) -> Path:
     return home
 
 
-def test_import_list_show_tag_rm(inited: Path, lora_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_import_list_show_tag_rm(
+    inited: Path, lora_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     home = str(inited)
     main(["import", str(lora_dir), "--name", "pirate", "--home", home])
     assert capsys.readouterr().out.strip() == "pirate@1"
@@ -43,8 +48,9 @@ def test_import_list_show_tag_rm(inited: Path, lora_dir: Path, capsys: pytest.Ca
     assert "deleted pirate@2" in capsys.readouterr().out
 
 
-def test_generate_with_adapter_differs_from_base(inited: Path, lora_dir: Path,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_generate_with_adapter_differs_from_base(
+    inited: Path, lora_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     home = str(inited)
     main(["import", str(lora_dir), "--name", "noisy", "--home", home])
     capsys.readouterr()
@@ -67,7 +73,9 @@ def test_generate_with_adapter_differs_from_base(inited: Path, lora_dir: Path,
         (("init", "--precision", "fp8"), "precision 'fp8' is not one of", 2),
     ],
 )
-def test_errors_are_one_line_without_traceback(inited: Path, args: tuple[str, ...], message: str, code: int) -> None:
+def test_errors_are_one_line_without_traceback(
+    inited: Path, args: tuple[str, ...], message: str, code: int
+) -> None:
     result = run_cli(*args, home=inited)
     assert result.returncode == code, result.stderr
     assert "Traceback" not in result.stderr

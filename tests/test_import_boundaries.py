@@ -11,7 +11,9 @@ def test_import_adapterhub_pulls_in_no_server_or_ui() -> None:
         "{'fastapi', 'starlette', 'textual', 'uvicorn', 'adapterhub_server', 'adapterhub_tui'});"
         "print(','.join(bad))"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == ""
 
 

@@ -20,13 +20,32 @@ def test_parse_round_trips(text: str, expected: AdapterRef) -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    ["", "../etc", "a/b", "a\\b", "x" * 65, "-lead", "a b", "a;rm -rf", "http://x", "p@0", "p@x", "p@1:a",
-     "$(id)", "a..b", ".hidden"],
+    [
+        "",
+        "../etc",
+        "a/b",
+        "a\\b",
+        "x" * 65,
+        "-lead",
+        "a b",
+        "a;rm -rf",
+        "http://x",
+        "p@0",
+        "p@x",
+        "p@1:a",
+        "$(id)",
+        "a..b",
+        ".hidden",
+    ],
 )
 def test_bad_refs_are_refused_with_the_value(bad: str) -> None:
     with pytest.raises(ConfigError) as info:
         AdapterRef.parse(bad)
-    assert repr(bad[:20])[:-1] in str(info.value) or "empty" in str(info.value) or "version" in str(info.value)
+    assert (
+        repr(bad[:20])[:-1] in str(info.value)
+        or "empty" in str(info.value)
+        or "version" in str(info.value)
+    )
 
 
 def test_validate_name_names_the_field() -> None:

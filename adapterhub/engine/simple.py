@@ -40,7 +40,9 @@ def peft_model_for(hub: Hub, ref: str) -> tuple[Any, str]:
     return model, version.ref
 
 
-def generate_with_peft(hub: Hub, ref: str | None, prompt_ids: list[int], sampling: SamplingParams) -> str:
+def generate_with_peft(
+    hub: Hub, ref: str | None, prompt_ids: list[int], sampling: SamplingParams
+) -> str:
     """Generate one completion for ``prompt_ids`` with adapter ``ref`` (None = base)."""
     import torch
 
@@ -56,8 +58,12 @@ def generate_with_peft(hub: Hub, ref: str | None, prompt_ids: list[int], samplin
     if sampling.ignore_eos:
         kwargs["eos_token_id"] = None
     if sampling.temperature > 0:
-        kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p,
-                      top_k=sampling.top_k or None)
+        kwargs.update(
+            do_sample=True,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k or None,
+        )
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
     else:
@@ -69,7 +75,7 @@ def generate_with_peft(hub: Hub, ref: str | None, prompt_ids: list[int], samplin
                 out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
         else:
             out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
-    text = base.tokenizer.decode(out[0, len(prompt_ids):], skip_special_tokens=True)
+    text = base.tokenizer.decode(out[0, len(prompt_ids) :], skip_special_tokens=True)
     for stop in sampling.stop:
         text = text.split(stop, 1)[0]
     return text.strip()

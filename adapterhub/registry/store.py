@@ -164,9 +164,13 @@ class Registry:
             db.execute("COMMIT")
 
     def _version(self, db: sqlite3.Connection, name: str, number: int) -> Version:
-        row = db.execute("SELECT * FROM versions WHERE name=? AND number=?", (name, number)).fetchone()
+        row = db.execute(
+            "SELECT * FROM versions WHERE name=? AND number=?", (name, number)
+        ).fetchone()
         if row is None:
-            raise AdapterNotFoundError(f"adapter {name}@{number} does not exist", ref=f"{name}@{number}")
+            raise AdapterNotFoundError(
+                f"adapter {name}@{number} does not exist", ref=f"{name}@{number}"
+            )
         files = {
             r["filename"]: r["sha256"]
             for r in db.execute(
@@ -229,7 +233,9 @@ class Registry:
         validate_name(name, field="adapter name")
         bad = [f for f in files if not f or not set(f) <= _SAFE_FILENAME_CHARS or f.startswith(".")]
         if bad:
-            raise ConfigError(f"file names {bad!r} are not allowed; use letters, digits, '.', '_', '-'")
+            raise ConfigError(
+                f"file names {bad!r} are not allowed; use letters, digits, '.', '_', '-'"
+            )
         missing = [f for f in (CONFIG_FILE, WEIGHTS_FILE) if f not in files]
         if missing:
             raise ConfigError(f"a version needs {missing!r}; got {sorted(files)!r}")
@@ -298,7 +304,9 @@ class Registry:
         with self._write() as db:
             cursor = db.execute("DELETE FROM aliases WHERE name=? AND alias=?", (name, alias))
             if cursor.rowcount == 0:
-                raise AdapterNotFoundError(f"alias {name}:{alias} does not exist", ref=f"{name}:{alias}")
+                raise AdapterNotFoundError(
+                    f"alias {name}:{alias} does not exist", ref=f"{name}:{alias}"
+                )
 
     def delete(self, ref: str, *, force: bool = False) -> list[Version]:
         """Delete the version ``ref`` resolves to (a bare name deletes every version).
@@ -307,8 +315,11 @@ class Registry:
             RegistryError: another version names it as parent and ``force`` is False.
         """
         parsed = AdapterRef.parse(ref)
-        targets = self.list_versions(parsed.name) if parsed.version is None and parsed.alias is None \
+        targets = (
+            self.list_versions(parsed.name)
+            if parsed.version is None and parsed.alias is None
             else [self.resolve(parsed)]
+        )
         if not targets:
             raise self._not_found(parsed)
         doomed = {v.ref for v in targets}
@@ -348,7 +359,8 @@ class Registry:
                 number = parsed.version
             elif parsed.alias is not None:
                 row = db.execute(
-                    "SELECT number FROM aliases WHERE name=? AND alias=?", (parsed.name, parsed.alias)
+                    "SELECT number FROM aliases WHERE name=? AND alias=?",
+                    (parsed.name, parsed.alias),
                 ).fetchone()
                 number = row["number"] if row else None
             else:
@@ -363,7 +375,9 @@ class Registry:
             except AdapterNotFoundError:
                 raise self._not_found(parsed, db) from None
 
-    def _not_found(self, parsed: AdapterRef, db: sqlite3.Connection | None = None) -> AdapterNotFoundError:
+    def _not_found(
+        self, parsed: AdapterRef, db: sqlite3.Connection | None = None
+    ) -> AdapterNotFoundError:
         names = self.names()
         if parsed.name in names:
             versions = [v.ref for v in self.list_versions(parsed.name)]

@@ -59,7 +59,15 @@ def test_sigkill_at_random_points_leaves_no_partial_version(home: Path, lora_dir
     survived = 0
     for point in range(kill_points):
         writer = subprocess.Popen(
-            [sys.executable, "-c", _WRITER, str(home), "crashy", str(point), str(lora_dir / CONFIG_FILE)],
+            [
+                sys.executable,
+                "-c",
+                _WRITER,
+                str(home),
+                "crashy",
+                str(point),
+                str(lora_dir / CONFIG_FILE),
+            ],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -74,8 +82,13 @@ def test_sigkill_at_random_points_leaves_no_partial_version(home: Path, lora_dir
     assert survived == kill_points
     # The registry still takes writes after all that.
     registry = Registry(home)
-    version = registry.register("after", {CONFIG_FILE: b"{}", WEIGHTS_FILE: b"x"},
-                                base_fingerprint="f", template_hash="t", method="sft")
+    version = registry.register(
+        "after",
+        {CONFIG_FILE: b"{}", WEIGHTS_FILE: b"x"},
+        base_fingerprint="f",
+        template_hash="t",
+        method="sft",
+    )
     assert version.ref == "after@1"
 
 
@@ -89,7 +102,9 @@ for i in range(15):
     registry.register("shared", {"adapter_config.json": b"{}", "adapter_model.safetensors": sys.argv[2].encode() + bytes([i])},
                       base_fingerprint="f", template_hash="t", method="sft")
 """
-    writers = [subprocess.Popen([sys.executable, "-c", script, str(home), tag]) for tag in ("a", "b")]
+    writers = [
+        subprocess.Popen([sys.executable, "-c", script, str(home), tag]) for tag in ("a", "b")
+    ]
     assert [w.wait(timeout=120) for w in writers] == [0, 0]
     numbers = [v.number for v in Registry(home).list_versions("shared")]
     assert numbers == list(range(1, 31))

@@ -22,10 +22,14 @@ def _files(seed: int) -> dict[str, bytes]:
 
 
 def _register(registry: Registry, name: str, seed: int = 0):  # type: ignore[no-untyped-def]
-    return registry.register(name, _files(seed), base_fingerprint="f", template_hash="t", method="sft")
+    return registry.register(
+        name, _files(seed), base_fingerprint="f", template_hash="t", method="sft"
+    )
 
 
-def test_disk_full_registers_nothing_and_says_so(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_disk_full_registers_nothing_and_says_so(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _register(registry, "a")
     real_fsync = os.fsync
     calls = {"n": 0}
@@ -42,12 +46,16 @@ def test_disk_full_registers_nothing_and_says_so(registry: Registry, monkeypatch
     monkeypatch.setattr(os, "fsync", real_fsync)
     assert [v.ref for v in registry.list_versions()] == ["a@1"]
     report = diagnose(registry.home)
-    assert report.corrupt == [] and report.temp_files == []  # the failed write cleaned up after itself
+    assert (
+        report.corrupt == [] and report.temp_files == []
+    )  # the failed write cleaned up after itself
     assert len(report.dangling_blobs) == 1  # the first blob made it; doctor may remove it
     assert diagnose(registry.home, repair=True).healthy
 
 
-def test_doctor_finds_tampering_and_leftovers(registry: Registry, capsys: pytest.CaptureFixture[str]) -> None:
+def test_doctor_finds_tampering_and_leftovers(
+    registry: Registry, capsys: pytest.CaptureFixture[str]
+) -> None:
     good = _register(registry, "good")
     bad = _register(registry, "bad", seed=2)
     registry.blobs.path(bad.files[WEIGHTS_FILE]).write_bytes(b"tampered")
@@ -56,7 +64,9 @@ def test_doctor_finds_tampering_and_leftovers(registry: Registry, capsys: pytest
     registry.blobs.put(b"nobody points at me")
 
     report = diagnose(registry.home)
-    assert len(report.corrupt) == 1 and report.corrupt[0].startswith("bad@1/adapter_model.safetensors")
+    assert len(report.corrupt) == 1 and report.corrupt[0].startswith(
+        "bad@1/adapter_model.safetensors"
+    )
     assert report.temp_files == [str(leftover)]
     assert len(report.dangling_blobs) == 1
     assert not report.healthy

@@ -65,10 +65,17 @@ def test_bad_names_and_missing_files(registry: Registry, lora_dir: Path) -> None
     with pytest.raises(ConfigError, match="not allowed"):
         _register(registry, "../../etc", lora_dir)
     with pytest.raises(ConfigError, match="needs"):
-        registry.register("x", {CONFIG_FILE: b"{}"}, base_fingerprint="f", template_hash="t", method="sft")
+        registry.register(
+            "x", {CONFIG_FILE: b"{}"}, base_fingerprint="f", template_hash="t", method="sft"
+        )
     with pytest.raises(ConfigError, match="file names"):
-        registry.register("x", {"../evil": b"", CONFIG_FILE: b"{}", WEIGHTS_FILE: b""},
-                          base_fingerprint="f", template_hash="t", method="sft")
+        registry.register(
+            "x",
+            {"../evil": b"", CONFIG_FILE: b"{}", WEIGHTS_FILE: b""},
+            base_fingerprint="f",
+            template_hash="t",
+            method="sft",
+        )
     assert registry.list_versions() == []
 
 
