@@ -92,20 +92,20 @@ def test_sigkill_at_random_points_leaves_no_partial_version(home: Path, lora_dir
     assert version.ref == "after@1"
 
 
-def test_two_processes_registering_one_name_get_distinct_numbers(home: Path) -> None:
+def test_four_processes_registering_one_name_get_distinct_numbers(home: Path) -> None:
     Registry(home)  # create the schema before the race
     script = r"""
 import sys
 from adapterhub.registry import Registry
 registry = Registry(sys.argv[1])
-for i in range(15):
+for i in range(10):
     registry.register("shared", {"adapter_config.json": b"{}", "adapter_model.safetensors": sys.argv[2].encode() + bytes([i])},
                       base_fingerprint="f", template_hash="t", method="sft")
 """
     writers = [
-        subprocess.Popen([sys.executable, "-c", script, str(home), tag]) for tag in ("a", "b")
+        subprocess.Popen([sys.executable, "-c", script, str(home), tag]) for tag in ("a", "b", "c", "d")
     ]
-    assert [w.wait(timeout=120) for w in writers] == [0, 0]
+    assert [w.wait(timeout=120) for w in writers] == [0, 0, 0, 0]
     numbers = [v.number for v in Registry(home).list_versions("shared")]
-    assert numbers == list(range(1, 31))
-    assert _check_consistent(Registry(home)) == 30
+    assert numbers == list(range(1, 41))
+    assert _check_consistent(Registry(home)) == 40
