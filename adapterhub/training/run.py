@@ -1,0 +1,470 @@
+"""The method-independent training runner: recipe in, registered version out.
+
+:func:`train` does, in order (everything that can fail cheaply fails before the model is loaded):
+
+1. **Plan** (:func:`plan_run`): validate the recipe; check it names this hub's base; load the base's
+   tokenizer; gate its chat template; load, check and fingerprint the data; check LoRA targets
+   against the base's layers; resolve the parent; let the method tokenize and gate the data.
+2. **Model**: load a private copy of the frozen base (NF4 by default: QLoRA), attach a fresh LoRA,
+   or the parent version's weights, trainable.
+3. **Train**: the method builds its ``transformers.Trainer``; the runner adds the
+   :class:`~adapterhub.training.callbacks.ProgressBridge` (events, step log, cancel), checkpoints
+   under ``<home>/runs/<name>-<key>/`` and resumes from there with ``resume=True``.
+4. **Measure**: eval loss/perplexity on the eval split; the forgetting check.
+5. **Register** the adapter files and ``step_log.jsonl`` as the next version of ``recipe.name`` with
+   method, resolved recipe, dataset fingerprint, parent, base fingerprint, template hash and
+   metrics, then delete the run folder. A failed or cancelled run registers nothing, keeps its
+   checkpoints for ``--resume`` and raises :class:`~adapterhub.errors.TrainingError` /
+   :class:`~adapterhub.errors.TrainingCancelled` saying why.
+
+Design choices:
+
+* **A private base copy.** Training prepares the base for k-bit training and injects LoRA layers;
+  doing that on the hub's shared serving copy would change what concurrent ``generate`` calls see.
+  The run loads its own frozen copy and drops it when done.
+* **The run key** (hash of resolved recipe, data, base and parent) names the checkpoint folder, so
+  ``--resume`` only ever continues the same run, never a different recipe's checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from adapterhub.adapters import CONFIG_FILE, WEIGHTS_FILE
+from adapterhub.errors import AdapterHubError, ConfigError, TrainingCancelled, TrainingError
+from adapterhub.progress import CancelToken, ProgressCallback, ProgressEvent, no_progress
+from adapterhub.registry import Version, ensure_compatible
+from adapterhub.training.datasets import TrainingData, load_training_data
+from adapterhub.training.methods import Method, MethodContext, PrepareContext, get_method
+from adapterhub.training.recipe import RecipeBase, load_recipe
+from adapterhub.training.templates import (
+    RenderedExample,
+    check_chat_template,
+    end_of_turn_ids,
+    example_segments,
+    format_example,
+)
+
+if TYPE_CHECKING:
+    from adapterhub.facade import Hub
+
+STEP_LOG = "step_log.jsonl"
+RecipeSource = str | Path | Mapping[str, Any] | RecipeBase
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Everything decided before the model is loaded."""
+
+    recipe: RecipeBase
+    method: Method
+    data: TrainingData
+    tokenizer: Any
+    eot_token_ids: tuple[int, ...]
+    run_dir: Path
+    parent: Version | None
+
+    def prepare_context(self) -> PrepareContext:
+        return PrepareContext(self.recipe, self.tokenizer, self.data, self.eot_token_ids)
+
+
+@dataclass(frozen=True)
+class ExampleView:
+    """One training example as the trainer will see it, for ``--show-example``."""
+
+    rendered: RenderedExample
+    segments: list[tuple[str, bool]]  # (text, carries loss)
+    text: str  # plain rendering with loss regions between ⟦ ⟧
+
+
+def plan_run(
+    hub: Hub, recipe: RecipeSource, overrides: Mapping[str, Any] | list[str] | None = None
+) -> RunPlan:
+    """Validate a recipe against this hub and its data; load nothing heavy.
+
+    Raises:
+        ConfigError: bad recipe, data, LoRA targets, parent or chat template (every problem the
+            step found, at once).
+    """
+    from transformers import AutoTokenizer
+
+    parsed, root = load_recipe(recipe, overrides)
+    method = get_method(parsed.method)
+    info = hub.base_info
+    if parsed.base is not None and parsed.base not in (info.name, info.fingerprint):
+        raise ConfigError(
+            f"base: the recipe is written for {parsed.base!r} but this hub's base is {info.name!r}; "
+            f"run `adapterhub init --base {parsed.base}` or remove the recipe's base field"
+        )
+    _check_targets(parsed, info.path)
+    parent = None
+    if parsed.parent is not None:
+        parent = hub.registry.resolve(parsed.parent)
+        ensure_compatible(parent, info.fingerprint, info.template_hash)
+        parsed = _with_parent_lora(parsed, hub, parent)
+    tokenizer = AutoTokenizer.from_pretrained(info.path, local_files_only=True)
+    eot = end_of_turn_ids(tokenizer, info.path)
+    check_chat_template(tokenizer, eot)
+    data = load_training_data(
+        parsed.dataset, root=root, formats=method.formats, method=method.name, seed=parsed.seed
+    )
+    key = hashlib.sha256(
+        json.dumps(
+            [parsed.resolved(), data.fingerprint, info.fingerprint, parent.ref if parent else None],
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()[:12]
+    run_dir = hub.home / "runs" / f"{parsed.name}-{key}"
+    return RunPlan(parsed, method, data, tokenizer, eot, run_dir, parent)
+
+
+def show_example(
+    hub: Hub, recipe: RecipeSource, *, overrides: Mapping[str, Any] | list[str] | None = None, index: int = 0
+) -> ExampleView:
+    """Render training example ``index`` exactly as the trainer will see it, with its loss mask.
+
+    Raises:
+        ConfigError: bad recipe/data, a gate failed on this example, or ``index`` is out of range.
+    """
+    plan = plan_run(hub, recipe, overrides)
+    if plan.method.render_example is None:
+        raise ConfigError(f"method {plan.method.name!r} has no example rendering; drop --show-example")
+    if not 0 <= index < len(plan.data.train):
+        raise ConfigError(f"example index {index!r} is out of range; the training set has {len(plan.data.train)}")
+    rendered = plan.method.render_example(plan.prepare_context(), plan.data.train[index])
+    return ExampleView(rendered, example_segments(rendered, plan.tokenizer), format_example(rendered, plan.tokenizer))
+
+
+def train(
+    hub: Hub,
+    recipe: RecipeSource,
+    *,
+    overrides: Mapping[str, Any] | list[str] | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+    resume: bool = False,
+) -> Version:
+    """Run a recipe on the hub's base and register the trained adapter as a new version.
+
+    Args:
+        hub: the hub whose base, registry and home are used.
+        recipe: a recipe path, mapping or recipe object.
+        overrides: ``--set`` style overrides (see :func:`adapterhub.training.recipe.load_recipe`).
+        progress: receives every :class:`~adapterhub.progress.ProgressEvent`.
+        cancel: set it (from any thread) to stop at the next step boundary.
+        resume: continue from this recipe's latest checkpoint if an earlier run left one.
+
+    Returns:
+        The registered version.
+
+    Raises:
+        ConfigError: the recipe, data or template failed a check (nothing was trained).
+        TrainingCancelled: ``cancel`` was set; nothing registered, checkpoint kept for ``resume``.
+        TrainingError: training failed; nothing registered.
+    """
+    emit = progress or no_progress
+    plan = plan_run(hub, recipe, overrides)
+    recipe_obj = plan.recipe
+    if cancel is not None and cancel.cancelled:
+        raise TrainingCancelled(f"training {recipe_obj.name!r} was cancelled before it started; nothing registered")
+    prepared = plan.method.prepare(plan.prepare_context()) if plan.method.prepare else None
+
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from adapterhub.training.callbacks import ProgressBridge, trim_step_log
+
+    checkpoints = plan.run_dir / "checkpoints"
+    step_log = plan.run_dir / STEP_LOG
+    checkpoint = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    if checkpoint and not resume:
+        emit(ProgressEvent("message", message=(
+            f"an interrupted run of this recipe left {Path(checkpoint).name}; starting over "
+            "(pass --resume to continue it)")))
+        shutil.rmtree(plan.run_dir)
+        checkpoint = None
+    elif resume and not checkpoint:
+        emit(ProgressEvent("message", message="no checkpoint of this recipe to resume; starting from step 0"))
+        shutil.rmtree(plan.run_dir, ignore_errors=True)
+    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    if checkpoint:
+        trim_step_log(step_log, int(Path(checkpoint).name.rsplit("-", 1)[-1]))
+    bridge = ProgressBridge(emit, step_log, cancel)
+    bridge.message(
+        f"{plan.method.name} {recipe_obj.name!r}: {len(plan.data.train)} train / "
+        f"{len(plan.data.eval) if plan.data.eval is not None else 0} eval examples, "
+        f"base in {recipe_obj.training.precision}"
+    )
+
+    started = time.monotonic()
+    trainer: Any = None
+    try:
+        base, model = _load_model(hub, plan)
+        ctx = MethodContext(
+            recipe=recipe_obj,
+            model=model,
+            tokenizer=plan.tokenizer,
+            base=base,
+            data=plan.data,
+            prepared=prepared,
+            args=training_arguments(recipe_obj, checkpoints),
+            callbacks=(bridge,),
+            registry=hub.registry,
+            run_dir=plan.run_dir,
+            say=bridge.message,
+            parent=plan.parent,
+            parent_dir=plan.run_dir / "parent" if plan.parent else None,
+        )
+        trainer = plan.method.build_trainer(ctx)
+        _quiet(trainer)
+        output = trainer.train(resume_from_checkpoint=checkpoint)
+    except AdapterHubError as e:
+        bridge.finish(ProgressEvent("failed", message=str(e)))
+        raise
+    except Exception as e:  # anything from torch/TRL/transformers: report it as ours
+        message = (
+            f"training {recipe_obj.name!r} failed at "
+            f"{'step ' + str(trainer.state.global_step) if trainer is not None else 'setup'}: "
+            f"{type(e).__name__}: {e}; "
+            f"nothing registered. Checkpoints (if any) are in {str(checkpoints)!r}: "
+            "rerun with --resume to continue"
+        )
+        bridge.finish(ProgressEvent("failed", message=message))
+        raise TrainingError(message) from e
+    except KeyboardInterrupt:
+        bridge.finish(ProgressEvent("cancelled", message="interrupted"))
+        raise
+    if bridge.cancelled:
+        step = trainer.state.global_step
+        message = (
+            f"training {recipe_obj.name!r} was cancelled at step {step}; nothing registered. "
+            f"Resume with `adapterhub train ... --resume` (checkpoint in {str(checkpoints)!r})"
+        )
+        bridge.finish(ProgressEvent("cancelled", step=step, total_steps=trainer.state.max_steps, message=message))
+        raise TrainingCancelled(message)
+
+    try:
+        version = _finish(hub, plan, trainer, model, output, bridge, started)
+    except AdapterHubError as e:
+        bridge.finish(ProgressEvent("failed", message=str(e)))
+        raise
+    except Exception as e:
+        message = f"training {recipe_obj.name!r} finished but could not be registered: {type(e).__name__}: {e}"
+        bridge.finish(ProgressEvent("failed", message=message))
+        raise TrainingError(message) from e
+    emit(ProgressEvent(
+        "done", step=trainer.state.global_step, total_steps=trainer.state.max_steps,
+        loss=version.metrics.get("train_loss"), message=f"registered {version.ref}", version_ref=version.ref,
+    ))
+    shutil.rmtree(plan.run_dir, ignore_errors=True)
+    return version
+
+
+def _quiet(trainer: Any) -> None:
+    """Our bridge reports progress; drop transformers' own printer and tqdm callbacks."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+
+
+# --------------------------------------------------------------------------- model
+
+
+def _load_model(hub: Hub, plan: RunPlan) -> tuple[Any, Any]:
+    """A private frozen base in the recipe's precision with the adapter attached, trainable."""
+    import torch
+    from peft import (
+        LoraConfig,
+        PeftModel,
+        TaskType,
+        get_peft_model,
+        prepare_model_for_kbit_training,
+    )
+
+    from adapterhub.base import load_base
+
+    recipe = plan.recipe
+    if plan.method.task_type != "CAUSAL_LM":
+        raise TrainingError(
+            f"method {plan.method.name!r} needs task type {plan.method.task_type!r}, which this runner "
+            "does not load yet"
+        )
+    torch.manual_seed(recipe.seed)
+    base = load_base(hub.base_info.path, recipe.training.precision)
+    model = base.model
+    if recipe.training.precision in ("nf4", "int8"):
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=recipe.training.gradient_checkpointing
+        )
+    if plan.parent is not None:
+        parent_dir = hub.registry.export(plan.parent, plan.run_dir / "parent")
+        model = PeftModel.from_pretrained(model, parent_dir, is_trainable=True)
+    else:
+        lora = recipe.lora
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=lora.r,
+                lora_alpha=lora.alpha,
+                lora_dropout=lora.dropout,
+                target_modules=lora.modules,
+                use_rslora=lora.use_rslora,
+                bias="none",
+                task_type=TaskType.CAUSAL_LM,
+            ),
+        )
+    return base, model
+
+
+def _check_targets(recipe: RecipeBase, base_path: Path) -> None:
+    import torch
+
+    from adapterhub.base import load_skeleton
+
+    linear = {
+        name.rsplit(".", 1)[-1]
+        for name, module in load_skeleton(base_path).named_modules()
+        if isinstance(module, torch.nn.Linear) and name != "lm_head"
+    }
+    missing = [m for m in recipe.lora.modules if m not in linear]
+    if missing:
+        raise ConfigError(
+            f"lora.target_modules: {missing!r} are not linear layers of this base; "
+            f"choose from {', '.join(sorted(linear))}"
+        )
+
+
+def _with_parent_lora(recipe: RecipeBase, hub: Hub, parent: Version) -> RecipeBase:
+    """The recipe with the parent's LoRA shape; refuses an explicit different shape."""
+    config = json.loads(hub.registry.read_file(parent, CONFIG_FILE))
+    targets = config.get("target_modules") or []
+    targets = sorted(targets) if isinstance(targets, list) else [targets]
+    parent_lora = {
+        "r": config.get("r"),
+        "alpha": float(config.get("lora_alpha", config.get("r"))),
+        "target_modules": targets,
+        "mlp": False,
+        "use_rslora": bool(config.get("use_rslora", False)),
+    }
+    if "lora" in recipe.model_fields_set:
+        mine = recipe.lora
+        explicit = {f: getattr(mine, f) for f in mine.model_fields_set if f in parent_lora}
+        if "target_modules" in explicit or mine.mlp:
+            explicit["target_modules"] = sorted(mine.modules)
+            explicit.pop("mlp", None)
+        clash = [f"lora.{k}={v!r} (parent has {parent_lora[k]!r})" for k, v in explicit.items() if v != parent_lora[k]]
+        if clash:
+            raise ConfigError(
+                [f"{c}: a run that continues from {parent.ref} keeps the parent's LoRA shape; "
+                 "remove it from the recipe" for c in clash]
+            )
+    lora = {**parent_lora, "dropout": recipe.lora.dropout}
+    return type(recipe).model_validate({**recipe.model_dump(), "lora": lora})
+
+
+# --------------------------------------------------------------------------- trainer settings
+
+
+def training_arguments(recipe: RecipeBase, output_dir: Path) -> dict[str, Any]:
+    """The ``transformers.TrainingArguments`` keywords every method shares, from ``recipe.training``."""
+    import torch
+
+    t = recipe.training
+    return {
+        "output_dir": str(output_dir),
+        "num_train_epochs": t.epochs,
+        "max_steps": t.max_steps or -1,
+        "per_device_train_batch_size": t.batch_size,
+        "per_device_eval_batch_size": t.batch_size,
+        "gradient_accumulation_steps": t.grad_accum,
+        "learning_rate": t.learning_rate,
+        "lr_scheduler_type": t.lr_scheduler,
+        "warmup_steps": t.warmup_ratio,  # a float below 1 is a ratio of the total steps
+        "weight_decay": t.weight_decay,
+        "max_grad_norm": t.max_grad_norm,
+        "optim": "adamw_torch",
+        "logging_strategy": "steps",
+        "logging_steps": t.logging_steps,
+        "save_strategy": "steps",
+        "save_steps": t.save_steps,
+        "save_total_limit": t.keep_checkpoints,
+        "eval_strategy": "steps" if t.eval_steps else "no",
+        "eval_steps": t.eval_steps,
+        "seed": recipe.seed,
+        "data_seed": recipe.seed,
+        "bf16": t.precision != "fp32",
+        "use_cpu": not torch.cuda.is_available(),
+        "gradient_checkpointing": t.gradient_checkpointing,
+        "dataloader_num_workers": 0,
+        "include_num_input_tokens_seen": "non_padding",
+        "report_to": "none",
+        "disable_tqdm": True,
+        "log_level": "warning",
+    }
+
+
+# --------------------------------------------------------------------------- finish
+
+
+def _finish(hub: Hub, plan: RunPlan, trainer: Any, model: Any, output: Any, bridge: Any, started: float) -> Version:
+    """Evaluate, check forgetting, save and register; returns the version."""
+    import math
+
+    from adapterhub.training.forgetting import forgetting_metrics
+
+    recipe = plan.recipe
+    state = trainer.state
+    metrics: dict[str, Any] = {
+        "train_loss": round(float(output.training_loss), 6),
+        "train_loss_last": bridge.last_loss,
+        "train_steps": state.global_step,
+        "train_epochs": round(float(state.epoch or 0), 4),
+        "train_tokens": int(state.num_input_tokens_seen or 0),
+        "train_runtime_s": round(time.monotonic() - started, 2),
+    }
+    metrics["train_tokens_per_s"] = round(metrics["train_tokens"] / max(1e-9, output.metrics["train_runtime"]), 1)
+    metrics.update({f"train/{k}": round(v, 6) for k, v in bridge.last_metrics.items()})
+    if trainer.eval_dataset is not None:
+        bridge.message("evaluating")
+        for key, value in trainer.evaluate().items():
+            if isinstance(value, int | float) and key.startswith("eval_") and not key.endswith(
+                ("runtime", "per_second")
+            ):
+                metrics[key] = round(float(value), 6)
+        if "eval_loss" in metrics:
+            metrics["eval_perplexity"] = round(math.exp(min(50.0, metrics["eval_loss"])), 4)
+    if recipe.forgetting_check:
+        bridge.message("forgetting check: general-text perplexity with and without the adapter")
+        metrics.update(forgetting_metrics(model, plan.tokenizer))
+    metrics["data"] = plan.data.summary
+    metrics["lora"] = {"r": recipe.lora.r, "alpha": recipe.lora.alpha, "target_modules": recipe.lora.modules}
+
+    adapter_dir = plan.run_dir / "adapter"
+    model.save_pretrained(adapter_dir, safe_serialization=True)
+    config_path = adapter_dir / CONFIG_FILE
+    config = json.loads(config_path.read_text())
+    config["base_model_name_or_path"] = hub.base_info.name  # not the local path it was loaded from
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
+    info = hub.base_info
+    return hub.registry.register(
+        recipe.name,
+        {
+            CONFIG_FILE: config_path,
+            WEIGHTS_FILE: adapter_dir / WEIGHTS_FILE,
+            STEP_LOG: plan.run_dir / STEP_LOG,
+        },
+        base_fingerprint=info.fingerprint,
+        template_hash=info.template_hash,
+        method=plan.method.name,
+        recipe=recipe.resolved(),
+        dataset_fingerprint=plan.data.fingerprint,
+        parent=plan.parent.ref if plan.parent else None,
+        metrics=metrics,
+    )
