@@ -7,6 +7,8 @@ the knobs follows vLLM's ``LoRAConfig`` (``max_loras``, ``max_lora_rank``, ``max
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -29,6 +31,11 @@ class EngineConfig(BaseModel):
     max_lora_rank: int = Field(default=16, ge=1, le=256)
     """Largest adapter rank a slot holds; a bigger adapter is refused with
     ``IncompatibleAdapterError``. Slots are padded to this rank, so it sets the per-step cost."""
+
+    lora_dtype: Literal["float32", "base"] = "float32"
+    """Dtype of the LoRA product. ``float32`` matches PEFT (which keeps adapter weights in
+    float32 over a bf16 or 4-bit base); ``base`` uses the base's compute dtype (bf16: faster,
+    slightly different rounding)."""
 
     max_cpu_adapters: int = Field(default=64, ge=0, le=100_000)
     """Adapters kept loaded in memory behind the slots (an LRU cache), so a slot is refilled by

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from adapterhub.engine.config import EngineConfig
-from adapterhub.engine.llama import LlamaRunner, compute_dtype, projection_dims
+from adapterhub.engine.llama import LlamaRunner, compute_dtype, is_quantized, projection_dims
 from adapterhub.engine.lora import LoraSlots, RowMix
 from adapterhub.engine.residency import AdapterResidency, AdapterSource
 from adapterhub.engine.sampling import RowSampler, TextTracker, choose_tokens
@@ -92,7 +92,8 @@ class Engine:
                 num_layers=int(model.config.num_hidden_layers),
                 num_slots=self.config.max_slots,
                 rank=self.config.max_lora_rank,
-                dtype=compute_dtype(model),
+                dtype=torch.float32 if self.config.lora_dtype == "float32" else compute_dtype(model),
+                round_delta=is_quantized(model),
             )
             self._runner = LlamaRunner(
                 model, self._slots, max_rows=self.config.max_rows, max_seq_len=self.max_seq_len

@@ -56,6 +56,12 @@ def projection_dims(model: Any) -> dict[str, tuple[int, int]]:
     return dims
 
 
+def is_quantized(model: Any) -> bool:
+    """Whether the projections are bitsandbytes layers (``Linear4bit`` / ``Linear8bitLt``)."""
+    q_proj = model.model.layers[0].self_attn.q_proj
+    return type(q_proj).__module__.startswith("bitsandbytes")
+
+
 def compute_dtype(model: Any) -> torch.dtype:
     """The dtype activations flow in: the embedding's (bnb keeps it unquantized)."""
     return model.model.embed_tokens.weight.dtype

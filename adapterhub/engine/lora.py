@@ -20,6 +20,8 @@ Design choices:
   to their weights: ``sum_i w_i * B_i A_i x`` with no extra work.
 * **No adapter costs nothing.** A batch where no row has an adapter skips the LoRA path.
 * **Scaling is folded into B** when an adapter is prepared, off the decode path.
+* **The LoRA product runs in its own dtype** (float32 by default, as PEFT keeps adapter weights
+  in float32 over a bf16 or 4-bit base); its result is rounded to the base's dtype and added.
 """
 
 from __future__ import annotations
@@ -145,14 +147,18 @@ class LoraSlots:
         num_slots: int,
         rank: int,
         dtype: torch.dtype,
+        round_delta: bool = False,
     ) -> None:
         """Args:
         dims: ``target -> (in_features, out_features)`` of the base's projections.
         num_layers: decoder layers of the base.
         num_slots: S, adapters resident at once.
         rank: R, the rank every slot is padded to.
-        dtype: the compute dtype of the base.
+        dtype: the dtype of the LoRA buffers and product.
+        round_delta: when the base's dtype differs, round the delta to it before adding
+            (PEFT's order over bitsandbytes layers) instead of adding in ``dtype``.
         """
+        self.round_delta = round_delta
         self.dims = dict(dims)
         self.num_layers = num_layers
         self.num_slots = num_slots
@@ -227,6 +233,11 @@ class LoraSlots:
             return
         a = self._a[target][layer, : mix.width]  # [k, in]
         bt = self._bt[target][layer, : mix.width]  # [k, out]
-        h = torch.nn.functional.linear(x, a)  # [tokens, k]
+        h = torch.nn.functional.linear(x.to(a.dtype), a)  # [tokens, k]
         h.mul_(mix.mask)
-        out.addmm_(h, bt)
+        if out.dtype == bt.dtype:
+            out.addmm_(h, bt)
+        elif self.round_delta:  # PEFT over a bitsandbytes layer rounds the delta, then adds
+            out.add_(torch.mm(h, bt).to(out.dtype))
+        else:  # PEFT over a bf16 nn.Linear adds in float32 and rounds once
+            out.add_(torch.mm(h, bt))

@@ -119,6 +119,12 @@ def peft_ref(tiny_base_dir: Path, lora_folders: dict[str, Path]) -> PeftReferenc
 
 
 @pytest.fixture(scope="session")
+def make_peft_ref(tiny_base_dir: Path, lora_folders: dict[str, Path]) -> Callable[[str], PeftReference]:
+    """A PEFT reference over the tiny base loaded in another precision."""
+    return lambda precision: PeftReference(tiny_base_dir, lora_folders, precision)
+
+
+@pytest.fixture(scope="session")
 def prompts(tiny_base: Any) -> list[list[int]]:
     """Chat-templated prompts of different lengths."""
     texts = ["What is two plus two?", "The capital of France", "Arr matey", "hello world the quick brown fox"]

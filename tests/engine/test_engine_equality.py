@@ -26,3 +26,72 @@ def test_mixed_batch_tokens_equal_peft_alone(make_engine, peft_ref, prompts):
         assert result.adapter_version == (f"{adapter}@1" if adapter else None)
     # the adapters really change the output, so equality above is not vacuous
     assert results[0].token_ids != results[5].token_ids
+
+
+def _runner_with(base, adapters, slots_used):
+    """A runner over ``base`` with the given prepared adapters installed in slots 0.."""
+    model = base.model
+    slots = LoraSlots(
+        projection_dims(model), num_layers=model.config.num_hidden_layers,
+        num_slots=len(adapters), rank=8, dtype=compute_dtype(model),
+    )
+    for slot, (key, adapter) in enumerate(adapters.items()):
+        slots.install(slot, prepare_adapter(adapter, key, model, max_rank=8, dtype=slots.dtype))
+    return LlamaRunner(model, slots, max_rows=8, max_seq_len=128), slots
+
+
+@torch.inference_mode()
+def test_mixed_batch_logits_match_peft_within_tolerance(tiny_base, adapter_registry, peft_ref, prompts):
+    names = ["alpha", "beta", "gamma"]
+    loaded = {n: adapter_registry.load_adapter(f"{n}@1") for n in names}
+    runner, slots = _runner_with(tiny_base, loaded, names)
+    plan = [(prompts[0], "alpha"), (prompts[1], None), (prompts[2], "beta"), (prompts[3], "gamma")]
+    mix = slots.row_mix([{names.index(a): 1.0} if a else {} for _, a in plan])
+    logits = runner.prefill([p for p, _ in plan], 0, mix)
+    seqs = [list(p) for p, _ in plan]
+    for step in range(4):
+        for row, (seq, (_, adapter)) in enumerate(zip(seqs, plan, strict=True)):
+            expected = peft_ref.logits(seq, adapter)
+            torch.testing.assert_close(logits[row], expected, atol=1e-4, rtol=1e-4)
+            seq.append(int(expected.argmax()))
+        tokens = torch.tensor([s[-1] for s in seqs])
+        lengths = torch.tensor([len(s) - 1 for s in seqs])
+        logits = runner.decode(tokens, lengths, mix)
+
+
+def test_request_joining_mid_flight_gets_the_same_tokens(make_engine, peft_ref, prompts):
+    engine = make_engine()
+    long = GenerationRequest(tuple(prompts[0]), adapter="beta", sampling=SamplingParams(max_tokens=40, ignore_eos=True))
+    late = GenerationRequest(tuple(prompts[2]), adapter="alpha", sampling=GREEDY, request_id="late")
+    seen: list = []
+    late_chunks: list = []
+
+    def long_sink(chunk):
+        seen.append(chunk)
+        if len(seen) == 5:  # inject the second request while the first is mid-flight
+            engine.submit(late, late_chunks.append)
+
+    engine.submit(long, long_sink)
+    result = engine.generate(GenerationRequest(tuple(prompts[1]), sampling=GREEDY))
+    while not (seen and seen[-1].finish_reason) or not (late_chunks and late_chunks[-1].finish_reason):
+        engine.generate(GenerationRequest((1,), sampling=SamplingParams(max_tokens=1)))
+    assert [t for c in seen for t in c.token_ids] == peft_ref.greedy(prompts[0], "beta", 40)
+    assert [t for c in late_chunks for t in c.token_ids] == peft_ref.greedy(prompts[2], "alpha", 12)
+    assert list(result.token_ids) == peft_ref.greedy(prompts[1], None, 12)
+
+
+@pytest.mark.parametrize("precision", ["nf4", "bf16"])
+def test_quantized_base_mixed_batch_equals_peft(precision, tiny_base_dir, adapter_registry, make_peft_ref, prompts):
+    from adapterhub.base import load_base
+    from adapterhub.engine import Engine, EngineConfig
+
+    reference = make_peft_ref(precision)
+    base = load_base(tiny_base_dir, precision)
+    plan = [(prompts[0], "alpha"), (prompts[1], "beta"), (prompts[2], None), (prompts[3], "gamma")]
+    with Engine(base, adapter_registry, EngineConfig(max_slots=3)) as engine:
+        results = engine.generate_many(
+            [GenerationRequest(tuple(p), adapter=a, sampling=GREEDY) for p, a in plan]
+        )
+    for (prompt, adapter), result in zip(plan, results, strict=True):
+        expected = reference.greedy(prompt, adapter, GREEDY.max_tokens)
+        assert list(result.token_ids) == expected, (precision, adapter)
