@@ -1,0 +1,157 @@
+"""Compare's votes, kept as a preference dataset that DPO trains on as is.
+
+A vote "column N is best" on one prompt becomes one pair per other column: (prompt, the chosen
+answer, that column's answer). Pairs are appended to one JSONL file in the hub home,
+``<home>/preferences/compare.jsonl``, in TRL's *conversational* preference format::
+
+    {"prompt": [{"role": "user", "content": "..."}],
+     "chosen": [{"role": "assistant", "content": "..."}],
+     "rejected": [{"role": "assistant", "content": "..."}],
+     "chosen_ref": "pirate@2", "rejected_ref": null, "created_at": 1730000000.0}
+
+The conversational form (not plain strings) is chosen because the answers were generated through
+the base's chat template, so training renders the pair through the same template. The three
+extra keys say who won; TRL drops columns it does not use, and they let the training screen pick
+the most preferred adapter as the DPO run's parent.
+
+Each append is one ``write`` of a whole line to a file opened for appending, then ``fsync``: a
+crash leaves at most one torn last line, which reading skips.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from adapterhub.errors import ConfigError
+
+PREFERENCES_FILE = Path("preferences") / "compare.jsonl"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One column's finished answer: which adapter (None = the base) and its text."""
+
+    ref: str | None
+    text: str
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """One stored pair: for ``prompt``, ``chosen`` was preferred over ``rejected``."""
+
+    prompt: str
+    chosen: Answer
+    rejected: Answer
+    created_at: float
+
+    def to_record(self) -> dict[str, Any]:
+        """The JSONL record (TRL conversational preference format plus who won)."""
+        return {
+            "prompt": [{"role": "user", "content": self.prompt}],
+            "chosen": [{"role": "assistant", "content": self.chosen.text}],
+            "rejected": [{"role": "assistant", "content": self.rejected.text}],
+            "chosen_ref": self.chosen.ref,
+            "rejected_ref": self.rejected.ref,
+            "created_at": self.created_at,
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> PreferencePair:
+        """Read one record back.
+
+        Raises:
+            KeyError, IndexError, TypeError: the record is not in this format.
+        """
+        return cls(
+            prompt=str(record["prompt"][0]["content"]),
+            chosen=Answer(record.get("chosen_ref"), str(record["chosen"][0]["content"])),
+            rejected=Answer(record.get("rejected_ref"), str(record["rejected"][0]["content"])),
+            created_at=float(record.get("created_at", 0.0)),
+        )
+
+
+class PreferenceStore:
+    """Append-only preference pairs in one JSONL file.
+
+    Args:
+        path: the JSONL file; its folder is created on the first vote.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def in_home(cls, home: Path) -> PreferenceStore:
+        """The store compare uses for hub home ``home``."""
+        return cls(Path(home) / PREFERENCES_FILE)
+
+    def vote(self, prompt: str, best: Answer, others: Sequence[Answer]) -> list[PreferencePair]:
+        """Record that ``best`` beat each of ``others`` on ``prompt``.
+
+        Returns:
+            The pairs written, one per other answer.
+
+        Raises:
+            ConfigError: the prompt or an answer is empty, or there is nothing to compare with.
+        """
+        problems = []
+        if not prompt.strip():
+            problems.append("prompt is empty; run a prompt before voting")
+        if not others:
+            problems.append("a vote needs at least two columns; add an adapter ref to compare")
+        empty = [_label(a.ref) for a in (best, *others) if not a.text.strip()]
+        if empty:
+            problems.append(
+                f"answers of {empty!r} are empty; wait until every column has finished"
+            )
+        if problems:
+            raise ConfigError(problems, source="vote")
+        now = time.time()
+        pairs = [PreferencePair(prompt, best, other, now) for other in others]
+        lines = "".join(json.dumps(p.to_record(), ensure_ascii=False) + "\n" for p in pairs)
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(lines)
+                f.flush()
+                os.fsync(f.fileno())
+        return pairs
+
+    def pairs(self) -> list[PreferencePair]:
+        """Every stored pair, oldest first; lines that do not parse (a torn tail) are skipped."""
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return []
+        pairs = []
+        for line in text.splitlines():
+            try:
+                pairs.append(PreferencePair.from_record(json.loads(line)))
+            except (ValueError, KeyError, IndexError, TypeError):
+                continue
+        return pairs
+
+    def preferred_adapter(self) -> str | None:
+        """The adapter ref chosen most often (ties: the most recent winner); None for no votes.
+
+        The base (ref None) never counts: a DPO parent has to be an adapter.
+        """
+        refs = [p.chosen.ref for p in self.pairs() if p.chosen.ref is not None]
+        if not refs:
+            return None
+        wins = Counter(refs)
+        best = max(wins.values())
+        return [ref for ref in refs if wins[ref] == best][-1]
+
+
+def _label(ref: str | None) -> str:
+    return ref if ref is not None else "base"

@@ -1,0 +1,1 @@
+"""The app's screens: registry (opens first), training, compare, and small dialogs."""

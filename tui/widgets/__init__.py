@@ -1,0 +1,1 @@
+"""Widgets shared by the screens: live curves and compare's answer columns."""

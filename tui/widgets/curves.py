@@ -1,0 +1,115 @@
+"""Training curves in the terminal: loss and a method's own metrics, from progress events.
+
+One :class:`Curves` widget draws named series of (step, value) points with textual-plotext. The
+training screen feeds it live events; the registry screen feeds it a version's stored step log.
+Which series to draw is decided here, once, from the events themselves: ``loss`` always, and the
+method's metrics (``ProgressEvent.metrics``), preferring the names practitioners watch (reward
+margin, reward, KL) when a run reports more than fit.
+
+Redrawing plotext on every event would cost more than the training step on a tiny model, so
+points are appended at once but the widget repaints at most :attr:`Curves.FPS` times a second.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from textual_plotext import PlotextPlot
+
+from adapterhub.progress import ProgressEvent
+
+_PREFERRED = ("margin", "reward", "kl", "accuracy", "score")
+
+
+def metric_rank(name: str) -> tuple[int, str]:
+    """Sort key: names the preferred list mentions first, in its order, then alphabetical."""
+    lowered = name.lower()
+    for i, word in enumerate(_PREFERRED):
+        if word in lowered:
+            return i, name
+    return len(_PREFERRED), name
+
+
+class Curves(PlotextPlot):
+    """A plot of named series over training steps.
+
+    Args:
+        title: shown above the plot.
+        which: ``"loss"`` draws the loss; ``"metrics"`` draws up to ``max_series`` method metrics.
+    """
+
+    FPS = 4
+    DEFAULT_CSS = """
+    Curves { height: 1fr; min-height: 5; }
+    """
+
+    def __init__(
+        self,
+        title: str,
+        *,
+        which: str = "loss",
+        max_series: int = 3,
+        id: str | None = None,
+        classes: str | None = None,
+    ) -> None:
+        super().__init__(id=id, classes=classes)
+        self.title = title
+        self.which = which
+        self.max_series = max_series
+        self.series: dict[str, list[tuple[float, float]]] = {}
+        self._dirty = False
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        self.set_interval(1 / self.FPS, self._repaint)
+        self._replot()
+
+    def clear(self) -> None:
+        """Forget every point."""
+        self.series.clear()
+        self._dirty = True
+
+    def add_events(self, events: Iterable[ProgressEvent]) -> None:
+        """Append the points that ``events`` carry (only ``step`` and ``eval`` events count)."""
+        for event in events:
+            if event.kind not in ("step", "eval"):
+                continue
+            prefix = "eval " if event.kind == "eval" else ""
+            if self.which == "loss":
+                if event.loss is not None:
+                    self.series.setdefault(f"{prefix}loss", []).append((event.step, event.loss))
+            else:
+                for name, value in event.metrics.items():
+                    if isinstance(value, int | float):
+                        self.series.setdefault(f"{prefix}{name}", []).append(
+                            (event.step, float(value))
+                        )
+            self._dirty = True
+
+    def shown_series(self) -> list[str]:
+        """The series names the plot draws (loss: all; metrics: the top ``max_series``)."""
+        names = sorted(self.series, key=metric_rank)
+        return names if self.which == "loss" else names[: self.max_series]
+
+    def _repaint(self) -> None:
+        if self._dirty:
+            self._dirty = False
+            self._replot()
+
+    def _replot(self) -> None:
+        plt = self.plt
+        plt.clear_data()
+        plt.clear_figure()
+        plt.title(self.title)
+        shown = self.shown_series()
+        for name in shown:
+            points = self.series[name]
+            plt.plot(
+                [x for x, _ in points],
+                [y for _, y in points],
+                label=name if len(shown) > 1 else None,
+                marker="braille",
+            )
+        if not shown:
+            plt.title(f"{self.title} (no data yet)")
+        self.refresh()
