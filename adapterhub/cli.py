@@ -235,6 +235,8 @@ def _transfer_bar(label: str) -> Iterator[Callable[[ProgressEvent], None]]:
                 bar.update(task, total=event.total_steps)
             if event.kind == "step":
                 bar.update(task, completed=event.step, description=f"{label} {event.message}")
+            elif event.kind == "done" and event.total_steps:
+                bar.update(task, completed=event.total_steps)
 
         yield update
 
