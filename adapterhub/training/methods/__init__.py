@@ -74,6 +74,7 @@ if TYPE_CHECKING:
 # Method name -> module defining METHOD. Modules are imported on first use (TRL is heavy).
 _MODULES: dict[str, str] = {
     "sft": "adapterhub.training.methods.sft",
+    "dpo": "adapterhub.training.methods.dpo",
 }
 
 

@@ -1,0 +1,1 @@
+"""PPO for RLHF, written for adapterhub: the math (:mod:`.losses`) and the loop (:mod:`.trainer`)."""

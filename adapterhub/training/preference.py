@@ -1,0 +1,82 @@
+"""Preference pairs for DPO, ORPO, SimPO and the reward model: one preparation for all four.
+
+TRL's preference trainers tokenize ``prompt``/``chosen``/``rejected`` themselves, applying the chat
+template only to *conversational* rows; a plain-string row would be tokenized as raw text and the
+adapter trained on a rendering that serving never produces. So every row is made conversational
+here (a string prompt becomes one user turn, a string answer one assistant turn, as everywhere in
+adapterhub), message contents are checked for pre-rendered special tokens, and each pair is run
+through the chat-template gate once (prompt + chosen, loss on the answer) so a template that would
+mis-render the answer fails before the model is loaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from adapterhub.training.templates import RenderedExample, check_content, render_with_mask
+
+if TYPE_CHECKING:
+    import datasets
+
+    from adapterhub.training.methods import PrepareContext
+
+PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
+
+
+@dataclass(frozen=True)
+class PreparedPreference:
+    """Conversational preference data, ready for a TRL preference trainer."""
+
+    train: datasets.Dataset
+    eval: datasets.Dataset | None
+
+
+def conversational_row(row: Mapping[str, Any], columns: tuple[str, ...] = PREFERENCE_COLUMNS) -> dict[str, Any]:
+    """A row with string columns turned into chat messages (prompt: user, others: assistant)."""
+    out: dict[str, Any] = {}
+    for column in columns:
+        value = row[column]
+        role = "user" if column == "prompt" else "assistant"
+        out[column] = (
+            [{"role": role, "content": value}]
+            if isinstance(value, str)
+            else [{"role": m["role"], "content": m["content"]} for m in value]
+        )
+    return out
+
+
+def render_pair(ctx: PrepareContext, row: Mapping[str, Any], *, where: str = "example") -> RenderedExample:
+    """Prompt + chosen answer rendered with the base's template; the answer carries the mask."""
+    pair = conversational_row(row)
+    for column in PREFERENCE_COLUMNS:
+        check_content(ctx.tokenizer, pair[column], where=f"{where} ({column})")
+    return render_with_mask(
+        ctx.tokenizer,
+        pair["prompt"] + pair["chosen"],
+        eot_ids=ctx.eot_token_ids,
+        loss_from=len(pair["prompt"]),
+        max_length=ctx.recipe.training.max_length,
+        where=where,
+    )
+
+
+def prepare_preference(ctx: PrepareContext) -> PreparedPreference:
+    """Gate every pair and make every row conversational.
+
+    Raises:
+        ConfigError: a pair holds special tokens or the template fails a gate (names the pair).
+    """
+    import datasets
+
+    def convert(part: datasets.Dataset, label: str) -> datasets.Dataset:
+        rows = []
+        for index, row in enumerate(part):
+            render_pair(ctx, row, where=f"{label} pair {index + 1}")
+            rows.append(conversational_row(row))
+        return datasets.Dataset.from_list(rows)
+
+    train = convert(ctx.data.train, "train")
+    eval_ = convert(ctx.data.eval, "eval") if ctx.data.eval is not None else None
+    return PreparedPreference(train=train, eval=eval_)

@@ -1,0 +1,217 @@
+"""A registered reward-model version as a scorer: LoRA + scalar score head on the shared base.
+
+A reward model is trained by the ``reward`` method (TRL's ``RewardTrainer`` over
+``AutoModelForSequenceClassification`` with ``num_labels=1``); its version holds the LoRA weights
+and, in the same ``adapter_model.safetensors``, the score head (``...score.weight``, ``[1, hidden]``),
+which :class:`~adapterhub.adapters.LoraAdapter` keeps in ``extra_tensors``.
+
+:func:`load_reward_scorer` loads that version *into the model already in memory* as one more named
+LoRA adapter, so scoring costs no second copy of the base: GRPO and PPO switch to the reward
+adapter for a no-grad pass and back. The score is computed exactly as
+``GenericForSequenceClassification`` does: the final (normed) hidden state of the last real token
+of ``chat_template(prompt + [assistant completion])`` times the head. Inputs are right-padded, so
+the last real token is found from the attention mask, not from the pad id (which on SmolLM2 is
+the end-of-turn token itself).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from adapterhub.errors import ConfigError, IncompatibleAdapterError
+from adapterhub.registry import Registry, ensure_compatible
+
+REWARD_METHOD = "reward"
+SCORE_HEAD_SUFFIX = "score.weight"
+
+Messages = list[dict[str, str]]
+
+
+@contextmanager
+def active_adapter(model: Any, name: str | None) -> Iterator[None]:
+    """Run a no-grad pass with LoRA adapter ``name`` active (None: the bare base), then restore.
+
+    PEFT's ``set_adapter`` also flips ``requires_grad`` of every adapter; this restores the
+    active adapter, every parameter's ``requires_grad`` and train/eval mode as they were, so a
+    trainer's policy adapter is untouched by a reference or reward pass. Dropout is off inside.
+    """
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    was_training = model.training
+    previous = model.active_adapter
+    model.eval()
+    try:
+        if name is None:
+            with model.disable_adapter():
+                yield
+        else:
+            model.set_adapter(name)
+            yield
+    finally:
+        if name is not None:
+            model.set_adapter(previous)
+        for param, flag in flags:
+            param.requires_grad_(flag)
+        model.train(was_training)
+
+
+def backbone_of(model: Any) -> Any:
+    """The transformer trunk (``LlamaModel`` for Llama) under a PeftModel or a plain model."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(inner, inner.base_model_prefix)
+
+
+def as_messages(value: str | Sequence[Mapping[str, str]], role: str) -> Messages:
+    """A prompt or completion as chat messages (a plain string becomes one turn of ``role``)."""
+    if isinstance(value, str):
+        return [{"role": role, "content": value}]
+    return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
+@dataclass
+class RewardScorer:
+    """Scores (prompt, completion) pairs with a reward version loaded into a shared model.
+
+    Callable as a TRL GRPO reward function: ``scorer(prompts=..., completions=...)``.
+    """
+
+    model: Any  # peft.PeftModel holding the reward adapter under ``adapter_name``
+    adapter_name: str
+    head: Any  # torch.Tensor [1, hidden], float32
+    tokenizer: Any
+    version_ref: str
+    max_length: int = 1024
+    batch_size: int = 16
+
+    @property
+    def __name__(self) -> str:  # TRL logs reward functions by name
+        return f"reward_model[{self.version_ref}]"
+
+    def __call__(
+        self,
+        prompts: Sequence[str | Sequence[Mapping[str, str]]],
+        completions: Sequence[str | Sequence[Mapping[str, str]]],
+        **_: Any,
+    ) -> list[float]:
+        return self.score(prompts, completions)
+
+    def render(self, prompt: str | Sequence[Mapping[str, str]], completion: str | Sequence[Mapping[str, str]]) -> list[int]:
+        """Token ids of one pair, rendered as the reward model saw its training pairs."""
+        messages = as_messages(prompt, "user") + as_messages(completion, "assistant")
+        ids = self.tokenizer.apply_chat_template(messages, tokenize=True)
+        if hasattr(ids, "keys"):
+            ids = ids["input_ids"]
+        return list(ids)[-self.max_length :]
+
+    def score(
+        self,
+        prompts: Sequence[str | Sequence[Mapping[str, str]]],
+        completions: Sequence[str | Sequence[Mapping[str, str]]],
+    ) -> list[float]:
+        """One scalar reward per (prompt, completion)."""
+        if len(prompts) != len(completions):
+            raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+        rows = [self.render(p, c) for p, c in zip(prompts, completions, strict=True)]
+        scores: list[float] = []
+        for start in range(0, len(rows), self.batch_size):
+            scores.extend(self.score_ids(rows[start : start + self.batch_size]))
+        return scores
+
+    def score_ids(self, rows: Sequence[Sequence[int]]) -> list[float]:
+        """Scores of already-rendered token id rows."""
+        import torch
+
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id or 0
+        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            input_ids[i, : len(row)] = torch.tensor(row)
+            attention[i, : len(row)] = 1
+        with torch.no_grad(), active_adapter(self.model, self.adapter_name):
+            hidden = backbone_of(self.model)(input_ids=input_ids, attention_mask=attention).last_hidden_state
+        last = attention.sum(dim=1) - 1  # [B]
+        pooled = hidden[torch.arange(len(rows)), last].float()  # [B, hidden]
+        return (pooled @ self.head.T).squeeze(-1).tolist()
+
+
+def load_reward_scorer(
+    registry: Registry,
+    ref: str,
+    model: Any,
+    tokenizer: Any,
+    *,
+    base_fingerprint: str,
+    template_hash: str,
+    adapter_name: str = "reward",
+    max_length: int = 1024,
+) -> RewardScorer:
+    """Load reward version ``ref`` into ``model`` (a PeftModel over the base) as a frozen adapter.
+
+    Args:
+        registry: where ``ref`` lives.
+        ref: a reward-model version (``name``, ``name@3``, ``name:prod``).
+        model: the PeftModel already holding the base; the reward LoRA is added under
+            ``adapter_name`` and never trained.
+        tokenizer: the base's tokenizer (with its chat template).
+        base_fingerprint: the loaded base's fingerprint, checked against the version's.
+        template_hash: the loaded base's chat-template hash, checked against the version's.
+
+    Raises:
+        ConfigError: ``ref`` is not a reward-model version.
+        IncompatibleAdapterError: trained on another base or template, or no score head saved.
+        AdapterNotFoundError: ``ref`` does not resolve.
+    """
+    import torch
+    from peft import LoraConfig, set_peft_model_state_dict
+
+    version = registry.resolve(ref)
+    if version.method != REWARD_METHOD:
+        raise ConfigError(
+            f"reward_model: {version.ref!r} was trained with method {version.method!r}, not "
+            f"{REWARD_METHOD!r}; train a reward model first (e.g. `adapterhub train "
+            "recipes/reward-concise.yaml`) and name its version here"
+        )
+    ensure_compatible(version, base_fingerprint, template_hash)
+    adapter = registry.load_adapter(version)
+    heads = {k: v for k, v in adapter.extra_tensors.items() if k.endswith(SCORE_HEAD_SUFFIX)}
+    if len(heads) != 1:
+        raise IncompatibleAdapterError(
+            f"{version.ref} holds {len(heads)} score heads ({sorted(adapter.extra_tensors)!r}); a reward "
+            f"version needs exactly one '*{SCORE_HEAD_SUFFIX}' tensor. Retrain it with the reward method"
+        )
+    (head,) = heads.values()
+    hidden = backbone_of(model).config.hidden_size
+    if tuple(head.shape) != (1, hidden):
+        raise IncompatibleAdapterError(
+            f"{version.ref}'s score head has shape {tuple(head.shape)}; this base needs (1, {hidden})"
+        )
+    config = adapter.config
+    lora_config = LoraConfig(
+        r=adapter.r,
+        lora_alpha=adapter.alpha,
+        target_modules=list(adapter.target_modules),
+        lora_dropout=0.0,
+        use_rslora=bool(config.get("use_rslora", False)),
+        bias="none",
+    )
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    if adapter_name in model.peft_config:
+        raise ConfigError(f"adapter name {adapter_name!r} is already in use on this model; pick another")
+    model.add_adapter(adapter_name, lora_config)
+    set_peft_model_state_dict(model, dict(adapter.tensors), adapter_name=adapter_name)
+    for param, flag in flags:
+        param.requires_grad_(flag)
+    for name, param in model.named_parameters():
+        if f".{adapter_name}." in name:
+            param.requires_grad_(False)
+    return RewardScorer(
+        model=model,
+        adapter_name=adapter_name,
+        head=head.detach().to(torch.float32),
+        tokenizer=tokenizer,
+        version_ref=version.ref,
+        max_length=max_length,
+    )
