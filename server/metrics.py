@@ -16,6 +16,7 @@ Design choices:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -70,9 +71,7 @@ class ServerMetrics:
         )
         r.register(_EngineCollector(engine_stats))
 
-    def first_tokens(self, label: str, started: float, rows: int) -> None:
-        import time
-
+    def first_tokens(self, started: float, rows: int) -> None:
         elapsed = time.perf_counter() - started
         for _ in range(rows):
             self.ttft.observe(elapsed)

@@ -315,7 +315,7 @@ class InferenceService:
             label = "mix" if target.mix is not None else (version or BASE_LABEL)
             opened = OpenRequest(streams, first, version, label, started,
                                  [len(ids) for ids in prompts for _ in range(body.n)])
-            self.metrics.first_tokens(opened.label, started, len(streams))
+            self.metrics.first_tokens(started, len(streams))
             return opened
         finally:
             if opened is None:

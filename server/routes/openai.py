@@ -230,17 +230,20 @@ async def _events(service: InferenceService, opened: OpenRequest, reply: _Reply)
     """SSE events of a streaming answer, ending with ``data: [DONE]``."""
     tokens = 0
     outcome = "cancelled"
+    finish: str | None = None
     try:
         if reply.kind == "chat":
             for row in range(len(opened.streams)):  # OpenAI opens each choice with its role
                 yield _chat_event(reply, row, ChatDelta(role="assistant", content=""), None)
         async for row, chunk in service.rows(opened):
             tokens += len(chunk.token_ids)
+            if chunk.finish_reason is not None and row == 0:
+                finish = chunk.finish_reason
             if chunk.text or chunk.finish_reason is not None:
                 yield _chunk_event(reply, row, chunk)
         if reply.include_usage:
             yield _usage_event(reply, _usage(opened, reply, tokens))
-        outcome = "stop"
+        outcome = finish or "stop"
     except AdapterHubError as error:
         outcome = "error"
         yield sse_error_event(error)

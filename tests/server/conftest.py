@@ -1,0 +1,80 @@
+"""Server test fixtures: a hub home with the tiny base and two adapters, in-process clients
+(``TestClient`` inside ``with`` so the lifespan runs) and real ``adapterhub serve`` processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from server_harness import wait_ready
+
+ADAPTERS = {"pirate": 1, "json": 2}  # name -> seed
+
+
+def root_conftest(config: pytest.Config) -> Any:
+    """tests/conftest.py as loaded by pytest (``import conftest`` is ambiguous: every test folder
+    may have one)."""
+    return config.pluginmanager.get_plugin(str(Path(__file__).resolve().parents[1] / "conftest.py"))
+
+
+@pytest.fixture(scope="session")
+def make_lora(request: pytest.FixtureRequest) -> Callable[..., Path]:
+    """tests/conftest.py's ``make_lora_folder``: a random PEFT LoRA that changes outputs."""
+    return root_conftest(request.config).make_lora_folder  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="session")
+def server_loras(
+    tiny_base_dir: Path, tmp_path_factory: pytest.TempPathFactory, make_lora: Callable[..., Path]
+) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("server-loras")
+    return {name: make_lora(tiny_base_dir, root / name, seed=seed) for name, seed in ADAPTERS.items()}
+
+
+def init_home(home: Path, base_dir: Path, loras: dict[str, Path]) -> Path:
+    """Materialise the tiny base (fp32) into ``home`` and import the adapters."""
+    from adapterhub import Hub
+
+    hub = Hub(home)
+    hub.init(str(base_dir), precision="fp32")
+    for name, folder in loras.items():
+        hub.import_adapter(folder, name)
+    return home
+
+
+@pytest.fixture
+def served_home(home: Path, tiny_base_dir: Path, server_loras: dict[str, Path]) -> Path:
+    return init_home(home, tiny_base_dir, server_loras)
+
+
+@pytest.fixture
+def make_client(served_home: Path) -> Iterator[Callable[..., TestClient]]:
+    """``make_client(**settings)`` -> a started TestClient over ``served_home`` (closed after)."""
+    from adapterhub_server import create_app, load_settings
+
+    clients: list[TestClient] = []
+
+    def make(ready: bool = True, **overrides: Any) -> TestClient:
+        overrides.setdefault("home", served_home)
+        client = TestClient(create_app(load_settings(**overrides)), raise_server_exceptions=False)
+        client.__enter__()
+        clients.append(client)
+        if ready:
+            wait_ready(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(make_client: Callable[..., TestClient]) -> TestClient:
+    """An open (no keys) in-process server over the tiny base with pirate@1 and json@1."""
+    return make_client()
+
+
