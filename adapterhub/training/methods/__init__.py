@@ -75,6 +75,8 @@ if TYPE_CHECKING:
 _MODULES: dict[str, str] = {
     "sft": "adapterhub.training.methods.sft",
     "dpo": "adapterhub.training.methods.dpo",
+    "orpo": "adapterhub.training.methods.orpo",
+    "simpo": "adapterhub.training.methods.simpo",
 }
 
 
