@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 MANIFEST_FILE = "adapterhub.json"
@@ -100,8 +99,8 @@ def render_model_card(
     lines += ["", "### Forgetting check", ""]
     if forgetting:
         lines.append(
-            "Perplexity on a small fixed general-text set, with and without the adapter: how much "
-            "general capability the adapter cost."
+            "Perplexity on a small fixed general-text set with the adapter and without it (the "
+            "base): how much general capability the adapter cost. A ratio near 1 means little."
         )
         lines += [""] + [f"- {key}: {_fmt(value)}" for key, value in sorted(forgetting.items())]
     else:
@@ -168,8 +167,9 @@ def _method_label(method: str) -> str:
 
 
 def _is_forgetting_metric(key: str) -> bool:
+    """The forgetting check's metrics (``general_ppl_base/_adapter/_ratio`` from training)."""
     lowered = key.lower()
-    return any(word in lowered for word in ("forget", "perplexity", "ppl"))
+    return lowered.startswith("general_ppl") or "forget" in lowered
 
 
 def _fmt(value: Any) -> str:
@@ -181,21 +181,18 @@ def _fmt(value: Any) -> str:
 
 
 def _dataset_ids(recipe: Mapping[str, Any]) -> list[str]:
-    """Hub dataset ids named in a recipe (local files are left out)."""
+    """Hub dataset ids named in a recipe (``dataset.name``); local JSONL files are left out."""
     found: list[str] = []
     for key in ("dataset", "datasets", "eval_dataset"):
         value = recipe.get(key)
         items = value if isinstance(value, list) else [value]
         for item in items:
-            if isinstance(item, Mapping):
-                item = (
-                    item.get("hub") or item.get("repo_id") or item.get("path") or item.get("name")
-                )
+            if isinstance(item, Mapping):  # a recipe's dataset: ``name`` is a `datasets` name
+                item = item.get("name")
             if (
                 isinstance(item, str)
                 and HUB_ID.match(item)
                 and not item.endswith((".json", ".jsonl", ".csv", ".parquet", ".txt", ".yaml"))
-                and not Path(item).exists()
             ):
                 found.append(item)
     return sorted(set(found))

@@ -54,18 +54,21 @@ def bob(tmp_path: Path, tiny_base_dir: Path) -> Hub:
     return _hub(tmp_path / "bob", tiny_base_dir)
 
 
-def _register(hub: Hub, lora: Path, name: str = "pirate", **extra: object) -> str:
+def _register(hub: Hub, lora: Path, name: str = "pirate", dataset: str = "") -> str:
+    """Register ``lora`` as an SFT version of ``name`` with metrics and a recipe."""
     info = hub.base_info
+    recipe = {"method": "sft", "dataset": {"path": "data/pirate.jsonl"}, "lora": {"r": 4}}
+    if dataset:
+        recipe["dataset"] = {"name": dataset}
     version = hub.registry.register(
         name,
         {CONFIG_FILE: lora / CONFIG_FILE, WEIGHTS_FILE: lora / WEIGHTS_FILE},
         base_fingerprint=info.fingerprint,
         template_hash=info.template_hash,
         method="sft",
-        recipe={"method": "sft", "dataset": "recipes/data/pirate.jsonl", "lora": {"r": 4}},
+        recipe=recipe,
         dataset_fingerprint="d" * 64,
         metrics=METRICS,
-        **extra,  # type: ignore[arg-type]
     )
     return version.ref
 
@@ -370,9 +373,11 @@ def test_file_edited_after_push_is_caught_by_the_manifest(
 def test_pushed_repo_loads_in_plain_peft_with_the_same_logits(
     hub: HubEnv, alice: Hub, lora_dir: Path, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    """A fresh Python process loads the repo with PEFT straight from the Hub (HF_ENDPOINT)."""
+    """A fresh Python process loads the repo with PEFT straight from the Hub (HF_ENDPOINT) and
+    agrees with our batching engine (greedy tokens) and our PEFT path (logits)."""
     import torch
 
+    from adapterhub.engine import Engine, GenerationRequest, SamplingParams
     from adapterhub.engine.simple import peft_model_for
 
     repo = _repo("peft", request)
@@ -389,9 +394,12 @@ def test_pushed_repo_loads_in_plain_peft_with_the_same_logits(
         "tok = AutoTokenizer.from_pretrained(sys.argv[2], revision='v1')\n"
         "ids = tok.apply_chat_template([{'role': 'user', 'content': sys.argv[4]}],\n"
         "    add_generation_prompt=True, tokenize=True, return_dict=True)['input_ids']\n"
+        "seq = list(ids)\n"
         "with torch.no_grad():\n"
         "    logits = model(torch.tensor([ids])).logits\n"
-        "torch.save({'ids': list(ids), 'logits': logits}, sys.argv[3])\n"
+        "    for _ in range(8):  # plain greedy, eos included, as the engine with ignore_eos\n"
+        "        seq.append(int(model(torch.tensor([seq])).logits[0, -1].argmax()))\n"
+        "torch.save({'ids': list(ids), 'logits': logits, 'greedy': seq[len(ids):]}, sys.argv[3])\n"
     )
     proc = subprocess.run(
         [sys.executable, "-c", script, str(alice.base_info.path), repo, str(out), PROMPT],
@@ -402,13 +410,42 @@ def test_pushed_repo_loads_in_plain_peft_with_the_same_logits(
     assert proc.returncode == 0, proc.stderr[-3000:]
     theirs = torch.load(out)
     assert theirs["ids"] == ids  # the pushed tokenizer renders the same chat template
+
+    greedy = SamplingParams(max_tokens=8, ignore_eos=True)
+    with Engine(alice.base, alice.registry) as engine:
+        result = engine.generate(GenerationRequest(tuple(ids), adapter=ref, sampling=greedy))
+        plain = engine.generate(GenerationRequest(tuple(ids), sampling=greedy))
+    assert list(result.token_ids) == theirs["greedy"]
+    assert list(plain.token_ids) != theirs["greedy"]  # the adapter changes the answer
+
     model, _ = peft_model_for(alice, ref)
     with torch.no_grad():
         ours = model(torch.tensor([ids])).logits
     torch.testing.assert_close(theirs["logits"], ours, rtol=1e-5, atol=1e-5)
-    with torch.no_grad(), model.disable_adapter():
-        plain = model(torch.tensor([ids])).logits
-    assert not torch.allclose(plain, ours, atol=1e-3)  # the adapter changes the logits
+
+
+def test_card_names_a_hub_base_and_passes_the_hub_metadata_check(
+    hub: HubEnv, alice: Hub, lora_dir: Path, request: pytest.FixtureRequest
+) -> None:
+    """With a base that came from the Hub, the card and config name it by its Hub id."""
+    from dataclasses import replace
+
+    from huggingface_hub import ModelCard
+
+    from adapterhub.hub import HubSettings, push_version
+
+    hub_id = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    base = replace(alice.base_info, name=hub_id, source=f"hub:{hub_id}")
+    ref = _register(alice, lora_dir, dataset="HuggingFaceH4/no_robots")
+    repo = _repo("card", request)
+    push_version(alice.registry, ref, repo, base=base, settings=HubSettings.resolve())
+    card = ModelCard(_read(hub, repo, "README.md").decode())
+    assert card.data.base_model == hub_id
+    assert card.data.datasets == ["HuggingFaceH4/no_robots"]
+    assert card.data.base_model_relation == "adapter"
+    assert card.data.library_name == "peft" and card.data.pipeline_tag == "text-generation"
+    assert f'AutoModelForCausalLM.from_pretrained("{hub_id}")' in card.text
+    assert json.loads(_read(hub, repo, CONFIG_FILE))["base_model_name_or_path"] == hub_id
 
 
 def test_cli_push_and_pull(
@@ -451,3 +488,25 @@ def test_endpoint_argument_wins_over_the_environment(
     assert alice.push("pirate@1", repo, endpoint=hub.endpoint).created
     with pytest.raises(ConfigError, match="not an http"):
         alice.pull(repo, endpoint="ftp://example.org")
+
+
+def test_token_from_the_login_file(
+    hub: HubEnv,
+    alice: Hub,
+    lora_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+) -> None:
+    """Without HF_TOKEN, the token saved by `hf auth login` is used."""
+    from huggingface_hub import constants
+
+    token_file = tmp_path / "hf-token"
+    token_file.write_text("hf_alice_write")
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(token_file))
+    repo = _repo("login", request)
+    assert alice.push(_register(alice, lora_dir), repo).created
+    token_file.unlink()
+    with pytest.raises(HubAuthError):
+        alice.push("pirate@1", _repo("nologin", request))
