@@ -100,7 +100,7 @@ def render_model_card(
     if forgetting:
         lines.append(
             "Perplexity on a small fixed general-text set with the adapter and without it (the "
-            "base): how much general capability the adapter cost. A ratio near 1 means little."
+            "base): how much general capability the adapter cost. A ratio near 1 means it cost little."
         )
         lines += [""] + [f"- {key}: {_fmt(value)}" for key, value in sorted(forgetting.items())]
     else:
