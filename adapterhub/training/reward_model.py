@@ -16,13 +16,18 @@ the end-of-turn token itself).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from adapterhub.errors import ConfigError, IncompatibleAdapterError
 from adapterhub.registry import Registry, ensure_compatible
+
+if TYPE_CHECKING:
+    from adapterhub.training.recipe import LoraConfig as RecipeLora
 
 REWARD_METHOD = "reward"
 SCORE_HEAD_SUFFIX = "score.weight"
@@ -68,6 +73,70 @@ def as_messages(value: str | Sequence[Mapping[str, str]], role: str) -> Messages
     if isinstance(value, str):
         return [{"role": role, "content": value}]
     return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
+def score_model_over(causal_lm: Any) -> Any:
+    """``AutoModelForSequenceClassification`` (one label) sharing ``causal_lm``'s trunk, no copy.
+
+    The trunk's modules are the causal LM's own objects, so the base is in memory once; only the
+    score head ``Linear(hidden, 1)`` is new, initialised with std ``1/sqrt(hidden + 1)`` as in
+    Ziegler et al. 2019 (and Huang et al. 2024).
+    """
+    import copy
+
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    config = copy.deepcopy(causal_lm.config)
+    config.num_labels = 1
+    with torch.device("meta"):
+        model = AutoModelForSequenceClassification.from_config(config)
+    prefix = causal_lm.base_model_prefix
+    setattr(model, prefix, getattr(causal_lm, prefix))
+    hidden = config.get_text_config().hidden_size
+    model.score = torch.nn.Linear(hidden, 1, bias=False, dtype=torch.float32)
+    torch.nn.init.normal_(model.score.weight, std=1.0 / math.sqrt(hidden + 1))
+    for attr in ("is_loaded_in_4bit", "is_loaded_in_8bit", "quantization_method"):
+        if hasattr(causal_lm, attr):  # TRL and PEFT read these to treat the model as QLoRA
+            setattr(model, attr, getattr(causal_lm, attr))
+    return model
+
+
+def attach_score_lora(causal_lm: Any, lora: RecipeLora, *, parent_dir: Path | None = None) -> Any:
+    """The reward model to train: the score model over ``causal_lm`` with a LoRA and a trainable head.
+
+    Args:
+        causal_lm: the frozen base as loaded for training.
+        lora: the adapter's shape (with a parent, the runner has already set it to the parent's).
+        parent_dir: a parent version's PEFT folder; its LoRA weights (and its score head, when the
+            parent is a reward model) are the starting point. An SFT parent gives the LoRA only,
+            as InstructGPT initialises its reward model from the SFT model.
+
+    Returns:
+        A ``PeftModel`` (task SEQ_CLS) whose adapter ``default`` and ``score`` head are trainable;
+        ``save_pretrained`` writes the head into ``adapter_model.safetensors`` beside the LoRA.
+    """
+    from peft import LoraConfig, TaskType, get_peft_model, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from adapterhub.adapters import WEIGHTS_FILE
+
+    model = get_peft_model(
+        score_model_over(causal_lm),
+        LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=lora.modules,
+            use_rslora=lora.use_rslora,
+            bias="none",
+            task_type=TaskType.SEQ_CLS,
+            modules_to_save=["score"],
+        ),
+    )
+    if parent_dir is not None:
+        set_peft_model_state_dict(model, load_file(str(Path(parent_dir) / WEIGHTS_FILE)))
+    return model
 
 
 @dataclass

@@ -291,11 +291,6 @@ def _load_model(hub: Hub, plan: RunPlan) -> tuple[Any, Any]:
     from adapterhub.base import load_base
 
     recipe = plan.recipe
-    if plan.method.task_type != "CAUSAL_LM":
-        raise TrainingError(
-            f"method {plan.method.name!r} needs task type {plan.method.task_type!r}, which this runner "
-            "does not load yet"
-        )
     torch.manual_seed(recipe.seed)
     base = load_base(hub.base_info.path, recipe.training.precision)
     model = base.model
@@ -303,6 +298,11 @@ def _load_model(hub: Hub, plan: RunPlan) -> tuple[Any, Any]:
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=recipe.training.gradient_checkpointing
         )
+    if plan.method.task_type == "SEQ_CLS":  # reward model: LoRA + score head over the same trunk
+        from adapterhub.training.reward_model import attach_score_lora
+
+        parent_dir = hub.registry.export(plan.parent, plan.run_dir / "parent") if plan.parent else None
+        return base, attach_score_lora(model, recipe.lora, parent_dir=parent_dir)
     if plan.parent is not None:
         parent_dir = hub.registry.export(plan.parent, plan.run_dir / "parent")
         model = PeftModel.from_pretrained(model, parent_dir, is_trainable=True)
@@ -438,9 +438,11 @@ def _finish(hub: Hub, plan: RunPlan, trainer: Any, model: Any, output: Any, brid
                 ("runtime", "per_second")
             ):
                 metrics[key] = round(float(value), 6)
-        if "eval_loss" in metrics:
+        if "eval_loss" in metrics and plan.method.name == "sft":  # other losses are not token NLL
             metrics["eval_perplexity"] = round(math.exp(min(50.0, metrics["eval_loss"])), 4)
-    if recipe.forgetting_check:
+    if recipe.forgetting_check and plan.method.task_type != "CAUSAL_LM":
+        bridge.message("forgetting check skipped: a reward model's score head does not generate text")
+    elif recipe.forgetting_check:
         bridge.message("forgetting check: general-text perplexity with and without the adapter")
         metrics.update(forgetting_metrics(model, plan.tokenizer))
     metrics["data"] = plan.data.summary

@@ -77,6 +77,7 @@ _MODULES: dict[str, str] = {
     "dpo": "adapterhub.training.methods.dpo",
     "orpo": "adapterhub.training.methods.orpo",
     "simpo": "adapterhub.training.methods.simpo",
+    "reward": "adapterhub.training.methods.reward",
 }
 
 
