@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from adapterhub.errors import ConfigError
 from adapterhub.refs import AdapterRef, validate_name
@@ -34,8 +41,8 @@ FORM_FIELDS: dict[str, str] = {
     "dataset": "dataset.path",
     "r": "lora.r",
     "alpha": "lora.alpha",
-    "lr": "train.learning_rate",
-    "steps": "train.max_steps",
+    "lr": "training.learning_rate",
+    "steps": "training.max_steps",
 }
 """Form field -> the recipe key it edits (a dotted path, as ``adapterhub train --set`` takes)."""
 
@@ -54,8 +61,8 @@ class TrainingForm(BaseModel):
     parent: str | None = None
     """Ref of the adapter version to start from (``name``, ``name@3``, ``name:prod``), or none."""
 
-    dataset: str = Field(min_length=1)
-    """A JSONL file (relative to the working directory) or a ``datasets`` name."""
+    dataset: str | None = None
+    """A JSONL file (relative paths are relative to the recipe file); empty keeps the recipe's."""
 
     r: int = Field(ge=1, le=256)
     """LoRA rank."""
@@ -83,9 +90,13 @@ class TrainingForm(BaseModel):
 
     @field_validator("dataset")
     @classmethod
-    def _dataset(cls, value: str) -> str:
-        if value.endswith((".jsonl", ".json")) and not Path(value).expanduser().is_file():
-            raise ValueError(f"file {value!r} does not exist; give a JSONL file or a datasets name")
+    def _dataset(cls, value: str | None, info: ValidationInfo) -> str | None:
+        root = Path((info.context or {}).get("root", "."))
+        if value is not None and not (root / Path(value).expanduser()).is_file():
+            raise ValueError(
+                f"file {value!r} does not exist (relative paths start at {str(root)!r}); "
+                "give the path of a JSONL file"
+            )
         return value
 
 
@@ -166,14 +177,21 @@ def form_values(recipe: RecipeInfo) -> dict[str, str]:
     return values
 
 
-def check_form(raw: Mapping[str, str]) -> tuple[TrainingForm | None, dict[str, str]]:
+def check_form(
+    raw: Mapping[str, str], *, root: Path | None = None
+) -> tuple[TrainingForm | None, dict[str, str]]:
     """Validate the form's text.
+
+    Args:
+        raw: field -> text as typed.
+        root: the folder relative dataset paths start at (the recipe's folder).
 
     Returns:
         The form (None when invalid) and one message per field that has a problem.
     """
     try:
-        return TrainingForm.model_validate({k: (v or None) for k, v in raw.items()}), {}
+        data = {k: (v.strip() or None) for k, v in raw.items()}
+        return TrainingForm.model_validate(data, context={"root": root or Path.cwd()}), {}
     except ValidationError as e:
         problems: dict[str, str] = {}
         for error in e.errors():
@@ -189,8 +207,8 @@ def overrides(recipe: RecipeInfo, form: TrainingForm) -> dict[str, Any]:
     for name, key in FORM_FIELDS.items():
         value = getattr(form, name)
         current = get_key(recipe.data, key)
-        if value is None and current is None:
-            continue
+        if value is None and (current is None or name == "dataset"):
+            continue  # an empty dataset field keeps the recipe's dataset
         if current is None or _as_text(current) != _as_text(value):
             changed[key] = value
     return changed

@@ -28,12 +28,12 @@ def recipe_dir(tmp_path: Path) -> Path:
     (folder / "tiny-sft.yaml").write_text(
         "# adapterhub train tiny-sft.yaml\n"
         f"method: sft\nname: tiny-sft\ndataset:\n  path: {data}\n"
-        "lora:\n  r: 8\n  alpha: 16\ntrain:\n  learning_rate: 0.0002\n  max_steps: 6\n"
+        "lora:\n  r: 8\n  alpha: 16\ntraining:\n  learning_rate: 0.0002\n  max_steps: 6\n"
     )
     (folder / "tiny-dpo.yaml").write_text(
         "# adapterhub train tiny-dpo.yaml\n"
         f"method: dpo\nname: tiny-dpo\nparent: pirate@1\ndataset:\n  path: {data}\n"
-        "lora:\n  r: 8\n  alpha: 16\ntrain:\n  learning_rate: 0.00005\n  max_steps: 4\n"
+        "lora:\n  r: 8\n  alpha: 16\ntraining:\n  learning_rate: 0.00005\n  max_steps: 4\n"
     )
     return folder
 

@@ -12,7 +12,7 @@ from adapterhub_tui.preferences import Answer, PreferenceStore
 from adapterhub_tui.recipes import check_form, cli_command, load_recipe, overrides
 from adapterhub_tui.screens.registry import RegistryScreen
 from adapterhub_tui.screens.training import TrainingScreen, format_eta
-from adapterhub_tui.widgets.curves import Curves
+from adapterhub_tui.widgets.curves import Curves, pick_metrics
 
 
 def text(app, selector: str) -> str:  # type: ignore[no-untyped-def]
@@ -94,7 +94,8 @@ async def test_method_metrics_are_plotted_for_dpo(fake_app) -> None:
         await app.workers.wait_for_complete()
         await pilot.pause()
         metrics = screen.query_one("#metric-curve", Curves)
-        assert metrics.shown_series() == ["reward_margin", "kl", "eval eval_loss"]
+        assert metrics.shown_series() == ["reward_margin", "kl"]
+        assert screen.query_one("#loss-curve", Curves).shown_series() == ["loss", "eval loss"]
 
 
 async def test_cancel_stops_the_run_and_registers_nothing(fake_app, fake) -> None:
@@ -159,7 +160,7 @@ async def test_dpo_offer_uses_the_votes_and_the_preferred_adapter(fake_app, fake
         assert form["dataset"] == str(store.path)
         assert form["parent"] == "pirate@2" and form["name"] == "pirate-dpo"
         assert "DPO on 3 voted pairs; parent pirate@2 (chosen 2×)" in text(app, "#offer")
-        assert f"--set dataset.path={store.path}" in text(app, "#command")
+        assert f"--set dataset.path={store.path}" in text(app, "#command").replace("'", "")
 
 
 async def test_dpo_offer_without_votes_says_how_to_get_them(fake_app) -> None:
@@ -170,17 +171,27 @@ async def test_dpo_offer_without_votes_says_how_to_get_them(fake_app) -> None:
         assert any("no votes yet" in n for n in notices(app))
 
 
+def test_metric_choice_prefers_margin_reward_kl() -> None:
+    dpo = ["rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen"]
+    assert pick_metrics(dpo, 3) == ["rewards/margins", "rewards/chosen", "rewards/accuracies"]
+    grpo = ["reward_std", "reward", "kl", "completion_length"]
+    assert pick_metrics(grpo, 3) == ["reward", "kl", "completion_length"]
+
+
 def test_form_model_and_command(recipe_dir: Path, monkeypatch) -> None:
     monkeypatch.chdir(recipe_dir)
     recipe = load_recipe(recipe_dir / "tiny-sft.yaml")
-    form, problems = check_form({"method": "sft", "name": "x", "parent": "", "dataset": "hub/set",
-                                 "r": "4", "alpha": "8", "lr": "1e-4", "steps": "10"})
+    form, problems = check_form({"method": "sft", "name": "x", "parent": "", "dataset": "tiny-sft.jsonl",
+                                 "r": "4", "alpha": "8", "lr": "1e-4", "steps": "10"}, root=recipe_dir)
     assert problems == {} and form is not None and form.parent is None
     sets = overrides(recipe, form)
-    assert sets == {"name": "x", "dataset.path": "hub/set", "lora.r": 4, "lora.alpha": 8.0,
-                    "train.learning_rate": 1e-4, "train.max_steps": 10}
+    assert sets == {"name": "x", "dataset.path": "tiny-sft.jsonl", "lora.r": 4, "lora.alpha": 8.0,
+                    "training.learning_rate": 1e-4, "training.max_steps": 10}
+    form, _ = check_form({"method": "sft", "name": "tiny-sft", "dataset": " ", "r": "8",
+                          "alpha": "16", "lr": "0.0002", "steps": "6"}, root=recipe_dir)
+    assert form is not None and overrides(recipe, form) == {}  # empty dataset keeps the recipe's
     assert cli_command(recipe, {"name": "my run"}) == "adapterhub train tiny-sft.yaml --set 'name=my run'"
     _, problems = check_form({"method": "nope", "name": "", "dataset": "missing.jsonl", "r": "x",
-                              "alpha": "-1", "lr": "2", "steps": "0"})
+                              "alpha": "-1", "lr": "2", "steps": "0"}, root=recipe_dir)
     assert set(problems) == {"method", "name", "dataset", "r", "alpha", "lr", "steps"}
     assert format_eta(3725) == "1:02:05" and format_eta(None) == "?"

@@ -208,7 +208,9 @@ class TrainingScreen(Screen[None]):
         return raw
 
     def _validate(self) -> None:
-        form, problems = check_form(self.raw_form())
+        form, problems = check_form(
+            self.raw_form(), root=self.recipe.path.parent if self.recipe else None
+        )
         for name in FORM_FIELDS:
             self.query_one(f"#problem-{name}", Static).update(problems.get(name, ""))
         self.form = form

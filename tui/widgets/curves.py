@@ -2,9 +2,9 @@
 
 One :class:`Curves` widget draws named series of (step, value) points with textual-plotext. The
 training screen feeds it live events; the registry screen feeds it a version's stored step log.
-Which series to draw is decided here, once, from the events themselves: ``loss`` always, and the
-method's metrics (``ProgressEvent.metrics``), preferring the names practitioners watch (reward
-margin, reward, KL) when a run reports more than fit.
+Which series to draw is decided here, once, from the events themselves: the loss (and eval loss),
+or the method's metrics from ``ProgressEvent.metrics`` (step events only), preferring the names
+practitioners watch (reward margin, reward, KL) when a run reports more than fit.
 
 Redrawing plotext on every event would cost more than the training step on a tiny model, so
 points are appended at once but the widget repaints at most :attr:`Curves.FPS` times a second.
@@ -18,16 +18,20 @@ from textual_plotext import PlotextPlot
 
 from adapterhub.progress import ProgressEvent
 
-_PREFERRED = ("margin", "reward", "kl", "accuracy", "score")
+_PREFERRED = ("margin", "reward", "kl", "accura", "score")
 
 
-def metric_rank(name: str) -> tuple[int, str]:
-    """Sort key: names the preferred list mentions first, in its order, then alphabetical."""
-    lowered = name.lower()
-    for i, word in enumerate(_PREFERRED):
-        if word in lowered:
-            return i, name
-    return len(_PREFERRED), name
+def pick_metrics(names: Iterable[str], limit: int) -> list[str]:
+    """Up to ``limit`` metric names to plot: one per preferred word (reward margin, reward, KL,
+    accuracy, score) in that order, shortest name first, then the rest alphabetically."""
+    pool = sorted(set(names), key=lambda n: (len(n), n))
+    picked: list[str] = []
+    for word in _PREFERRED:
+        match = next((n for n in pool if word in n.lower() and n not in picked), None)
+        if match is not None:
+            picked.append(match)
+    picked += sorted(n for n in pool if n not in picked)
+    return picked[:limit]
 
 
 class Curves(PlotextPlot):
@@ -72,24 +76,21 @@ class Curves(PlotextPlot):
     def add_events(self, events: Iterable[ProgressEvent]) -> None:
         """Append the points that ``events`` carry (only ``step`` and ``eval`` events count)."""
         for event in events:
-            if event.kind not in ("step", "eval"):
-                continue
-            prefix = "eval " if event.kind == "eval" else ""
-            if self.which == "loss":
-                if event.loss is not None:
-                    self.series.setdefault(f"{prefix}loss", []).append((event.step, event.loss))
-            else:
+            if self.which == "loss" and event.kind in ("step", "eval") and event.loss is not None:
+                name = "eval loss" if event.kind == "eval" else "loss"
+                self.series.setdefault(name, []).append((event.step, event.loss))
+                self._dirty = True
+            elif self.which == "metrics" and event.kind == "step":
                 for name, value in event.metrics.items():
-                    if isinstance(value, int | float):
-                        self.series.setdefault(f"{prefix}{name}", []).append(
-                            (event.step, float(value))
-                        )
-            self._dirty = True
+                    if isinstance(value, int | float) and not isinstance(value, bool):
+                        self.series.setdefault(name, []).append((event.step, float(value)))
+                        self._dirty = True
 
     def shown_series(self) -> list[str]:
-        """The series names the plot draws (loss: all; metrics: the top ``max_series``)."""
-        names = sorted(self.series, key=metric_rank)
-        return names if self.which == "loss" else names[: self.max_series]
+        """The series the plot draws (loss: all; metrics: :func:`pick_metrics`)."""
+        if self.which == "loss":
+            return sorted(self.series, key=lambda n: (n != "loss", n))
+        return pick_metrics(self.series, self.max_series)
 
     def _repaint(self) -> None:
         if self._dirty:
