@@ -318,6 +318,22 @@ def serve(
     run_server(settings)
 
 
+@app.command()
+def tui(
+    server: Annotated[str | None, typer.Option("--server", help="URL of a running `adapterhub serve`; in-process on the hub home when omitted.", show_default=False)] = None,
+    api_key: Annotated[str | None, typer.Option("--api-key", envvar="ADAPTERHUB_API_KEY", help="API key for --server (an admin key enables tag/delete).", show_default=False)] = None,
+    home: HomeOption = None,
+) -> None:
+    """Open the terminal UI: registry, training with live curves, side-by-side compare."""
+    try:  # the TUI is an optional extra; the library never imports it at module level
+        from adapterhub_tui.launch import run_tui
+    except ImportError as e:
+        raise ConfigError(f"the TUI needs its extra ({e.name} is missing): pip install 'adapterhub[tui]'") from e
+
+    _quiet_libraries()
+    run_tui(server=server, home=home, api_key=api_key)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning our errors into one line and an exit code."""
     try:

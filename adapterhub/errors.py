@@ -14,6 +14,8 @@ The tree::
     ├── HubError(OSError)                    raised ``from`` the huggingface_hub error
     │   ├── HubAuthError(PermissionError)
     │   └── HubNotFoundError(LookupError)
+    ├── ServerError(OSError)                 an adapterhub server (HTTP client side) unreachable,
+    │                                        key refused, or an answer of no library type
     ├── TrainingError(RuntimeError)
     │   └── TrainingCancelled
     ├── EngineError(RuntimeError)
@@ -99,6 +101,16 @@ class HubAuthError(HubError, PermissionError):
 
 class HubNotFoundError(HubError, LookupError):
     """The Hub has no such repository, revision or file."""
+
+
+class ServerError(AdapterHubError, OSError):
+    """Talking to an adapterhub server over HTTP failed: it cannot be reached, it refused the
+    API key, or it answered an error that carries no library error type. The TUI's HTTP backend
+    raises it ``from`` the transport's error."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        self.status = status
+        super().__init__(message)
 
 
 class TrainingError(AdapterHubError, RuntimeError):

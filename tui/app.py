@@ -93,6 +93,13 @@ class AdapterHubApp(App[None]):
             self.log.error(f"{doing} failed", exc_info=error)
         self.notify(message, title=f"{doing} failed", severity="error", timeout=10, markup=False)
 
+    async def on_unmount(self) -> None:
+        """The app owns its backend from ``make_app`` on: close it (engine, HTTP clients)."""
+        try:
+            await self.backend.aclose()
+        except Exception as e:  # closing must never turn a clean exit into a traceback
+            self.log.error("closing the backend failed", exc_info=e)
+
     # ------------------------------------------------------------------ cross-screen
 
     async def open_compare(self, refs: Iterable[str | None]) -> None:
@@ -146,6 +153,8 @@ def make_app(
     clock: Clock = time.monotonic,
 ) -> AdapterHubApp:
     """Build the app over ``backend``.
+
+    The app closes ``backend`` when it exits.
 
     Args:
         backend: in-process, HTTP or a test fake.

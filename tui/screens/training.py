@@ -165,6 +165,11 @@ class TrainingScreen(Screen[None]):
             )
         self._validate()
 
+    def on_unmount(self) -> None:
+        # The run's thread outlives the worker task: stop it, or quitting waits for the run.
+        if self.cancel_token is not None:
+            self.cancel_token.cancel()
+
     def _set_recipe_options(self) -> None:
         select = self.query_one("#recipe", Select)
         select.set_options([(f"{r.title} ({r.method})", str(r.path)) for r in self.recipes])

@@ -1,0 +1,287 @@
+"""The HTTP backend: the TUI over a running ``adapterhub serve``.
+
+Generation goes through the server's OpenAI-compatible API with the official ``openai`` client
+(streamed chat completions, usage in the last chunk, the resolved version from the
+``X-Adapter-Version`` header); registry reads and writes go through the admin API with ``httpx``,
+parsed with the library's wire schemas (:mod:`adapterhub.protocol`). The TUI never imports the
+server package: the wire is the only contract.
+
+Design choices:
+
+* **Errors come back as the library's types.** The server answers OpenAI's error shape with a
+  ``code`` drawn from one table of library error types; :data:`ERROR_CODES` maps each code back,
+  so an unknown adapter is an :class:`~adapterhub.errors.AdapterNotFoundError` here exactly as
+  in-process. Transport failures and refused keys become
+  :class:`~adapterhub.errors.ServerError` saying what to do. Message text is never parsed.
+* **Capabilities follow the key.** With an admin key the registry screen can tag, delete and
+  read step logs; with an inference key (403 on ``/admin``) it lists adapters from
+  ``/v1/models`` only. Training, push and pull need the in-process backend (the server has no
+  routes for them), and say so.
+* **Votes stay local.** Compare's preference pairs go to ``home`` on this machine, where
+  ``adapterhub train`` can use them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from adapterhub.engine.types import GenerationChunk, SamplingParams, Usage
+from adapterhub.errors import (
+    AdapterHubError,
+    AdapterNotFoundError,
+    BaseModelError,
+    CapacityError,
+    ConfigError,
+    CorruptBlobError,
+    EngineError,
+    HubError,
+    IncompatibleAdapterError,
+    PromptTooLongError,
+    RegistryError,
+    ServerError,
+    TrainingError,
+    UnsafeAdapterError,
+    VersionExistsError,
+)
+from adapterhub.progress import CancelToken, ProgressCallback, ProgressEvent
+from adapterhub.protocol import DeleteResponse, ServerInfo, VersionInfo, VersionList
+from adapterhub.registry import Version
+from adapterhub_tui.backend import BackendInfo, Capability, ChatMessages, TrainRequest
+
+ERROR_CODES: dict[str, type[AdapterHubError]] = {
+    "model_not_found": AdapterNotFoundError,
+    "context_length_exceeded": PromptTooLongError,
+    "invalid_value": ConfigError,
+    "incompatible_adapter": IncompatibleAdapterError,
+    "unsafe_adapter": UnsafeAdapterError,
+    "version_exists": VersionExistsError,
+    "corrupt_adapter": CorruptBlobError,
+    "registry_conflict": RegistryError,
+    "capacity_exceeded": CapacityError,
+    "base_unavailable": BaseModelError,
+    "engine_unavailable": EngineError,
+    "hub_unavailable": HubError,
+    "training_failed": TrainingError,
+}
+"""The server's error ``code`` -> the library error type it was raised as."""
+
+
+def library_error(status: int | None, body: Any, url: str) -> AdapterHubError:
+    """Turn one error answer (OpenAI's shape) into the library error it stands for."""
+    detail = body.get("error", body) if isinstance(body, dict) else {}
+    detail = detail if isinstance(detail, dict) else {}
+    message = str(detail.get("message") or body or f"HTTP {status}")
+    code = str(detail.get("code") or "")
+    kind = ERROR_CODES.get(code)
+    if kind is not None:
+        return kind(message)
+    if status in (401, 403):
+        return ServerError(
+            f"{url} refused the API key (HTTP {status}): {message}; pass an admin key with "
+            "--api-key or ADAPTERHUB_API_KEY",
+            status=status,
+        )
+    if status in (400, 422):
+        return ConfigError(message)
+    return ServerError(f"{url} answered HTTP {status}: {message}", status=status)
+
+
+class HttpBackend:
+    """A :class:`~adapterhub_tui.backend.Backend` over an adapterhub server.
+
+    Args:
+        url: the server, e.g. ``http://127.0.0.1:8000``.
+        home: the local hub home (compare's votes are written there).
+        api_key: sent as ``Authorization: Bearer``; an admin key enables the registry actions.
+        timeout: seconds for registry calls (streams wait as long as tokens keep coming).
+    """
+
+    def __init__(
+        self, url: str, *, home: Path, api_key: str | None = None, timeout: float = 30.0
+    ) -> None:
+        from openai import AsyncOpenAI
+
+        self.url = url.rstrip("/")
+        self._home = Path(home)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=timeout)
+        self._openai = AsyncOpenAI(
+            base_url=f"{self.url}/v1", api_key=api_key or "none", max_retries=0,
+            timeout=httpx.Timeout(timeout, read=None),
+        )
+        self._admin = True
+        self._base_name: str | None = None
+
+    @property
+    def home(self) -> Path:
+        return self._home
+
+    # ------------------------------------------------------------------ plumbing
+
+    async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = await self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as e:
+            raise ServerError(
+                f"cannot reach the adapterhub server at {self.url!r} ({type(e).__name__}: {e}); "
+                "start it with `adapterhub serve` or check --server"
+            ) from e
+        if response.is_error:
+            try:
+                body = response.json()
+            except ValueError:
+                body = response.text
+            raise library_error(response.status_code, body, self.url)
+        return response.json()
+
+    def _ref_path(self, ref: str) -> str:
+        return quote(ref, safe="")
+
+    async def _models(self) -> list[dict[str, Any]]:
+        return list((await self._call("GET", "/v1/models"))["data"])
+
+    # ------------------------------------------------------------------ registry
+
+    async def describe(self) -> BackendInfo:
+        try:
+            info = ServerInfo.model_validate(await self._call("GET", "/admin/info"))
+        except ServerError as e:
+            if e.status not in (401, 403):
+                raise
+            self._admin = False  # an inference key: list through /v1/models only
+            base = next((m["id"] for m in await self._models() if m.get("parent") is None), "base")
+            self._base_name = base
+            return BackendInfo(f"{self.url} (inference key)", base, frozenset())
+        self._admin, self._base_name = True, info.base_name
+        capabilities = frozenset({Capability.TAG, Capability.DELETE, Capability.STEP_LOG})
+        return BackendInfo(self.url, info.base_name, capabilities)
+
+    async def list_versions(self) -> list[Version]:
+        if self._admin:
+            found = VersionList.model_validate(await self._call("GET", "/admin/versions"))
+            return [v.to_version() for v in found.data]
+        return [_card_version(card) for card in await self._models()
+                if card.get("version") and card["id"] == card["version"]]
+
+    async def lineage(self, ref: str) -> list[Version]:
+        if self._admin:
+            path = f"/admin/versions/{self._ref_path(ref)}/lineage"
+            return [v.to_version() for v in VersionList.model_validate(await self._call("GET", path)).data]
+        for version in await self.list_versions():
+            if version.ref == ref:
+                return [version]
+        raise AdapterNotFoundError(f"adapter {ref!r} is not served by {self.url}", ref=ref)
+
+    async def step_log(self, ref: str) -> list[ProgressEvent]:
+        data = await self._call("GET", f"/admin/versions/{self._ref_path(ref)}/step_log")
+        return [ProgressEvent.from_dict(item) for item in data if isinstance(item, dict)]
+
+    async def tag(self, ref: str, alias: str) -> Version:
+        data = await self._call("POST", f"/admin/versions/{self._ref_path(ref)}/tag",
+                                json={"alias": alias})
+        return VersionInfo.model_validate(data).to_version()
+
+    async def delete(self, ref: str) -> list[Version]:
+        before = {v.ref: v for v in await self.list_versions()}
+        data = await self._call("DELETE", f"/admin/versions/{self._ref_path(ref)}")
+        gone = DeleteResponse.model_validate(data).deleted
+        return [before[r] for r in gone if r in before]
+
+    async def push(self, ref: str, repo_id: str) -> str:
+        raise self._local_only("push")
+
+    async def pull(self, repo_id: str, name: str | None = None) -> Version:
+        raise self._local_only("pull")
+
+    async def check_training(self, request: TrainRequest) -> list[str]:
+        return [str(self._local_only("training"))]
+
+    async def train(
+        self, request: TrainRequest, *, progress: ProgressCallback, cancel: CancelToken
+    ) -> Version:
+        raise self._local_only("training")
+
+    def _local_only(self, what: str) -> ConfigError:
+        return ConfigError(
+            f"{what} is not available through the server at {self.url}; run `adapterhub tui` "
+            "without --server to work on the hub home in-process"
+        )
+
+    # ------------------------------------------------------------------ generation
+
+    async def stream(
+        self, ref: str | None, messages: ChatMessages, sampling: SamplingParams
+    ) -> AsyncIterator[GenerationChunk]:
+        import openai
+
+        if self._base_name is None:
+            await self.describe()
+        model = ref if ref is not None else self._base_name
+        extra: dict[str, Any] = {"top_k": sampling.top_k}
+        if sampling.min_tokens:
+            extra["min_tokens"] = sampling.min_tokens
+        if sampling.ignore_eos:
+            extra["ignore_eos"] = True
+        finish: str | None = None
+        try:
+            chunks = await self._openai.chat.completions.create(
+                model=str(model),
+                messages=[dict(m) for m in messages],  # type: ignore[misc]
+                stream=True,
+                stream_options={"include_usage": True},
+                max_tokens=sampling.max_tokens,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                seed=sampling.seed,
+                stop=list(sampling.stop) or None,
+                extra_body=extra,
+            )
+            resolved = chunks.response.headers.get("x-adapter-version") if ref is not None else None
+            async for chunk in chunks:
+                usage = chunk.usage
+                for choice in chunk.choices:
+                    finish = choice.finish_reason or finish
+                    text = choice.delta.content or ""
+                    if text:
+                        yield GenerationChunk(chunk.id, text, (), adapter_version=resolved)
+                if usage is not None:
+                    yield GenerationChunk(
+                        chunk.id, "", (), finish_reason=_finish(finish),
+                        usage=Usage(usage.prompt_tokens, usage.completion_tokens),
+                        adapter_version=resolved,
+                    )
+                    return
+        except openai.APIStatusError as e:
+            raise library_error(e.status_code, e.body if isinstance(e.body, dict) else
+                                {"message": e.message}, self.url) from e
+        except openai.APIConnectionError as e:
+            raise ServerError(
+                f"lost the adapterhub server at {self.url!r} ({e.message}); is it still running?"
+            ) from e
+        except openai.APIError as e:  # an error event inside the stream
+            raise library_error(None, {"error": e.body} if isinstance(e.body, dict) else
+                                {"message": e.message}, self.url) from e
+        yield GenerationChunk("", "", (), finish_reason=_finish(finish), adapter_version=None)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+        await self._openai.close()
+
+
+def _finish(reason: str | None) -> Any:
+    return reason if reason in ("stop", "length", "cancelled", "error") else "stop"
+
+
+def _card_version(card: dict[str, Any]) -> Version:
+    """A minimal version from a ``/v1/models`` card (what an inference key may see)."""
+    name, _, number = str(card["version"]).partition("@")
+    return Version(
+        name=name, number=int(number or 0), created_at=float(card.get("created", 0)),
+        method=str(card.get("method") or "?"), base_fingerprint="", template_hash="",
+        files={}, aliases=tuple(card.get("aliases") or ()),
+    )
