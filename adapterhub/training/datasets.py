@@ -11,6 +11,9 @@ format              columns                             used by
 ``prompt_only``     ``prompt``                          grpo, ppo
 ==================  ==================================  ==============================
 
+Prompt-only rows keep their other plain fields (numbers, strings), which GRPO passes to its reward
+functions by column name (e.g. ``answer`` for an exact-answer check).
+
 ``prompt``/``completion``/``chosen``/``rejected`` are either plain strings or lists of chat
 messages (``{"role": ..., "content": ...}``). Plain strings are treated as one user turn (prompt)
 and one assistant turn (completion), so training always goes through the base's chat template,
@@ -298,6 +301,8 @@ def _keep_columns(row: Mapping[str, Any], fmt: DatasetFormat) -> dict[str, Any]:
         if isinstance(value, list):
             value = [{"role": m["role"], "content": m["content"]} for m in value]
         out[column] = value
+    if fmt == "prompt_only":  # plain extra fields (an expected answer) reach GRPO's reward functions
+        out.update({k: v for k, v in row.items() if k not in out and isinstance(v, str | int | float | bool)})
     return out
 
 

@@ -78,6 +78,7 @@ _MODULES: dict[str, str] = {
     "orpo": "adapterhub.training.methods.orpo",
     "simpo": "adapterhub.training.methods.simpo",
     "reward": "adapterhub.training.methods.reward",
+    "grpo": "adapterhub.training.methods.grpo",
 }
 
 

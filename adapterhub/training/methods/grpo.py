@@ -1,0 +1,164 @@
+"""GRPO: group-relative policy optimisation with reward functions named in the recipe.
+
+Shao et al. 2024, "DeepSeekMath" (arXiv:2402.03300), through TRL's ``GRPOTrainer``. For each
+prompt the policy samples a group of ``num_generations`` completions; each completion's reward
+(the weighted sum of the recipe's reward functions, see :mod:`adapterhub.training.rewards`) minus
+its group's mean is its advantage, so no value model is needed.
+
+Design choices:
+
+* **Batch sizes in prompts.** ``training.batch_size`` counts prompts per step, as everywhere else;
+  TRL counts completions, so its per-device batch is ``batch_size * num_generations``.
+* **The KL reference is the parent** (or the bare base without one): given a ``PeftModel`` with an
+  adapter and ``beta > 0``, TRL adds a frozen copy of it named ``ref``, exactly as for DPO.
+* **A reward model shares the base**: a ``type: reward_model`` reward is loaded into the same
+  ``PeftModel`` as one more frozen LoRA (``reward``, ``reward1``...) and switched in for scoring.
+* **Prompts are conversational** by the time TRL sees them, so TRL renders them with the base's
+  chat template (a string prompt is one user turn); other plain columns (``answer``) are passed
+  to the reward functions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field
+
+from adapterhub.training.methods import Method, MethodContext, PrepareContext
+from adapterhub.training.recipe import RecipeBase, RecipeSection
+from adapterhub.training.rewards import RewardFunctionConfig, build_reward_functions
+from adapterhub.training.templates import check_content
+
+if TYPE_CHECKING:
+    import datasets
+
+
+class GRPOConfig(RecipeSection):
+    """The ``grpo:`` section of a recipe."""
+
+    rewards: list[RewardFunctionConfig] = Field(min_length=1, max_length=16)
+    """Reward functions, summed with their weights: ``regex``, ``exact_answer``, ``length``,
+    ``python`` (a dotted path) or ``reward_model`` (a registered reward version)."""
+    num_generations: int = Field(default=4, ge=2, le=64)
+    """Group size: completions sampled per prompt."""
+    max_completion_length: int = Field(default=64, ge=1, le=8192)
+    """Longest completion sampled, in tokens."""
+    temperature: float = Field(default=1.0, gt=0, le=5)
+    """Sampling temperature (the group needs variety to have anything to prefer)."""
+    beta: float = Field(default=0.04, ge=0, le=10)
+    """KL penalty to the reference (the parent, or the base without one); 0 turns it off."""
+    epsilon: float = Field(default=0.2, gt=0, lt=1)
+    """Clip range of the importance ratio."""
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = "dapo"
+    """How token losses are averaged: grpo (per sequence, the paper), dr_grpo, dapo (TRL's
+    default: per active token, no length bias), bnpo."""
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    """Divide advantages by the group's reward std (the paper), the batch's, or not at all (Dr. GRPO)."""
+    num_iterations: int = Field(default=1, ge=1, le=16)
+    """Optimisation passes over each generated batch (μ in the paper)."""
+
+
+class GRPORecipe(RecipeBase):
+    """A recipe with ``method: grpo``."""
+
+    method: Literal["grpo"]  # type: ignore[assignment]
+    """Group-relative policy optimisation."""
+    grpo: GRPOConfig
+    """GRPO settings (``rewards`` is required)."""
+
+
+@dataclass(frozen=True)
+class PreparedPrompts:
+    """Prompt-only data with conversational prompts and any extra columns kept."""
+
+    train: datasets.Dataset
+    eval: datasets.Dataset | None
+
+
+def conversational_prompts(part: datasets.Dataset, tokenizer: Any, label: str) -> datasets.Dataset:
+    """Prompts as chat messages (a string is one user turn), checked for pre-rendered tokens."""
+    import datasets
+
+    rows = []
+    for index, row in enumerate(part):
+        prompt = row["prompt"]
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        check_content(tokenizer, messages, where=f"{label} prompt {index + 1}")
+        rows.append({**row, "prompt": [{"role": m["role"], "content": m["content"]} for m in messages]})
+    return datasets.Dataset.from_list(rows)
+
+
+def prepare(ctx: PrepareContext) -> PreparedPrompts:
+    """Make prompts conversational; check the reward functions' python paths import.
+
+    Raises:
+        ConfigError: a prompt holds special tokens, or a python reward cannot be imported.
+    """
+    recipe = ctx.recipe
+    assert isinstance(recipe, GRPORecipe)
+    build_reward_functions([r for r in recipe.grpo.rewards if r.type != "reward_model"])
+    train = conversational_prompts(ctx.data.train, ctx.tokenizer, "train")
+    eval_ = conversational_prompts(ctx.data.eval, ctx.tokenizer, "eval") if ctx.data.eval is not None else None
+    return PreparedPrompts(train=train, eval=eval_)
+
+
+def build_trainer(ctx: MethodContext) -> Any:
+    """TRL's GRPOTrainer with the recipe's reward functions (the only place TRL's GRPO objects are built)."""
+    import trl
+
+    from adapterhub.training.reward_model import load_reward_scorer
+
+    recipe = ctx.recipe
+    assert isinstance(recipe, GRPORecipe) and isinstance(ctx.prepared, PreparedPrompts)
+    g = recipe.grpo
+    loaded: list[str] = []
+
+    def load_reward_model(ref: str) -> Any:
+        name = "reward" if not loaded else f"reward{len(loaded)}"
+        loaded.append(name)
+        return load_reward_scorer(
+            ctx.registry, ref, ctx.model, ctx.tokenizer,
+            base_fingerprint=ctx.base.info.fingerprint, template_hash=ctx.base.info.template_hash,
+            adapter_name=name, max_length=recipe.training.max_length,
+        )
+
+    functions, weights = build_reward_functions(g.rewards, load_reward_model=load_reward_model)
+    completions_per_step = recipe.training.batch_size * g.num_generations
+    config = trl.GRPOConfig(
+        **{
+            **ctx.args,
+            "per_device_train_batch_size": completions_per_step,
+            "per_device_eval_batch_size": completions_per_step,
+        },
+        num_generations=g.num_generations,
+        max_completion_length=g.max_completion_length,
+        temperature=g.temperature,
+        beta=g.beta,
+        epsilon=g.epsilon,
+        loss_type=g.loss_type,
+        scale_rewards=g.scale_rewards,
+        num_iterations=g.num_iterations,
+        reward_weights=weights,
+        remove_unused_columns=False,
+        log_completions=False,
+    )
+    return trl.GRPOTrainer(
+        model=ctx.model,
+        reward_funcs=functions,
+        args=config,
+        train_dataset=ctx.prepared.train,
+        eval_dataset=ctx.prepared.eval,
+        processing_class=ctx.tokenizer,
+        callbacks=list(ctx.callbacks),
+    )
+
+
+METHOD = Method(
+    name="grpo",
+    recipe=GRPORecipe,
+    formats=("prompt_only",),
+    build_trainer=build_trainer,
+    prepare=prepare,
+    description="group-relative policy optimisation with recipe reward functions (no value model)",
+)

@@ -1,0 +1,111 @@
+"""GRPO on the tiny base: recipe reward functions (built-in, python, reward model), lineage, metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from adapterhub.errors import ConfigError
+from adapterhub.training.rewards import ExactAnswer, LengthTarget, RegexMatch
+from adapterhub.training.run import train
+
+PROMPTS = [{"prompt": f"What is {i} + 2? Reply with only 'Answer: ' and the number.", "answer": str(i + 2)} for i in range(10)]
+
+
+@pytest.fixture
+def hub(home: Path, tiny_base_dir: Path):  # type: ignore[no-untyped-def]
+    from adapterhub import Hub
+
+    hub = Hub(home)
+    hub.init(str(tiny_base_dir), precision="fp32")
+    return hub
+
+
+@pytest.fixture
+def prompts(tmp_path: Path) -> Path:
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("\n".join(json.dumps(p) for p in PROMPTS) + "\n")
+    return path
+
+
+def recipe(data: Path, rewards: list[dict], **extra: object) -> dict:  # type: ignore[type-arg]
+    return {
+        "method": "grpo",
+        "name": "arith",
+        "dataset": {"path": str(data), "eval_fraction": 0},
+        "lora": {"r": 4},
+        "grpo": {"rewards": rewards, "num_generations": 2, "max_completion_length": 6},
+        "training": {"precision": "fp32", "max_steps": 1, "batch_size": 2},
+        "forgetting_check": False,
+        **extra,
+    }
+
+
+def test_builtin_reward_functions_by_hand() -> None:
+    completions = ["Answer: 7", " Answer: 7 ", "The answer is 7", [{"role": "assistant", "content": "Answer: 8"}]]
+    assert RegexMatch(r"Answer: -?\d+")(None, completions) == [1.0, 1.0, 0.0, 1.0]
+    assert ExactAnswer()(None, completions, answer=["7", "7.0", "7", "7"]) == [1.0, 1.0, 0.0, 0.0]
+    # 2 words against a target of 4 with tolerance 4 -> 1 - 2/4
+    assert LengthTarget(target_words=4, tolerance=4)(None, ["a b", "a b c d", "x" * 3]) == [0.5, 1.0, 0.25]
+
+
+def test_grpo_registers_version_with_group_metrics(hub, prompts: Path, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from conftest import make_lora_folder
+
+    (tmp_path / "my_rewards.py").write_text(
+        "def brevity(prompts, completions, answer, **kw):\n"
+        "    return [1.0 / (1 + len(c[0]['content'].split())) for c in completions]\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    parent = hub.import_adapter(make_lora_folder(hub.base_info.path, tmp_path / "p"), "sft").ref
+    rewards = [
+        {"type": "regex", "pattern": r"^Answer: -?\d+$"},
+        {"type": "exact_answer", "column": "answer", "weight": 2.0},
+        {"type": "python", "function": "my_rewards:brevity"},
+    ]
+    events = []
+    version = train(hub, recipe(prompts, rewards, parent=parent), progress=events.append)
+
+    assert version.method == "grpo" and version.parent == parent
+    for key in ("reward", "reward_std", "kl", "completions/mean_length", "rewards/format/mean",
+                "rewards/accuracy/mean", "rewards/brevity/mean"):
+        assert f"train/{key}" in version.metrics, sorted(version.metrics)
+    assert any("reward" in e.metrics for e in events if e.kind == "step")
+    assert version.recipe["grpo"]["rewards"][1]["weight"] == 2.0
+
+
+def test_grpo_with_a_reward_model_version(hub, prompts: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("\n".join(json.dumps({"prompt": p["prompt"], "chosen": "Answer: 1", "rejected": "no"}) for p in PROMPTS))
+    rm = train(hub, {
+        "method": "reward", "name": "rm", "dataset": {"path": str(pairs), "eval_fraction": 0},
+        "lora": {"r": 2, "target_modules": ["q_proj"]},
+        "training": {"precision": "fp32", "max_steps": 1, "batch_size": 2},
+    })
+    version = train(hub, recipe(prompts, [{"type": "reward_model", "ref": rm.ref}]))
+    name = f"train/rewards/reward_model[{rm.ref}]/mean"
+    assert name in version.metrics, sorted(version.metrics)
+    # Only the policy is registered: the reward LoRA rode along in memory (r=2, q_proj only).
+    assert hub.registry.load_adapter(version).r == 4
+
+
+def test_grpo_bad_python_reward_fails_before_training(hub, prompts: Path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ConfigError, match="no_such_module"):
+        train(hub, recipe(prompts, [{"type": "python", "function": "no_such_module:f"}]))
+
+
+def test_grpo_recipe_errors_listed_at_once(hub, prompts: Path) -> None:  # type: ignore[no-untyped-def]
+    bad = recipe(prompts, [{"type": "regex", "pattern": "("}, {"type": "exact_answer", "pattern": r"\d+"}])
+    with pytest.raises(ConfigError) as info:
+        train(hub, bad)
+    message = str(info.value)
+    assert "not a valid regular expression" in message and "capture group" in message
+
+
+def test_grpo_wrong_data_format_names_expected_columns(hub, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text(json.dumps({"prompt": "hi", "chosen": "a", "rejected": "b"}) + "\n")
+    with pytest.raises(ConfigError, match=r"'prompt_only' \(columns: prompt\)"):
+        train(hub, recipe(data, [{"type": "length", "target_words": 3}]))
