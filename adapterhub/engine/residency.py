@@ -80,6 +80,8 @@ class AdapterResidency:
         self._on_loaded = on_loaded
         self._table = [_Slot() for _ in range(slots.num_slots)]
         self._cache: OrderedDict[str, PreparedAdapter] = OrderedDict()
+        # loaded for a waiting request, not yet in a slot: kept whatever the cache size
+        self._ready: OrderedDict[str, PreparedAdapter] = OrderedDict()
         self._loading: dict[str, Future[PreparedAdapter]] = {}
         self._versions: dict[str, Version] = {}
         self._versions_lock = threading.Lock()
@@ -123,14 +125,16 @@ class AdapterResidency:
 
     def prefetch(self, key: str) -> None:
         """Count a hit or a miss for a newly queued request and start its load if needed."""
-        if self.slot_of(key) is not None or key in self._cache:
+        if self.slot_of(key) is not None or key in self._cache or key in self._ready:
             self.hits += 1
             return
         self.misses += 1
         self._start_load(key)
 
     def _start_load(self, key: str) -> None:
-        if key in self._loading or key in self._cache or self.slot_of(key) is not None:
+        if key in self._loading or key in self._cache or key in self._ready:
+            return
+        if self.slot_of(key) is not None:
             return
         with self._versions_lock:
             version = self._versions[key]
@@ -162,7 +166,9 @@ class AdapterResidency:
             if error is not None:
                 failed[key] = error
             else:
-                self._remember(key, future.result())
+                self._ready[key] = future.result()
+        while len(self._ready) > 2 * len(self._table):  # nobody took them: let the LRU decide
+            self._remember(*self._ready.popitem(last=False))
         return failed
 
     @property
@@ -191,15 +197,15 @@ class AdapterResidency:
             else:
                 placed[key] = slot
         for key in missing:
-            adapter = self._cache.get(key)
-            if adapter is None:
+            if key not in self._ready and key not in self._cache:
                 self._start_load(key)
                 return None
         for key in missing:
             slot = self._free_slot(exclude=placed.values())
             if slot is None:
                 return None
-            self._install(slot, key, self._cache[key])
+            adapter = self._ready.pop(key, None) or self._cache.pop(key)
+            self._install(slot, key, adapter)
             placed[key] = slot
         now = time.perf_counter()
         for slot in placed.values():
@@ -231,7 +237,6 @@ class AdapterResidency:
             self._remember(old.key, old.adapter)  # evicted to the cache, not forgotten
         self.slots.install(slot, adapter)
         self._table[slot] = _Slot(key=key, adapter=adapter, last_used=time.perf_counter())
-        self._cache.pop(key, None)
 
     # ------------------------------------------------------------------ admin (engine thread)
 
@@ -253,6 +258,7 @@ class AdapterResidency:
             CapacityError: rows are decoding with it; retry when they finish.
         """
         self._cache.pop(key, None)
+        self._ready.pop(key, None)
         slot = self.slot_of(key)
         if slot is None:
             return False
