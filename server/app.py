@@ -5,9 +5,9 @@ Design choices:
 * **A factory, no module-level state.** Everything an app holds (service, keys, metrics registry)
   hangs off ``app.state``; two apps in one process share nothing.
 * **Lifespan** starts loading the hub, base and engine in a worker thread and, on shutdown,
-  closes the engine. uvicorn first stops accepting and lets in-flight requests run for
-  ``shutdown_grace_s`` (``timeout_graceful_shutdown``), then cancels what is left; cancelled
-  streams cancel their rows.
+  closes the engine. On SIGTERM/SIGINT uvicorn stops accepting and lets in-flight requests run
+  for ``shutdown_grace_s``; just before that ends the service cancels the rows still running,
+  so every stream ends cleanly (last chunk, ``data: [DONE]``) instead of being cut off.
 * **Body limit as pure ASGI middleware** (not ``BaseHTTPMiddleware``, which breaks streaming
   disconnects): bodies are buffered up to ``max_body_bytes`` and replayed; one byte more is a 413
   in OpenAI's shape, before any route parses it.
@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -138,13 +139,22 @@ def serve(settings: ServerSettings) -> None:
     check_bind(settings, settings.resolved_keys())
     Hub(settings.home).base_info  # noqa: B018  (raises BaseModelError with the fix)
     app = create_app(settings)
+    service: InferenceService = app.state.service
+
+    class DrainingServer(uvicorn.Server):
+        """uvicorn's server, telling the service when shutdown starts (see begin_drain)."""
+
+        async def shutdown(self, sockets: list[Any] | None = None) -> None:
+            service.begin_drain(settings.shutdown_grace_s)
+            await super().shutdown(sockets)
+
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
+        timeout_graceful_shutdown=settings.shutdown_grace_s,  # type: ignore[arg-type]  (float works)
         lifespan="on",
         access_log=settings.log_level == "debug",
     )
-    uvicorn.Server(config).run()
+    DrainingServer(config).run()

@@ -64,7 +64,7 @@ class Target:
     mix: AdapterMix | None = None
 
 
-@dataclass
+@dataclass(eq=False)
 class OpenRequest:
     """A request whose rows are submitted and have each produced their first chunk.
 
@@ -99,6 +99,7 @@ class InferenceService:
         self.budget = RequestBudget(settings.max_streams_per_key)
         self.metrics = ServerMetrics(self._engine_stats)
         self._loader: asyncio.Task[None] | None = None
+        self._open: set[OpenRequest] = set()  # requests with rows in the engine
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -133,6 +134,19 @@ class InferenceService:
             with anyio.move_on_after(timeout):
                 await asyncio.shield(self._loader)
         return self.phase is Phase.READY
+
+    def begin_drain(self, grace_s: float) -> None:
+        """Shutdown has begun: refuse new requests now, and cancel rows still running just
+        before ``grace_s`` ends, so their streams end cleanly (last chunk, ``[DONE]``) rather
+        than being cut by the server's hard timeout."""
+        self.phase = Phase.STOPPING
+        log.info("draining: %d requests in flight, %.1fs to finish", len(self._open), grace_s)
+
+        def cancel_the_rest() -> None:
+            for opened in list(self._open):
+                opened.cancel()
+
+        asyncio.get_running_loop().call_later(max(grace_s - 0.5, 0.0), cancel_the_rest)
 
     async def close(self) -> None:
         """Stop the engine: rows still running end with an error event."""
@@ -315,6 +329,7 @@ class InferenceService:
             label = "mix" if target.mix is not None else (version or BASE_LABEL)
             opened = OpenRequest(streams, first, version, label, started,
                                  [len(ids) for ids in prompts for _ in range(body.n)])
+            self._open.add(opened)
             self.metrics.first_tokens(started, len(streams))
             return opened
         finally:
@@ -370,6 +385,7 @@ class InferenceService:
 
     def finish(self, opened: OpenRequest, endpoint: str, outcome: str, completion_tokens: int) -> None:
         """Count a finished (or failed, or cancelled) request in the metrics."""
+        self._open.discard(opened)
         self.metrics.request_done(
             opened.label, endpoint, outcome, sum(opened.prompt_tokens), completion_tokens,
             time.perf_counter() - opened.started,

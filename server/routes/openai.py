@@ -205,7 +205,8 @@ async def _collect(service: InferenceService, opened: OpenRequest, reply: _Reply
             tokens[row] += len(chunk.token_ids)
             if chunk.finish_reason is not None:
                 reasons[row] = chunk.finish_reason
-        outcome = reasons[0] or "stop"
+        reasons = [reason or "cancelled" for reason in reasons]  # rows cut short by a shutdown
+        outcome = reasons[0]
     except asyncio.CancelledError:
         outcome = "cancelled"
         raise
@@ -230,20 +231,24 @@ async def _events(service: InferenceService, opened: OpenRequest, reply: _Reply)
     """SSE events of a streaming answer, ending with ``data: [DONE]``."""
     tokens = 0
     outcome = "cancelled"
-    finish: str | None = None
+    finished: dict[int, str] = {}
     try:
         if reply.kind == "chat":
             for row in range(len(opened.streams)):  # OpenAI opens each choice with its role
                 yield _chat_event(reply, row, ChatDelta(role="assistant", content=""), None)
         async for row, chunk in service.rows(opened):
             tokens += len(chunk.token_ids)
-            if chunk.finish_reason is not None and row == 0:
-                finish = chunk.finish_reason
+            if chunk.finish_reason is not None:
+                finished[row] = chunk.finish_reason
             if chunk.text or chunk.finish_reason is not None:
                 yield _chunk_event(reply, row, chunk)
+        for row in range(len(opened.streams)):  # rows cut short by a shutdown still end
+            if row not in finished:
+                finished[row] = "cancelled"
+                yield _chunk_event(reply, row, GenerationChunk("", "", (), finish_reason="cancelled"))
         if reply.include_usage:
             yield _usage_event(reply, _usage(opened, reply, tokens))
-        outcome = finish or "stop"
+        outcome = finished[0]
     except AdapterHubError as error:
         outcome = "error"
         yield sse_error_event(error)

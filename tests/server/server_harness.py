@@ -6,6 +6,7 @@ several test folders have one.)
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -79,6 +80,8 @@ class RunningServer:
     log: Path
 
     def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM and wait; the exit status (uvicorn re-raises the signal after a clean
+        shutdown, so -SIGTERM is a clean exit too — :meth:`shut_down_cleanly` checks)."""
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -87,6 +90,11 @@ class RunningServer:
                 self.process.kill()
                 self.process.wait()
         return int(self.process.returncode)
+
+    def shut_down_cleanly(self) -> bool:
+        status = self.process.returncode
+        return status in (0, -signal.SIGTERM) and "Finished server process" in self.logs() \
+            and "Traceback" not in self.logs()
 
     def logs(self) -> str:
         return self.log.read_text(errors="replace")

@@ -1,0 +1,223 @@
+"""A real ``adapterhub serve`` process on 127.0.0.1, driven by the official ``openai`` client and
+raw httpx: streaming, load, disconnects, per-key budget, hot registration, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from server_harness import (
+    ADMIN_KEY,
+    INFERENCE_KEY,
+    RunningServer,
+    assert_error_shape,
+    auth,
+    chat_body,
+    start_server,
+)
+
+LONG = {"max_tokens": 50_000, "ignore_eos": True}  # runs for minutes unless cancelled
+LONG_ENV = {"ADAPTERHUB_ENGINE__MAX_SEQ_LEN": "100000", "ADAPTERHUB_MAX_TOKENS_LIMIT": "100000"}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, tiny_base_dir: Path,
+           server_loras: dict[str, Path]) -> Iterator[RunningServer]:
+    """One open (no keys) server for the module."""
+    from adapterhub import Hub
+
+    home = tmp_path_factory.mktemp("uvicorn-home")
+    hub = Hub(home)
+    hub.init(str(tiny_base_dir), precision="fp32")
+    for name, folder in server_loras.items():
+        hub.import_adapter(folder, name)
+    running = start_server(home, tmp_path_factory.mktemp("logs"), env=LONG_ENV)
+    yield running
+    running.stop()
+    assert running.shut_down_cleanly(), running.logs()
+
+
+def client_for(server: RunningServer, key: str = "unused") -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0)
+
+
+def base_of(server: RunningServer) -> str:
+    return str(client_for(server).models.list().data[0].id)
+
+
+def running_rows(server: RunningServer) -> int:
+    return int(httpx.get(f"{server.url}/admin/adapters", timeout=10).json()["running_rows"])
+
+
+def wait_rows(server: RunningServer, predicate: Any, timeout: float = 30.0) -> int:
+    deadline = time.monotonic() + timeout
+    rows = running_rows(server)
+    while not predicate(rows) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        rows = running_rows(server)
+    return rows
+
+
+def test_openai_client_chat_completion_stream_and_models(server: RunningServer) -> None:
+    client = client_for(server)
+    models = client.models.list()
+    base = models.data[0].id
+    assert {"pirate", "pirate@1", "json", "json@1"} <= {m.id for m in models.data}
+    chat = client.chat.completions.with_raw_response.create(
+        model="pirate", messages=[{"role": "user", "content": "What is two plus two?"}],
+        max_tokens=8, temperature=0, extra_body={"ignore_eos": True})
+    assert chat.headers["x-adapter-version"] == "pirate@1"
+    answer = chat.parse()
+    assert answer.choices[0].finish_reason == "length" and answer.usage.completion_tokens == 8
+    text = client.completions.create(model=base, prompt="hello world", max_tokens=6, temperature=0,
+                                     extra_body={"ignore_eos": True})
+    assert text.usage.completion_tokens == 6 and text.choices[0].text
+    stream = client.chat.completions.create(
+        model="pirate", messages=[{"role": "user", "content": "What is two plus two?"}],
+        max_tokens=8, temperature=0, stream=True, stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True})
+    chunks = list(stream)
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == answer.choices[0].message.content
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 8
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.chat.completions.create(model="nobody", messages=[{"role": "user", "content": "hi"}])
+    assert caught.value.body["code"] == "model_not_found"  # type: ignore[index]
+
+
+def test_64_concurrent_streams_complete_without_5xx(server: RunningServer) -> None:
+    base = base_of(server)
+    models = [base, "pirate", "json", "pirate@1"]
+
+    async def one(client: openai.AsyncOpenAI, i: int) -> tuple[str | None, int]:
+        stream = await client.chat.completions.create(
+            model=models[i % len(models)], messages=[{"role": "user", "content": f"count to {i}"}],
+            max_tokens=16, temperature=0.7, seed=i, stream=True, stream_options={"include_usage": True},
+            extra_body={"ignore_eos": True})
+        finish, tokens = None, 0
+        async for chunk in stream:
+            if chunk.choices and chunk.choices[0].finish_reason:
+                finish = chunk.choices[0].finish_reason
+            if chunk.usage:
+                tokens = chunk.usage.completion_tokens
+        return finish, tokens
+
+    async def run() -> list[tuple[str | None, int]]:
+        async with openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0) as client:
+            return await asyncio.gather(*(one(client, i) for i in range(64)))
+
+    results = asyncio.run(run())
+    assert results == [("length", 16)] * 64
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'code="5' not in metrics and "outcome=\"error\"" not in metrics
+    assert wait_rows(server, lambda rows: rows == 0) == 0
+
+
+def test_disconnect_mid_stream_cancels_the_row(server: RunningServer) -> None:
+    body = chat_body("pirate", stream=True, **LONG)
+    with httpx.Client(timeout=30) as http, http.stream("POST", f"{server.url}/v1/chat/completions",
+                                                        json=body) as reply:
+        assert reply.status_code == 200
+        lines = reply.iter_lines()
+        while not next(lines).startswith("data: {"):
+            pass
+        assert running_rows(server) == 1
+    # the connection is closed: the row must be freed long before 50,000 tokens
+    assert wait_rows(server, lambda rows: rows == 0) == 0
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'adapterhub_requests_total{adapter="pirate@1",endpoint="chat",outcome="cancelled"}' in metrics
+
+
+def test_disconnect_while_waiting_for_a_whole_answer_cancels_it(server: RunningServer) -> None:
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server.url}/v1/completions", json={"model": "json", "prompt": "hi", **LONG}, timeout=1.5)
+    assert wait_rows(server, lambda rows: rows == 0) == 0
+
+
+def test_version_registered_after_start_is_served(server: RunningServer, tiny_base_dir: Path,
+                                                  tmp_path: Path, make_lora: Any) -> None:
+    folder = make_lora(tiny_base_dir, tmp_path / "fresh", seed=9)
+    subprocess.run([sys.executable, "-m", "adapterhub.cli", "import", str(folder), "--name", "fresh",
+                    "--home", str(server.home)], check=True, capture_output=True, timeout=300)
+    reply = client_for(server).chat.completions.with_raw_response.create(
+        model="fresh", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    assert reply.headers["x-adapter-version"] == "fresh@1"
+    assert "fresh@1" in {m.id for m in client_for(server).models.list().data}
+
+
+def test_keys_budget_and_refusal_to_bind_open(tiny_base_dir: Path, server_loras: dict[str, Path],
+                                               tmp_path: Path) -> None:
+    from adapterhub import Hub
+
+    home = tmp_path / "keyed-home"
+    Hub(home).init(str(tiny_base_dir), precision="fp32")
+    Hub(home).import_adapter(server_loras["pirate"], "pirate")
+    refused = subprocess.run([sys.executable, "-m", "adapterhub.cli", "serve", "--home", str(home),
+                              "--host", "0.0.0.0"], capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "API key" in refused.stderr and "Traceback" not in refused.stderr
+    keyed = start_server(home, tmp_path, env={**LONG_ENV, "ADAPTERHUB_API_KEYS": INFERENCE_KEY,
+                                              "ADAPTERHUB_ADMIN_KEYS": ADMIN_KEY,
+                                              "ADAPTERHUB_MAX_STREAMS_PER_KEY": "1"})
+    try:
+        with pytest.raises(openai.AuthenticationError):
+            client_for(keyed, "wrong-key-0123456789abcdef").models.list()
+        assert_error_shape(httpx.get(f"{keyed.url}/admin/adapters", headers=auth("inference")), 403)
+        body = chat_body("pirate", stream=True, **LONG)
+        with httpx.Client(timeout=30) as http, http.stream(
+                "POST", f"{keyed.url}/v1/chat/completions", json=body, headers=auth("inference")) as held:
+            assert held.status_code == 200
+            second = httpx.post(f"{keyed.url}/v1/chat/completions", json=chat_body("pirate"),
+                                headers=auth("inference"), timeout=30)
+            error = assert_error_shape(second, 429, "rate_limit_error")
+            assert "max_streams_per_key=1" in error["message"] and second.headers["retry-after"]
+            other_key = httpx.post(f"{keyed.url}/v1/chat/completions", json=chat_body("pirate"),
+                                   headers=auth("admin"), timeout=30)
+            assert other_key.status_code == 200  # the budget is per key
+        after = httpx.post(f"{keyed.url}/v1/chat/completions", json=chat_body("pirate"),
+                           headers=auth("inference"), timeout=30)
+        assert after.status_code == 200  # released when the stream closed
+    finally:
+        keyed.stop()
+    assert keyed.shut_down_cleanly(), keyed.logs()
+
+
+def test_graceful_shutdown_finishes_short_requests_and_cancels_long_ones(
+    tiny_base_dir: Path, tmp_path: Path
+) -> None:
+    from adapterhub import Hub
+
+    home = tmp_path / "shutdown-home"
+    Hub(home).init(str(tiny_base_dir), precision="fp32")
+    running = start_server(home, tmp_path, env={**LONG_ENV, "ADAPTERHUB_SHUTDOWN_GRACE_S": "2"})
+    base = base_of(running)
+    short: dict[str, Any] = {}
+
+    with httpx.Client(timeout=60) as http, http.stream(
+            "POST", f"{running.url}/v1/chat/completions", json=chat_body(base, stream=True, **LONG)) as long:
+        lines = long.iter_lines()
+        assert next(lines).startswith("data: ")
+        thread = threading.Thread(target=lambda: short.update(reply=httpx.post(
+            f"{running.url}/v1/completions", timeout=60,
+            json={"model": base, "prompt": "hi", "max_tokens": 150, "ignore_eos": True})))
+        thread.start()
+        assert wait_rows(running, lambda rows: rows == 2) == 2
+        running.process.send_signal(signal.SIGTERM)
+        thread.join(60)
+        reply = short["reply"]
+        assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] == 150
+        rest = [line for line in lines if line]  # ends just before the grace period is over
+        assert rest[-1] == "data: [DONE]"  # cancelled, but cleanly: a whole SSE stream
+        assert json.loads(rest[-2][len("data: "):])["choices"][0]["finish_reason"] == "cancelled"
+    running.process.wait(60)
+    assert running.shut_down_cleanly(), running.logs()
