@@ -7,16 +7,13 @@ from pathlib import Path
 
 import pytest
 from textual.widgets import Input, Static
+from tui_testing import notices, settle
 
 from adapterhub.errors import AdapterNotFoundError, ConfigError
 from adapterhub_tui.preferences import Answer, PreferenceStore
 from adapterhub_tui.screens.compare import CompareScreen, parse_refs, parse_sampling, read_prompts
 from adapterhub_tui.screens.training import TrainingScreen
 from adapterhub_tui.widgets.answer import AnswerColumn
-
-
-def notices(app) -> list[str]:  # type: ignore[no-untyped-def]
-    return [n.message for n in app._notifications]
 
 
 async def run_compare(app, pilot, refs: str, prompt: str) -> CompareScreen:  # type: ignore[no-untyped-def]
@@ -27,7 +24,7 @@ async def run_compare(app, pilot, refs: str, prompt: str) -> CompareScreen:  # t
     screen.query_one("#refs", Input).value = refs
     screen.query_one("#prompt", Input).focus()
     await pilot.press(*prompt, "enter")
-    await app.workers.wait_for_complete()
+    await settle(pilot)
     await pilot.pause()
     return screen
 
@@ -93,11 +90,9 @@ async def test_prompts_from_a_file_advance_after_each_vote(fake_app, fake, tmp_p
         assert screen.query_one("#prompt", Input).value == "first?"
         screen.query_one("#refs", Input).value = "base, pirate@2"
         await pilot.press("f5")
-        await app.workers.wait_for_complete()
-        await pilot.pause()
+        await settle(pilot)
         await pilot.press("1")  # pairwise: left is better, then the next prompt runs
-        await app.workers.wait_for_complete()
-        await pilot.pause()
+        await settle(pilot)
         assert screen.query_one("#prompt", Input).value == "second?"
         assert screen.last_prompt == "second?" and not screen.voted
         await pilot.press("2")
@@ -120,7 +115,7 @@ async def test_a_failing_column_is_a_notification(fake_app) -> None:
         # Bad settings are named, nothing runs.
         screen.query_one("#refs", Input).value = "a b c d e"
         await pilot.press("f5")
-        await app.workers.wait_for_complete()
+        await settle(pilot)
         assert any("up to 4 adapters" in n for n in notices(app))
         assert app.is_running
 

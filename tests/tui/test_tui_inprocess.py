@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from textual.widgets import DataTable, Input, Static
+from tui_testing import notices, settle
 
 from adapterhub_tui import make_app
 from adapterhub_tui.local import InProcessBackend
@@ -20,10 +21,6 @@ from adapterhub_tui.screens.registry import RegistryScreen
 from adapterhub_tui.screens.training import TrainingScreen
 from adapterhub_tui.widgets.answer import AnswerColumn
 from adapterhub_tui.widgets.curves import Curves
-
-
-def notices(app) -> list[str]:  # type: ignore[no-untyped-def]
-    return [n.message for n in app._notifications]
 
 
 @pytest.fixture
@@ -65,22 +62,20 @@ def app(hub, sft_recipe: Path):  # type: ignore[no-untyped-def]
 
 async def test_registry_over_the_real_registry(app, hub) -> None:  # type: ignore[no-untyped-def]
     async with app.run_test(size=(100, 30)) as pilot:
-        await app.workers.wait_for_complete()
-        await pilot.pause()
+        await settle(pilot)
         assert isinstance(app.screen, RegistryScreen)
         table = app.screen.query_one(DataTable)
         assert sorted(table.get_row_at(i)[0] for i in range(table.row_count)) == ["json@1", "pirate@1"]
         await pilot.press("slash", *"prod", "enter")
-        await app.workers.wait_for_complete()
-        await pilot.pause()
+        await settle(pilot)
         assert table.row_count == 1
         summary = str(app.screen.query_one("#detail-summary", Static).render())
         assert "pirate@1  (prod)" in summary and "method   imported" in summary
         await pilot.press("a", *"candidate", "enter")
-        await app.workers.wait_for_complete()
+        await settle(pilot)
         assert hub.resolve("pirate:candidate").ref == "pirate@1"
         await pilot.press("slash", "ctrl+u", *"json", "enter", "d", "y")
-        await app.workers.wait_for_complete()
+        await settle(pilot)
         assert [v.ref for v in hub.list()] == ["pirate@1"]
 
 
@@ -96,8 +91,7 @@ async def test_train_a_recipe_and_see_the_new_version(app, hub, sft_recipe: Path
         command = str(screen.query_one("#command", Static).render())
         assert command.endswith("sums.yaml --set parent=pirate@1") or "--set parent=" in command
         await pilot.press("f5")
-        await app.workers.wait_for_complete()
-        await pilot.pause()
+        await settle(pilot)
         kinds = [e.kind for e in screen.events]
         assert kinds.count("step") == 3 and kinds[-1] == "done", kinds
         assert screen.query_one("#loss-curve", Curves).series["loss"]
@@ -105,8 +99,7 @@ async def test_train_a_recipe_and_see_the_new_version(app, hub, sft_recipe: Path
         assert version.parent == "pirate@1" and version.method == "sft"
         assert any(f"registered {version.ref}" in n for n in notices(app))
         await pilot.press("f1")
-        await app.workers.wait_for_complete()
-        await pilot.pause()
+        await settle(pilot)
         assert app.screen.selected_ref == version.ref
         summary = str(app.screen.query_one("#detail-summary", Static).render())
         assert "lineage  sums@1 ← pirate@1" in summary
@@ -123,8 +116,7 @@ async def test_recipe_problems_come_from_the_library(app, hub) -> None:  # type:
         screen.query_one("#field-parent", Input).value = "ghost"
         await pilot.pause()
         await pilot.press("f5")
-        await app.workers.wait_for_complete()
-        await pilot.pause()
+        await settle(pilot)
         assert "'ghost' does not exist" in str(screen.query_one("#problems", Static).render())
         assert not screen.events and [v.ref for v in hub.list("sums")] == []
 
@@ -139,8 +131,7 @@ async def test_compare_streams_through_the_engine_and_vote_is_stored(app, hub) -
         screen.query_one("#max-tokens", Input).value = "8"
         screen.query_one("#prompt", Input).focus()
         await pilot.press(*"Hello there", "enter")
-        await app.workers.wait_for_complete()
-        await pilot.pause()
+        await settle(pilot)
         columns = list(screen.query(AnswerColumn))
         assert [(c.state, c.finish_reason, c.tokens) for c in columns] == [("done", "length", 8)] * 3
         assert [c.resolved for c in columns] == [None, "pirate@1", "json@1"]
@@ -159,8 +150,7 @@ async def test_compare_streams_through_the_engine_and_vote_is_stored(app, hub) -
         # Pairwise between the two adapters: right is better.
         screen.query_one("#refs", Input).value = "pirate:prod, json"
         await pilot.press("f5")
-        await app.workers.wait_for_complete()
-        await pilot.pause()
+        await settle(pilot)
         await pilot.press("2")
         await pilot.pause()
         pairs = store.pairs()
@@ -177,8 +167,7 @@ async def test_unknown_adapter_is_a_notification(app) -> None:  # type: ignore[n
         screen.query_one("#refs", Input).value = "base, pirat"
         screen.query_one("#prompt", Input).focus()
         await pilot.press(*"hi", "enter")
-        await app.workers.wait_for_complete()
-        await pilot.pause()
+        await settle(pilot)
         assert any("'pirat' does not exist" in n and "pirate" in n for n in notices(app))
         assert screen.query(AnswerColumn)[0].state == "done"
         assert app.is_running

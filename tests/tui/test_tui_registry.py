@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from textual.widgets import DataTable, Input, Static
+from tui_testing import notices, settle
 
 from adapterhub.errors import AdapterNotFoundError
 from adapterhub_tui.backend import Capability
@@ -18,15 +19,11 @@ def table_refs(app) -> list[str]:  # type: ignore[no-untyped-def]
     return [table.get_row_at(i)[0] for i in range(table.row_count)]
 
 
-def notices(app) -> list[str]:  # type: ignore[no-untyped-def]
-    return [n.message for n in app._notifications]
-
 
 async def test_opens_on_registry_with_every_version(fake_app, fake) -> None:
     app = fake_app()
     async with app.run_test() as pilot:
-        await app.workers.wait_for_complete()
-        await pilot.pause()
+        await settle(pilot)
         assert isinstance(app.screen, RegistryScreen)
         assert sorted(table_refs(app)) == sorted(v.ref for v in fake.versions)
         assert app.sub_title == "fake backend"
@@ -35,12 +32,11 @@ async def test_opens_on_registry_with_every_version(fake_app, fake) -> None:
 async def test_filter_as_you_type_and_details(fake_app) -> None:
     app = fake_app()
     async with app.run_test() as pilot:
-        await app.workers.wait_for_complete()
+        await settle(pilot)
         await pilot.press("slash", *"dpo")
         await pilot.pause()
         assert table_refs(app) == ["pirate-dpo@1"]
-        await app.workers.wait_for_complete()
-        await pilot.pause()
+        await settle(pilot)
         summary = str(app.screen.query_one("#detail-summary", Static).render())
         assert "pirate-dpo@1 ← pirate@2 ← pirate@1" in summary  # the lineage chain
         assert "reward_margin" in summary
@@ -53,15 +49,14 @@ async def test_filter_as_you_type_and_details(fake_app) -> None:
         await pilot.press(*" nothing-like-this")
         await pilot.pause()
         assert table_refs(app) == []
-        await app.workers.wait_for_complete()
-        await pilot.pause()
+        await settle(pilot)
         assert "no versions match" in str(app.screen.query_one("#detail-summary", Static).render())
 
 
 async def test_alias_through_the_dialog(fake_app, fake) -> None:
     app = fake_app()
     async with app.run_test() as pilot:
-        await app.workers.wait_for_complete()
+        await settle(pilot)
         await pilot.press("slash", *"json", "enter")  # enter puts focus back on the table
         await pilot.pause()
         await pilot.press("a")
@@ -73,8 +68,7 @@ async def test_alias_through_the_dialog(fake_app, fake) -> None:
         await pilot.press("enter")  # refused while invalid
         assert isinstance(app.screen, AskDialog)
         await pilot.press(*["backspace"] * 9, *"candidate", "enter")
-        await app.workers.wait_for_complete()
-        await pilot.pause()
+        await settle(pilot)
         assert fake.resolve("json-answers:candidate").ref == "json-answers@1"
         assert any("json-answers:candidate → json-answers@1" in n for n in notices(app))
 
@@ -82,7 +76,7 @@ async def test_alias_through_the_dialog(fake_app, fake) -> None:
 async def test_delete_asks_first_and_refuses_a_parent(fake_app, fake) -> None:
     app = fake_app()
     async with app.run_test() as pilot:
-        await app.workers.wait_for_complete()
+        await settle(pilot)
         await pilot.press("slash", *"pirate@2", "enter", "d")
         await pilot.pause()
         assert isinstance(app.screen, ConfirmDialog)
@@ -90,14 +84,12 @@ async def test_delete_asks_first_and_refuses_a_parent(fake_app, fake) -> None:
         await pilot.pause()
         assert "pirate@2" in [v.ref for v in fake.versions]
         await pilot.press("d", "y")  # yes, but pirate-dpo@1 names it as parent
-        await app.workers.wait_for_complete()
-        await pilot.pause()
+        await settle(pilot)
         assert "pirate@2" in [v.ref for v in fake.versions]
         assert any("pirate-dpo@1" in n and "parent" in n for n in notices(app))
         # The leaf can go.
         await pilot.press("slash", "ctrl+u", *"pirate-dpo", "enter", "d", "y")
-        await app.workers.wait_for_complete()
-        await pilot.pause()
+        await settle(pilot)
         assert "pirate-dpo@1" not in [v.ref for v in fake.versions]
         assert "pirate-dpo@1" not in table_refs(app)
 
@@ -105,7 +97,7 @@ async def test_delete_asks_first_and_refuses_a_parent(fake_app, fake) -> None:
 async def test_open_in_compare_and_train_from(fake_app) -> None:
     app = fake_app()
     async with app.run_test() as pilot:
-        await app.workers.wait_for_complete()
+        await settle(pilot)
         await pilot.press("slash", *"json", "enter", "c")
         await pilot.pause()
         assert isinstance(app.screen, CompareScreen)
@@ -123,13 +115,12 @@ async def test_errors_are_notifications_not_crashes(fake_app, fake) -> None:
     fake.fail["list_versions"] = AdapterNotFoundError("the registry is gone; run `adapterhub init`")
     app = fake_app()
     async with app.run_test() as pilot:
-        await app.workers.wait_for_complete()
-        await pilot.pause()
+        await settle(pilot)
         assert any("the registry is gone" in n for n in notices(app))
         # Push is not a capability of the fake: a warning, not a call.
         del fake.fail["list_versions"]
         await pilot.press("r")
-        await app.workers.wait_for_complete()
+        await settle(pilot)
         await pilot.press("p")
         await pilot.pause()
         assert any("push to the Hugging Face Hub is not available" in n for n in notices(app))
@@ -140,8 +131,7 @@ async def test_unreachable_backend_still_opens(fake_app, fake) -> None:
     fake.fail["describe"] = ConnectionRefusedError("connection refused")
     app = fake_app()
     async with app.run_test() as pilot:
-        await app.workers.wait_for_complete()
-        await pilot.pause()
+        await settle(pilot)
         assert any("ConnectionRefusedError: connection refused" in n for n in notices(app))
         assert isinstance(app.screen, RegistryScreen)
         await pilot.press("a")  # no capabilities known: refused with a warning

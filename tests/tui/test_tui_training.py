@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 
 from textual.widgets import Button, Input, ProgressBar, RichLog, Select, Static
+from tui_testing import notices, settle
 
 from adapterhub_tui.backend import Capability
 from adapterhub_tui.preferences import Answer, PreferenceStore
@@ -18,9 +19,6 @@ from adapterhub_tui.widgets.curves import Curves, pick_metrics
 def text(app, selector: str) -> str:  # type: ignore[no-untyped-def]
     return str(app.screen.query_one(selector, Static).render())
 
-
-def notices(app) -> list[str]:  # type: ignore[no-untyped-def]
-    return [n.message for n in app._notifications]
 
 
 async def open_training(app, pilot, recipe: str) -> TrainingScreen:  # type: ignore[no-untyped-def]
@@ -66,8 +64,7 @@ async def test_a_run_shows_progress_and_the_new_version(fake_app, fake) -> None:
         screen.query_one("#field-name", Input).value = "fresh"
         await pilot.pause()
         await pilot.press("f5")
-        await app.workers.wait_for_complete()
-        await pilot.pause()
+        await settle(pilot)
         assert fake.trained[0].overrides == {"name": "fresh"}
         kinds = [e.kind for e in screen.events]
         assert kinds[0] == "start" and kinds.count("step") == 6 and kinds[-1] == "done"
@@ -80,8 +77,7 @@ async def test_a_run_shows_progress_and_the_new_version(fake_app, fake) -> None:
         assert "registered fresh@1" in log
         assert any("registered fresh@1" in n for n in notices(app))
         await pilot.press("f1")
-        await app.workers.wait_for_complete()
-        await pilot.pause()
+        await settle(pilot)
         assert isinstance(app.screen, RegistryScreen)
         assert app.screen.selected_ref == "fresh@1"  # the new version, highlighted
 
@@ -91,8 +87,7 @@ async def test_method_metrics_are_plotted_for_dpo(fake_app) -> None:
     async with app.run_test(size=(100, 40)) as pilot:
         screen = await open_training(app, pilot, "tiny-dpo")
         await pilot.press("f5")
-        await app.workers.wait_for_complete()
-        await pilot.pause()
+        await settle(pilot)
         metrics = screen.query_one("#metric-curve", Curves)
         assert metrics.shown_series() == ["reward_margin", "kl"]
         assert screen.query_one("#loss-curve", Curves).shown_series() == ["loss", "eval loss"]
@@ -112,8 +107,7 @@ async def test_cancel_stops_the_run_and_registers_nothing(fake_app, fake) -> Non
         await pilot.pause()
         assert any("already going" in n for n in notices(app))
         await pilot.press("ctrl+t")
-        await app.workers.wait_for_complete()
-        await pilot.pause()
+        await settle(pilot)
         assert len(fake.versions) == before
         assert screen.events[-1].kind == "cancelled"
         assert any("cancelled" in n for n in notices(app))
@@ -127,8 +121,7 @@ async def test_recipe_problems_from_the_backend_are_listed(fake_app) -> None:
         screen.query_one("#field-parent", Input).value = "ghost@3"
         await pilot.pause()
         await pilot.press("f5")
-        await app.workers.wait_for_complete()
-        await pilot.pause()
+        await settle(pilot)
         assert "ghost@3" in text(app, "#problems")
         assert not screen.events  # never started
 
@@ -137,7 +130,7 @@ async def test_training_refused_without_the_capability(fake_app, fake) -> None:
     fake.capabilities = frozenset({Capability.TAG})
     app = fake_app()
     async with app.run_test(size=(100, 40)) as pilot:
-        await app.workers.wait_for_complete()
+        await settle(pilot)
         await open_training(app, pilot, "tiny-sft")
         await pilot.press("f5")
         await pilot.pause()

@@ -23,8 +23,8 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
-from adapterhub.refs import AdapterRef, validate_name
 from adapterhub.progress import ProgressEvent
+from adapterhub.refs import AdapterRef, validate_name
 from adapterhub.registry import Version
 from adapterhub_tui.backend import Capability
 from adapterhub_tui.screens.dialogs import AskDialog, ConfirmDialog

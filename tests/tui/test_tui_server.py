@@ -1,0 +1,151 @@
+"""The TUI against a real ``adapterhub serve`` process on 127.0.0.1 (the HTTP backend).
+
+The server is started through the CLI in a subprocess, exactly as a user would; the TUI talks to
+it with the official ``openai`` client and the admin API, never importing the server package.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from textual.widgets import DataTable, Input, Static
+from tui_testing import notices, settle
+
+from adapterhub_tui import make_app
+from adapterhub_tui.preferences import PreferenceStore
+from adapterhub_tui.remote import HttpBackend
+from adapterhub_tui.screens.compare import CompareScreen
+from adapterhub_tui.widgets.answer import AnswerColumn
+
+ADMIN_KEY = "tui-admin-key-0123456789abcdef"
+INFERENCE_KEY = "tui-inference-key-0123456789ab"
+
+
+
+@pytest.fixture
+def served(home: Path, tiny_base_dir: Path, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A real server over a home with the tiny base and two adapters; yields its URL."""
+    from adapterhub import Hub
+
+    make_lora_folder = request.config.pluginmanager.get_plugin(
+        str(Path(__file__).resolve().parents[1] / "conftest.py")
+    ).make_lora_folder
+    hub = Hub(home)
+    hub.init(str(tiny_base_dir), precision="fp32")
+    hub.import_adapter(make_lora_folder(tiny_base_dir, tmp_path / "a", seed=1), "pirate")
+    hub.import_adapter(make_lora_folder(tiny_base_dir, tmp_path / "b", seed=2), "json")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "ADAPTERHUB_ADMIN_KEYS": ADMIN_KEY, "ADAPTERHUB_API_KEYS": INFERENCE_KEY}
+    env.pop("ADAPTERHUB_HOME", None)
+    log = (tmp_path / "server.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "adapterhub.cli", "serve", "--home", str(home), "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, (tmp_path / "server.log").read_text()
+            try:
+                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server not ready in 120 s"
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+async def test_tui_drives_a_real_server(served: str, home: Path, tmp_path: Path) -> None:
+    from adapterhub import Hub
+
+    local = tmp_path / "local-home"
+    app = make_app(HttpBackend(served, home=local, api_key=ADMIN_KEY), recipe_dirs=[])
+    async with app.run_test(size=(120, 30)) as pilot:
+        await settle(pilot)
+        assert app.sub_title == served
+        table = app.screen.query_one(DataTable)
+        assert sorted(table.get_row_at(i)[0] for i in range(table.row_count)) == ["json@1", "pirate@1"]
+        # Alias through the admin API, seen in the server's registry.
+        await pilot.press("slash", *"pirate", "enter", "a", *"prod", "enter")
+        await settle(pilot)
+        assert Hub(home).resolve("pirate:prod").ref == "pirate@1"
+        summary = str(app.screen.query_one("#detail-summary", Static).render())
+        assert "pirate@1  (prod)" in summary and "lineage  pirate@1" in summary
+
+        # Compare streams over SSE with the same sampling, resolved versions from the header.
+        await pilot.press("c")
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, CompareScreen)
+        screen.query_one("#refs", Input).value = "base, pirate:prod, json"
+        screen.query_one("#max-tokens", Input).value = "8"
+        screen.query_one("#prompt", Input).value = "Hello there"
+        await pilot.press("f5")
+        await settle(pilot)
+        columns = list(screen.query(AnswerColumn))
+        assert [(c.state, c.tokens, c.finish_reason) for c in columns] == [("done", 8, "length")] * 3
+        assert [c.resolved for c in columns] == [None, "pirate@1", "json@1"]
+        assert columns[1].text.strip() == Hub(home).generate("pirate@1", "Hello there", max_tokens=8)
+        await pilot.press("2")  # the random base only answers whitespace: refused, not stored
+        await pilot.pause()
+        assert any("answers of ['base'] are empty" in n for n in notices(app))
+        screen.query_one("#refs", Input).value = "pirate:prod, json"
+        await pilot.press("f5")
+        await settle(pilot)
+        await pilot.press("1")
+        await pilot.pause()
+        pairs = PreferenceStore.in_home(local).pairs()  # votes land in the local home
+        assert [(p.chosen.ref, p.rejected.ref) for p in pairs] == [("pirate@1", "json@1")]
+
+        # Errors come back as the library's own: a 404 names the missing adapter.
+        screen.query_one("#refs", Input).value = "ghost"
+        await pilot.press("f5")
+        await settle(pilot)
+        assert any("ghost" in n and "does not exist" in n for n in notices(app))
+        # Training is not a server route: refused with the way out.
+        await pilot.press("f2", "f5")
+        await pilot.pause()
+        assert app.is_running
+
+
+async def test_inference_key_lists_but_cannot_tag(served: str, tmp_path: Path) -> None:
+    app = make_app(HttpBackend(served, home=tmp_path, api_key=INFERENCE_KEY), recipe_dirs=[])
+    async with app.run_test(size=(120, 30)) as pilot:
+        await settle(pilot)
+        assert app.sub_title == f"{served} (inference key)"
+        table = app.screen.query_one(DataTable)
+        assert sorted(table.get_row_at(i)[0] for i in range(table.row_count)) == ["json@1", "pirate@1"]
+        await pilot.press("a")
+        await pilot.pause()
+        assert any("tagging is not available" in n for n in notices(app))
+
+
+async def test_unreachable_server_is_a_notification(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once the socket is closed
+    app = make_app(HttpBackend(f"http://127.0.0.1:{port}", home=tmp_path), recipe_dirs=[])
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
+        assert any("cannot reach the adapterhub server" in n for n in notices(app))
+        assert app.is_running
