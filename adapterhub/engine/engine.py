@@ -350,6 +350,13 @@ class Engine:
                 f"a mix of {len(adapters)} adapters needs that many slots but max_slots is "
                 f"{self.config.max_slots}; mix fewer adapters or raise EngineConfig.max_slots"
             )
+        missing = [key for key in adapters if self._residency.slot_of(key) is None]
+        if missing and not self._residency.can_ever_fit(len(missing)):
+            raise CapacityError(
+                f"adapters {missing!r} are not resident and every slot is pinned; unpin one "
+                "(admin unpin) or raise EngineConfig.max_slots",
+                retry_after=5.0,
+            )
 
     def _post(self, kind: str, payload: Any) -> None:
         self._inbox.put((kind, payload))

@@ -214,7 +214,8 @@ class LoraSlots:
         weights = torch.zeros(len(rows), top, dtype=torch.float32)
         for i, row in enumerate(rows):
             for slot, w in row.items():
-                weights[i, slot] = w
+                if w != 0.0:
+                    weights[i, slot] = w
         mask = weights.repeat_interleave(self.rank, dim=1).to(self.dtype)  # [rows, top*R]
         targets = frozenset().union(*(self._slot_targets[s] for s in used))
         return RowMix(mask=mask, width=top * self.rank, targets=targets)

@@ -241,8 +241,8 @@ class AdapterResidency:
     # ------------------------------------------------------------------ admin (engine thread)
 
     def can_ever_fit(self, count: int) -> bool:
-        """Whether ``count`` adapters could be resident at once, given the pinned slots."""
-        return count <= sum(1 for s in self._table if not s.pinned)
+        """Whether ``count`` more adapters could be resident at once, given the pinned slots."""
+        return count <= sum(1 for s in list(self._table) if not s.pinned)
 
     def set_pinned(self, key: str, pinned: bool) -> ResidentAdapter | None:
         slot = self.slot_of(key)

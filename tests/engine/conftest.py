@@ -119,9 +119,13 @@ def peft_ref(tiny_base_dir: Path, lora_folders: dict[str, Path]) -> PeftReferenc
 
 
 @pytest.fixture(scope="session")
-def make_peft_ref(tiny_base_dir: Path, lora_folders: dict[str, Path]) -> Callable[[str], PeftReference]:
-    """A PEFT reference over the tiny base loaded in another precision."""
-    return lambda precision: PeftReference(tiny_base_dir, lora_folders, precision)
+def make_peft_ref(tiny_base_dir: Path, lora_folders: dict[str, Path]) -> Callable[..., PeftReference]:
+    """A fresh PEFT reference, over the tiny base in ``precision``, with adapters ``names``."""
+
+    def make(precision: str = "fp32", names: Sequence[str] = tuple(ADAPTERS)) -> PeftReference:
+        return PeftReference(tiny_base_dir, {n: lora_folders[n] for n in names}, precision)
+
+    return make
 
 
 @pytest.fixture(scope="session")
