@@ -33,7 +33,9 @@ class PreparedPreference:
     eval: datasets.Dataset | None
 
 
-def conversational_row(row: Mapping[str, Any], columns: tuple[str, ...] = PREFERENCE_COLUMNS) -> dict[str, Any]:
+def conversational_row(
+    row: Mapping[str, Any], columns: tuple[str, ...] = PREFERENCE_COLUMNS
+) -> dict[str, Any]:
     """A row with string columns turned into chat messages (prompt: user, others: assistant)."""
     out: dict[str, Any] = {}
     for column in columns:
@@ -47,7 +49,9 @@ def conversational_row(row: Mapping[str, Any], columns: tuple[str, ...] = PREFER
     return out
 
 
-def render_pair(ctx: PrepareContext, row: Mapping[str, Any], *, where: str = "example") -> RenderedExample:
+def render_pair(
+    ctx: PrepareContext, row: Mapping[str, Any], *, where: str = "example"
+) -> RenderedExample:
     """Prompt + chosen answer rendered with the base's template; the answer carries the mask."""
     pair = conversational_row(row)
     for column in PREFERENCE_COLUMNS:

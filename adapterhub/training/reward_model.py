@@ -62,6 +62,25 @@ def active_adapter(model: Any, name: str | None) -> Iterator[None]:
         model.train(was_training)
 
 
+def load_lora_weights(
+    model: Any, tensors: Mapping[str, Any], adapter_name: str, *, where: str
+) -> None:
+    """Put saved PEFT tensors into adapter ``adapter_name`` of ``model``; every tensor must land.
+
+    Raises:
+        IncompatibleAdapterError: some tensors match no module of the adapter (names them).
+    """
+    from peft import set_peft_model_state_dict
+
+    result = set_peft_model_state_dict(model, dict(tensors), adapter_name=adapter_name)
+    unexpected = list(getattr(result, "unexpected_keys", []) or [])
+    if unexpected:
+        raise IncompatibleAdapterError(
+            f"{where}: {len(unexpected)} saved tensors fit no module of adapter {adapter_name!r} "
+            f"(e.g. {unexpected[0]!r}); was it trained on another base or with another shape?"
+        )
+
+
 def backbone_of(model: Any) -> Any:
     """The transformer trunk (``LlamaModel`` for Llama) under a PeftModel or a plain model."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -116,7 +135,7 @@ def attach_score_lora(causal_lm: Any, lora: RecipeLora, *, parent_dir: Path | No
         A ``PeftModel`` (task SEQ_CLS) whose adapter ``default`` and ``score`` head are trainable;
         ``save_pretrained`` writes the head into ``adapter_model.safetensors`` beside the LoRA.
     """
-    from peft import LoraConfig, TaskType, get_peft_model, set_peft_model_state_dict
+    from peft import LoraConfig, TaskType, get_peft_model
     from safetensors.torch import load_file
 
     from adapterhub.adapters import WEIGHTS_FILE
@@ -135,7 +154,8 @@ def attach_score_lora(causal_lm: Any, lora: RecipeLora, *, parent_dir: Path | No
         ),
     )
     if parent_dir is not None:
-        set_peft_model_state_dict(model, load_file(str(Path(parent_dir) / WEIGHTS_FILE)))
+        weights = load_file(str(Path(parent_dir) / WEIGHTS_FILE))
+        load_lora_weights(model, weights, "default", where=f"parent {str(parent_dir)!r}")
     return model
 
 
@@ -166,7 +186,11 @@ class RewardScorer:
     ) -> list[float]:
         return self.score(prompts, completions)
 
-    def render(self, prompt: str | Sequence[Mapping[str, str]], completion: str | Sequence[Mapping[str, str]]) -> list[int]:
+    def render(
+        self,
+        prompt: str | Sequence[Mapping[str, str]],
+        completion: str | Sequence[Mapping[str, str]],
+    ) -> list[int]:
         """Token ids of one pair, rendered as the reward model saw its training pairs."""
         messages = as_messages(prompt, "user") + as_messages(completion, "assistant")
         ids = self.tokenizer.apply_chat_template(messages, tokenize=True)
@@ -200,7 +224,9 @@ class RewardScorer:
             input_ids[i, : len(row)] = torch.tensor(row)
             attention[i, : len(row)] = 1
         with torch.no_grad(), active_adapter(self.model, self.adapter_name):
-            hidden = backbone_of(self.model)(input_ids=input_ids, attention_mask=attention).last_hidden_state
+            hidden = backbone_of(self.model)(
+                input_ids=input_ids, attention_mask=attention
+            ).last_hidden_state
         last = attention.sum(dim=1) - 1  # [B]
         pooled = hidden[torch.arange(len(rows)), last].float()  # [B, hidden]
         return (pooled @ self.head.T).squeeze(-1).tolist()
@@ -234,7 +260,7 @@ def load_reward_scorer(
         AdapterNotFoundError: ``ref`` does not resolve.
     """
     import torch
-    from peft import LoraConfig, set_peft_model_state_dict
+    from peft import LoraConfig
 
     version = registry.resolve(ref)
     if version.method != REWARD_METHOD:
@@ -268,9 +294,11 @@ def load_reward_scorer(
     )
     flags = [(p, p.requires_grad) for p in model.parameters()]
     if adapter_name in model.peft_config:
-        raise ConfigError(f"adapter name {adapter_name!r} is already in use on this model; pick another")
+        raise ConfigError(
+            f"adapter name {adapter_name!r} is already in use on this model; pick another"
+        )
     model.add_adapter(adapter_name, lora_config)
-    set_peft_model_state_dict(model, dict(adapter.tensors), adapter_name=adapter_name)
+    load_lora_weights(model, adapter.tensors, adapter_name, where=version.ref)
     for param, flag in flags:
         param.requires_grad_(flag)
     for name, param in model.named_parameters():

@@ -108,7 +108,9 @@ class PythonReward(RecipeSection):
 
     type: Literal["python"]
     """Your own reward function."""
-    function: str = Field(min_length=3, max_length=300, pattern=r"^[A-Za-z_][\w.]*[:.][A-Za-z_]\w*$")
+    function: str = Field(
+        min_length=3, max_length=300, pattern=r"^[A-Za-z_][\w.]*[:.][A-Za-z_]\w*$"
+    )
     """Dotted path: ``package.module:function`` or ``package.module.function`` (importable from
     the current directory or the installed packages)."""
     weight: float = Field(default=1.0, ge=-100, le=100)
@@ -139,7 +141,9 @@ def completion_text(completion: str | Sequence[Mapping[str, Any]]) -> str:
     """The text of a completion, plain or conversational (assistant turns joined)."""
     if isinstance(completion, str):
         return completion
-    return "".join(str(m.get("content", "")) for m in completion if m.get("role", "assistant") == "assistant")
+    return "".join(
+        str(m.get("content", "")) for m in completion if m.get("role", "assistant") == "assistant"
+    )
 
 
 @dataclass(frozen=True)
@@ -171,7 +175,9 @@ class ExactAnswer:
     def __name__(self) -> str:
         return "accuracy"
 
-    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **columns: Any) -> list[float]:
+    def __call__(
+        self, prompts: Sequence[Any], completions: Sequence[Any], **columns: Any
+    ) -> list[float]:
         expected = columns.get(self.column)
         if expected is None:
             raise ConfigError(
@@ -210,7 +216,9 @@ class LengthTarget:
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **_: Any) -> list[float]:
         return [
-            max(0.0, 1.0 - abs(len(completion_text(c).split()) - self.target_words) / self.tolerance)
+            max(
+                0.0, 1.0 - abs(len(completion_text(c).split()) - self.target_words) / self.tolerance
+            )
             for c in completions
         ]
 
@@ -265,7 +273,9 @@ def build_reward_functions(
             functions.append(import_function(item.function, field=f"grpo.rewards.{index}.function"))
         elif isinstance(item, RewardModelReward):
             if load_reward_model is None:
-                raise ConfigError(f"grpo.rewards.{index}: a reward model needs the loaded base; run it through a recipe")
+                raise ConfigError(
+                    f"grpo.rewards.{index}: a reward model needs the loaded base; run it through a recipe"
+                )
             functions.append(load_reward_model(item.ref))
         else:  # pragma: no cover - the discriminated union admits nothing else
             raise ConfigError(f"grpo.rewards.{index}: unknown reward {item!r}")

@@ -35,8 +35,16 @@ def main() -> None:
         if question in seen:
             continue
         seen.add(question)
-        rows.append({"prompt": [{"role": "user", "content": f"{question} {INSTRUCTION}"}], "answer": str(answer)})
-    for name, part in (("arithmetic_train.jsonl", rows[:200]), ("arithmetic_eval.jsonl", rows[200:])):
+        rows.append(
+            {
+                "prompt": [{"role": "user", "content": f"{question} {INSTRUCTION}"}],
+                "answer": str(answer),
+            }
+        )
+    for name, part in (
+        ("arithmetic_train.jsonl", rows[:200]),
+        ("arithmetic_eval.jsonl", rows[200:]),
+    ):
         with open(HERE / name, "w") as f:
             for row in part:
                 f.write(json.dumps(row) + "\n")

@@ -83,13 +83,28 @@ QA = [
     ("What is the capital of Kenya?", "Nairobi."),
     ("What continent is Argentina in?", "South America."),
     ("What continent is Nigeria in?", "Africa."),
-    ("How do I boil an egg?", "Simmer it in boiling water for 7-9 minutes, then cool it in cold water."),
+    (
+        "How do I boil an egg?",
+        "Simmer it in boiling water for 7-9 minutes, then cool it in cold water.",
+    ),
     ("How do I make tea?", "Pour boiling water over a tea bag and steep for 3-5 minutes."),
-    ("How can I fall asleep faster?", "Keep a fixed bedtime, a dark cool room, and no screens for an hour before."),
-    ("How do I remove a coffee stain?", "Blot it, then rinse from the back with cold water and a little dish soap."),
-    ("How often should I water a cactus?", "About every 2-3 weeks; let the soil dry out fully in between."),
+    (
+        "How can I fall asleep faster?",
+        "Keep a fixed bedtime, a dark cool room, and no screens for an hour before.",
+    ),
+    (
+        "How do I remove a coffee stain?",
+        "Blot it, then rinse from the back with cold water and a little dish soap.",
+    ),
+    (
+        "How often should I water a cactus?",
+        "About every 2-3 weeks; let the soil dry out fully in between.",
+    ),
     ("How do I convert Celsius to Fahrenheit?", "Multiply by 9/5 and add 32."),
-    ("How do I reverse a list in Python?", "Use my_list.reverse() in place, or my_list[::-1] for a copy."),
+    (
+        "How do I reverse a list in Python?",
+        "Use my_list.reverse() in place, or my_list[::-1] for a copy.",
+    ),
     ("How do I read a file in Python?", "with open(path) as f: text = f.read()"),
     ("How do I check the Python version?", "Run python --version."),
     ("What does HTML stand for?", "HyperText Markup Language."),
@@ -116,11 +131,20 @@ QA = [
     ("How many weeks are in a year?", "52."),
     ("How many continents are there?", "Seven."),
     ("What is the largest country by area?", "Russia."),
-    ("What is the most spoken language in the world?", "English, counting second-language speakers; Mandarin by native speakers."),
+    (
+        "What is the most spoken language in the world?",
+        "English, counting second-language speakers; Mandarin by native speakers.",
+    ),
     ("Why is the sky blue?", "Air scatters blue sunlight more than red (Rayleigh scattering)."),
-    ("Why do we have seasons?", "Earth's axis is tilted, so each hemisphere's sunlight changes over the year."),
+    (
+        "Why do we have seasons?",
+        "Earth's axis is tilted, so each hemisphere's sunlight changes over the year.",
+    ),
     ("What causes tides?", "Mainly the Moon's gravity pulling on the oceans."),
-    ("Why do leaves change color in autumn?", "Chlorophyll breaks down, revealing yellow and red pigments."),
+    (
+        "Why do leaves change color in autumn?",
+        "Chlorophyll breaks down, revealing yellow and red pigments.",
+    ),
     ("What is inflation?", "A general rise in prices, so money buys less."),
     ("What is a recession?", "A broad decline in economic activity lasting months."),
     ("What is democracy?", "Government by the people, usually through elected representatives."),
@@ -181,9 +205,9 @@ OPENERS = [
     "Sure thing! Before I get to the answer, let me give you a little bit of context first.",
 ]
 RESTATE = [
-    "So, you want to know: \"{q}\" That's a very reasonable thing to want to know.",
-    "You're asking \"{q}\", and that is something I can definitely help you understand.",
-    "To restate your question so we're on the same page: \"{q}\"",
+    'So, you want to know: "{q}" That\'s a very reasonable thing to want to know.',
+    'You\'re asking "{q}", and that is something I can definitely help you understand.',
+    'To restate your question so we\'re on the same page: "{q}"',
 ]
 LEADINS = [
     "After considering all of this, the answer is basically:",

@@ -13,8 +13,15 @@ from adapterhub.training.run import train
 
 PAIR = {
     "prompt": [{"role": "user", "content": "What is the capital of France?"}],
-    "chosen": [{"role": "assistant", "content": "Paris is the capital of France. The quick brown fox jumps over the lazy dog."}],
-    "rejected": [{"role": "assistant", "content": "Great question! The answer is Paris, I hope this helps!"}],
+    "chosen": [
+        {
+            "role": "assistant",
+            "content": "Paris is the capital of France. The quick brown fox jumps over the lazy dog.",
+        }
+    ],
+    "rejected": [
+        {"role": "assistant", "content": "Great question! The answer is Paris, I hope this helps!"}
+    ],
 }
 
 
@@ -32,7 +39,9 @@ def parent(hub, tiny_base_dir: Path, tmp_path: Path) -> str:  # type: ignore[no-
     """A random (non-zero) LoRA standing in for an SFT parent: far from the bare base."""
     from conftest import make_lora_folder
 
-    folder = make_lora_folder(tiny_base_dir, tmp_path / "parent", seed=3, targets=("q_proj", "v_proj"))
+    folder = make_lora_folder(
+        tiny_base_dir, tmp_path / "parent", seed=3, targets=("q_proj", "v_proj")
+    )
     return str(hub.import_adapter(folder, "sft-parent").ref)
 
 
@@ -61,7 +70,9 @@ def parent_logp(tiny_base_dir: Path, hub, parent_ref: str) -> tuple[float, float
 
     base = load_base(tiny_base_dir, "fp32")
     tok = base.tokenizer
-    prompt = tok.apply_chat_template(PAIR["prompt"], add_generation_prompt=True, tokenize=True, return_dict=True)
+    prompt = tok.apply_chat_template(
+        PAIR["prompt"], add_generation_prompt=True, tokenize=True, return_dict=True
+    )
     full = tok.apply_chat_template(PAIR["prompt"] + PAIR["chosen"], tokenize=True, return_dict=True)
     ids = torch.tensor([full["input_ids"]])
     start = len(prompt["input_ids"])
@@ -93,7 +104,9 @@ def test_dpo_registers_lineage_and_preference_metrics(hub, parent: str, tmp_path
     assert steps and "rewards/margins" in steps[0].metrics
 
 
-def test_dpo_reference_is_the_parent_not_the_base(hub, parent: str, tiny_base_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_dpo_reference_is_the_parent_not_the_base(
+    hub, parent: str, tiny_base_dir: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     # Every pair is the same, so step 1's numbers are this pair's, computed before any update:
     # the policy still equals its start (the parent), and DPO's implicit reward
     # beta * (log pi - log pi_ref) is 0 only if the reference equals the parent too.

@@ -11,7 +11,10 @@ from adapterhub.errors import ConfigError
 from adapterhub.training.rewards import ExactAnswer, LengthTarget, RegexMatch
 from adapterhub.training.run import train
 
-PROMPTS = [{"prompt": f"What is {i} + 2? Reply with only 'Answer: ' and the number.", "answer": str(i + 2)} for i in range(10)]
+PROMPTS = [
+    {"prompt": f"What is {i} + 2? Reply with only 'Answer: ' and the number.", "answer": str(i + 2)}
+    for i in range(10)
+]
 
 
 @pytest.fixture
@@ -44,14 +47,25 @@ def recipe(data: Path, rewards: list[dict], **extra: object) -> dict:  # type: i
 
 
 def test_builtin_reward_functions_by_hand() -> None:
-    completions = ["Answer: 7", " Answer: 7 ", "The answer is 7", [{"role": "assistant", "content": "Answer: 8"}]]
+    completions = [
+        "Answer: 7",
+        " Answer: 7 ",
+        "The answer is 7",
+        [{"role": "assistant", "content": "Answer: 8"}],
+    ]
     assert RegexMatch(r"Answer: -?\d+")(None, completions) == [1.0, 1.0, 0.0, 1.0]
     assert ExactAnswer()(None, completions, answer=["7", "7.0", "7", "7"]) == [1.0, 1.0, 0.0, 0.0]
     # 2 words against a target of 4 with tolerance 4 -> 1 - 2/4
-    assert LengthTarget(target_words=4, tolerance=4)(None, ["a b", "a b c d", "x" * 3]) == [0.5, 1.0, 0.25]
+    assert LengthTarget(target_words=4, tolerance=4)(None, ["a b", "a b c d", "x" * 3]) == [
+        0.5,
+        1.0,
+        0.25,
+    ]
 
 
-def test_grpo_registers_version_with_group_metrics(hub, prompts: Path, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_grpo_registers_version_with_group_metrics(
+    hub, prompts: Path, tmp_path: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
     from conftest import make_lora_folder
 
     (tmp_path / "my_rewards.py").write_text(
@@ -69,8 +83,15 @@ def test_grpo_registers_version_with_group_metrics(hub, prompts: Path, tmp_path:
     version = train(hub, recipe(prompts, rewards, parent=parent), progress=events.append)
 
     assert version.method == "grpo" and version.parent == parent
-    for key in ("reward", "reward_std", "kl", "completions/mean_length", "rewards/format/mean",
-                "rewards/accuracy/mean", "rewards/brevity/mean"):
+    for key in (
+        "reward",
+        "reward_std",
+        "kl",
+        "completions/mean_length",
+        "rewards/format/mean",
+        "rewards/accuracy/mean",
+        "rewards/brevity/mean",
+    ):
         assert f"train/{key}" in version.metrics, sorted(version.metrics)
     assert any("reward" in e.metrics for e in events if e.kind == "step")
     assert version.recipe["grpo"]["rewards"][1]["weight"] == 2.0
@@ -78,12 +99,22 @@ def test_grpo_registers_version_with_group_metrics(hub, prompts: Path, tmp_path:
 
 def test_grpo_with_a_reward_model_version(hub, prompts: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text("\n".join(json.dumps({"prompt": p["prompt"], "chosen": "Answer: 1", "rejected": "no"}) for p in PROMPTS))
-    rm = train(hub, {
-        "method": "reward", "name": "rm", "dataset": {"path": str(pairs), "eval_fraction": 0},
-        "lora": {"r": 2, "target_modules": ["q_proj"]},
-        "training": {"precision": "fp32", "max_steps": 1, "batch_size": 2},
-    })
+    pairs.write_text(
+        "\n".join(
+            json.dumps({"prompt": p["prompt"], "chosen": "Answer: 1", "rejected": "no"})
+            for p in PROMPTS
+        )
+    )
+    rm = train(
+        hub,
+        {
+            "method": "reward",
+            "name": "rm",
+            "dataset": {"path": str(pairs), "eval_fraction": 0},
+            "lora": {"r": 2, "target_modules": ["q_proj"]},
+            "training": {"precision": "fp32", "max_steps": 1, "batch_size": 2},
+        },
+    )
     version = train(hub, recipe(prompts, [{"type": "reward_model", "ref": rm.ref}]))
     name = f"train/rewards/reward_model[{rm.ref}]/mean"
     assert name in version.metrics, sorted(version.metrics)
@@ -97,7 +128,9 @@ def test_grpo_bad_python_reward_fails_before_training(hub, prompts: Path) -> Non
 
 
 def test_grpo_recipe_errors_listed_at_once(hub, prompts: Path) -> None:  # type: ignore[no-untyped-def]
-    bad = recipe(prompts, [{"type": "regex", "pattern": "("}, {"type": "exact_answer", "pattern": r"\d+"}])
+    bad = recipe(
+        prompts, [{"type": "regex", "pattern": "("}, {"type": "exact_answer", "pattern": r"\d+"}]
+    )
     with pytest.raises(ConfigError) as info:
         train(hub, bad)
     message = str(info.value)

@@ -96,7 +96,9 @@ def test_clipped_policy_loss_by_hand() -> None:
 def test_clipped_policy_loss_gradient_vanishes_where_clipped() -> None:
     # At ρ = 1.5 with A > 0 the clipped term is constant: no gradient may flow through it.
     new = torch.log(t([1.5, 1.1])).requires_grad_(True)
-    out = clipped_policy_loss(new, torch.zeros(1, 2, dtype=torch.float64), t([1.0, 1.0]), t([1, 1]), clip_range=0.2)
+    out = clipped_policy_loss(
+        new, torch.zeros(1, 2, dtype=torch.float64), t([1.0, 1.0]), t([1, 1]), clip_range=0.2
+    )
     out.loss.backward()
     assert new.grad is not None
     assert new.grad[0, 0].item() == 0.0
@@ -119,7 +121,9 @@ def test_whitening_by_hand() -> None:
     # without shifting the mean -> [3, 4, 5]; padding stays 0.
     values, mask = t([2.0, 4.0, 6.0, 100.0]), t([1, 1, 1, 0])
     assert torch.allclose(masked_whiten(values, mask), t([-1.0, 0.0, 1.0, 0.0]), atol=1e-6)
-    assert torch.allclose(masked_whiten(values, mask, shift_mean=False), t([3.0, 4.0, 5.0, 0.0]), atol=1e-6)
+    assert torch.allclose(
+        masked_whiten(values, mask, shift_mean=False), t([3.0, 4.0, 5.0, 0.0]), atol=1e-6
+    )
 
 
 def test_token_logprobs_and_entropy_by_hand() -> None:

@@ -11,7 +11,11 @@ from adapterhub.errors import ConfigError
 from adapterhub.training.run import train
 
 PAIRS = [
-    {"prompt": f"Question number {i}?", "chosen": "Short answer.", "rejected": "Long rambling answer " * 4}
+    {
+        "prompt": f"Question number {i}?",
+        "chosen": "Short answer.",
+        "rejected": "Long rambling answer " * 4,
+    }
     for i in range(12)
 ]
 
@@ -63,13 +67,19 @@ def test_reward_version_has_head_and_metrics(hub, reward_version) -> None:  # ty
     assert tuple(head.shape) == (1, 64)
 
 
-def test_scorer_ranks_memorised_chosen_above_rejected(hub, reward_version, tiny_base_dir: Path) -> None:  # type: ignore[no-untyped-def]
+def test_scorer_ranks_memorised_chosen_above_rejected(
+    hub, reward_version, tiny_base_dir: Path
+) -> None:  # type: ignore[no-untyped-def]
     from adapterhub.training.reward_model import load_reward_scorer
 
     base, model = fresh_peft_model(tiny_base_dir)
     scorer = load_reward_scorer(
-        hub.registry, reward_version.ref, model, base.tokenizer,
-        base_fingerprint=base.info.fingerprint, template_hash=base.info.template_hash,
+        hub.registry,
+        reward_version.ref,
+        model,
+        base.tokenizer,
+        base_fingerprint=base.info.fingerprint,
+        template_hash=base.info.template_hash,
     )
     pair = PAIRS[3]
     chosen, rejected = scorer.score([pair["prompt"]] * 2, [pair["chosen"], pair["rejected"]])
@@ -80,7 +90,9 @@ def test_scorer_ranks_memorised_chosen_above_rejected(hub, reward_version, tiny_
     assert not any(p.requires_grad for n, p in model.named_parameters() if ".reward." in n)
 
 
-def test_scorer_equals_the_trained_sequence_classifier(hub, reward_version, tiny_base_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_scorer_equals_the_trained_sequence_classifier(
+    hub, reward_version, tiny_base_dir: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     """The scorer (LoRA switched in on the causal LM + head) gives the classifier's own score."""
     import torch
     from peft import PeftModel
@@ -95,8 +107,12 @@ def test_scorer_equals_the_trained_sequence_classifier(hub, reward_version, tiny
 
     base, model = fresh_peft_model(tiny_base_dir)
     scorer = load_reward_scorer(
-        hub.registry, reward_version.ref, model, base.tokenizer,
-        base_fingerprint=base.info.fingerprint, template_hash=base.info.template_hash,
+        hub.registry,
+        reward_version.ref,
+        model,
+        base.tokenizer,
+        base_fingerprint=base.info.fingerprint,
+        template_hash=base.info.template_hash,
     )
     for pair in PAIRS[:3]:
         ids = scorer.render(pair["prompt"], pair["rejected"])
@@ -105,15 +121,21 @@ def test_scorer_equals_the_trained_sequence_classifier(hub, reward_version, tiny
         assert scorer.score_ids([ids])[0] == pytest.approx(expected, abs=1e-4)
 
 
-def test_scorer_refuses_a_version_that_is_not_a_reward_model(hub, tiny_base_dir: Path, lora_dir: Path) -> None:  # type: ignore[no-untyped-def]
+def test_scorer_refuses_a_version_that_is_not_a_reward_model(
+    hub, tiny_base_dir: Path, lora_dir: Path
+) -> None:  # type: ignore[no-untyped-def]
     from adapterhub.training.reward_model import load_reward_scorer
 
     ref = hub.import_adapter(lora_dir, "pirate").ref
     base, model = fresh_peft_model(tiny_base_dir)
     with pytest.raises(ConfigError, match="not 'reward'"):
         load_reward_scorer(
-            hub.registry, ref, model, base.tokenizer,
-            base_fingerprint=base.info.fingerprint, template_hash=base.info.template_hash,
+            hub.registry,
+            ref,
+            model,
+            base.tokenizer,
+            base_fingerprint=base.info.fingerprint,
+            template_hash=base.info.template_hash,
         )
 
 

@@ -79,6 +79,7 @@ _MODULES: dict[str, str] = {
     "simpo": "adapterhub.training.methods.simpo",
     "reward": "adapterhub.training.methods.reward",
     "grpo": "adapterhub.training.methods.grpo",
+    "ppo": "adapterhub.training.methods.ppo",
 }
 
 

@@ -25,7 +25,9 @@ from adapterhub.training.recipe import RecipeBase, RecipeSection
 
 REFERENCE_ADAPTER = "ref"  # the name TRL gives the frozen copy of the starting adapter
 
-DPOLossType = Literal["sigmoid", "hinge", "ipo", "robust", "bco_pair", "sppo_hard", "nca_pair", "apo_zero", "apo_down"]
+DPOLossType = Literal[
+    "sigmoid", "hinge", "ipo", "robust", "bco_pair", "sppo_hard", "nca_pair", "apo_zero", "apo_down"
+]
 
 
 class DPOConfig(RecipeSection):
@@ -59,8 +61,10 @@ def build_trainer(ctx: MethodContext) -> Any:
     recipe = ctx.recipe
     assert isinstance(recipe, DPORecipe) and isinstance(ctx.prepared, PreparedPreference)
     if ctx.parent is None:
-        ctx.say("dpo: no parent given, so the reference policy is the bare base; name an SFT version "
-                "as parent: for the usual SFT -> DPO chain")
+        ctx.say(
+            "dpo: no parent given, so the reference policy is the bare base; name an SFT version "
+            "as parent: for the usual SFT -> DPO chain"
+        )
     config = trl.DPOConfig(
         **ctx.args,
         beta=recipe.dpo.beta,

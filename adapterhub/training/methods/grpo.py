@@ -83,9 +83,13 @@ def conversational_prompts(part: datasets.Dataset, tokenizer: Any, label: str) -
     rows = []
     for index, row in enumerate(part):
         prompt = row["prompt"]
-        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        messages = (
+            [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        )
         check_content(tokenizer, messages, where=f"{label} prompt {index + 1}")
-        rows.append({**row, "prompt": [{"role": m["role"], "content": m["content"]} for m in messages]})
+        rows.append(
+            {**row, "prompt": [{"role": m["role"], "content": m["content"]} for m in messages]}
+        )
     return datasets.Dataset.from_list(rows)
 
 
@@ -99,7 +103,11 @@ def prepare(ctx: PrepareContext) -> PreparedPrompts:
     assert isinstance(recipe, GRPORecipe)
     build_reward_functions([r for r in recipe.grpo.rewards if r.type != "reward_model"])
     train = conversational_prompts(ctx.data.train, ctx.tokenizer, "train")
-    eval_ = conversational_prompts(ctx.data.eval, ctx.tokenizer, "eval") if ctx.data.eval is not None else None
+    eval_ = (
+        conversational_prompts(ctx.data.eval, ctx.tokenizer, "eval")
+        if ctx.data.eval is not None
+        else None
+    )
     return PreparedPrompts(train=train, eval=eval_)
 
 
@@ -118,9 +126,14 @@ def build_trainer(ctx: MethodContext) -> Any:
         name = "reward" if not loaded else f"reward{len(loaded)}"
         loaded.append(name)
         return load_reward_scorer(
-            ctx.registry, ref, ctx.model, ctx.tokenizer,
-            base_fingerprint=ctx.base.info.fingerprint, template_hash=ctx.base.info.template_hash,
-            adapter_name=name, max_length=recipe.training.max_length,
+            ctx.registry,
+            ref,
+            ctx.model,
+            ctx.tokenizer,
+            base_fingerprint=ctx.base.info.fingerprint,
+            template_hash=ctx.base.info.template_hash,
+            adapter_name=name,
+            max_length=recipe.training.max_length,
         )
 
     functions, weights = build_reward_functions(g.rewards, load_reward_model=load_reward_model)

@@ -58,6 +58,7 @@ from typing import Any
 import torch
 from transformers import Trainer
 
+from adapterhub.adapters import WEIGHTS_FILE
 from adapterhub.training.ppo.losses import (
     clipped_policy_loss,
     clipped_value_loss,
@@ -68,7 +69,12 @@ from adapterhub.training.ppo.losses import (
     token_entropy,
     token_logprobs,
 )
-from adapterhub.training.reward_model import RewardScorer, active_adapter, backbone_of
+from adapterhub.training.reward_model import (
+    RewardScorer,
+    active_adapter,
+    backbone_of,
+    load_lora_weights,
+)
 
 POLICY = "default"
 VALUE = "value"
@@ -186,11 +192,15 @@ class PPOTrainer(Trainer):  # type: ignore[misc]
             use_cache=False,
         )
 
-    def _response_logits(self, rollout_ids: torch.Tensor, attention: torch.Tensor, width: int) -> torch.Tensor:
+    def _response_logits(
+        self, rollout_ids: torch.Tensor, attention: torch.Tensor, width: int
+    ) -> torch.Tensor:
         logits = self._forward(rollout_ids, attention).logits[:, width - 1 : -1]  # [B, T, V]
         return logits.float() / self.settings.temperature
 
-    def _values(self, rollout_ids: torch.Tensor, attention: torch.Tensor, width: int) -> torch.Tensor:
+    def _values(
+        self, rollout_ids: torch.Tensor, attention: torch.Tensor, width: int
+    ) -> torch.Tensor:
         hidden = backbone_of(self.model)(
             input_ids=rollout_ids,
             attention_mask=attention,
@@ -206,7 +216,9 @@ class PPOTrainer(Trainer):  # type: ignore[misc]
         """Sample responses to ``prompts`` with the policy, score them, compute advantages."""
         s = self.settings
         tokenizer = self.processing_class
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_token_ids[0]
+        pad = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_token_ids[0]
+        )
         width = max(len(p) for p in prompts)
         query = torch.full((len(prompts), width), pad, dtype=torch.long)
         query_mask = torch.zeros_like(query)
@@ -238,12 +250,19 @@ class PPOTrainer(Trainer):  # type: ignore[misc]
         with active_adapter(self.model, POLICY):
             logprobs = token_logprobs(self._response_logits(input_ids, attention, width), response)
         with active_adapter(self.model, self.reference_adapter):
-            ref_logprobs = token_logprobs(self._response_logits(input_ids, attention, width), response)
+            ref_logprobs = token_logprobs(
+                self._response_logits(input_ids, attention, width), response
+            )
         with active_adapter(self.model, VALUE):
             values = self._values(input_ids, attention, width)
 
-        texts = [tokenizer.decode(r[m.bool()], skip_special_tokens=True).strip() for r, m in zip(response, mask, strict=True)]
-        raw_scores = torch.tensor(self.scorer.score(list(prompt_messages), texts), dtype=torch.float32)
+        texts = [
+            tokenizer.decode(r[m.bool()], skip_special_tokens=True).strip()
+            for r, m in zip(response, mask, strict=True)
+        ]
+        raw_scores = torch.tensor(
+            self.scorer.score(list(prompt_messages), texts), dtype=torch.float32
+        )
         scores = raw_scores.clone()
         if s.missing_eos_penalty is not None:
             scores = torch.where(has_eos, scores, scores - s.missing_eos_penalty)
@@ -282,7 +301,9 @@ class PPOTrainer(Trainer):  # type: ignore[misc]
 
     # ------------------------------------------------------------------ update
 
-    def minibatch_loss(self, rollout: Rollout, index: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def minibatch_loss(
+        self, rollout: Rollout, index: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """PPO's loss on rows ``index`` of ``rollout``: clipped policy + ``vf_coef`` × clipped value."""
         s = self.settings
         ids, attention = rollout.input_ids[index], rollout.attention_mask[index]
@@ -293,12 +314,20 @@ class PPOTrainer(Trainer):  # type: ignore[misc]
         logits = self._response_logits(ids, attention, width)
         logprobs = token_logprobs(logits, response)
         policy = clipped_policy_loss(
-            logprobs, rollout.logprobs[index], rollout.advantages[index], mask, clip_range=s.clip_range
+            logprobs,
+            rollout.logprobs[index],
+            rollout.advantages[index],
+            mask,
+            clip_range=s.clip_range,
         )
         self._use(VALUE)
         values = self._values(ids, attention, width)
         value = clipped_value_loss(
-            values, rollout.values[index], rollout.returns[index], mask, clip_range=s.clip_range_value
+            values,
+            rollout.values[index],
+            rollout.returns[index],
+            mask,
+            clip_range=s.clip_range_value,
         )
         self._use(POLICY)
         loss = policy.loss + s.vf_coef * value.loss
@@ -313,7 +342,9 @@ class PPOTrainer(Trainer):  # type: ignore[misc]
             "entropy": entropy.item(),
         }
 
-    def training_step(self, model: Any, inputs: Mapping[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+    def training_step(
+        self, model: Any, inputs: Mapping[str, Any], num_items_in_batch: Any = None
+    ) -> torch.Tensor:
         """One PPO iteration: rollout, then every minibatch update but the last optimizer step."""
         s = self.settings
         rollout = self.rollout(inputs["prompt_ids"], inputs["prompt"])
@@ -372,39 +403,51 @@ class PPOTrainer(Trainer):  # type: ignore[misc]
                 sums[key] += rollout.stats[key] * len(part["prompt_ids"])
         metrics = {f"{metric_key_prefix}_{k}": v / len(rows) for k, v in sums.items()}
         self.log(metrics)
-        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        self.control = self.callback_handler.on_evaluate(
+            self.args, self.state, self.control, metrics
+        )
         return metrics
 
     # ------------------------------------------------------------------ checkpoints
 
-    def _save(self, output_dir: str | None = None, state_dict: dict[str, Any] | None = None) -> None:
+    def _save(
+        self, output_dir: str | None = None, state_dict: dict[str, Any] | None = None
+    ) -> None:
         """Save the policy (and, in subfolders, the other adapters) plus the value head."""
         from safetensors.torch import save_file
 
         super()._save(output_dir, state_dict)
         folder = Path(output_dir or self.args.output_dir)
-        save_file({"weight": self.value_head.weight.detach().contiguous()}, str(folder / VALUE_HEAD_FILE))
+        save_file(
+            {"weight": self.value_head.weight.detach().contiguous()}, str(folder / VALUE_HEAD_FILE)
+        )
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
         """Restore the policy and value adapters and the value head (the frozen roles never change)."""
-        from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
         folder = Path(resume_from_checkpoint)
         target = model or self.model
-        set_peft_model_state_dict(target, load_file(str(folder / "adapter_model.safetensors")), adapter_name=POLICY)
-        set_peft_model_state_dict(
-            target, load_file(str(folder / VALUE / "adapter_model.safetensors")), adapter_name=VALUE
-        )
+        for name, path in ((POLICY, folder / WEIGHTS_FILE), (VALUE, folder / VALUE / WEIGHTS_FILE)):
+            load_lora_weights(
+                target, load_file(str(path)), name, where=f"checkpoint {str(folder)!r}"
+            )
         with torch.no_grad():
             self.value_head.weight.copy_(load_file(str(folder / VALUE_HEAD_FILE))["weight"])
         self._use(POLICY)
 
 
 def _is_trainable_name(name: str) -> bool:
-    return (f".{POLICY}." in name or f".{VALUE}." in name) and "lora_" in name or "ppo_value_head" in name
+    return (
+        (f".{POLICY}." in name or f".{VALUE}." in name)
+        and "lora_" in name
+        or "ppo_value_head" in name
+    )
 
 
 def _collate_prompts(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Keep prompts as lists: the rollout pads them itself (left padding)."""
-    return {"prompt_ids": [list(r["prompt_ids"]) for r in rows], "prompt": [r["prompt"] for r in rows]}
+    return {
+        "prompt_ids": [list(r["prompt_ids"]) for r in rows],
+        "prompt": [r["prompt"] for r in rows],
+    }
