@@ -18,7 +18,7 @@ from adapterhub_tui import AdapterHubApp, make_app
 
 @pytest.fixture
 def recipe_dir(tmp_path: Path) -> Path:
-    """Two recipes (SFT and DPO) with tiny datasets, written with absolute dataset paths."""
+    """Two recipes (SFT and DPO) over a tiny dataset (paths relative to the recipe files)."""
     folder = tmp_path / "recipes"
     folder.mkdir()
     data = folder / "tiny-sft.jsonl"
@@ -27,12 +27,12 @@ def recipe_dir(tmp_path: Path) -> Path:
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     (folder / "tiny-sft.yaml").write_text(
         "# adapterhub train tiny-sft.yaml\n"
-        f"method: sft\nname: tiny-sft\ndataset:\n  path: {data}\n"
+        "method: sft\nname: tiny-sft\ndataset:\n  path: tiny-sft.jsonl\n"
         "lora:\n  r: 8\n  alpha: 16\ntraining:\n  learning_rate: 0.0002\n  max_steps: 6\n"
     )
     (folder / "tiny-dpo.yaml").write_text(
         "# adapterhub train tiny-dpo.yaml\n"
-        f"method: dpo\nname: tiny-dpo\nparent: pirate@1\ndataset:\n  path: {data}\n"
+        "method: dpo\nname: tiny-dpo\nparent: pirate@1\ndataset:\n  path: tiny-sft.jsonl\n"
         "lora:\n  r: 8\n  alpha: 16\ntraining:\n  learning_rate: 0.00005\n  max_steps: 4\n"
     )
     return folder

@@ -178,7 +178,7 @@ def test_form_model_and_command(recipe_dir: Path, monkeypatch) -> None:
                                  "r": "4", "alpha": "8", "lr": "1e-4", "steps": "10"}, root=recipe_dir)
     assert problems == {} and form is not None and form.parent is None
     sets = overrides(recipe, form)
-    assert sets == {"name": "x", "dataset.path": "tiny-sft.jsonl", "lora.r": 4, "lora.alpha": 8.0,
+    assert sets == {"name": "x", "lora.r": 4, "lora.alpha": 8.0,  # the dataset is the recipe's
                     "training.learning_rate": 1e-4, "training.max_steps": 10}
     form, _ = check_form({"method": "sft", "name": "tiny-sft", "dataset": " ", "r": "8",
                           "alpha": "16", "lr": "0.0002", "steps": "6"}, root=recipe_dir)

@@ -144,10 +144,10 @@ class CompareScreen(Screen[None]):
         Binding("3", "vote(3)", "Vote 3", show=False),
         Binding("4", "vote(4)", "Vote 4", show=False),
         Binding("5", "vote(5)", "Vote 5", show=False),
-        Binding("ctrl+o", "open_prompts", "Prompts file"),
+        Binding("ctrl+o", "open_prompts", "Prompts"),
         Binding("right_square_bracket", "next_prompt", "Next prompt", show=False),
         Binding("left_square_bracket", "previous_prompt", "Previous prompt", show=False),
-        Binding("ctrl+y", "dpo_on_votes", "DPO on votes"),
+        Binding("ctrl+y", "dpo_on_votes", "DPO votes"),
         Binding("escape", "focus_columns", "Vote keys", show=False),
     ]
 

@@ -64,8 +64,8 @@ class RegistryScreen(Screen[None]):
         Binding("slash", "focus_filter", "Filter"),
         Binding("a", "alias", "Alias"),
         Binding("d,delete", "delete", "Delete"),
-        Binding("c", "compare", "Compare"),
-        Binding("t", "train_from", "Train from"),
+        Binding("c", "compare", "→Compare"),
+        Binding("t", "train_from", "→Train"),
         Binding("p", "push", "Push", show=False),
         Binding("P", "pull", "Pull", show=False),
         Binding("r", "reload", "Reload", show=False),
@@ -198,17 +198,17 @@ class RegistryScreen(Screen[None]):
         lines = [
             version.ref + (f"  ({', '.join(version.aliases)})" if version.aliases else ""),
             f"method   {version.method}",
-            f"created  {datetime.fromtimestamp(version.created_at):%Y-%m-%d %H:%M:%S}",
-            f"base     {version.base_fingerprint[:16]}",
+            f"created  {datetime.fromtimestamp(version.created_at):%Y-%m-%d %H:%M}",
+            f"base     {version.base_fingerprint[:12]}",
             "lineage  " + " ← ".join(v.ref for v in chain),
         ]
         if version.dataset_fingerprint:
-            lines.append(f"dataset  {version.dataset_fingerprint[:16]}")
+            lines.append(f"dataset  {version.dataset_fingerprint[:12]}")
         if version.source:
             lines.append("source   " + ", ".join(f"{k}={v}" for k, v in version.source.items()))
         for key, value in sorted(version.metrics.items()):
             shown = f"{value:.4g}" if isinstance(value, float) else str(value)
-            lines.append(f"  {key:<14} {shown}")
+            lines.append(f"{key:<16} {shown}")
         summary.update("\n".join(lines))
         curves.add_events(events)
         curves.display = bool(events)

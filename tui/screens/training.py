@@ -62,14 +62,15 @@ if TYPE_CHECKING:
 
 _LABELS = {
     "method": "method",
-    "name": "adapter name",
-    "parent": "parent (optional)",
+    "name": "name",
+    "parent": "parent",
     "dataset": "dataset",
     "r": "LoRA r",
-    "alpha": "LoRA alpha",
-    "lr": "learning rate",
+    "alpha": "alpha",
+    "lr": "lr",
     "steps": "steps",
 }
+_PLACEHOLDERS = {"parent": "none (or name@N)", "dataset": "the recipe's"}
 
 
 def format_eta(seconds: float | None) -> str:
@@ -111,9 +112,9 @@ class TrainingScreen(Screen[None]):
 
     BINDINGS = [
         Binding("f5,ctrl+s", "start", "Start"),
-        Binding("ctrl+t", "cancel_run", "Cancel run"),
-        Binding("ctrl+o", "open_recipe", "Open recipe"),
-        Binding("ctrl+y", "dpo_on_votes", "DPO on votes"),
+        Binding("ctrl+t", "cancel_run", "Cancel"),
+        Binding("ctrl+o", "open_recipe", "Open"),
+        Binding("ctrl+y", "dpo_on_votes", "DPO votes"),
     ]
 
     def __init__(self) -> None:
@@ -140,23 +141,26 @@ class TrainingScreen(Screen[None]):
         yield Header()
         with Horizontal(id="training-body"):
             with VerticalScroll(id="form"):
-                yield Label("recipe")
-                yield Select[str]([], prompt="pick a recipe (ctrl+o: file)", id="recipe", compact=True)
-                yield Static("", id="offer", markup=False)
+                with Horizontal(classes="row"):
+                    yield Label("recipe", classes="field-label")
+                    yield Select[str]([], prompt="pick (ctrl+o: file)", id="recipe", compact=True)
+                yield Static("", id="offer", classes="note", markup=False)
                 for name in FORM_FIELDS:
-                    yield Label(_LABELS[name])
-                    if name == "method":
-                        yield Select[str]([(m, m) for m in METHODS], id="field-method",
-                                          allow_blank=True, compact=True)
-                    else:
-                        yield Input(id=f"field-{name}", compact=True)
+                    with Horizontal(classes="row"):
+                        yield Label(_LABELS[name], classes="field-label")
+                        if name == "method":
+                            yield Select[str]([(m, m) for m in METHODS], id="field-method",
+                                              allow_blank=True, compact=True)
+                        else:
+                            yield Input(id=f"field-{name}", compact=True,
+                                        placeholder=_PLACEHOLDERS.get(name, ""))
                     yield Static("", id=f"problem-{name}", classes="problem", markup=False)
                 yield Static("", id="problems", classes="problem", markup=False)
-                yield Label("command")
                 yield Static("", id="command", markup=False)
                 with Horizontal(id="train-buttons"):
-                    yield Button("Start (f5)", variant="success", id="start")
-                    yield Button("Cancel (^t)", variant="error", id="cancel", disabled=True)
+                    yield Button("Start f5", variant="success", id="start", compact=True)
+                    yield Button("Cancel ^t", variant="error", id="cancel", disabled=True,
+                                 compact=True)
             with Vertical(id="run"):
                 yield ProgressBar(id="progress", show_eta=False)
                 yield Static("not started", id="run-stats", markup=False)
@@ -200,7 +204,7 @@ class TrainingScreen(Screen[None]):
             self.set_fields(form_values(recipe))
         finally:
             self._filling = False
-        self.query_one("#offer", Static).update("")
+        _show(self.query_one("#offer", Static), "")
         self._validate()
 
     def set_fields(self, values: dict[str, str]) -> None:
@@ -227,7 +231,7 @@ class TrainingScreen(Screen[None]):
             self.raw_form(), root=self.recipe.path.parent if self.recipe else None
         )
         for name in FORM_FIELDS:
-            self.query_one(f"#problem-{name}", Static).update(problems.get(name, ""))
+            _show(self.query_one(f"#problem-{name}", Static), problems.get(name, ""))
         self.form = form
         command = self.query_one("#command", Static)
         if self.recipe is None:
@@ -241,7 +245,7 @@ class TrainingScreen(Screen[None]):
     @on(Input.Changed)
     def _field_changed(self, event: Input.Changed) -> None:
         if not self._filling and (event.input.id or "").startswith("field-"):
-            self.query_one("#problems", Static).update("")
+            _show(self.query_one("#problems", Static), "")
             self._validate()
 
     @on(Select.Changed, "#field-method")
@@ -286,9 +290,10 @@ class TrainingScreen(Screen[None]):
             values["name"] = f"{AdapterRef.parse(parent).name}-dpo"
         self.set_fields(values)
         wins = sum(1 for p in pairs if p.chosen.ref == parent) if parent else 0
-        self.query_one("#offer", Static).update(
+        _show(
+            self.query_one("#offer", Static),
             f"DPO on {len(pairs)} voted pairs"
-            + (f"; parent {parent} (chosen {wins}×)" if parent else "; no adapter won yet")
+            + (f"; parent {parent} (chosen {wins}×)" if parent else "; no adapter won yet"),
         )
 
     def action_dpo_on_votes(self) -> None:
@@ -337,7 +342,7 @@ class TrainingScreen(Screen[None]):
             self.hub.report(e, "checking the recipe")
             return
         if problems:
-            problems_view.update("\n".join(f"• {p}" for p in problems))
+            _show(problems_view, "\n".join(f"• {p}" for p in problems))
             self.notify(f"{len(problems)} problem(s) in the recipe; see the form", severity="error")
             return
         token = CancelToken()
@@ -436,6 +441,12 @@ class TrainingScreen(Screen[None]):
         for recipe in self.recipes:
             yield SystemCommand(f"Recipe: {recipe.title}", f"{recipe.method} — {recipe.path}",
                                 lambda r=recipe: self.choose_recipe(r))  # type: ignore[misc]
+
+
+def _show(widget: Static, text: str) -> None:
+    """Show ``text`` in a message line, hiding the line while it is empty."""
+    widget.update(text)
+    widget.display = bool(text)
 
 
 def _file_problem(path: str) -> str | None:

@@ -33,7 +33,7 @@ class AnswerColumn(Vertical):
     AnswerColumn { width: 1fr; height: 1fr; border: round $secondary; padding: 0 1; }
     AnswerColumn.-winner { border: double $success; }
     AnswerColumn.-error { border: round $error; }
-    AnswerColumn > .answer-stats { color: $text-muted; height: 1; }
+    AnswerColumn > .answer-stats { color: $text-muted; height: auto; }
     AnswerColumn > VerticalScroll { height: 1fr; }
     """
 

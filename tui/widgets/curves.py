@@ -101,16 +101,22 @@ class Curves(PlotextPlot):
         plt = self.plt
         plt.clear_data()
         plt.clear_figure()
-        plt.title(self.title)
         shown = self.shown_series()
+        # A legend covers the top left, where a falling loss starts: the loss plot names its
+        # series in the title instead (train first, eval second in plotext's colour order).
+        legend = self.which != "loss" and len(shown) > 1
         for name in shown:
             points = self.series[name]
             plt.plot(
                 [x for x, _ in points],
                 [y for _, y in points],
-                label=name if len(shown) > 1 else None,
-                marker="braille",
+                label=name if legend else None,
+                marker="hd",
             )
         if not shown:
             plt.title(f"{self.title} (no data yet)")
+        elif self.which == "loss":
+            plt.title(" / ".join(shown))
+        else:
+            plt.title(self.title)
         self.refresh()
