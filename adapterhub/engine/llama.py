@@ -9,6 +9,11 @@ Design choices:
 * **The base's own modules do the frozen work.** Embedding, RMSNorm, rotary tables, the seven
   projections and the LM head are called as the loaded model has them, so a base in nf4 or int8
   (bitsandbytes ``Linear4bit`` / ``Linear8bitLt``), bf16 or fp32 all run the same code.
+* **Attention in float32, with our own kernels for decode.** The KV cache is float32 and a
+  decode step's attention is two ``bmm`` calls over a ``[rows * kv_heads, span, head_dim]`` view
+  of it (no copy, no ``repeat_kv``: the query heads of one KV head are a ``[group, head_dim]``
+  matrix). On this CPU, ``scaled_dot_product_attention`` in bf16 with a mask took 4-5 ms per
+  layer for 32 rows; this takes about 0.4 ms. The projections stay in the base's dtype.
 * **Row-major KV cache.** One tensor ``[layers, 2, rows, kv_heads, capacity, head_dim]``. Row i
   of the running batch is cache row i, its tokens at positions ``0..len-1`` (no left padding, so
   positions and rotary phases are those of the request run alone). The engine keeps running rows
@@ -153,8 +158,10 @@ class LlamaRunner:
             kv_heads=self.num_kv_heads,
             head_dim=self.head_dim,
             max_len=max_seq_len,
-            dtype=self.dtype,
+            dtype=torch.float32,
         )
+        self.group = self.num_heads // self.num_kv_heads
+        self.scale = self.head_dim**-0.5
 
     # ------------------------------------------------------------------ steps
 
@@ -184,21 +191,21 @@ class LlamaRunner:
             attn_mask = (causal & (positions < lengths[:, None])[:, None, :])[:, None]
         token_mix = mix.per_token(width) if mix is not None else None
         x = self.model.model.embed_tokens(ids.view(-1))  # [count*width, hidden]
-        cos, sin = self.model.model.rotary_emb(x, positions)  # [count, width, head_dim]
+        cos, sin = self.model.model.rotary_emb(x.float(), positions)  # [count, width, head_dim]
         cos, sin = cos[:, None], sin[:, None]
         rows = slice(row_start, row_start + count)
 
         def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            q = q.view(count, width, self.num_heads, self.head_dim).transpose(1, 2)
-            k = k.view(count, width, self.num_kv_heads, self.head_dim).transpose(1, 2)
-            v = v.view(count, width, self.num_kv_heads, self.head_dim).transpose(1, 2)
+            q = q.float().view(count, width, self.num_heads, self.head_dim).transpose(1, 2)
+            k = k.float().view(count, width, self.num_kv_heads, self.head_dim).transpose(1, 2)
+            v = v.float().view(count, width, self.num_kv_heads, self.head_dim).transpose(1, 2)
             q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
             self.cache.data[layer, 0, rows, :, :width] = k
             self.cache.data[layer, 1, rows, :, :width] = v
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None, enable_gqa=True
             )  # [count, heads, width, head_dim]
-            return out.transpose(1, 2).reshape(count * width, -1)
+            return out.transpose(1, 2).reshape(count * width, -1).to(self.dtype)
 
         x = self._layers(x, token_mix, attend)
         last = x.view(count, width, -1)[torch.arange(count), lengths - 1]  # [count, hidden]
@@ -218,24 +225,29 @@ class LlamaRunner:
         count = tokens.shape[0]
         span = int(lengths.max()) + 1
         self.cache.reserve(span)
+        heads, kv_heads, dim = self.num_heads, self.num_kv_heads, self.head_dim
         row_ids = torch.arange(count)
-        key_ok = (torch.arange(span)[None, :] <= lengths[:, None])[:, None, None]  # [rows,1,1,span]
+        # additive mask, once per step for all layers: [rows * kv_heads, 1, span]
+        masked = torch.arange(span)[None, :] > lengths[:, None]
+        bias = torch.zeros(count, span).masked_fill_(masked, float("-inf"))
+        bias = bias[:, None, None, :].expand(count, kv_heads, 1, span).reshape(-1, 1, span)
         x = self.model.model.embed_tokens(tokens)  # [rows, hidden]
-        cos, sin = self.model.model.rotary_emb(x, lengths[:, None])  # [rows, 1, head_dim]
-        cos, sin = cos[:, None], sin[:, None]  # [rows, 1, 1, head_dim]
+        cos, sin = self.model.model.rotary_emb(x.float(), lengths[:, None])  # [rows, 1, head_dim]
 
         def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            q = q.view(count, self.num_heads, 1, self.head_dim)
-            k = k.view(count, self.num_kv_heads, 1, self.head_dim)
-            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-            cache_k, cache_v = self.cache.data[layer, 0], self.cache.data[layer, 1]
-            cache_k[row_ids, :, lengths] = k[:, :, 0]
-            cache_v[row_ids, :, lengths] = v.view(count, self.num_kv_heads, self.head_dim)
-            out = F.scaled_dot_product_attention(
-                q, cache_k[:count, :, :span], cache_v[:count, :, :span],
-                attn_mask=key_ok, enable_gqa=True,
-            )  # [rows, heads, 1, head_dim]
-            return out.view(count, -1)
+            q = _rotate(q.float().view(count, heads, dim), cos, sin)
+            k = _rotate(k.float().view(count, kv_heads, dim), cos, sin)
+            cache = self.cache.data[layer]  # [2, rows, kv_heads, capacity, head_dim]
+            cache[0][row_ids, :, lengths] = k
+            cache[1][row_ids, :, lengths] = v.float().view(count, kv_heads, dim)
+            capacity = cache.shape[3]
+            keys = cache[0].view(-1, capacity, dim)[: count * kv_heads, :span]  # [rows*kv, span, dim]
+            values = cache[1].view(-1, capacity, dim)[: count * kv_heads, :span]
+            scores = torch.bmm(q.view(count * kv_heads, self.group, dim), keys.transpose(1, 2))
+            scores.mul_(self.scale).add_(bias)  # [rows*kv, group, span]
+            probs = torch.softmax(scores, dim=-1)
+            out = torch.bmm(probs, values)  # [rows*kv, group, dim]
+            return out.view(count, heads * dim).to(self.dtype)
 
         x = self._layers(x, mix, attend)
         return self._logits(x)

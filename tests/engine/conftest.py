@@ -107,10 +107,18 @@ class PeftReference:
         return self.model(input_ids=x).logits[0, -1].float()
 
     def greedy(self, prompt: Sequence[int], adapter: str | None, n: int) -> list[int]:
-        ids = list(prompt)
+        return self.greedy_with_margins(prompt, adapter, n)[0]
+
+    def greedy_with_margins(
+        self, prompt: Sequence[int], adapter: str | None, n: int
+    ) -> tuple[list[int], list[float]]:
+        """Greedy tokens and, per step, the gap between the best and second-best logit."""
+        ids, margins = list(prompt), []
         for _ in range(n):
+            top = self.logits(ids, adapter).topk(2).values
             ids.append(int(self.logits(ids, adapter).argmax()))
-        return ids[len(prompt):]
+            margins.append(float(top[0] - top[1]))
+        return ids[len(prompt):], margins
 
 
 @pytest.fixture(scope="session")

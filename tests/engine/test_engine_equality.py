@@ -82,9 +82,18 @@ def test_request_joining_mid_flight_gets_the_same_tokens(make_engine, peft_ref, 
 
 @pytest.mark.parametrize("precision", ["nf4", "bf16"])
 def test_quantized_base_mixed_batch_equals_peft(precision, tiny_base_dir, adapter_registry, make_peft_ref, prompts):
+    """In nf4 and bf16, tokens equal PEFT's until PEFT itself is at a near-tie.
+
+    The tiny random model's logits span about 0.5, and bf16 rounds them by ~0.004 (PEFT's own
+    batched and single-row paths differ by as much): where PEFT's best and second-best logits
+    are closer than ``TIE``, either token is "equal up to float tolerance", and after that the
+    two continuations legitimately diverge. Most steps are far from a tie, so most tokens are
+    compared; the test demands at least half of them.
+    """
     from adapterhub.base import load_base
     from adapterhub.engine import Engine, EngineConfig
 
+    tie = 0.02
     reference = make_peft_ref(precision)
     base = load_base(tiny_base_dir, precision)
     plan = [(prompts[0], "alpha"), (prompts[1], "beta"), (prompts[2], None), (prompts[3], "gamma")]
@@ -92,6 +101,12 @@ def test_quantized_base_mixed_batch_equals_peft(precision, tiny_base_dir, adapte
         results = engine.generate_many(
             [GenerationRequest(tuple(p), adapter=a, sampling=GREEDY) for p, a in plan]
         )
+    compared = 0
     for (prompt, adapter), result in zip(plan, results, strict=True):
-        expected = reference.greedy(prompt, adapter, GREEDY.max_tokens)
-        assert list(result.token_ids) == expected, (precision, adapter)
+        expected, margins = reference.greedy_with_margins(prompt, adapter, GREEDY.max_tokens)
+        for got, want, margin in zip(result.token_ids, expected, margins, strict=True):
+            if margin < tie:
+                break
+            assert got == want, (precision, adapter, result.token_ids, expected, margins)
+            compared += 1
+    assert compared >= len(plan) * GREEDY.max_tokens // 2
