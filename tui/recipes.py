@@ -12,6 +12,7 @@ library when the user starts, through the backend.
 
 from __future__ import annotations
 
+import copy
 import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -64,17 +65,17 @@ class TrainingForm(BaseModel):
     dataset: str | None = None
     """A JSONL file (relative paths are relative to the recipe file); empty keeps the recipe's."""
 
-    r: int = Field(ge=1, le=256)
-    """LoRA rank."""
+    r: int | None = Field(default=None, ge=1, le=256)
+    """LoRA rank; empty keeps the recipe's (or the library default)."""
 
-    alpha: float = Field(gt=0, le=4096)
-    """LoRA alpha; the update is scaled by alpha / r."""
+    alpha: float | None = Field(default=None, gt=0, le=4096)
+    """LoRA alpha (the update is scaled by alpha / r); empty keeps the recipe's."""
 
-    lr: float = Field(gt=0, le=1)
-    """Peak learning rate."""
+    lr: float | None = Field(default=None, gt=0, le=1)
+    """Peak learning rate; empty keeps the recipe's."""
 
-    steps: int = Field(ge=1, le=1_000_000)
-    """Optimizer steps."""
+    steps: int | None = Field(default=None, ge=1, le=1_000_000)
+    """Optimizer steps; empty keeps the recipe's (which may train by epochs instead)."""
 
     @field_validator("name")
     @classmethod
@@ -207,8 +208,8 @@ def overrides(recipe: RecipeInfo, form: TrainingForm) -> dict[str, Any]:
     for name, key in FORM_FIELDS.items():
         value = getattr(form, name)
         current = get_key(recipe.data, key)
-        if value is None and (current is None or name == "dataset"):
-            continue  # an empty dataset field keeps the recipe's dataset
+        if value is None and (current is None or name != "parent"):
+            continue  # an empty field keeps the recipe's value; only parent can be removed
         if current is None or _as_text(current) != _as_text(value):
             changed[key] = value
     return changed
@@ -224,6 +225,43 @@ def cli_command(recipe: RecipeInfo, sets: Mapping[str, Any]) -> str:
     for key, value in sets.items():
         parts += ["--set", f"{key}={_as_text(value)}"]
     return shlex.join(parts)
+
+
+VOTES_RECIPE = "dpo-on-votes.yaml"
+_VOTES_DEFAULTS: dict[str, Any] = {
+    "lora": {"r": 16, "alpha": 16},
+    "training": {"max_steps": 30, "batch_size": 2, "learning_rate": 5.0e-5},
+}
+
+
+def write_votes_recipe(
+    pairs_file: Path, *, name: str, parent: str | None, like: RecipeInfo | None = None
+) -> RecipeInfo:
+    """Write the DPO recipe over compare's votes next to the votes file and return it.
+
+    The settings come from ``like`` (a bundled DPO recipe) when there is one, else from small
+    defaults; name, parent and dataset are the votes'. The file is rewritten on every offer, so
+    it always names the current pairs file and the adapter that currently wins most.
+    """
+    data: dict[str, Any] = copy.deepcopy(dict(like.data)) if like else copy.deepcopy(_VOTES_DEFAULTS)
+    data.update(method="dpo", name=name)
+    data.pop("parent", None)
+    if parent:
+        data["parent"] = parent
+    dataset = dict(data.get("dataset") or {})
+    dataset.pop("name", None)
+    dataset["path"] = pairs_file.name
+    data["dataset"] = dataset
+    path = pairs_file.parent / VOTES_RECIPE
+    source = f" (settings from {like.path.name})" if like else ""
+    header = (
+        f"# adapterhub train {path}\n"
+        f"# DPO over the preference pairs voted in `adapterhub tui` compare{source}.\n"
+        "# Rewritten by the TUI's DPO offer (ctrl+y); copy it elsewhere to keep your edits.\n"
+    )
+    ordered = {k: data.pop(k) for k in ("method", "name", "parent", "dataset") if k in data}
+    path.write_text(header + yaml.safe_dump({**ordered, **data}, sort_keys=False), encoding="utf-8")
+    return RecipeInfo(path, {**ordered, **data})
 
 
 def _as_text(value: Any) -> str:

@@ -52,6 +52,12 @@ def sft_recipe(tmp_path: Path) -> Path:
         "training:\n  precision: fp32\n  max_steps: 3\n  batch_size: 2\n  learning_rate: 0.001\n"
         "forgetting_check: false\n"
     )
+    (folder / "prefer.yaml").write_text(  # the settings the DPO-on-votes offer copies
+        "# adapterhub train prefer.yaml\n"
+        "method: dpo\nname: prefer\ndataset:\n  path: sums.jsonl\n"
+        "training:\n  precision: fp32\n  max_steps: 2\n  batch_size: 2\n  learning_rate: 0.001\n"
+        "forgetting_check: false\n"
+    )
     return folder
 
 
@@ -85,7 +91,7 @@ async def test_train_a_recipe_and_see_the_new_version(app, hub, sft_recipe: Path
         await pilot.pause()
         screen = app.screen
         assert isinstance(screen, TrainingScreen)
-        screen.choose_recipe(screen.recipes[0])
+        screen.choose_recipe(next(r for r in screen.recipes if r.title == "sums"))
         screen.query_one("#field-parent", Input).value = "pirate:prod"
         await pilot.pause()
         command = str(screen.query_one("#command", Static).render())
@@ -112,7 +118,7 @@ async def test_recipe_problems_come_from_the_library(app, hub) -> None:  # type:
         await pilot.press("f2")
         await pilot.pause()
         screen = app.screen
-        screen.choose_recipe(screen.recipes[0])
+        screen.choose_recipe(next(r for r in screen.recipes if r.title == "sums"))
         screen.query_one("#field-parent", Input).value = "ghost"
         await pilot.pause()
         await pilot.press("f5")
@@ -171,3 +177,30 @@ async def test_unknown_adapter_is_a_notification(app) -> None:  # type: ignore[n
         assert any("'pirat' does not exist" in n and "pirate" in n for n in notices(app))
         assert screen.query(AnswerColumn)[0].state == "done"
         assert app.is_running
+
+
+async def test_the_loop_closes_compare_vote_dpo(app, hub) -> None:  # type: ignore[no-untyped-def]
+    """Compare two adapters, vote, take the DPO offer, train: a DPO child of the winner."""
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("f3")
+        await pilot.pause()
+        screen = app.screen
+        screen.query_one("#refs", Input).value = "pirate:prod, json"
+        screen.query_one("#max-tokens", Input).value = "8"
+        for prompt in ("Hello there", "What is two plus two?"):
+            screen.query_one("#prompt", Input).value = prompt
+            await pilot.press("f5")
+            await settle(pilot)
+            await pilot.press("2")  # json is better, twice
+            await pilot.pause()
+        await pilot.press("ctrl+y")
+        await settle(pilot)
+        training = app.screen
+        assert isinstance(training, TrainingScreen)
+        assert training.raw_form()["parent"] == "json@1" and training.raw_form()["name"] == "json-dpo"
+        await pilot.press("f5")
+        await settle(pilot)
+        assert [e.kind for e in training.events][-1] == "done", training.events[-3:]
+        version = hub.resolve("json-dpo")
+        assert (version.method, version.parent) == ("dpo", "json@1")
+        assert any(k.startswith("train/rewards/") for k in version.metrics)

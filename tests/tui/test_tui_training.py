@@ -149,11 +149,18 @@ async def test_dpo_offer_uses_the_votes_and_the_preferred_adapter(fake_app, fake
         await pilot.pause()
         screen = app.screen
         form = screen.raw_form()
-        assert form["method"] == "dpo"
-        assert form["dataset"] == str(store.path)
+        assert form["method"] == "dpo" and form["dataset"] == "compare.jsonl"
         assert form["parent"] == "pirate@2" and form["name"] == "pirate-dpo"
+        assert form["lr"] == "5e-05" and form["steps"] == "4"  # the bundled DPO recipe's settings
         assert "DPO on 3 voted pairs; parent pirate@2 (chosen 2×)" in text(app, "#offer")
-        assert f"--set dataset.path={store.path}" in text(app, "#command").replace("'", "")
+        written = store.path.parent / "dpo-on-votes.yaml"
+        assert text(app, "#command") == f"adapterhub train {written}"  # the file says it all
+        assert written.read_text().startswith(f"# adapterhub train {written}\n")
+        await pilot.press("f5")
+        await settle(pilot)
+        request = fake.trained[0]
+        assert request.recipe == written and not request.overrides
+        assert fake.resolve("pirate-dpo@2").parent == "pirate@2"  # pirate-dpo@1 existed already
 
 
 async def test_dpo_offer_without_votes_says_how_to_get_them(fake_app) -> None:
@@ -187,4 +194,6 @@ def test_form_model_and_command(recipe_dir: Path, monkeypatch) -> None:
     _, problems = check_form({"method": "nope", "name": "", "dataset": "missing.jsonl", "r": "x",
                               "alpha": "-1", "lr": "2", "steps": "0"}, root=recipe_dir)
     assert set(problems) == {"method", "name", "dataset", "r", "alpha", "lr", "steps"}
+    form, problems = check_form({"method": "sft", "name": "x", "r": "", "steps": ""}, root=recipe_dir)
+    assert problems == {} and form is not None and overrides(recipe, form) == {"name": "x"}
     assert format_eta(3725) == "1:02:05" and format_eta(None) == "?"

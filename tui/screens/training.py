@@ -10,8 +10,8 @@ switch screens while it trains. Progress arrives on the training thread: the cal
 appends to a buffer and posts :class:`~adapterhub_tui.messages.ProgressPending`, which replaces
 an undelivered one, so the screen redraws at most once per frame whatever the event rate.
 
-``ctrl+y`` offers DPO over compare's votes: the first DPO recipe found, with its dataset set to
-the votes file and its parent set to the adapter that won most often.
+``ctrl+y`` offers DPO over compare's votes: a recipe written next to the votes file (settings of
+the first DPO recipe found, if any), its parent the adapter that won most often.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from adapterhub_tui.messages import ProgressPending
 from adapterhub_tui.recipes import (
     FORM_FIELDS,
     METHODS,
+    VOTES_RECIPE,
     RecipeInfo,
     TrainingForm,
     check_form,
@@ -53,6 +54,7 @@ from adapterhub_tui.recipes import (
     form_values,
     load_recipe,
     overrides,
+    write_votes_recipe,
 )
 from adapterhub_tui.screens.dialogs import AskDialog
 from adapterhub_tui.widgets.curves import Curves
@@ -70,7 +72,8 @@ _LABELS = {
     "lr": "lr",
     "steps": "steps",
 }
-_PLACEHOLDERS = {"parent": "none (or name@N)", "dataset": "the recipe's"}
+_PLACEHOLDERS = {"parent": "none (or name@N)", "dataset": "the recipe's", "r": "the recipe's",
+                 "alpha": "the recipe's", "lr": "the recipe's", "steps": "the recipe's (epochs)"}
 
 
 def format_eta(seconds: float | None) -> str:
@@ -273,22 +276,27 @@ class TrainingScreen(Screen[None]):
     # ------------------------------------------------------------------ DPO on votes
 
     def load_dpo_offer(self) -> None:
-        """Fill the form with a DPO run over compare's votes, parent = the most preferred adapter."""
+        """Fill the form with a DPO run over compare's votes, parent = the most preferred adapter.
+
+        The run's recipe is written next to the votes (settings from the first DPO recipe found,
+        if any), so the command shown is complete and can be rerun from a shell.
+        """
         store = self.hub.preferences
         pairs = store.pairs()
         if not pairs:
             self.notify("no votes yet: compare answers (f3) and vote with 1-5", severity="warning")
             return
-        dpo = next((r for r in self.recipes if r.method == "dpo"), None)
-        if dpo is None:
-            self.notify("no DPO recipe found; open one with ctrl+o", severity="error")
-            return
-        self.choose_recipe(dpo)
         parent = store.preferred_adapter()
-        values = {"dataset": str(store.path), "parent": parent or ""}
-        if parent:
-            values["name"] = f"{AdapterRef.parse(parent).name}-dpo"
-        self.set_fields(values)
+        name = f"{AdapterRef.parse(parent).name}-dpo" if parent else "votes-dpo"
+        like = next((r for r in self.recipes if r.method == "dpo" and r.path.name != VOTES_RECIPE),
+                    None)
+        try:
+            recipe = write_votes_recipe(store.path, name=name, parent=parent, like=like)
+        except OSError as e:
+            self.hub.report(e, "writing the DPO recipe")
+            return
+        self.recipes = [r for r in self.recipes if r.path != recipe.path]
+        self.choose_recipe(recipe)
         wins = sum(1 for p in pairs if p.chosen.ref == parent) if parent else 0
         _show(
             self.query_one("#offer", Static),
