@@ -146,3 +146,26 @@ def test_filter_and_metrics_helpers() -> None:
     assert matches(v, "PIR prod") and not matches(v, "pirate dpo")
     assert short_metrics(dict(v.metrics)) == "loss 0.5 ppl 9"
     assert Capability.PUSH.value == "push"
+
+
+async def test_every_action_is_in_the_command_palette(fake_app, fake) -> None:
+    app = fake_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
+        titles = {c.title for c in app.get_system_commands(app.screen)}
+        assert {"Registry", "Train", "Compare", "DPO on votes", "Alias version", "Delete version",
+                "Open in compare", "Train from version", "Push version", "Pull adapter"} <= titles
+        await pilot.press("ctrl+p", *"Delete version")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmDialog)  # the palette ran the same action
+        await pilot.press("n")
+        await pilot.pause()
+        await pilot.press("ctrl+p", *"Compare")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(app.screen, CompareScreen)
+        titles = {c.title for c in app.get_system_commands(app.screen)}
+        assert {"Run compare", "Load prompts file", "Next prompt"} <= titles
