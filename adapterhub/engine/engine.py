@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from adapterhub.engine.config import EngineConfig
-from adapterhub.engine.llama import LlamaRunner, compute_dtype, is_quantized, projection_dims
+from adapterhub.engine.llama import LlamaRunner, compute_dtype, projection_dims
 from adapterhub.engine.lora import LoraSlots, RowMix
 from adapterhub.engine.residency import AdapterResidency, AdapterSource
 from adapterhub.engine.sampling import RowSampler, TextTracker, choose_tokens
@@ -93,7 +93,6 @@ class Engine:
                 num_slots=self.config.max_slots,
                 rank=self.config.max_lora_rank,
                 dtype=torch.float32 if self.config.lora_dtype == "float32" else compute_dtype(model),
-                round_delta=is_quantized(model),
             )
             self._runner = LlamaRunner(
                 model, self._slots, max_rows=self.config.max_rows, max_seq_len=self.max_seq_len
@@ -459,8 +458,9 @@ class Engine:
     def _prefill(self, jobs: list[Job]) -> None:
         row_start = len(self._sched.running)
         self._sched.running.extend(jobs)
-        mix = self._slots.row_mix([job.slots for job in jobs])
-        logits = self._runner.prefill([job.request.prompt_ids for job in jobs], row_start, mix)
+        logits = self._runner.prefill(
+            [job.request.prompt_ids for job in jobs], row_start, [job.slots for job in jobs]
+        )
         for job in jobs:
             job.cache_len = job.prompt_len
         with self._lock:

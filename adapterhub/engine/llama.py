@@ -27,7 +27,7 @@ Design choices:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -59,12 +59,6 @@ def projection_dims(model: Any) -> dict[str, tuple[int, int]]:
         module = getattr(parent, target)
         dims[target] = (int(module.in_features), int(module.out_features))
     return dims
-
-
-def is_quantized(model: Any) -> bool:
-    """Whether the projections are bitsandbytes layers (``Linear4bit`` / ``Linear8bitLt``)."""
-    q_proj = model.model.layers[0].self_attn.q_proj
-    return type(q_proj).__module__.startswith("bitsandbytes")
 
 
 def compute_dtype(model: Any) -> torch.dtype:
@@ -165,13 +159,18 @@ class LlamaRunner:
 
     # ------------------------------------------------------------------ steps
 
-    def prefill(self, prompts: Sequence[Sequence[int]], row_start: int, mix: RowMix | None) -> torch.Tensor:
+    def prefill(
+        self,
+        prompts: Sequence[Sequence[int]],
+        row_start: int,
+        row_slots: Sequence[Mapping[int, float]],
+    ) -> torch.Tensor:
         """Run new prompts into cache rows ``row_start ..``; return their next-token logits.
 
         Args:
             prompts: token ids of each new request.
             row_start: the first free cache row; prompt i goes to row ``row_start + i``.
-            mix: slots per new row, or None when none uses an adapter.
+            row_slots: each new row's slots and mix weights (empty for the base).
 
         Returns:
             ``[len(prompts), vocab]`` float32 logits at each prompt's last position.
@@ -189,7 +188,7 @@ class LlamaRunner:
         else:  # causal and not past the row's own end: [count, 1, width, width]
             causal = torch.ones(width, width, dtype=torch.bool).tril()
             attn_mask = (causal & (positions < lengths[:, None])[:, None, :])[:, None]
-        token_mix = mix.per_token(width) if mix is not None else None
+        token_mix = self.slots.row_mix(row_slots, tokens_per_row=width)
         x = self.model.model.embed_tokens(ids.view(-1))  # [count*width, hidden]
         cos, sin = self.model.model.rotary_emb(x.float(), positions)  # [count, width, head_dim]
         cos, sin = cos[:, None], sin[:, None]
@@ -217,7 +216,7 @@ class LlamaRunner:
         Args:
             tokens: ``[rows]`` the last sampled token of each row.
             lengths: ``[rows]`` tokens already in each row's cache (the new token's position).
-            mix: slots per row, or None when no row uses an adapter.
+            mix: :meth:`LoraSlots.row_mix` of the rows, or None when none uses an adapter.
 
         Returns:
             ``[rows, vocab]`` float32 logits.
@@ -261,23 +260,20 @@ class LlamaRunner:
             h = layer.input_layernorm(x)
             q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
             if mix is not None:
-                slots.add_delta(mix, index, "q_proj", h, q)
-                slots.add_delta(mix, index, "k_proj", h, k)
-                slots.add_delta(mix, index, "v_proj", h, v)
+                slots.add_delta(mix, index, "qkv", h, (q, k, v))
             o_in = attend(index, q, k, v)
             o = attn.o_proj(o_in)
             if mix is not None:
-                slots.add_delta(mix, index, "o_proj", o_in, o)
+                slots.add_delta(mix, index, "o", o_in, (o,))
             x = x + o
             h = layer.post_attention_layernorm(x)
             gate, up = mlp.gate_proj(h), mlp.up_proj(h)
             if mix is not None:
-                slots.add_delta(mix, index, "gate_proj", h, gate)
-                slots.add_delta(mix, index, "up_proj", h, up)
+                slots.add_delta(mix, index, "gate_up", h, (gate, up))
             d_in = mlp.act_fn(gate) * up
             d = mlp.down_proj(d_in)
             if mix is not None:
-                slots.add_delta(mix, index, "down_proj", d_in, d)
+                slots.add_delta(mix, index, "down", d_in, (d,))
             x = x + d
         return x
 

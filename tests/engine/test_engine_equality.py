@@ -46,8 +46,9 @@ def test_mixed_batch_logits_match_peft_within_tolerance(tiny_base, adapter_regis
     loaded = {n: adapter_registry.load_adapter(f"{n}@1") for n in names}
     runner, slots = _runner_with(tiny_base, loaded, names)
     plan = [(prompts[0], "alpha"), (prompts[1], None), (prompts[2], "beta"), (prompts[3], "gamma")]
-    mix = slots.row_mix([{names.index(a): 1.0} if a else {} for _, a in plan])
-    logits = runner.prefill([p for p, _ in plan], 0, mix)
+    row_slots = [{names.index(a): 1.0} if a else {} for _, a in plan]
+    mix = slots.row_mix(row_slots)
+    logits = runner.prefill([p for p, _ in plan], 0, row_slots)
     seqs = [list(p) for p, _ in plan]
     for step in range(4):
         for row, (seq, (_, adapter)) in enumerate(zip(seqs, plan, strict=True)):

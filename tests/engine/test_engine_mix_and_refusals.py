@@ -60,7 +60,7 @@ def test_mix_logits_match_peft_weighted_merge(tiny_base, adapter_registry, peft_
         slots.install(slot, prepare_adapter(adapter, name, model, max_rank=8, dtype=slots.dtype))
     runner = LlamaRunner(model, slots, max_rows=2, max_seq_len=64)
     # row 0 mixes, row 1 runs alpha alone: a mixed row beside a plain one
-    logits = runner.prefill([prompts[2], prompts[3]], 0, slots.row_mix([{0: 0.5, 1: 0.5}, {0: 1.0}]))
+    logits = runner.prefill([prompts[2], prompts[3]], 0, [{0: 0.5, 1: 0.5}, {0: 1.0}])
     torch.testing.assert_close(logits[0], peft_cat_merge.logits(prompts[2], "merged"), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(logits[1], peft_cat_merge.logits(prompts[3], "alpha"), atol=1e-4, rtol=1e-4)
 
