@@ -1,4 +1,14 @@
-"""Build the concise-vs-rambling preference data (``concise_pairs.jsonl``, ``concise_eval.jsonl``).
+"""Build the concise-vs-rambling data: preference pairs, prompts, held-out prompts, a chatty SFT set.
+
+Files written next to this script:
+
+* ``concise_pairs.jsonl``: preference pairs (prompt, concise chosen, rambling rejected) for DPO,
+  ORPO, SimPO and the reward model;
+* ``concise_prompts.jsonl``: the same questions, prompt only, for PPO;
+* ``concise_eval.jsonl``: 30 held-out questions (never in training) for the quality table;
+* ``chatty_sft.jsonl``: the SFT parent's data: the same questions answered inside a polite wrapper
+  ("Sure! Happy to help with that. Paris. I hope this helps! ..."), a deliberately chatty
+  assistant for the preference methods to make concise.
 
 Every question and its short answer below was written by hand for this project. The rejected
 answer of a pair says the *same* correct thing wrapped in hand-written padding (an opener that
@@ -163,37 +173,39 @@ QA = [
     ("What is 15 minus 7?", "8."),
 ]
 
+# Held-out questions with the word(s) a correct answer contains (empty: open-ended), so the
+# quality table can show that concision did not cost the content.
 EVAL_PROMPTS = [
-    "What is the capital of Norway?",
-    "Which planet has the most famous rings?",
-    "What is the chemical symbol for iron?",
-    "How many legs does a dog have?",
-    "Who wrote Hamlet?",
-    "What is 6 times 7?",
-    "What language is spoken in Mexico?",
-    "What is the largest desert in the world?",
-    "How do I cook rice?",
-    "How do I sort a list in Python?",
-    "What does USB stand for?",
-    "What is the past tense of eat?",
-    "Why do cats purr?",
-    "What is gravity?",
-    "Suggest a name for a puppy.",
-    "How do I make my phone battery last longer?",
-    "What is the capital of Portugal?",
-    "How many seconds are in a minute?",
-    "What is the main ingredient in bread?",
-    "What is a volcano?",
-    "What do caterpillars turn into?",
-    "Translate goodbye into Italian.",
-    "What is the square root of 49?",
-    "How do I stay focused while studying?",
-    "What is the largest bird?",
-    "What does DNA stand for?",
-    "Recommend a board game for a family.",
-    "What is a rainbow?",
-    "How can I learn to cook?",
-    "What is the capital of Greece?",
+    ("What is the capital of Norway?", ["Oslo"]),
+    ("Which planet has the most famous rings?", ["Saturn"]),
+    ("What is the chemical symbol for iron?", ["Fe"]),
+    ("How many legs does a dog have?", ["four", "4"]),
+    ("Who wrote Hamlet?", ["Shakespeare"]),
+    ("What is 6 times 7?", ["42"]),
+    ("What language is spoken in Mexico?", ["Spanish"]),
+    ("What is the largest desert in the world?", ["Sahara", "Antarctic"]),
+    ("How do I cook rice?", []),
+    ("How do I sort a list in Python?", ["sort"]),
+    ("What does USB stand for?", ["Universal Serial Bus"]),
+    ("What is the past tense of eat?", ["ate"]),
+    ("Why do cats purr?", []),
+    ("What is gravity?", []),
+    ("Suggest a name for a puppy.", []),
+    ("How do I make my phone battery last longer?", []),
+    ("What is the capital of Portugal?", ["Lisbon"]),
+    ("How many seconds are in a minute?", ["60", "sixty"]),
+    ("What is the main ingredient in bread?", ["flour"]),
+    ("What is a volcano?", []),
+    ("What do caterpillars turn into?", ["butterfl", "moth"]),
+    ("Translate goodbye into Italian.", ["arrivederci", "ciao"]),
+    ("What is the square root of 49?", ["7", "seven"]),
+    ("How do I stay focused while studying?", []),
+    ("What is the largest bird?", ["ostrich"]),
+    ("What does DNA stand for?", ["deoxyribonucleic"]),
+    ("Recommend a board game for a family.", []),
+    ("What is a rainbow?", []),
+    ("How can I learn to cook?", []),
+    ("What is the capital of Greece?", ["Athens"]),
 ]
 
 OPENERS = [
@@ -229,6 +241,23 @@ CLOSERS = [
 ]
 
 
+CHATTY_OPENERS = [
+    "Sure! Happy to help with that.",
+    "Great question!",
+    "Of course! Here is what I know.",
+    "Absolutely, let me help you with this.",
+]
+CHATTY_CLOSERS = [
+    "I hope this helps! Let me know if you have any other questions.",
+    "Feel free to ask if you would like more details!",
+    "I hope that answers your question. Have a wonderful day!",
+]
+
+
+def chatty(answer: str, rng: random.Random) -> str:
+    return f"{rng.choice(CHATTY_OPENERS)} {answer} {rng.choice(CHATTY_CLOSERS)}"
+
+
 def ramble(question: str, answer: str, rng: random.Random) -> str:
     parts = [
         rng.choice(OPENERS),
@@ -251,11 +280,23 @@ def main() -> None:
                 "rejected": [{"role": "assistant", "content": ramble(question, answer, rng)}],
             }
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    with open(HERE / "concise_eval.jsonl", "w") as f:
-        for question in EVAL_PROMPTS:
+    with open(HERE / "concise_prompts.jsonl", "w") as f:
+        for question, _ in QA:
             f.write(json.dumps({"prompt": [{"role": "user", "content": question}]}) + "\n")
+    sft_rng = random.Random(7)
+    with open(HERE / "chatty_sft.jsonl", "w") as f:
+        for question, answer in QA:
+            row = {
+                "prompt": [{"role": "user", "content": question}],
+                "completion": [{"role": "assistant", "content": chatty(answer, sft_rng)}],
+            }
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    with open(HERE / "concise_eval.jsonl", "w") as f:
+        for question, keywords in EVAL_PROMPTS:
+            row = {"prompt": [{"role": "user", "content": question}], "keywords": keywords}
+            f.write(json.dumps(row) + "\n")
     seen = {q for q, _ in QA}
-    overlap = seen & set(EVAL_PROMPTS)
+    overlap = seen & {q for q, _ in EVAL_PROMPTS}
     if overlap:
         raise SystemExit(f"held-out prompts leak into training: {sorted(overlap)!r}")
     print(f"{len(QA)} pairs, {len(EVAL_PROMPTS)} held-out prompts")

@@ -1,0 +1,349 @@
+"""Held-out quality of the bundled alignment adapters against their parents: the issue's table.
+
+    python recipes/eval_alignment.py concise-dpo concise-simpo concise-orpo arithmetic-grpo concise-ppo
+
+Each ref is compared with its own parent (the version it was trained from; the bare base when it
+has none), on prompts that no training set contains, with greedy decoding:
+
+* **dpo / orpo / simpo** (``recipes/data/concise_eval.jsonl``, 30 questions): a rule judge that
+  matches the taught preference, *the shorter answer wins* (word count; a tie is half a win; an
+  empty answer always loses). Also shown: mean words, the share of answers with assistant filler
+  ("question", "hope", "help", "glad", "happy", "feel free", "let me know"), and the share that
+  still contain the expected word for the 17 questions that have one (Oslo, Saturn, Fe ...), so a
+  win by saying nothing would show.
+* **grpo** (``recipes/data/arithmetic_eval.jsonl``, 30 problems): format rate (the reply is
+  exactly ``Answer: <integer>``) and accuracy (that integer is right).
+* **ppo** (concise questions): the mean score of the PPO run's reward model on the parent's and
+  the policy's answers, and the KL of the policy to the parent, estimated on one sample per
+  prompt at the training temperature (sum over tokens of log π - log π_parent).
+
+Prints a Markdown table (for the issue note) after the per-prompt answers. Use ``--home`` for a
+hub home other than ``$ADAPTERHUB_HOME``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+CONCISE_EVAL = HERE / "data" / "concise_eval.jsonl"
+ARITHMETIC_EVAL = HERE / "data" / "arithmetic_eval.jsonl"
+FILLER = ("question", "hope", "help", "glad", "happy", "feel free", "let me know")
+FORMAT = re.compile(r"Answer: (-?\d+)")
+
+
+def words(text: str) -> int:
+    return len(text.split())
+
+
+def concise_judge(candidate: str, parent: str) -> float:
+    """1 when ``candidate`` is shorter (in words), 0.5 on a tie, 0 when longer; empty loses."""
+    a, b = words(candidate), words(parent)
+    if a == 0 or b == 0:
+        return 0.5 if a == b else float(a > 0)
+    return 1.0 if a < b else 0.5 if a == b else 0.0
+
+
+def has_filler(text: str) -> bool:
+    low = text.lower()
+    return any(f in low for f in FILLER)
+
+
+def has_keyword(text: str, keywords: list[str]) -> bool:
+    low = text.lower()
+    return any(k.lower() in low for k in keywords)
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class Generator:
+    """Batched generation on the hub's one base with any registered adapter switched in."""
+
+    def __init__(self, hub: Any) -> None:
+        self.hub = hub
+        self.base = hub.base
+        self.tokenizer = self.base.tokenizer
+
+    def model_for(self, ref: str | None) -> Any:
+        from adapterhub.engine.simple import peft_model_for
+
+        if ref is None:
+            return None
+        model, _ = peft_model_for(self.hub, ref)
+        return model
+
+    def generate(
+        self,
+        ref: str | None,
+        prompts: list[list[dict[str, str]]],
+        *,
+        max_tokens: int,
+        temperature: float = 0.0,
+        seed: int = 0,
+        batch: int = 10,
+    ) -> list[tuple[str, list[int], list[int]]]:
+        """(text, prompt ids, response ids) per prompt; greedy unless ``temperature`` > 0."""
+        import torch
+
+        model = self.model_for(ref)
+        if model is None:
+            model = self.base.model
+        tok = self.tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        results = []
+        torch.manual_seed(seed)
+        for start in range(0, len(prompts), batch):
+            rendered = [self.base.render_chat(p) for p in prompts[start : start + batch]]
+            width = max(map(len, rendered))
+            ids = torch.full((len(rendered), width), pad)
+            mask = torch.zeros_like(ids)
+            for i, row in enumerate(rendered):
+                ids[i, width - len(row) :] = torch.tensor(row)
+                mask[i, width - len(row) :] = 1
+            kwargs: dict[str, Any] = {
+                "max_new_tokens": max_tokens,
+                "pad_token_id": pad,
+                "eos_token_id": list(self.base.eos_token_ids),
+            }
+            if temperature > 0:
+                kwargs.update(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
+            else:
+                kwargs["do_sample"] = False
+            with torch.inference_mode():
+                if ref is None and hasattr(model, "disable_adapter"):
+                    with model.disable_adapter():
+                        out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+                else:
+                    out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+            for row, full in zip(rendered, out, strict=True):
+                response = full[width:].tolist()
+                cut = next(
+                    (i + 1 for i, t in enumerate(response) if t in self.base.eos_token_ids),
+                    len(response),
+                )
+                response = response[:cut]
+                results.append(
+                    (tok.decode(response, skip_special_tokens=True).strip(), row, response)
+                )
+        return results
+
+    def sum_logprob(
+        self, ref: str | None, prompt: list[int], response: list[int], temperature: float
+    ) -> float:
+        """Sum over response tokens of log π(token) at ``temperature``, under ``ref`` (None: base)."""
+        import torch
+
+        model = self.model_for(ref) or self.base.model
+        ids = torch.tensor([prompt + response])
+        with torch.inference_mode():
+            if ref is None and hasattr(model, "disable_adapter"):
+                with model.disable_adapter():
+                    logits = model(input_ids=ids).logits
+            else:
+                logits = model(input_ids=ids).logits
+        logits = logits[0, len(prompt) - 1 : -1].float() / temperature
+        logp = torch.log_softmax(logits, -1).gather(1, torch.tensor(response)[:, None])
+        return float(logp.sum())
+
+
+def one_line(text: str, width: int = 48) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def eval_concise(
+    gen: Generator, version: Any, parent: str | None, max_tokens: int
+) -> dict[str, Any]:
+    rows = read_rows(CONCISE_EVAL)
+    prompts = [r["prompt"] for r in rows]
+    mine = gen.generate(version.ref, prompts, max_tokens=max_tokens)
+    theirs = gen.generate(parent, prompts, max_tokens=max_tokens)
+    print(f"\n## {version.ref} ({version.method}) vs {parent or 'base'}")
+    score = 0.0
+    for row, (a, _, _), (b, _, _) in zip(rows, mine, theirs, strict=True):
+        s = concise_judge(a, b)
+        score += s
+        print(
+            f"{'W' if s == 1 else 'T' if s == 0.5 else 'L'} {one_line(row['prompt'][-1]['content'], 34):<34} | "
+            f"{one_line(a)} | {one_line(b)}"
+        )
+    keyed = [
+        (r, a, b)
+        for r, (a, _, _), (b, _, _) in zip(rows, mine, theirs, strict=True)
+        if r["keywords"]
+    ]
+    n = len(rows)
+    return {
+        "ref": version.ref,
+        "method": version.method,
+        "parent": parent or "base",
+        "win_rate": score / n,
+        "words": (sum(words(a) for a, _, _ in mine) / n, sum(words(b) for b, _, _ in theirs) / n),
+        "filler": (
+            sum(has_filler(a) for a, _, _ in mine) / n,
+            sum(has_filler(b) for b, _, _ in theirs) / n,
+        ),
+        "keyword": (
+            sum(has_keyword(a, r["keywords"]) for r, a, _ in keyed) / len(keyed),
+            sum(has_keyword(b, r["keywords"]) for r, _, b in keyed) / len(keyed),
+        ),
+    }
+
+
+def eval_arithmetic(gen: Generator, version: Any, parent: str | None) -> dict[str, Any]:
+    rows = read_rows(ARITHMETIC_EVAL)
+    prompts = [r["prompt"] for r in rows]
+    mine = gen.generate(version.ref, prompts, max_tokens=10)
+    theirs = gen.generate(parent, prompts, max_tokens=10)
+    print(f"\n## {version.ref} ({version.method}) vs {parent or 'base'}")
+
+    def grade(text: str, answer: str) -> tuple[bool, bool]:
+        match = FORMAT.fullmatch(text.strip())
+        return bool(match), bool(match and match.group(1) == answer)
+
+    counts = [0, 0, 0, 0]  # format mine, acc mine, format parent, acc parent
+    for row, (a, _, _), (b, _, _) in zip(rows, mine, theirs, strict=True):
+        fa, ca = grade(a, row["answer"])
+        fb, cb = grade(b, row["answer"])
+        for i, hit in enumerate((fa, ca, fb, cb)):
+            counts[i] += hit
+        print(
+            f"{one_line(row['prompt'][-1]['content'], 16):<16} = {row['answer']:>3} | {'+' if ca else '-'} "
+            f"{one_line(a, 20):<20} | {'+' if cb else '-'} {one_line(b, 20)}"
+        )
+    n = len(rows)
+    return {
+        "ref": version.ref,
+        "method": version.method,
+        "parent": parent or "base",
+        "format": (counts[0] / n, counts[2] / n),
+        "accuracy": (counts[1] / n, counts[3] / n),
+    }
+
+
+def eval_ppo(gen: Generator, version: Any, parent: str | None, max_tokens: int) -> dict[str, Any]:
+    from adapterhub.training.reward_model import load_reward_scorer
+
+    rm_ref = version.recipe["ppo"]["reward_model"]
+    temperature = float(version.recipe["ppo"]["temperature"])
+    rows = read_rows(CONCISE_EVAL)
+    prompts = [r["prompt"] for r in rows]
+    mine = gen.generate(version.ref, prompts, max_tokens=max_tokens)
+    theirs = gen.generate(parent, prompts, max_tokens=max_tokens)
+    model = gen.model_for(version.ref)
+    info = gen.base.info
+    scorer = load_reward_scorer(
+        gen.hub.registry,
+        rm_ref,
+        model,
+        gen.tokenizer,
+        base_fingerprint=info.fingerprint,
+        template_hash=info.template_hash,
+        adapter_name="eval_reward",
+    )
+    reward_mine = scorer.score(prompts, [a for a, _, _ in mine])
+    reward_theirs = scorer.score(prompts, [b for b, _, _ in theirs])
+    print(f"\n## {version.ref} ({version.method}) vs {parent or 'base'}, scored by {rm_ref}")
+    for row, (a, _, _), (b, _, _), ra, rb in zip(
+        rows, mine, theirs, reward_mine, reward_theirs, strict=True
+    ):
+        print(
+            f"{ra:+6.2f} {rb:+6.2f} {one_line(row['prompt'][-1]['content'], 30):<30} | {one_line(a, 40)} | "
+            f"{one_line(b, 40)}"
+        )
+    samples = gen.generate(
+        version.ref, prompts, max_tokens=max_tokens, temperature=temperature, seed=1
+    )
+    kls = [
+        gen.sum_logprob(version.ref, p, r, temperature) - gen.sum_logprob(parent, p, r, temperature)
+        for _, p, r in samples
+    ]
+    n = len(rows)
+    return {
+        "ref": version.ref,
+        "method": version.method,
+        "parent": parent or "base",
+        "reward_model": rm_ref,
+        "reward": (sum(reward_mine) / n, sum(reward_theirs) / n),
+        "kl": sum(kls) / n,
+        "words": (sum(words(a) for a, _, _ in mine) / n, sum(words(b) for b, _, _ in theirs) / n),
+        "train_eval_kl": version.metrics.get("eval_kl"),
+    }
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    lines = [
+        "| adapter | method | vs | held-out measure | adapter | parent |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        head = f"| {r['ref']} | {r['method']} | {r['parent']} |"
+        if "win_rate" in r:
+            lines.append(
+                f"{head} rule-judge win rate (shorter wins), 30 prompts | **{r['win_rate']:.0%}** | — |"
+            )
+            lines.append(f"{head} mean words | {r['words'][0]:.1f} | {r['words'][1]:.1f} |")
+            lines.append(
+                f"{head} answers with filler | {r['filler'][0]:.0%} | {r['filler'][1]:.0%} |"
+            )
+            lines.append(
+                f"{head} expected word present (17 factual) | {r['keyword'][0]:.0%} | {r['keyword'][1]:.0%} |"
+            )
+        elif "accuracy" in r:
+            lines.append(
+                f"{head} format rate, 30 problems | **{r['format'][0]:.0%}** | {r['format'][1]:.0%} |"
+            )
+            lines.append(
+                f"{head} accuracy, 30 problems | **{r['accuracy'][0]:.0%}** | {r['accuracy'][1]:.0%} |"
+            )
+        else:
+            lines.append(
+                f"{head} mean reward of {r['reward_model']}, 30 prompts | **{r['reward'][0]:+.3f}** | "
+                f"{r['reward'][1]:+.3f} |"
+            )
+            lines.append(f"{head} KL(policy ‖ parent), sampled, nats/answer | {r['kl']:.3f} | 0 |")
+            lines.append(f"{head} mean words | {r['words'][0]:.1f} | {r['words'][1]:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "refs", nargs="+", help="adapter refs (dpo, orpo, simpo, grpo or ppo versions)"
+    )
+    parser.add_argument(
+        "--home", default=None, help="hub home (default $ADAPTERHUB_HOME or ~/.adapterhub)"
+    )
+    parser.add_argument("--max-tokens", type=int, default=64)
+    args = parser.parse_args(argv)
+
+    from adapterhub import Hub
+
+    hub = Hub(args.home)
+    gen = Generator(hub)
+    results = []
+    started = time.monotonic()
+    for ref in args.refs:
+        version = hub.resolve(ref)
+        if version.method in ("dpo", "orpo", "simpo"):
+            results.append(eval_concise(gen, version, version.parent, args.max_tokens))
+        elif version.method == "grpo":
+            results.append(eval_arithmetic(gen, version, version.parent))
+        elif version.method == "ppo":
+            results.append(eval_ppo(gen, version, version.parent, args.max_tokens))
+        else:
+            print(f"{version.ref}: method {version.method!r} has no held-out measure here; skipped")
+    print(f"\n{table(results)}\n\n[{time.monotonic() - started:.0f}s on {hub.precision}]")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
