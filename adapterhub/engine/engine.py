@@ -23,6 +23,7 @@ Design choices:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 import time
@@ -598,10 +599,8 @@ class Engine:
 
 
 def _send(sink: Sink, item: GenerationChunk | BaseException) -> None:
-    try:
+    with contextlib.suppress(Exception):  # a broken consumer must not stop the other rows
         sink(item)
-    except Exception:  # a broken consumer must not stop the other rows
-        pass
 
 
 def _result(chunks: list[GenerationChunk]) -> GenerationResult:
@@ -658,10 +657,8 @@ class RequestStream:
         self.request_id = engine.submit(request, self._put)
 
     def _put(self, item: GenerationChunk | BaseException) -> None:
-        try:
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody listens any more
             self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
-        except RuntimeError:  # the loop is closed: nobody is listening any more
-            pass
 
     def __aiter__(self) -> RequestStream:
         return self

@@ -35,11 +35,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
-from adapterhub.adapters import LoraAdapter, check_fits
+from adapterhub.adapters import LoraAdapter
 from adapterhub.errors import IncompatibleAdapterError
 
 TARGETS: tuple[str, ...] = (
@@ -79,16 +78,26 @@ class PreparedAdapter:
 
 
 def prepare_adapter(
-    adapter: LoraAdapter, key: str, model: Any, *, max_rank: int, dtype: torch.dtype
+    adapter: LoraAdapter,
+    key: str,
+    dims: Mapping[str, tuple[int, int]],
+    num_layers: int,
+    *,
+    max_rank: int,
+    dtype: torch.dtype,
 ) -> PreparedAdapter:
     """Check an adapter against the base and lay its weights out for a slot.
+
+    Runs on the loader thread, so the shape checks are against the projection sizes rather
+    than a walk of the model's modules (which took ~20 ms of a cold load).
 
     Args:
         adapter: weights as the registry loaded them.
         key: the resolved ref it is known by.
-        model: the base ``LlamaForCausalLM``.
+        dims: ``target -> (in_features, out_features)`` of the base's projections.
+        num_layers: decoder layers of the base.
         max_rank: the engine's ``max_lora_rank``.
-        dtype: the engine's compute dtype.
+        dtype: the dtype of the LoRA product.
 
     Raises:
         IncompatibleAdapterError: shapes do not fit, rank is over ``max_rank``, or the adapter
@@ -107,19 +116,31 @@ def prepare_adapter(
             f"adapter {key!r} has rank r={adapter.r} but the engine's max_lora_rank is "
             f"{max_rank}; raise EngineConfig.max_lora_rank to at least {adapter.r}"
         )
-    check_fits(adapter, model)
     scaling = adapter.scaling
     weights: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+    problems = []
     for path, (a, b) in adapter.pairs().items():
         match = _MODULE.match(path)
-        if match is None or match.group(3) not in TARGETS:
-            raise IncompatibleAdapterError(
-                f"adapter {key!r} adapts module {path!r}; the engine serves LoRA on "
-                f"{', '.join(TARGETS)} of the decoder layers only"
+        if match is None or match.group(3) not in TARGETS or int(match.group(1)) >= num_layers:
+            problems.append(f"module {path!r} is not a projection of this base's {num_layers} layers")
+            continue
+        target = match.group(3)
+        fan_in, fan_out = dims[target]
+        if (a.shape[1], b.shape[0]) != (fan_in, fan_out):
+            problems.append(
+                f"module {path!r} is {fan_in}->{fan_out} in the base but the adapter is "
+                f"{a.shape[1]}->{b.shape[0]}"
             )
+            continue
         a_t = a.to(dtype=dtype).contiguous()  # [r, in]
         bt = (b.to(torch.float32) * scaling).t().to(dtype=dtype).contiguous()  # [r, out]
-        weights[(int(match.group(1)), match.group(3))] = (a_t, bt)
+        weights[(int(match.group(1)), target)] = (a_t, bt)
+    if problems:
+        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+        raise IncompatibleAdapterError(
+            f"adapter {key!r} does not fit this base: {shown}. Was it trained on another base? "
+            f"(the engine serves LoRA on {', '.join(TARGETS)})"
+        )
     size = sum(a.numel() * a.element_size() + b.numel() * b.element_size() for a, b in weights.values())
     return PreparedAdapter(key=key, rank=adapter.r, weights=weights, num_bytes=size)
 
@@ -205,10 +226,13 @@ class LoraSlots:
 
     def clear(self, slot: int) -> None:
         """Zero ``slot`` so that a stale adapter can never leak into a row."""
+        # per layer: [layer, slot] is contiguous, and zero_() on the strided [:, slot] view
+        # was measured at 20 ms per buffer against well under 1 ms this way
         for group in {GROUP_OF[t] for t in self._slot_targets[slot]}:
-            self._a[group][:, slot].zero_()
-            for target in GROUPS[group]:
-                self._b[target][:, slot].zero_()
+            for layer in range(self.num_layers):
+                self._a[group][layer, slot].zero_()
+                for target in GROUPS[group]:
+                    self._b[target][layer, slot].zero_()
         self._slot_targets[slot] = frozenset()
         self.generation += 1
 
@@ -277,11 +301,16 @@ class LoraSlots:
             xg = xg.to(a.dtype)
         h = torch.bmm(xg, a)  # [used, g, R * targets]
         h.mul_(mix.weight)
+        if len(targets) > 1:  # bmm is ~4x slower on a strided column slice: make each contiguous
+            used, width, _ = h.shape
+            h = h.view(used, width, len(targets), self.rank).permute(2, 0, 1, 3).contiguous()
+        else:
+            h = h.unsqueeze(0)  # [targets, used, g, R]
         for index, (target, out) in enumerate(zip(targets, outs, strict=True)):
             if target not in mix.targets:
                 continue
             b = self._b[target][layer]  # [S, R, out]
             if mix.used is not None:
                 b = b[mix.used]
-            delta = torch.bmm(h[:, :, index * self.rank : (index + 1) * self.rank], b)
+            delta = torch.bmm(h[index], b)  # [used, g, out]
             out.index_add_(0, mix.dst, delta.view(-1, out.shape[-1]).to(out.dtype))

@@ -149,7 +149,7 @@ class AdapterResidency:
         adapter = self.source.load_adapter(version)
         with torch.inference_mode():
             prepared = prepare_adapter(
-                adapter, version.ref, self.base.model,
+                adapter, version.ref, self.slots.dims, self.slots.num_layers,
                 max_rank=self.slots.rank, dtype=self.slots.dtype,
             )
         self.load_seconds.append(time.perf_counter() - start)

@@ -36,7 +36,7 @@ def _runner_with(base, adapters, slots_used):
         num_slots=len(adapters), rank=8, dtype=compute_dtype(model),
     )
     for slot, (key, adapter) in enumerate(adapters.items()):
-        slots.install(slot, prepare_adapter(adapter, key, model, max_rank=8, dtype=slots.dtype))
+        slots.install(slot, prepare_adapter(adapter, key, slots.dims, slots.num_layers, max_rank=8, dtype=slots.dtype))
     return LlamaRunner(model, slots, max_rows=8, max_seq_len=128), slots
 
 
@@ -50,7 +50,7 @@ def test_mixed_batch_logits_match_peft_within_tolerance(tiny_base, adapter_regis
     mix = slots.row_mix(row_slots)
     logits = runner.prefill([p for p, _ in plan], 0, row_slots)
     seqs = [list(p) for p, _ in plan]
-    for step in range(4):
+    for _ in range(4):
         for row, (seq, (_, adapter)) in enumerate(zip(seqs, plan, strict=True)):
             expected = peft_ref.logits(seq, adapter)
             torch.testing.assert_close(logits[row], expected, atol=1e-4, rtol=1e-4)

@@ -57,7 +57,7 @@ def test_mix_logits_match_peft_weighted_merge(tiny_base, adapter_registry, peft_
     slots = LoraSlots(projection_dims(model), num_layers=2, num_slots=2, rank=8, dtype=compute_dtype(model))
     for slot, name in enumerate(["alpha", "beta"]):
         adapter = adapter_registry.load_adapter(f"{name}@1")
-        slots.install(slot, prepare_adapter(adapter, name, model, max_rank=8, dtype=slots.dtype))
+        slots.install(slot, prepare_adapter(adapter, name, slots.dims, slots.num_layers, max_rank=8, dtype=slots.dtype))
     runner = LlamaRunner(model, slots, max_rows=2, max_seq_len=64)
     # row 0 mixes, row 1 runs alpha alone: a mixed row beside a plain one
     logits = runner.prefill([prompts[2], prompts[3]], 0, [{0: 0.5, 1: 0.5}, {0: 1.0}])
@@ -168,3 +168,24 @@ def test_admin_load_pin_list_unload(make_engine, prompts):
     assert engine.resident_adapters() == []
     stats = engine.stats()
     assert stats.requests_finished == 1 and stats.ttft_count == 1 and stats.token_latency_count == 11
+
+
+def test_adapter_with_wrong_shapes_is_refused(make_engine, adapter_registry, tiny_base, prompts):
+    import json
+
+    from safetensors.torch import save
+
+    hidden = tiny_base.model.config.hidden_size
+    prefix = "base_model.model.model.layers.0.self_attn.q_proj"
+    tensors = {f"{prefix}.lora_A.weight": torch.ones(4, hidden * 2),
+               f"{prefix}.lora_B.weight": torch.ones(hidden, 4)}
+    config = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]}
+    adapter_registry.register(
+        "misshapen", {"adapter_config.json": json.dumps(config).encode(),
+                      "adapter_model.safetensors": save(tensors)},
+        base_fingerprint=tiny_base.info.fingerprint, template_hash=tiny_base.info.template_hash,
+        method="sft",
+    )
+    engine = make_engine()
+    with pytest.raises(IncompatibleAdapterError, match=f"{hidden}->{hidden} in the base but the adapter is {hidden * 2}->{hidden}"):
+        engine.generate(GenerationRequest(tuple(prompts[0]), adapter="misshapen", sampling=GREEDY))

@@ -1,0 +1,308 @@
+"""HTTP serving benchmark: the same streaming load through ``adapterhub serve`` and through the
+Engine directly, side by side; the difference is the HTTP overhead (target <= 10%).
+
+    .venv/bin/python bench/http_bench.py                     # 32 clients, 8 adapters, 64 tokens
+    .venv/bin/python bench/http_bench.py --requests 32 --precision fp32
+
+Load: ``--clients`` concurrent streaming clients, each sending requests one after another until
+``--requests`` have been sent in all; request i uses adapter i % ``--adapters`` (r=16 on
+q/k/v/o, random non-zero B), greedy, ``ignore_eos``, exactly ``--tokens`` tokens. The HTTP run
+drives a real ``adapterhub serve`` subprocess on 127.0.0.1 with raw httpx SSE parsing (the
+client shares the CPU, so its cost counts as overhead too); the engine run uses
+``Engine.stream`` in-process with the same prompts, config and precision. Runs alternate
+(HTTP, engine, HTTP, engine ...; the idle side sleeps), so a noisy neighbour on the shared CPU
+hurts both alike; the report gives each pair and the medians.
+
+Reported per run: tokens/s (completion tokens / wall time), time to first token p50/p95 (send to
+first token) and per-token latency p50/p95 (gaps between a stream's tokens).
+
+The base is the real default base, materialised once by the test suite into ``.tmp/test-home``
+(override with ``ADAPTERHUB_TEST_CACHE``); a temporary hub home links to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+QUESTIONS = [
+    "What is the capital of France?", "Write a haiku about the sea.", "Explain gravity to a child.",
+    "List three prime numbers.", "What is two plus two?", "Name a famous painter.",
+    "Give me a tip for learning Python.", "Describe a cat in one sentence.",
+]
+
+
+@dataclass
+class RunStats:
+    """What one run measured."""
+
+    label: str
+    wall_s: float = 0.0
+    tokens: int = 0
+    ttft_s: list[float] = field(default_factory=list)
+    gaps_s: list[float] = field(default_factory=list)
+    errors: int = 0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.wall_s if self.wall_s else 0.0
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+# ---------------------------------------------------------------------------- setup
+
+
+def make_home(root: Path, precision: str, adapters: int, rank: int) -> tuple[Path, list[str]]:
+    """A temp hub home linking the cached default base, with ``adapters`` random adapters."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from adapterhub import Hub
+    from adapterhub.base import DEFAULT_BASE, base_slug
+
+    cache = Path(os.environ.get("ADAPTERHUB_TEST_CACHE", REPO / ".tmp" / "test-home"))
+    cached = cache / "bases" / base_slug(DEFAULT_BASE)
+    if not (cached / "base.json").exists():
+        sys.exit(f"no cached default base at {cached}; run the e2e tests (or `adapterhub init`) first")
+    home = root / "home"
+    (home / "bases").mkdir(parents=True)
+    (home / "bases" / cached.name).symlink_to(cached, target_is_directory=True)
+    hub = Hub(home)
+    hub.init(precision=precision)
+    model = AutoModelForCausalLM.from_pretrained(hub.base_info.path, dtype=torch.float32)
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                        init_lora_weights=False)
+    peft_model = get_peft_model(model, config)
+    names = []
+    for i in range(adapters):
+        torch.manual_seed(i)
+        with torch.no_grad():
+            for name, p in peft_model.named_parameters():
+                if "lora_" in name:
+                    p.normal_(0, 0.02)
+        folder = root / f"adapter{i}"
+        peft_model.save_pretrained(folder, safe_serialization=True)
+        names.append(hub.import_adapter(folder, f"bench{i}").ref)
+    return home, names
+
+
+def engine_config(args: argparse.Namespace) -> dict[str, Any]:
+    return {"max_rows": args.clients, "max_slots": args.adapters, "max_lora_rank": args.rank}
+
+
+# ---------------------------------------------------------------------------- HTTP run
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(home: Path, args: argparse.Namespace, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    import httpx
+
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "ADAPTERHUB_LOG_LEVEL": "warning"}
+    env.update({f"ADAPTERHUB_ENGINE__{k.upper()}": str(v) for k, v in engine_config(args).items()})
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "adapterhub.cli", "serve", "--home", str(home), "--port", str(port)],
+            stdout=sink, stderr=subprocess.STDOUT, env=env,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            sys.exit(f"server exited:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    process.kill()
+    sys.exit("server did not become ready")
+
+
+async def http_run(url: str, refs: list[str], args: argparse.Namespace) -> RunStats:
+    import httpx
+
+    stats = RunStats("HTTP (adapterhub serve)")
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(args.requests):
+        queue.put_nowait(i)
+
+    async def one(client: httpx.AsyncClient, i: int) -> None:
+        body = {"model": refs[i % len(refs)], "max_tokens": args.tokens, "temperature": 0, "ignore_eos": True,
+                "stream": True, "messages": [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}]}
+        sent = time.perf_counter()
+        last = None
+        async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as reply:
+            if reply.status_code != 200:
+                stats.errors += 1
+                await reply.aread()
+                return
+            async for line in reply.aiter_lines():
+                if not line.startswith("data: {"):
+                    continue
+                event = json.loads(line[6:])
+                if "error" in event:
+                    stats.errors += 1
+                    return
+                if not event["choices"] or event["choices"][0]["delta"].get("role"):
+                    continue
+                now = time.perf_counter()
+                if last is None:
+                    stats.ttft_s.append(now - sent)
+                else:
+                    stats.gaps_s.append(now - last)
+                last = now
+        stats.tokens += args.tokens
+
+    async def client_loop(client: httpx.AsyncClient) -> None:
+        while not queue.empty():
+            await one(client, queue.get_nowait())
+
+    limits = httpx.Limits(max_connections=args.clients, max_keepalive_connections=args.clients)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        await asyncio.gather(*(one(client, i) for i in range(len(refs))))  # warm: every adapter in a slot
+        stats.tokens, stats.ttft_s, stats.gaps_s = 0, [], []
+        started = time.perf_counter()
+        await asyncio.gather(*(client_loop(client) for _ in range(args.clients)))
+        stats.wall_s = time.perf_counter() - started
+    return stats
+
+
+# ---------------------------------------------------------------------------- engine run
+
+
+async def engine_run(engine: Any, prompts: list[list[int]], refs: list[str], args: argparse.Namespace) -> RunStats:
+    from adapterhub.engine import GenerationRequest, SamplingParams
+
+    stats = RunStats("Engine.stream (in-process)")
+    sampling = SamplingParams(max_tokens=args.tokens, temperature=0.0, ignore_eos=True)
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(args.requests):
+        queue.put_nowait(i)
+
+    async def one(i: int, record: bool = True) -> None:
+        request = GenerationRequest(tuple(prompts[i % len(prompts)]), adapter=refs[i % len(refs)],
+                                    sampling=sampling)
+        sent = time.perf_counter()
+        last = None
+        async with engine.stream(request) as stream:
+            async for _chunk in stream:
+                now = time.perf_counter()
+                if record:
+                    (stats.ttft_s if last is None else stats.gaps_s).append(now - (last or sent))
+                last = now
+
+    async def client_loop() -> None:
+        while not queue.empty():
+            await one(queue.get_nowait())
+
+    await asyncio.gather(*(one(i, record=False) for i in range(len(refs))))  # warm
+    started = time.perf_counter()
+    await asyncio.gather(*(client_loop() for _ in range(args.clients)))
+    stats.wall_s = time.perf_counter() - started
+    stats.tokens = args.requests * args.tokens
+    return stats
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def merge(label: str, runs: list[RunStats]) -> RunStats:
+    """Pooled latencies of several runs; throughput is the median run's."""
+    merged = RunStats(label, errors=sum(r.errors for r in runs))
+    median = sorted(runs, key=lambda r: r.tokens_per_s)[len(runs) // 2]
+    merged.wall_s, merged.tokens = median.wall_s, median.tokens
+    for r in runs:
+        merged.ttft_s += r.ttft_s
+        merged.gaps_s += r.gaps_s
+    return merged
+
+
+def row(r: RunStats) -> str:
+    return (f"{r.label:34} {r.tokens_per_s:8.1f} {pct(r.ttft_s, 50) * 1e3:7.0f}ms {pct(r.ttft_s, 95) * 1e3:7.0f}ms "
+            f"{pct(r.gaps_s, 50) * 1e3:6.1f}ms {pct(r.gaps_s, 95) * 1e3:6.1f}ms {r.errors:6d}")
+
+
+def report(http_runs: list[RunStats], engine_runs: list[RunStats], args: argparse.Namespace) -> None:
+    print(f"\n{args.clients} concurrent streams, {args.adapters} adapters (r={args.rank}), {args.tokens} tokens "
+          f"each, {args.requests} requests per run, base {args.precision}, {os.cpu_count()} CPUs, "
+          f"load average before {os.getloadavg()[0]:.1f}")
+    head = f"{'run':34} {'tok/s':>8} {'TTFT p50':>9} {'TTFT p95':>9} {'tok p50':>8} {'tok p95':>8} {'errors':>6}"
+    print(head)
+    print("-" * len(head))
+    for i, (h, e) in enumerate(zip(http_runs, engine_runs, strict=True)):
+        print(row(RunStats(f"#{i + 1} {h.label}", h.wall_s, h.tokens, h.ttft_s, h.gaps_s, h.errors)))
+        print(row(RunStats(f"#{i + 1} {e.label}", e.wall_s, e.tokens, e.ttft_s, e.gaps_s, e.errors)))
+    http, direct = merge("median HTTP", http_runs), merge("median engine", engine_runs)
+    print(row(http))
+    print(row(direct))
+    ratios = [h.tokens_per_s / e.tokens_per_s for h, e in zip(http_runs, engine_runs, strict=True)]
+    print(f"\nHTTP/engine throughput per pair: {', '.join(f'{r:.3f}' for r in ratios)}; "
+          f"median overhead {(1 - sorted(ratios)[len(ratios) // 2]) * 100:.1f}% (target <= 10%); "
+          f"per-token p50 {(pct(http.gaps_s, 50) - pct(direct.gaps_s, 50)) * 1e3:+.2f}ms, "
+          f"TTFT p50 {(pct(http.ttft_s, 50) - pct(direct.ttft_s, 50)) * 1e3:+.0f}ms")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--adapters", type=int, default=8)
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--requests", type=int, default=64, help="requests in all (default 2 per client)")
+    parser.add_argument("--precision", default="bf16", choices=["nf4", "int8", "bf16", "fp32"])
+    parser.add_argument("--repeat", type=int, default=3, help="HTTP/engine pairs, alternated")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    with tempfile.TemporaryDirectory(prefix="http-bench-") as tmp:
+        root = Path(tmp)
+        print("preparing a hub home with the cached default base and adapters...", flush=True)
+        home, refs = make_home(root, args.precision, args.adapters, args.rank)
+        from adapterhub import Hub
+        from adapterhub.engine import Engine, EngineConfig
+
+        hub = Hub(home)
+        prompts = [hub.base.render_chat([{"role": "user", "content": q}]) for q in QUESTIONS]
+        process, url = start_server(home, args, root / "server.log")
+        http_runs: list[RunStats] = []
+        engine_runs: list[RunStats] = []
+        try:  # alternate, so a noisy neighbour hurts both sides alike; the idle side sleeps
+            with Engine(hub.base, hub.registry, EngineConfig(**engine_config(args))) as engine:
+                for i in range(args.repeat):
+                    print(f"pair {i + 1}/{args.repeat}: HTTP...", flush=True)
+                    http_runs.append(asyncio.run(http_run(url, refs, args)))
+                    print(f"pair {i + 1}/{args.repeat}: engine...", flush=True)
+                    engine_runs.append(asyncio.run(engine_run(engine, prompts, refs, args)))
+        finally:
+            process.terminate()
+            process.wait(60)
+        report(http_runs, engine_runs, args)
+
+
+if __name__ == "__main__":
+    main()
