@@ -12,7 +12,10 @@ from dataclasses import dataclass
 from adapterhub.errors import ConfigError
 
 MAX_NAME_LENGTH = 64
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+MAX_VERSION = 2**31 - 1
+# \Z, not $: "$" also matches before a trailing newline, which let "name\n" through
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
+_VERSION = re.compile(r"[0-9]{1,10}\Z")  # ASCII only: "²".isdigit() is True, int("²") fails
 _FIX = (
     "use 1-64 characters: letters, digits, '-', '_' and '.', starting with a letter or digit "
     "(no '/', '..', spaces or ':'/'@', which separate aliases and versions)"
@@ -54,9 +57,10 @@ class AdapterRef:
             )
         if "@" in text:
             name, _, number = text.partition("@")
-            if not number.isdigit() or int(number) < 1:
+            if not _VERSION.match(number) or not 1 <= int(number) <= MAX_VERSION:
                 raise ConfigError(
-                    f"ref {text!r} has version {number!r}; versions are whole numbers from 1"
+                    f"ref {text!r} has version {number!r}; versions are whole numbers from 1 "
+                    f"to {MAX_VERSION}"
                 )
             return cls(validate_name(name, field="adapter name"), version=int(number))
         if ":" in text:
