@@ -9,7 +9,7 @@ rows at once and per group of projections::
     xg  = x[src]                      # [slots used, g, in]   rows grouped by slot, padded to g
     h   = bmm(xg, A[layer, used])     # [slots used, g, R * targets]
     h  *= weight                      # a row's mix weight for that slot (0 on padding)
-    out.index_add_(0, dst, bmm(h_t, B_t[layer, used]))   # per projection t, back to its rows
+    out.index_add_(0, dst, bmm(h, B[layer, used]))   # B block-diagonal: [R * targets, q+k+v]
 
 Design choices:
 
@@ -20,8 +20,11 @@ Design choices:
   ``rows * r * (in + out)`` weights per projection); multiplying every row by all slots and
   masking (one GEMM, no gather) grows with the slots and added 20-30 % to a decode step.
   Grouping gathers activations (``rows * in``), not weights.
-* **One A product per shared input.** q, k and v read the same normalised hidden state, so
-  their A matrices sit side by side and one ``bmm`` serves all three (likewise gate and up).
+* **Two products per group, whatever its size.** q, k and v read the same normalised hidden
+  state, so their A matrices sit side by side and one ``bmm`` serves all three; their B
+  matrices form one block-diagonal matrix, so a second ``bmm`` and one scatter-add update the
+  fused q|k|v output (likewise gate and up). On a CPU at this size every op costs ~10 µs of
+  dispatch, which is the whole price of LoRA, so the op count is what is minimised.
 * **Mixing is free.** A request-time mix puts a row in several slots' groups, each with its
   weight: ``sum_i w_i * B_i A_i x``. Rows with no adapter are in no group and get no delta.
 * **No adapter costs nothing.** A batch where no row has an adapter skips the LoRA path.
@@ -152,14 +155,15 @@ class RowMix:
     Attributes:
         src: ``[slots used, g]`` row of each group member (padding points at row 0).
         dst: ``[slots used * g]`` the same rows, flattened, for the scatter-add.
-        weight: ``[slots used, g, 1]`` mix weight of each member (0 on padding).
+        weight: ``[slots used, g, 1]`` mix weight of each member (0 on padding), or None
+            when every weight is 1 (no mix, no padding: the multiply is skipped).
         used: the slots in use, or None when they are all S slots in order (no weight gather).
         targets: projections that any used slot adapts; the others are skipped.
     """
 
     src: torch.Tensor
     dst: torch.Tensor
-    weight: torch.Tensor
+    weight: torch.Tensor | None
     used: torch.Tensor | None
     targets: frozenset[str]
 
@@ -192,8 +196,10 @@ class LoraSlots:
         self.num_slots = num_slots
         self.rank = rank
         self.dtype = dtype
-        self._a: dict[str, torch.Tensor] = {}  # group -> [L, S, in, R * len(group)]
-        self._b: dict[str, torch.Tensor] = {}  # target -> [L, S, R, out]
+        # group -> A [L, S, in, R * targets] and block-diagonal B [L, S, R * targets, sum(out)]:
+        # one bmm per side for the whole group, whose output columns follow GROUPS order
+        self._a: dict[str, torch.Tensor] = {}
+        self._b: dict[str, torch.Tensor] = {}
         self._slot_targets: list[frozenset[str]] = [frozenset()] * num_slots
         self.generation = 0  # bumped on every install/clear, so cached mixes know to rebuild
 
@@ -201,15 +207,18 @@ class LoraSlots:
     def num_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (*self._a.values(), *self._b.values()))
 
+    def out_features(self, group: str) -> int:
+        """Width of a group's concatenated outputs (e.g. q + k + v)."""
+        return sum(self.dims[t][1] for t in GROUPS[group])
+
     def _alloc(self, group: str) -> None:
         if group in self._a:
             return
         targets = GROUPS[group]
         fan_in = self.dims[targets[0]][0]
-        shape = (self.num_layers, self.num_slots)
-        self._a[group] = torch.zeros(*shape, fan_in, self.rank * len(targets), dtype=self.dtype)
-        for target in targets:
-            self._b[target] = torch.zeros(*shape, self.rank, self.dims[target][1], dtype=self.dtype)
+        shape = (self.num_layers, self.num_slots, self.rank * len(targets))
+        self._a[group] = torch.zeros(*shape[:2], fan_in, shape[2], dtype=self.dtype)
+        self._b[group] = torch.zeros(*shape, self.out_features(group), dtype=self.dtype)
 
     def install(self, slot: int, adapter: PreparedAdapter) -> None:
         """Copy an adapter into ``slot``, replacing whatever was there."""
@@ -217,10 +226,12 @@ class LoraSlots:
         for (layer, target), (a, bt) in adapter.weights.items():
             group = GROUP_OF[target]
             self._alloc(group)
-            column = GROUPS[group].index(target) * self.rank
-            r = a.shape[0]
-            self._a[group][layer, slot, :, column : column + r].copy_(a.t())
-            self._b[target][layer, slot, :r].copy_(bt)
+            index = GROUPS[group].index(target)
+            row = index * self.rank
+            col = sum(self.dims[t][1] for t in GROUPS[group][:index])
+            r, fan_out = bt.shape
+            self._a[group][layer, slot, :, row : row + r].copy_(a.t())
+            self._b[group][layer, slot, row : row + r, col : col + fan_out].copy_(bt)
         self._slot_targets[slot] = adapter.targets
         self.generation += 1
 
@@ -231,8 +242,7 @@ class LoraSlots:
         for group in {GROUP_OF[t] for t in self._slot_targets[slot]}:
             for layer in range(self.num_layers):
                 self._a[group][layer, slot].zero_()
-                for target in GROUPS[group]:
-                    self._b[target][layer, slot].zero_()
+                self._b[group][layer, slot].zero_()
         self._slot_targets[slot] = frozenset()
         self.generation += 1
 
@@ -268,49 +278,33 @@ class LoraSlots:
         return RowMix(
             src=src,
             dst=src.view(-1),
-            weight=weight,
+            weight=None if bool((weight == 1.0).all()) else weight,
             used=None if all_slots else torch.tensor(used),
             targets=targets,
         )
 
     def add_delta(
-        self,
-        mix: RowMix,
-        layer: int,
-        group: str,
-        x: torch.Tensor,
-        outs: Sequence[torch.Tensor],
+        self, mix: RowMix, layer: int, group: str, x: torch.Tensor, out: torch.Tensor
     ) -> None:
-        """Add every row's LoRA delta to the outputs of one group of projections, in place.
+        """Add every row's LoRA delta to one group of projections' output, in place.
 
         Args:
             mix: from :meth:`row_mix`.
             layer: decoder layer index.
             group: a key of :data:`GROUPS`.
             x: the group's shared input, ``[tokens, in]``.
-            outs: the base projections' outputs, ``[tokens, out]``, in :data:`GROUPS` order.
+            out: the group's base outputs side by side (``[tokens, q + k + v]`` for ``qkv``).
         """
-        targets = GROUPS[group]
-        if mix.targets.isdisjoint(targets):
+        if mix.targets.isdisjoint(GROUPS[group]):
             return
-        a = self._a[group][layer]  # [S, in, R * targets]
+        a, b = self._a[group][layer], self._b[group][layer]  # [S, in, R*T], [S, R*T, out]
         if mix.used is not None:
-            a = a[mix.used]
+            a, b = a[mix.used], b[mix.used]
         xg = x[mix.src]  # [used, g, in]
         if xg.dtype != a.dtype:
             xg = xg.to(a.dtype)
-        h = torch.bmm(xg, a)  # [used, g, R * targets]
-        h.mul_(mix.weight)
-        if len(targets) > 1:  # bmm is ~4x slower on a strided column slice: make each contiguous
-            used, width, _ = h.shape
-            h = h.view(used, width, len(targets), self.rank).permute(2, 0, 1, 3).contiguous()
-        else:
-            h = h.unsqueeze(0)  # [targets, used, g, R]
-        for index, (target, out) in enumerate(zip(targets, outs, strict=True)):
-            if target not in mix.targets:
-                continue
-            b = self._b[target][layer]  # [S, R, out]
-            if mix.used is not None:
-                b = b[mix.used]
-            delta = torch.bmm(h[index], b)  # [used, g, out]
-            out.index_add_(0, mix.dst, delta.view(-1, out.shape[-1]).to(out.dtype))
+        h = torch.bmm(xg, a)  # [used, g, R*T]
+        if mix.weight is not None:
+            h.mul_(mix.weight)
+        delta = torch.bmm(h, b).view(-1, out.shape[-1])  # [used * g, out]
+        out.index_add_(0, mix.dst, delta.to(out.dtype))
