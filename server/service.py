@@ -324,7 +324,11 @@ class InferenceService:
                         sampling=params, request_id=f"{prefix}-{len(streams)}",
                     )
                     streams.append(engine.stream(request))
-            first = list(await asyncio.gather(*(anext(s) for s in streams)))
+            results = await asyncio.gather(*(anext(s) for s in streams), return_exceptions=True)
+            errors = [r for r in results if isinstance(r, BaseException)]
+            if errors:
+                raise errors[0]
+            first: list[GenerationChunk] = list(results)  # type: ignore[arg-type]
             version = first[0].adapter_version
             label = "mix" if target.mix is not None else (version or BASE_LABEL)
             opened = OpenRequest(streams, first, version, label, started,
