@@ -164,7 +164,9 @@ class Engine:
         with self._lock:
             if request_id in self._active_ids:
                 raise ConfigError(f"request_id {request_id!r} is already running; use a unique id")
-            if self._queued >= self.config.max_queue:
+            # rows + queue bound everything not finished: a burst that arrives before the engine
+            # thread admits anyone fills the free rows, not only the queue
+            if len(self._active_ids) >= self.config.max_rows + self.config.max_queue:
                 raise CapacityError(
                     f"the request queue is full ({self.config.max_queue} waiting); retry shortly "
                     "or raise EngineConfig.max_queue",

@@ -79,10 +79,22 @@ def test_adapter_for_another_base_is_409(client: TestClient, served_home: Path,
 
 
 def test_full_queue_is_429_with_retry_after(make_client: Callable[..., TestClient]) -> None:
-    client = make_client(engine={"max_queue": 0})
+    # one row, no queue: with one long request running, the next is over capacity (a free row
+    # is used, not refused: tests/engine/test_engine_capacity.py)
+    client = make_client(engine={"max_rows": 1, "max_queue": 0, "max_seq_len": 100_000},
+                         max_tokens_limit=100_000)
+    service = client.app.state.service  # type: ignore[attr-defined]
+    held = threading.Thread(target=lambda: client.post("/v1/chat/completions", json=chat_body(
+        "pirate", max_tokens=50_000, ignore_eos=True, stream=True)))
+    held.start()
+    deadline = time.monotonic() + 60
+    while service.engine.stats().running_rows == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
     reply = client.post("/v1/chat/completions", json=chat_body("pirate"))
     assert_error_shape(reply, 429, "rate_limit_error")
     assert int(reply.headers["retry-after"]) >= 1
+    service.engine.close()  # ends the long request
+    held.join(60)
 
 
 def test_not_ready_is_503_and_ready_says_why(make_client: Callable[..., TestClient], tmp_path: Path) -> None:
