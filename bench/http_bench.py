@@ -27,6 +27,7 @@ import asyncio
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -53,6 +54,7 @@ class RunStats:
     ttft_s: list[float] = field(default_factory=list)
     gaps_s: list[float] = field(default_factory=list)
     errors: int = 0
+    engine_side: dict[str, float] = field(default_factory=dict)  # HTTP runs: the server engine's own means
 
     @property
     def tokens_per_s(self) -> float:
@@ -143,6 +145,20 @@ def start_server(home: Path, args: argparse.Namespace, log: Path) -> tuple[subpr
     sys.exit("server did not become ready")
 
 
+def engine_summaries(url: str) -> dict[str, float]:
+    """The server engine's own TTFT / per-token summaries (count and sum) from /metrics."""
+    import httpx
+
+    found = {}
+    for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
+        for name in ("time_to_first_token", "time_per_output_token"):
+            for part in ("count", "sum"):
+                key = f"adapterhub_engine_{name}_seconds_{part}"
+                if line.startswith(key + " "):
+                    found[f"{name}_{part}"] = float(line.split()[1])
+    return found
+
+
 async def http_run(url: str, refs: list[str], args: argparse.Namespace) -> RunStats:
     import httpx
 
@@ -186,9 +202,14 @@ async def http_run(url: str, refs: list[str], args: argparse.Namespace) -> RunSt
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
         await asyncio.gather(*(one(client, i) for i in range(len(refs))))  # warm: every adapter in a slot
         stats.tokens, stats.ttft_s, stats.gaps_s = 0, [], []
+        before = engine_summaries(url)
         started = time.perf_counter()
         await asyncio.gather(*(client_loop(client) for _ in range(args.clients)))
         stats.wall_s = time.perf_counter() - started
+        after = engine_summaries(url)
+        for name in ("time_to_first_token", "time_per_output_token"):
+            count = after[f"{name}_count"] - before[f"{name}_count"]
+            stats.engine_side[name] = (after[f"{name}_sum"] - before[f"{name}_sum"]) / max(count, 1)
     return stats
 
 
@@ -260,6 +281,12 @@ def report(http_runs: list[RunStats], engine_runs: list[RunStats], args: argpars
     http, direct = merge("median HTTP", http_runs), merge("median engine", engine_runs)
     print(row(http))
     print(row(direct))
+    for i, h in enumerate(http_runs):
+        side = h.engine_side
+        print(f"#{i + 1} HTTP: mean per-token latency seen by the client "
+              f"{statistics.mean(h.gaps_s) * 1e3:.1f}ms vs inside the server's engine "
+              f"{side['time_per_output_token'] * 1e3:.1f}ms; mean TTFT {statistics.mean(h.ttft_s) * 1e3:.0f}ms "
+              f"vs {side['time_to_first_token'] * 1e3:.0f}ms")
     ratios = [h.tokens_per_s / e.tokens_per_s for h, e in zip(http_runs, engine_runs, strict=True)]
     print(f"\nHTTP/engine throughput per pair: {', '.join(f'{r:.3f}' for r in ratios)}; "
           f"median overhead {(1 - sorted(ratios)[len(ratios) // 2]) * 100:.1f}% (target <= 10%); "
