@@ -109,7 +109,7 @@ class _GenerationRequest(_Strict):
     """Makes sampling reproducible for this request, whatever shares its batch."""
 
     stop: (
-        Annotated[str, Field(max_length=256)]
+        Annotated[str, Field(min_length=1, max_length=256)]
         | Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]],
                     Field(max_length=MAX_STOP_SEQUENCES)]
         | None
@@ -128,26 +128,29 @@ class _GenerationRequest(_Strict):
     user: str | None = Field(default=None, max_length=256)
     """Accepted for compatibility; not used."""
 
-    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=0.0, le=0.0)
     """Only 0 is supported."""
 
-    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    presence_penalty: float | None = Field(default=None, ge=0.0, le=0.0)
     """Only 0 is supported."""
 
     logit_bias: dict[str, float] | None = Field(default=None, max_length=0)
     """Only empty is supported."""
 
-    @field_validator("stop")
+    # The single-field rules below are also in the schema (min_length, le=0, Literal[False]), so
+    # clients generated from it cannot send what is refused; "before" validators keep the message
+    # saying what to do instead of pydantic's generic one.
+    @field_validator("stop", mode="before")
     @classmethod
-    def _stop_not_empty(cls, value: str | list[str] | None) -> str | list[str] | None:
+    def _stop_not_empty(cls, value: Any) -> Any:
         if isinstance(value, str) and not value:
             raise ValueError("stop must not be an empty string; omit it or give text")
         return value
 
-    @field_validator("frequency_penalty", "presence_penalty")
+    @field_validator("frequency_penalty", "presence_penalty", mode="before")
     @classmethod
-    def _neutral_penalty(cls, value: float | None) -> float | None:
-        if value:
+    def _neutral_penalty(cls, value: Any) -> Any:
+        if isinstance(value, int | float) and value:
             raise ValueError(f"{value!r} is not supported; only 0 (no penalty) is")
         return value
 
@@ -178,16 +181,16 @@ class ChatCompletionRequest(_GenerationRequest):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     """OpenAI's newer name for ``max_tokens``; give one of them."""
 
-    logprobs: bool | None = None
+    logprobs: Literal[False] | None = None
     """Only false is supported."""
 
     top_logprobs: int | None = Field(default=None, ge=0, le=0)
     """Only 0 is supported."""
 
-    @field_validator("logprobs")
+    @field_validator("logprobs", mode="before")
     @classmethod
-    def _no_logprobs(cls, value: bool | None) -> bool | None:
-        if value:
+    def _no_logprobs(cls, value: Any) -> Any:
+        if value is True:
             raise ValueError("logprobs are not supported; omit it or send false")
         return value
 
@@ -218,7 +221,7 @@ class CompletionRequest(_GenerationRequest):
     prompt: PromptInput
     """A string, a list of strings (one completion each), or token ids (a list, or lists)."""
 
-    echo: bool = False
+    echo: Literal[False] = False
     """Only false is supported."""
 
     suffix: str | None = Field(default=None, max_length=0)
@@ -230,10 +233,10 @@ class CompletionRequest(_GenerationRequest):
     logprobs: int | None = Field(default=None, ge=0, le=0)
     """Only 0 / omitted is supported."""
 
-    @field_validator("echo")
+    @field_validator("echo", mode="before")
     @classmethod
-    def _no_echo(cls, value: bool) -> bool:
-        if value:
+    def _no_echo(cls, value: Any) -> Any:
+        if value is True:
             raise ValueError("echo is not supported; omit it or send false")
         return value
 
@@ -376,8 +379,19 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         404: "Unknown adapter or model",
         409: "Adapter incompatible with the loaded base or template",
         413: "Request body too large",
+        422: "Unsafe adapter files (pickles, non-finite or oversized weights)",
         429: "Queue full or too many requests in flight for this key (Retry-After)",
         503: "Not ready (base loading) or shutting down",
     }.items()
 }
 """OpenAPI ``responses=`` for generation routes: every error has the OpenAI shape."""
+
+
+def json_error_responses(statuses: dict[int | str, str]) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for a route whose success is not JSON (vLLM's plain-text answers).
+
+    FastAPI documents a ``model`` response under the route's own media type, which would claim
+    that errors come as ``text/plain``; naming the content explicitly keeps them JSON.
+    """
+    content = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+    return {status: {"description": text, "content": content} for status, text in statuses.items()}

@@ -36,12 +36,14 @@ from adapterhub.protocol import (
 )
 from adapterhub.refs import validate_name
 from adapterhub_server.deps import AdminCaller, ReadyService
-from adapterhub_server.schemas import ERROR_RESPONSES
+from adapterhub_server.schemas import ERROR_RESPONSES, json_error_responses
 from adapterhub_server.service import InferenceService
 
 router = APIRouter(tags=["admin"], responses={**ERROR_RESPONSES, 403: ERROR_RESPONSES[401] | {
     "description": "An inference key on an admin route"}})
 STEP_LOG_FILE = "step_log.jsonl"
+# vLLM's routes answer text/plain; their errors are still OpenAI JSON
+_PLAIN_TEXT_ROUTE_ERRORS = json_error_responses({s: r["description"] for s, r in router.responses.items()})
 
 
 def _engine(service: InferenceService) -> Any:
@@ -100,7 +102,7 @@ async def unload(body: UnloadAdapterRequest, _: AdminCaller, service: ReadyServi
 # ---------------------------------------------------------------------------- vLLM shapes
 
 
-@router.post("/v1/load_lora_adapter", response_class=PlainTextResponse,
+@router.post("/v1/load_lora_adapter", response_class=PlainTextResponse, responses=_PLAIN_TEXT_ROUTE_ERRORS,
              summary="vLLM-compatible: load a registered ref, or import a local PEFT folder and load it")
 async def vllm_load(body: VllmLoadLoraRequest, _: AdminCaller, service: ReadyService) -> str:
     engine = _engine(service)
@@ -118,7 +120,7 @@ async def vllm_load(body: VllmLoadLoraRequest, _: AdminCaller, service: ReadySer
     return f"Success: LoRA adapter '{body.lora_name}' added successfully ({resident.ref} in slot {resident.slot})."
 
 
-@router.post("/v1/unload_lora_adapter", response_class=PlainTextResponse,
+@router.post("/v1/unload_lora_adapter", response_class=PlainTextResponse, responses=_PLAIN_TEXT_ROUTE_ERRORS,
              summary="vLLM-compatible: unload an adapter")
 async def vllm_unload(body: VllmUnloadLoraRequest, _: AdminCaller, service: ReadyService) -> str:
     engine = _engine(service)

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, Response
 
 from adapterhub_server.deps import InferenceCaller, ServiceDep
 from adapterhub_server.metrics import CONTENT_TYPE
+from adapterhub_server.schemas import ERROR_RESPONSES
 from adapterhub_server.service import Phase
 
 router = APIRouter(tags=["health"])
@@ -35,6 +36,7 @@ async def ready(service: ServiceDep) -> JSONResponse:
     return JSONResponse(body, status_code=503, headers={"Retry-After": "2"})
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
+            responses={401: ERROR_RESPONSES[401]})
 async def metrics(_: InferenceCaller, service: ServiceDep) -> Response:
     return Response(service.metrics.render(), media_type=CONTENT_TYPE)
