@@ -141,15 +141,24 @@ class Registry:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
+        """A connection for one call. SQLite's own failures (disk full, I/O error, locked past
+        the timeout) become a ``RegistryError`` that says nothing changed and what to do."""
         try:
-            db.row_factory = sqlite3.Row
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("PRAGMA foreign_keys=ON")
-            yield db
-        finally:
-            db.close()
+            db = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
+            try:
+                db.row_factory = sqlite3.Row
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=FULL")
+                db.execute("PRAGMA foreign_keys=ON")
+                yield db
+            finally:
+                db.close()
+        except sqlite3.OperationalError as e:
+            raise RegistryError(
+                f"the registry database {str(self.db_path)!r} failed: {e}; nothing was changed. "
+                "If the disk is full, free space (`adapterhub doctor --repair` removes leftovers) "
+                "and try again"
+            ) from e
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -159,7 +168,8 @@ class Registry:
             try:
                 yield db
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:  # SQLite rolls back by itself after some errors (full disk)
+                    db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
 
