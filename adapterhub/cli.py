@@ -188,6 +188,129 @@ def generate(
 
 
 @app.command()
+def train(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML (see recipes/).")],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a recipe field, e.g. --set training.max_steps=20 (repeatable).",
+                     show_default=False),
+    ] = None,
+    show_example: Annotated[
+        bool, typer.Option("--show-example", help="Print one rendered training example with its loss mask; no training.")
+    ] = False,
+    example: Annotated[int, typer.Option(min=0, help="Which example --show-example renders.")] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue this recipe's interrupted run from its last checkpoint.")] = False,
+    home: HomeOption = None,
+) -> None:
+    """Train a recipe on the base and register the adapter; prints NAME@N.
+
+    Ctrl-C once stops at the next step with a checkpoint (resume with --resume); twice aborts.
+    """
+    hub = _hub(home)
+    if show_example:
+        from rich.text import Text
+
+        from adapterhub.training.run import show_example as render
+
+        view = render(hub, recipe, overrides=set_, index=example)
+        if out.is_terminal:
+            text = Text()
+            for chunk, loss in view.segments:
+                text.append(chunk, style="bold black on green" if loss else "dim")
+            out.print(text)
+            out.print(f"[green]highlighted[/]: {view.rendered.num_loss_tokens} of "
+                      f"{len(view.rendered.input_ids)} tokens carry loss")
+        else:
+            out.print(view.text, markup=False, highlight=False)
+        return
+    version = _run_training(hub, recipe, set_, resume)
+    m = version.metrics
+    summary = [f"train_loss {m['train_loss']:.4f}"]
+    if "eval_loss" in m:
+        summary.append(f"eval_loss {m['eval_loss']:.4f}")
+    if "general_ppl_ratio" in m:
+        summary.append(
+            f"general-text ppl {m['general_ppl_base']:.2f} -> {m['general_ppl_adapter']:.2f} "
+            f"(x{m['general_ppl_ratio']:.3f})"
+        )
+    err.print(f"registered {version.ref}: " + ", ".join(summary), highlight=False)
+    out.print(version.ref)
+
+
+def _run_training(hub, recipe: Path, overrides: list[str] | None, resume: bool):  # type: ignore[no-untyped-def]
+    """Run with a live bar on stderr (plain lines when not a terminal); Ctrl-C cancels cleanly."""
+    import signal
+
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from adapterhub.progress import CancelToken
+
+    cancel = CancelToken()
+
+    def on_sigint(_signum, _frame):  # type: ignore[no-untyped-def]
+        if cancel.cancelled:
+            raise KeyboardInterrupt
+        cancel.cancel()
+        err.print("[yellow]stopping at the next step (Ctrl-C again to abort)…[/]")
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[stats]}"), TimeRemainingColumn())
+    try:
+        with Progress(*columns, console=err, disable=not err.is_terminal) as bar:
+            task = bar.add_task("preparing", total=None, stats="")
+
+            def update(event: ProgressEvent) -> None:
+                if event.kind in ("message", "failed", "cancelled"):
+                    if event.message:
+                        bar.console.print(event.message, highlight=False, markup=False)
+                    return
+                stats = []
+                if event.loss is not None:
+                    stats.append(f"{'eval ' if event.kind == 'eval' else ''}loss {event.loss:.4f}")
+                if event.learning_rate is not None:
+                    stats.append(f"lr {event.learning_rate:.2e}")
+                if event.tokens_per_s:
+                    stats.append(f"{event.tokens_per_s:.0f} tok/s")
+                total = event.total_steps or None
+                bar.update(task, description="training", total=total, completed=event.step,
+                           stats="  ".join(stats))
+                if not err.is_terminal and event.kind in ("step", "eval"):
+                    eta = f"  eta {event.eta_s:.0f}s" if event.eta_s is not None else ""
+                    err.print(f"step {event.step}/{event.total_steps}  " + "  ".join(stats) + eta,
+                              highlight=False)
+
+            return hub.train(recipe, progress=update, cancel=cancel, resume=resume,
+                             **_overrides_mapping(overrides))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _overrides_mapping(overrides: list[str] | None) -> dict[str, object]:
+    """``--set a.b=1`` pairs as the ``a__b=1`` keywords ``Hub.train`` takes (values parsed as YAML)."""
+    from adapterhub.training.recipe import apply_overrides
+
+    nested = apply_overrides({}, overrides or [])
+    flat: dict[str, object] = {}
+
+    def walk(node: dict[str, object], prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict) and value:
+                walk(value, f"{prefix}{key}__")
+            else:
+                flat[f"{prefix}{key}"] = value
+
+    walk(nested, "")
+    return flat
+
+
+@app.command()
 def doctor(
     repair: Annotated[
         bool, typer.Option(help="Remove leftovers and unreferenced blobs; checkpoint the WAL.")

@@ -27,8 +27,12 @@ from adapterhub.refs import validate_name
 from adapterhub.registry import Registry, Version
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from adapterhub.engine.types import SamplingParams
     from adapterhub.hub import PullResult, PushResult
+    from adapterhub.progress import CancelToken
+    from adapterhub.training.recipe import RecipeBase
 
 HOME_ENV = "ADAPTERHUB_HOME"
 _SETTINGS_FILE = "hub.json"
@@ -199,6 +203,37 @@ class Hub:
             settings=HubSettings.resolve(endpoint, token),
             progress=progress or no_progress,
         )
+
+    # ------------------------------------------------------------------ training
+
+    def train(
+        self,
+        recipe: str | Path | Mapping[str, Any] | RecipeBase,
+        *,
+        progress: ProgressCallback | None = None,
+        cancel: CancelToken | None = None,
+        resume: bool = False,
+        **overrides: Any,
+    ) -> Version:
+        """Train a recipe on this hub's base and register the adapter as a new version.
+
+        Args:
+            recipe: a recipe YAML path, a mapping, or a recipe object.
+            progress: receives every :class:`~adapterhub.progress.ProgressEvent`.
+            cancel: set it from another thread to stop at the next step (nothing is registered).
+            resume: continue this recipe's interrupted run from its last checkpoint.
+            **overrides: recipe fields to override, nested (``training={"max_steps": 20}``) or
+                ``__``-joined (``training__max_steps=20``).
+
+        Raises:
+            ConfigError: bad recipe, data or chat template. TrainingError / TrainingCancelled:
+                the run failed or was cancelled; nothing registered.
+
+        See :func:`adapterhub.training.run.train`.
+        """
+        from adapterhub.training.run import train
+
+        return train(self, recipe, overrides=overrides or None, progress=progress, cancel=cancel, resume=resume)
 
     # ------------------------------------------------------------------ generate
 

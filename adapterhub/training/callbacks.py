@@ -78,11 +78,14 @@ class ProgressBridge(TrainerCallback):  # type: ignore[misc]
         message = f"resumed at step {state.global_step}" if state.global_step else "training"
         self._send(ProgressEvent("start", step=state.global_step, total_steps=state.max_steps, message=message))
 
-    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+    def _check_cancel(self, control: Any) -> None:
         if self.cancel is not None and self.cancel.cancelled and not self.cancelled:
             self.cancelled = True
             control.should_training_stop = True
             control.should_save = True  # keep a checkpoint so the run can be resumed
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._check_cancel(control)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         logs = dict(logs or {})
@@ -125,6 +128,9 @@ class ProgressBridge(TrainerCallback):  # type: ignore[misc]
                 metrics=metrics,
             )
         )
+        # Logging comes after on_step_end: a cancel requested while handling this step's event
+        # still stops here, before the next step, and the checkpoint is saved right after.
+        self._check_cancel(control)
 
     def message(self, text: str, **fields: Any) -> None:
         """Emit and log a one-line message event."""
