@@ -26,6 +26,23 @@ demo: install
 test: install
 	$(BIN)/pytest -q -p no:cacheprovider
 
+# Long reliability runs (`make test` runs the same tests, shorter). fuzz: schemathesis with
+# FUZZ_EXAMPLES per operation, hardening and input safety, SIGKILL loops at KILL_POINTS, disk
+# full. load: 64 streaming clients over 16 adapters for LOAD_SECONDS, a third hanging up.
+FUZZ_EXAMPLES ?= 300
+KILL_POINTS ?= 50
+LOAD_SECONDS ?= 60
+fuzz: install
+	ADAPTERHUB_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) ADAPTERHUB_KILL_POINTS=$(KILL_POINTS) \
+	  $(BIN)/pytest -q -p no:cacheprovider tests/server/test_server_fuzz.py \
+	  tests/server/test_server_hardening.py tests/test_input_safety.py tests/test_adapters.py \
+	  tests/registry/test_crash_and_concurrency.py tests/registry/test_kill_loop_doctor.py \
+	  tests/registry/test_disk_full.py tests/registry/test_doctor_and_faults.py
+
+load: install
+	ADAPTERHUB_LOAD_SECONDS=$(LOAD_SECONDS) $(BIN)/pytest -q -p no:cacheprovider \
+	  tests/server/test_server_load.py
+
 lint: install
 	$(BIN)/ruff check adapterhub server tui tests bench
 

@@ -9,6 +9,7 @@ non-loopback address without keys in ``test_server_settings.py`` and ``test_serv
 from __future__ import annotations
 
 import hmac
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -183,3 +184,36 @@ def test_load_route_wants_an_absolute_path(keyed: TestClient, server_loras: dict
     relative = keyed.post("/v1/load_lora_adapter", headers=auth("admin"),
                           json={"lora_name": "rel", "lora_path": "some/relative/dir"})
     assert "absolute" in assert_error_shape(relative, 400)["message"]
+
+
+def test_chunked_body_without_length_is_cut_at_the_limit(make_client: Callable[..., TestClient]) -> None:
+    """No Content-Length to trust: the body limit counts the bytes as they arrive."""
+    client = make_client(max_body_bytes=1024)
+
+    def chunks() -> Any:
+        yield b'{"model": "pirate", "messages": [{"role": "user", "content": "'
+        for _ in range(64):
+            yield b"x" * 64
+        yield b'"}]}'
+
+    reply = client.post("/v1/chat/completions", content=chunks(), headers={"content-type": "application/json"})
+    assert "max_body_bytes=1024" in assert_error_shape(reply, 413)["message"]
+
+
+def test_error_inside_a_stream_shows_no_internals(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    service = client.app.state.service  # type: ignore[attr-defined]
+    real_rows = service.rows
+
+    async def broken_rows(opened: Any) -> Any:
+        async for item in real_rows(opened):
+            yield item
+            raise RuntimeError("secret internal detail at /srv/adapterhub/engine.py:123")
+
+    monkeypatch.setattr(service, "rows", broken_rows)
+    reply = client.post("/v1/chat/completions", json=chat_body("pirate", stream=True))
+    assert reply.status_code == 200  # the stream had started
+    assert "secret" not in reply.text and "Traceback" not in reply.text and "/srv" not in reply.text
+    events = [line[len("data: "):] for line in reply.text.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    error = json.loads(events[-2])["error"]
+    assert error["code"] == "internal_error" and "request" in error["message"]
