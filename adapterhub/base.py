@@ -272,10 +272,25 @@ def _load_hf(name: str, *, local_only: bool, **kwargs: Any) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_only, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(
-        name, local_files_only=local_only, dtype=torch.float32, trust_remote_code=False, **kwargs
-    )
+    # trust_remote_code=False on every call: left unset, transformers *asks* on a terminal
+    # whether to run a folder's own Python, and one "y" would run it
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            name, local_files_only=local_only, trust_remote_code=False, **kwargs
+        )
+        model = AutoModelForCausalLM.from_pretrained(
+            name, local_files_only=local_only, dtype=torch.float32, trust_remote_code=False, **kwargs
+        )
+    except Exception as e:
+        config = Path(name) / "config.json"
+        ships_code = config.is_file() and '"auto_map"' in config.read_text(errors="replace")
+        hint = (
+            "; it ships its own model code (auto_map), which adapterhub never runs: pick a model "
+            "whose architecture transformers supports natively"
+            if ships_code
+            else ""
+        )
+        raise BaseModelError(f"cannot load {name!r} as a base: {type(e).__name__}: {e}{hint}") from e
     return model, tokenizer
 
 
@@ -355,7 +370,9 @@ def load_base(path: Path | str, precision: str = "nf4") -> LoadedBase:
     else:
         kwargs["dtype"] = torch.bfloat16 if precision == "bf16" else torch.float32
     try:
-        tokenizer = AutoTokenizer.from_pretrained(info.path, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(
+            info.path, local_files_only=True, trust_remote_code=False
+        )
         model = AutoModelForCausalLM.from_pretrained(info.path, **kwargs)
     except Exception as e:
         raise BaseModelError(

@@ -98,3 +98,46 @@ def test_pull_refuses_pickles_that_a_manifest_lists(hub, carol: Hub, lora_dir: P
     with pytest.raises(UnsafeAdapterError, match=r"pickled weights \['extra.pt'\]"):
         carol.pull("alice/sneaky")
     assert carol.list() == []
+
+
+# ---------------------------------------------------------------------------- remote code
+
+
+@pytest.mark.parametrize("model_type", ["llama", "evil_llama"])
+def test_a_base_with_its_own_code_never_runs_it_even_if_the_user_says_yes(
+        tmp_path: Path, model_type: str) -> None:
+    """transformers asks "Do you wish to run the custom code? [y/N]" when ``trust_remote_code`` is
+    left unset; a user typing y would run the folder's Python. adapterhub always passes False:
+    nothing asks, nothing runs, and a base that needs its code is refused in one line."""
+    import subprocess
+    import sys
+
+    from conftest import build_tiny_llama_folder
+
+    folder = build_tiny_llama_folder(tmp_path / "custom")
+    marker = tmp_path / "code-ran"
+    config = json.loads((folder / "config.json").read_text())
+    config["model_type"] = model_type
+    config["auto_map"] = {"AutoConfig": "custom_code.CustomConfig",
+                          "AutoModelForCausalLM": "custom_code.CustomModel"}
+    (folder / "config.json").write_text(json.dumps(config))
+    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
+    tokenizer_config["auto_map"] = {"AutoTokenizer": [None, "custom_code.CustomTokenizer"]}
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    (folder / "custom_code.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\n"
+        "from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast\n"
+        "class CustomConfig(LlamaConfig):\n    model_type = 'evil_llama'\n"
+        "class CustomModel(LlamaForCausalLM):\n    config_class = CustomConfig\n"
+        "class CustomTokenizer(PreTrainedTokenizerFast):\n    pass\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "adapterhub.cli", "init", "--base", str(folder), "--precision", "fp32",
+         "--home", str(tmp_path / "home")],
+        input="y\n" * 8, capture_output=True, text=True, timeout=300,
+    )
+    assert not marker.exists(), result.stdout + result.stderr
+    assert "Do you wish to run the custom code" not in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    if model_type != "llama":  # needs its own code: refused, saying so
+        assert result.returncode != 0 and "never runs" in result.stderr, result.stderr
