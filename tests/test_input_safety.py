@@ -141,3 +141,27 @@ def test_a_base_with_its_own_code_never_runs_it_even_if_the_user_says_yes(
     assert "Traceback" not in result.stderr, result.stderr
     if model_type != "llama":  # needs its own code: refused, saying so
         assert result.returncode != 0 and "never runs" in result.stderr, result.stderr
+
+
+def test_no_source_file_enables_remote_code() -> None:
+    """No call or kwargs dict anywhere in the library, server or TUI sets ``trust_remote_code``
+    to anything but the literal False."""
+    import ast
+
+    def is_false(node: ast.expr | None) -> bool:
+        return isinstance(node, ast.Constant) and node.value is False
+
+    root = Path(__file__).resolve().parents[1]
+    offenders = []
+    for folder in ("adapterhub", "server", "tui"):
+        for path in root.joinpath(folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+                settings: list[tuple[ast.AST, ast.expr | None]] = []
+                if isinstance(node, ast.keyword) and node.arg == "trust_remote_code":
+                    settings.append((node, node.value))
+                elif isinstance(node, ast.Dict):
+                    settings += [(k, v) for k, v in zip(node.keys, node.values, strict=True)
+                                 if isinstance(k, ast.Constant) and k.value == "trust_remote_code"]
+                offenders += [f"{path.relative_to(root)}:{getattr(k, 'lineno', '?')}"
+                              for k, v in settings if not is_false(v)]
+    assert offenders == [], f"trust_remote_code must stay False: {offenders}"
