@@ -217,3 +217,11 @@ def test_error_inside_a_stream_shows_no_internals(client: TestClient, monkeypatc
     assert events[-1] == "[DONE]"
     error = json.loads(events[-2])["error"]
     assert error["code"] == "internal_error" and "request" in error["message"]
+
+
+def test_adapter_over_the_rank_limit_is_refused_with_the_limit(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(engine={"max_lora_rank": 2})  # the test adapters have r=4
+    for reply in (client.post("/v1/chat/completions", json=chat_body("pirate")),
+                  client.post("/admin/adapters/load", json={"ref": "pirate"})):
+        error = assert_error_shape(reply, 409)
+        assert error["code"] == "incompatible_adapter" and "max_lora_rank" in error["message"], error
