@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import queue
 import threading
 import time
@@ -51,6 +52,8 @@ from adapterhub.engine.types import (
     Usage,
 )
 from adapterhub.errors import CapacityError, ConfigError, EngineError, PromptTooLongError
+
+_log = logging.getLogger(__name__)
 
 
 class Engine:
@@ -378,18 +381,19 @@ class Engine:
         with torch.inference_mode():
             while True:
                 self._wake.clear()
-                if not self._drain_inbox():
-                    break
-                self._handle_loads()
-                admitted = self._sched.admit(self._try_start)
-                with self._lock:
-                    self._queued -= len(admitted)
                 try:
+                    if not self._drain_inbox():
+                        break
+                    self._handle_loads()
+                    admitted = self._sched.admit(self._try_start)
+                    with self._lock:
+                        self._queued -= len(admitted)
                     if admitted:
                         self._prefill(admitted)
                     if self._sched.running:
                         self._decode()
-                except Exception as error:  # a kernel failure must not kill the thread
+                except Exception as error:  # nothing may kill the thread: fail the rows instead
+                    _log.exception("engine step failed")
                     self._fail_running(EngineError(f"generation step failed: {error!r}"), error)
                 if not self._sched.running:
                     self._wake.wait(timeout=0.5)

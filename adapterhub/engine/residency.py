@@ -88,7 +88,6 @@ class AdapterResidency:
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adapterhub-loader")
         self.hits = 0
         self.misses = 0
-        self.load_seconds: list[float] = []
 
     def close(self) -> None:
         self._loader.shutdown(wait=True, cancel_futures=True)
@@ -145,14 +144,12 @@ class AdapterResidency:
     def _load(self, version: Version) -> PreparedAdapter:
         """Loader thread: registry read (checksums verified), validation, layout."""
         assert self.source is not None  # resolve() refused refs without a source
-        start = time.perf_counter()
         adapter = self.source.load_adapter(version)
         with torch.inference_mode():
             prepared = prepare_adapter(
                 adapter, version.ref, self.slots.dims, self.slots.num_layers,
                 max_rank=self.slots.rank, dtype=self.slots.dtype,
             )
-        self.load_seconds.append(time.perf_counter() - start)
         return prepared
 
     def poll(self) -> dict[str, BaseException]:
