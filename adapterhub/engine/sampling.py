@@ -24,6 +24,9 @@ import torch
 from adapterhub.engine.types import SamplingParams
 
 _PROMPT_CONTEXT = 5  # prompt tokens kept in the decode window, for tokenizers that merge spaces
+# Below this a temperature is greedy (vLLM's _SAMPLING_EPS): float32 logits divided by a
+# vanishing temperature overflow to inf, and softmax turns them into NaN.
+_MIN_TEMPERATURE = 1e-5
 
 
 class RowSampler:
@@ -33,7 +36,7 @@ class RowSampler:
         self.params = params
         self.stop_token_ids = tuple(stop_token_ids)
         self.generator: torch.Generator | None = None
-        if params.temperature > 0:
+        if params.temperature >= _MIN_TEMPERATURE:
             self.generator = torch.Generator()
             seed = params.seed if params.seed is not None else random.SystemRandom().getrandbits(63)
             self.generator.manual_seed(seed)
@@ -41,6 +44,8 @@ class RowSampler:
     def choose(self, logits: torch.Tensor) -> int:
         """Sample one token from ``[vocab]`` float32 logits (already masked for min_tokens)."""
         p = self.params
+        if self.generator is None:  # greedy (temperature 0 or vanishing)
+            return int(logits.argmax())
         logits = logits / p.temperature
         if p.top_k and p.top_k < logits.shape[-1]:
             kth = torch.topk(logits, p.top_k).values[-1]
@@ -50,6 +55,7 @@ class RowSampler:
             sorted_probs, order = torch.sort(probs, descending=True)
             # keep the smallest prefix whose mass reaches top_p (always at least one token)
             drop = (sorted_probs.cumsum(-1) - sorted_probs) >= p.top_p
+            drop[0] = False  # a top_p under float32's range compares as 0 and would drop all
             sorted_probs = sorted_probs.masked_fill(drop, 0.0)
             probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
         return int(torch.multinomial(probs, 1, generator=self.generator))
