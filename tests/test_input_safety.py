@@ -105,16 +105,16 @@ def test_pull_refuses_pickles_that_a_manifest_lists(hub, carol: Hub, lora_dir: P
 
 @pytest.mark.parametrize("model_type", ["llama", "evil_llama"])
 def test_a_base_with_its_own_code_never_runs_it_even_if_the_user_says_yes(
-        tmp_path: Path, model_type: str) -> None:
+        tmp_path: Path, model_type: str, request: pytest.FixtureRequest) -> None:
     """transformers asks "Do you wish to run the custom code? [y/N]" when ``trust_remote_code`` is
     left unset; a user typing y would run the folder's Python. adapterhub always passes False:
     nothing asks, nothing runs, and a base that needs its code is refused in one line."""
     import subprocess
     import sys
 
-    from conftest import build_tiny_llama_folder
-
-    folder = build_tiny_llama_folder(tmp_path / "custom")
+    # tests/conftest.py as pytest loaded it (``import conftest`` is ambiguous in a mixed run)
+    root_conftest = request.config.pluginmanager.get_plugin(str(Path(__file__).parent / "conftest.py"))
+    folder = root_conftest.build_tiny_llama_folder(tmp_path / "custom")
     marker = tmp_path / "code-ran"
     config = json.loads((folder / "config.json").read_text())
     config["model_type"] = model_type
