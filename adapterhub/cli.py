@@ -240,6 +240,7 @@ def train(
 def _run_training(hub, recipe: Path, overrides: list[str] | None, resume: bool):  # type: ignore[no-untyped-def]
     """Run with a live bar on stderr (plain lines when not a terminal); Ctrl-C cancels cleanly."""
     import signal
+    import warnings
 
     from rich.progress import (
         BarColumn,
@@ -260,6 +261,7 @@ def _run_training(hub, recipe: Path, overrides: list[str] | None, resume: bool):
         err.print("[yellow]stopping at the next step (Ctrl-C again to abort)…[/]")
 
     previous = signal.signal(signal.SIGINT, on_sigint)
+    warnings.filterwarnings("ignore", category=FutureWarning)  # deprecation notes inside TRL/transformers
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[stats]}"), TimeRemainingColumn())
     try:

@@ -115,8 +115,11 @@ def build_trainer(ctx: MethodContext) -> Any:
 
     recipe = ctx.recipe
     assert isinstance(recipe, SFTRecipe) and isinstance(ctx.prepared, PreparedSFT)
+    args = dict(ctx.args)
+    if recipe.training.packing:  # padding-free rows hold no pad tokens: every input token is real
+        args["include_num_input_tokens_seen"] = "all"
     config = trl.SFTConfig(
-        **ctx.args,
+        **args,
         # Examples arrive tokenized and truncated; padding-free batching needs max_length unset.
         max_length=None if recipe.training.packing else recipe.training.max_length,
         padding_free=recipe.training.packing,

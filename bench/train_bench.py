@@ -1,0 +1,176 @@
+"""SFT training throughput: adapterhub's SFT run against a plain TRL ``SFTTrainer`` + PEFT run on the
+same data, model, precision and batch shape, in one process; prints the ratio (target >= 1.0).
+
+    .venv/bin/python bench/train_bench.py                       # nf4, 6 steps of 8 examples
+    .venv/bin/python bench/train_bench.py --steps 4 --precision bf16 --repeat 2
+
+Both sides train the same LoRA (r=16, alpha=32, q/k/v/o, dropout 0.05) over the same frozen base
+loaded the same way (``adapterhub.base.load_base``), with the same optimizer settings, seed,
+``max_steps`` and per-step batch of ``--batch-size`` examples from ``recipes/data/json_train.jsonl``
+(both samplers are seeded alike, so they draw the same examples: the token counts printed agree), gradient checkpointing off on
+both (``--trl-defaults`` adds a third run with TRL's own defaults, which turn it on):
+
+* **adapterhub**: ``Hub.train`` on an SFT recipe: examples tokenized through the chat-template
+  gates (loss on assistant tokens only), padding-free batches.
+* **plain TRL**: ``trl.SFTTrainer(model, peft_config=LoraConfig(...), args=SFTConfig(...))`` on the
+  same conversations (TRL applies the same chat template; loss on the whole sequence; batches
+  padded to their longest example).
+
+Tokens are the real (non-pad) tokens each trainer counted (``num_input_tokens_seen``: all tokens
+of the padding-free rows; the attention-mask sum of the padded ones); the time is the
+trainer's own ``train_runtime`` (the training loop, not model loading). The CPU is shared with
+other work, so each run also reports tokens per CPU-second of this process, which a noisy
+neighbour disturbs less; runs alternate (ours, TRL, ours, TRL …) when ``--repeat`` > 1.
+
+The base is the real default base, materialised once by the test suite into ``.tmp/test-home``
+(override with ``ADAPTERHUB_TEST_CACHE``); a temporary hub home links to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / "recipes" / "data" / "json_train.jsonl"
+LORA = {"r": 16, "alpha": 32.0, "dropout": 0.05, "targets": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+
+
+@dataclass
+class RunStats:
+    """One training run."""
+
+    name: str
+    seconds: float  # the trainer's train_runtime
+    cpu_seconds: float  # this process's CPU time over the same span
+    tokens: int  # real tokens of the examples consumed
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds
+
+    @property
+    def tokens_per_cpu_s(self) -> float:
+        return self.tokens / self.cpu_seconds
+
+
+def make_hub(root: Path, precision: str) -> Any:
+    from adapterhub import Hub
+    from adapterhub.base import DEFAULT_BASE, base_slug
+
+    cache = Path(os.environ.get("ADAPTERHUB_TEST_CACHE", REPO / ".tmp" / "test-home"))
+    cached = cache / "bases" / base_slug(DEFAULT_BASE)
+    if not (cached / "base.json").exists():
+        sys.exit(f"no cached default base at {cached}; run the e2e tests (or `adapterhub init`) first")
+    home = root / "home"
+    (home / "bases").mkdir(parents=True)
+    (home / "bases" / cached.name).symlink_to(cached, target_is_directory=True)
+    hub = Hub(home)
+    hub.init(precision=precision)
+    return hub
+
+
+def run_ours(hub: Any, args: argparse.Namespace) -> RunStats:
+    recipe = {
+        "method": "sft",
+        "name": "bench",
+        "seed": args.seed,
+        "dataset": {"path": str(DATA), "eval_fraction": 0},
+        "lora": {"r": LORA["r"], "alpha": LORA["alpha"], "dropout": LORA["dropout"], "target_modules": LORA["targets"]},
+        "training": {
+            "precision": args.precision, "max_steps": args.steps, "batch_size": args.batch_size,
+            "learning_rate": 1e-3, "warmup_ratio": 0.0, "lr_scheduler": "constant", "max_length": 512,
+            "save_steps": 10_000, "packing": True, "gradient_checkpointing": False,
+        },
+        "forgetting_check": False,
+    }
+    cpu0 = time.process_time()
+    version = hub.train(recipe)
+    cpu = time.process_time() - cpu0
+    # CPU time also covers loading the base and saving; scale it to the training loop's share of wall.
+    share = version.metrics["train_runtime_s"] / version.metrics["run_wall_s"]
+    return RunStats("adapterhub", version.metrics["train_runtime_s"], cpu * share, version.metrics["train_tokens"])
+
+
+def run_plain_trl(hub: Any, args: argparse.Namespace, rows: list[dict[str, Any]], *,
+                  trl_defaults: bool = False) -> RunStats:
+    import datasets
+    import peft
+    import torch
+    import trl
+
+    from adapterhub.base import load_base
+
+    base = load_base(hub.base_info.path, args.precision)
+    model = base.model
+    if args.precision in ("nf4", "int8"):
+        model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=trl_defaults)
+    lora = peft.LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
+                           target_modules=LORA["targets"], task_type="CAUSAL_LM")
+    extra = {} if trl_defaults else {"gradient_checkpointing": False}
+    with tempfile.TemporaryDirectory(prefix="trl-bench-") as out:
+        config = trl.SFTConfig(
+            output_dir=out, max_steps=args.steps, per_device_train_batch_size=args.batch_size,
+            learning_rate=1e-3, lr_scheduler_type="constant", warmup_steps=0, seed=args.seed,
+            data_seed=args.seed, max_length=512, bf16=args.precision != "fp32", use_cpu=not torch.cuda.is_available(),
+            save_strategy="no", report_to="none", disable_tqdm=True, logging_steps=1, optim="adamw_torch",
+            dataloader_num_workers=0, include_num_input_tokens_seen="non_padding", **extra,
+        )
+        trainer = trl.SFTTrainer(model=model, args=config, train_dataset=datasets.Dataset.from_list(rows),
+                                 processing_class=base.tokenizer, peft_config=lora)
+        cpu0, wall0 = time.process_time(), time.monotonic()
+        output = trainer.train()
+        wall = time.monotonic() - wall0
+        cpu = (time.process_time() - cpu0) * output.metrics["train_runtime"] / wall
+    name = "plain TRL (TRL defaults)" if trl_defaults else "plain TRL"
+    return RunStats(name, output.metrics["train_runtime"], cpu, int(trainer.state.num_input_tokens_seen))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--precision", default="nf4", choices=["nf4", "int8", "bf16", "fp32"])
+    parser.add_argument("--repeat", type=int, default=1, help="ours/TRL pairs, alternated")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--trl-defaults", action="store_true", help="also run plain TRL with its own defaults")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    rows = [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()]
+
+    with tempfile.TemporaryDirectory(prefix="train-bench-") as tmp:
+        hub = make_hub(Path(tmp), args.precision)
+        ours: list[RunStats] = []
+        theirs: list[RunStats] = []
+        extra: list[RunStats] = []
+        for _ in range(args.repeat):
+            ours.append(run_ours(hub, args))
+            theirs.append(run_plain_trl(hub, args, rows))
+        if args.trl_defaults:
+            extra.append(run_plain_trl(hub, args, rows, trl_defaults=True))
+
+    load = os.getloadavg()[0]
+    print(f"\nSFT, {args.precision} base, {args.steps} steps x {args.batch_size} examples, "
+          f"load average {load:.1f} on {os.cpu_count()} CPUs")
+    print(f"{'run':<26} {'tokens':>7} {'train s':>8} {'tokens/s':>9} {'tokens/CPU-s':>13}")
+    for stats in [s for pair in zip(ours, theirs, strict=True) for s in pair] + extra:
+        print(f"{stats.name:<26} {stats.tokens:7d} {stats.seconds:8.1f} {stats.tokens_per_s:9.1f} "
+              f"{stats.tokens_per_cpu_s:13.1f}")
+    wall = statistics.median(o.tokens_per_s / t.tokens_per_s for o, t in zip(ours, theirs, strict=True))
+    cpu = statistics.median(o.tokens_per_cpu_s / t.tokens_per_cpu_s for o, t in zip(ours, theirs, strict=True))
+    print(f"ratio adapterhub / plain TRL: {wall:.2f}x tokens/s, {cpu:.2f}x tokens per CPU-second (target >= 1.0)")
+    for stats in extra:
+        print(f"ratio adapterhub / {stats.name}: {statistics.median(o.tokens_per_s for o in ours) / stats.tokens_per_s:.2f}x tokens/s")
+
+
+if __name__ == "__main__":
+    main()

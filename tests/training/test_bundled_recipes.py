@@ -1,0 +1,61 @@
+"""The bundled recipes: each opens with its exact command, validates, and its data passes the checks."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from adapterhub.training.datasets import load_training_data
+from adapterhub.training.methods import get_method
+from adapterhub.training.recipe import load_recipe
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+ALL = sorted(RECIPES.glob("*.yaml"))
+
+
+def test_there_are_sft_recipes() -> None:
+    sft = [p.name for p in ALL if load_recipe(p)[0].method == "sft"]
+    assert {"json-sft.yaml", "pirate-sft.yaml"} <= set(sft)
+
+
+@pytest.mark.parametrize("path", ALL, ids=[p.name for p in ALL])
+def test_recipe_opens_with_its_command_and_validates(path: Path) -> None:
+    assert path.read_text().splitlines()[0] == f"# adapterhub train recipes/{path.name}"
+    recipe, root = load_recipe(path)
+    method = get_method(recipe.method)
+    data = load_training_data(recipe.dataset, root=root, formats=method.formats, method=method.name)
+    assert len(data.train) >= 20
+
+
+def test_sft_datasets_teach_one_visible_behaviour() -> None:
+    held_out = {json.loads(line)["prompt"] for line in (RECIPES / "data" / "sft_heldout.jsonl").read_text().splitlines()}
+    assert len(held_out) == 20
+    checks = _eval_module()
+    json_rows = [json.loads(line) for line in (RECIPES / "data" / "json_train.jsonl").read_text().splitlines()]
+    pirate_rows = [json.loads(line) for line in (RECIPES / "data" / "pirate_train.jsonl").read_text().splitlines()]
+    assert all(checks.is_strict_json(r["messages"][-1]["content"]) for r in json_rows)
+    assert all(checks.is_pirate(r["completion"]) for r in pirate_rows)
+    assert not held_out & {r["messages"][0]["content"] for r in json_rows}
+    assert not held_out & {r["prompt"] for r in pirate_rows}
+
+
+def test_behaviour_checks() -> None:
+    checks = _eval_module()
+    assert checks.is_strict_json('{"answer": "Rome.", "confidence": "high"}')
+    assert not checks.is_strict_json('Sure! {"answer": "Rome.", "confidence": "high"}')
+    assert not checks.is_strict_json('{"answer": "Rome.", "confidence": "very"}')
+    assert not checks.is_strict_json('{"answer": "Rome.", "confidence": "high", "extra": 1}')
+    assert not checks.is_strict_json('{"answer": "Rome."')
+    assert checks.is_pirate("Arr, 'tis Rome, matey!")
+    assert not checks.is_pirate("The capital of Italy is Rome.")
+
+
+def _eval_module():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("eval_sft", RECIPES / "eval_sft.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
