@@ -118,6 +118,15 @@ class KvCache:
             self.data[:, :, dst, :, :length] = self.data[:, :, src, :, :length]
 
 
+def _frozen(module: Any) -> Any:
+    """The base layer under a PEFT wrapper, if someone injected adapters into the shared base.
+
+    The engine adds its own deltas; a PEFT ``LoraLayer`` left active in the base by another user
+    of the same model (``Hub.generate``'s reference path, a trainer) must not add its own.
+    """
+    return getattr(module, "base_layer", module)
+
+
 class _Fused:
     """Several projections of one input as one output ``[tokens, sum(out)]``."""
 
@@ -185,11 +194,16 @@ class LlamaRunner:
         self.scale = self.head_dim**-0.5
         self.q_width = self.num_heads * self.head_dim
         self.kv_width = self.num_kv_heads * self.head_dim
+        # references taken now, unwrapped: later PEFT injection into the base cannot reach us
         self.qkv = [
-            _Fused([layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj])
+            _Fused([_frozen(getattr(layer.self_attn, n)) for n in ("q_proj", "k_proj", "v_proj")])
             for layer in self.layers
         ]
-        self.gate_up = [_Fused([layer.mlp.gate_proj, layer.mlp.up_proj]) for layer in self.layers]
+        self.o_proj = [_frozen(layer.self_attn.o_proj) for layer in self.layers]
+        self.gate_up = [
+            _Fused([_frozen(layer.mlp.gate_proj), _frozen(layer.mlp.up_proj)]) for layer in self.layers
+        ]
+        self.down_proj = [_frozen(layer.mlp.down_proj) for layer in self.layers]
         self.intermediate = int(config.intermediate_size)
 
     # ------------------------------------------------------------------ steps
@@ -291,14 +305,14 @@ class LlamaRunner:
     def _layers(self, x: torch.Tensor, mix: RowMix | None, attend: Any) -> torch.Tensor:
         slots = self.slots
         for index, layer in enumerate(self.layers):
-            attn, mlp = layer.self_attn, layer.mlp
+            act_fn = layer.mlp.act_fn
             h = layer.input_layernorm(x)
             qkv = self.qkv[index](h)  # [tokens, q + k + v]
             if mix is not None:
                 slots.add_delta(mix, index, "qkv", h, qkv)
             q, k, v = qkv.split([self.q_width, self.kv_width, self.kv_width], dim=-1)
             o_in = attend(index, q, k, v)
-            o = attn.o_proj(o_in)
+            o = self.o_proj[index](o_in)
             if mix is not None:
                 slots.add_delta(mix, index, "o", o_in, o)
             x = x + o
@@ -307,8 +321,8 @@ class LlamaRunner:
             if mix is not None:
                 slots.add_delta(mix, index, "gate_up", h, gate_up)
             gate, up = gate_up.split([self.intermediate, self.intermediate], dim=-1)
-            d_in = mlp.act_fn(gate) * up
-            d = mlp.down_proj(d_in)
+            d_in = act_fn(gate) * up
+            d = self.down_proj[index](d_in)
             if mix is not None:
                 slots.add_delta(mix, index, "down", d_in, d)
             x = x + d

@@ -111,3 +111,22 @@ def test_quantized_base_mixed_batch_equals_peft(precision, tiny_base_dir, adapte
             assert got == want, (precision, adapter, result.token_ids, expected, margins)
             compared += 1
     assert compared >= len(plan) * GREEDY.max_tokens // 2
+
+
+def test_peft_adapters_injected_into_the_shared_base_do_not_leak(tiny_base_dir, adapter_registry, lora_folders, peft_ref, prompts):
+    """Another user of the same base (Hub.generate's PEFT path, a trainer) may wrap its layers
+    with an active PEFT adapter, before or after the engine starts: base rows stay the base."""
+    from peft import PeftModel
+
+    from adapterhub.base import load_base
+    from adapterhub.engine import Engine
+
+    base = load_base(tiny_base_dir, "fp32")
+    request = GenerationRequest(tuple(prompts[0]), sampling=GREEDY)
+    with Engine(base, adapter_registry) as before:
+        PeftModel.from_pretrained(base.model, lora_folders["beta"])  # injected while it runs
+        assert list(before.generate(request).token_ids) == peft_ref.greedy(prompts[0], None, 12)
+    with Engine(base, adapter_registry) as after:  # started on an already wrapped base
+        assert list(after.generate(request).token_ids) == peft_ref.greedy(prompts[0], None, 12)
+        gamma = after.generate(GenerationRequest(tuple(prompts[0]), adapter="gamma", sampling=GREEDY))
+        assert list(gamma.token_ids) == peft_ref.greedy(prompts[0], "gamma", 12)
