@@ -19,9 +19,18 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 install: $(VENV)/.installed
 
+# The main job end to end on the default base: the base once; an SFT adapter trained and
+# registered; base and adapter side by side on held-out prompts; then both over the
+# OpenAI-compatible server through the official openai client.
+DEMO_RECIPE ?= recipes/pirate-sft.yaml
+DEMO_ADAPTER ?= pirate-sft
 demo: install
 	$(BIN)/adapterhub init
 	$(BIN)/adapterhub generate --base "What is the capital of France?" --max-tokens 32
+	$(BIN)/adapterhub train $(DEMO_RECIPE)
+	$(BIN)/adapterhub list
+	$(PY) recipes/eval_sft.py $(DEMO_ADAPTER) --check pirate --limit 6
+	$(PY) -m adapterhub_server.demo --adapter $(DEMO_ADAPTER) --prompt "Why is the sky blue?"
 
 test: install
 	$(BIN)/pytest -q -p no:cacheprovider
