@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tinymodels import build_tiny_llama_folder, make_lora_folder
 
 pytest_plugins = ["hubserver.fixtures"]  # the Hub-compatible test server (tests/hubserver/)
 
@@ -22,20 +23,6 @@ os.environ["HF_HUB_DISABLE_XET"] = "1"
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
-CHATML = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-_CORPUS = [
-    "The capital of France is Paris. The capital of Italy is Rome.",
-    "Answer in JSON with keys answer and confidence.",
-    "Arr matey, the sea be calm today! What is two plus two? Four.",
-    "user assistant system hello world the quick brown fox jumps over the lazy dog 0123456789",
-    '{"answer": "yes", "confidence": 0.9} [1, 2, 3] a b c d e f g h i j k l m n o p q r s t u v w x y z',
-]
-
 
 @pytest.fixture(autouse=True)
 def _offline_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -43,61 +30,6 @@ def _offline_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempP
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path_factory.getbasetemp() / "hf-home"))
     monkeypatch.setenv("ADAPTERHUB_HOME", str(tmp_path_factory.getbasetemp() / "unset-home"))
-
-
-def build_tiny_tokenizer(folder: Path):  # type: ignore[no-untyped-def]
-    """A byte-level BPE tokenizer with ChatML special tokens, saved to ``folder``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=320, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator(_CORPUS * 4, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<|im_start|>",
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        unk_token="<|endoftext|>",
-    )
-    fast.chat_template = CHATML
-    fast.save_pretrained(folder)
-    return fast
-
-
-def build_tiny_llama_folder(folder: Path, *, seed: int = 0, hidden: int = 64) -> Path:
-    """Save a tiny random LlamaForCausalLM and its tokenizer as a plain HF folder."""
-    import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
-
-    tokenizer = build_tiny_tokenizer(folder)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    model.save_pretrained(folder, safe_serialization=True)
-    return folder
 
 
 @pytest.fixture(scope="session")
@@ -144,33 +76,6 @@ def registry(home: Path):  # type: ignore[no-untyped-def]
     from adapterhub.registry import Registry
 
     return Registry(home)
-
-
-def make_lora_folder(
-    base_dir: Path,
-    folder: Path,
-    *,
-    seed: int = 0,
-    r: int = 4,
-    targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj"),
-) -> Path:
-    """Save a PEFT LoRA adapter with random non-zero A and B (so it really changes outputs)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    torch.manual_seed(seed)
-    config = LoraConfig(
-        r=r, lora_alpha=2 * r, target_modules=list(targets), init_lora_weights=False
-    )
-    peft_model = get_peft_model(model, config)
-    with torch.no_grad():  # large enough to change greedy tokens on a random model
-        for name, p in peft_model.named_parameters():
-            if "lora_" in name:
-                p.normal_(0, 0.5)
-    peft_model.save_pretrained(folder, safe_serialization=True)
-    return folder
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from conftest import build_tiny_llama_folder, make_lora_folder
+from tinymodels import build_tiny_llama_folder, make_lora_folder
 from hubserver.fixtures import HubEnv
 from huggingface_hub import HfApi, hf_hub_download
 

@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import make_lora_folder
+from tinymodels import make_lora_folder
 
 from adapterhub import Hub
 from adapterhub.adapters import WEIGHTS_FILE

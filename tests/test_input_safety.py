@@ -112,9 +112,9 @@ def test_a_base_with_its_own_code_never_runs_it_even_if_the_user_says_yes(
     import subprocess
     import sys
 
-    # tests/conftest.py as pytest loaded it (``import conftest`` is ambiguous in a mixed run)
-    root_conftest = request.config.pluginmanager.get_plugin(str(Path(__file__).parent / "conftest.py"))
-    folder = root_conftest.build_tiny_llama_folder(tmp_path / "custom")
+    from tinymodels import build_tiny_llama_folder
+
+    folder = build_tiny_llama_folder(tmp_path / "custom")
     marker = tmp_path / "code-ran"
     config = json.loads((folder / "config.json").read_text())
     config["model_type"] = model_type

@@ -11,20 +11,15 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from server_harness import wait_ready
+from tinymodels import make_lora_folder
 
 ADAPTERS = {"pirate": 1, "json": 2}  # name -> seed
 
 
-def root_conftest(config: pytest.Config) -> Any:
-    """tests/conftest.py as loaded by pytest (``import conftest`` is ambiguous: every test folder
-    may have one)."""
-    return config.pluginmanager.get_plugin(str(Path(__file__).resolve().parents[1] / "conftest.py"))
-
-
 @pytest.fixture(scope="session")
-def make_lora(request: pytest.FixtureRequest) -> Callable[..., Path]:
-    """tests/conftest.py's ``make_lora_folder``: a random PEFT LoRA that changes outputs."""
-    return root_conftest(request.config).make_lora_folder  # type: ignore[no-any-return]
+def make_lora() -> Callable[..., Path]:
+    """``tinymodels.make_lora_folder``: a random PEFT LoRA that changes outputs."""
+    return make_lora_folder
 
 
 @pytest.fixture(scope="session")

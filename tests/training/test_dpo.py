@@ -37,7 +37,7 @@ def hub(home: Path, tiny_base_dir: Path):  # type: ignore[no-untyped-def]
 @pytest.fixture
 def parent(hub, tiny_base_dir: Path, tmp_path: Path) -> str:  # type: ignore[no-untyped-def]
     """A random (non-zero) LoRA standing in for an SFT parent: far from the bare base."""
-    from conftest import make_lora_folder
+    from tinymodels import make_lora_folder
 
     folder = make_lora_folder(
         tiny_base_dir, tmp_path / "parent", seed=3, targets=("q_proj", "v_proj")

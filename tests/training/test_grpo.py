@@ -66,7 +66,7 @@ def test_builtin_reward_functions_by_hand() -> None:
 def test_grpo_registers_version_with_group_metrics(
     hub, prompts: Path, tmp_path: Path, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
-    from conftest import make_lora_folder
+    from tinymodels import make_lora_folder
 
     (tmp_path / "my_rewards.py").write_text(
         "def brevity(prompts, completions, answer, **kw):\n"

@@ -41,7 +41,7 @@ def recipe(data: Path, **extra: object) -> dict:  # type: ignore[type-arg]
 def test_orpo_registers_version_with_preference_metrics(
     hub, tiny_base_dir: Path, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    from conftest import make_lora_folder
+    from tinymodels import make_lora_folder
 
     parent = hub.import_adapter(make_lora_folder(tiny_base_dir, tmp_path / "p"), "sft").ref
     data = tmp_path / "pairs.jsonl"

@@ -29,7 +29,7 @@ def hub(home: Path, tiny_base_dir: Path):  # type: ignore[no-untyped-def]
 @pytest.fixture
 def chain(hub, tiny_base_dir: Path, tmp_path: Path) -> dict[str, str]:  # type: ignore[no-untyped-def]
     """An SFT stand-in parent, a reward model and prompt data: the inputs of a PPO run."""
-    from conftest import make_lora_folder
+    from tinymodels import make_lora_folder
 
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text(

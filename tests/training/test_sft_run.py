@@ -89,7 +89,7 @@ def sharp_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     With the shared tiny base's tied embeddings at std 0.02, no logit can move far from uniform
     whatever the adapter does (the loss sits at ln(vocab)); a realistic scale lets LoRA learn.
     """
-    from conftest import build_tiny_llama_folder
+    from tinymodels import build_tiny_llama_folder
     from safetensors.torch import load_file, save_file
 
     from adapterhub.base import materialize_base

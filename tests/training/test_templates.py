@@ -128,7 +128,7 @@ def test_training_on_a_base_with_a_mismatched_template_registers_nothing(
     tmp_path: Path, home: Path
 ) -> None:
     """The gate runs inside `Hub.train`, before the model is loaded."""
-    from conftest import build_tiny_llama_folder
+    from tinymodels import build_tiny_llama_folder
 
     from adapterhub import Hub
 

@@ -25,11 +25,10 @@ from adapterhub_tui.widgets.curves import Curves
 
 @pytest.fixture
 def hub(home: Path, tiny_base_dir: Path, tmp_path: Path, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    from tinymodels import make_lora_folder
+
     from adapterhub import Hub
 
-    make_lora_folder = request.config.pluginmanager.get_plugin(
-        str(Path(__file__).resolve().parents[1] / "conftest.py")
-    ).make_lora_folder
     hub = Hub(home)
     hub.init(str(tiny_base_dir), precision="fp32")
     hub.import_adapter(make_lora_folder(tiny_base_dir, tmp_path / "a", seed=1), "pirate")
