@@ -240,7 +240,7 @@ def check_rows(
             f"{field}: method {method!r} needs {describe_formats(formats)}, but the first example has "
             f"columns {sorted(columns)!r} ({found}); rewrite the data in one of those formats"
         )
-    problems = []
+    problems: list[str] = []
     for index, row in enumerate(rows):
         problems.extend(f"{field} line {index + 1}: {p}" for p in _row_problems(row, fmt))
         if len(problems) > _MAX_REPORTED:

@@ -312,7 +312,7 @@ def _load_model(hub: Hub, plan: RunPlan) -> tuple[Any, Any]:
             model,
             LoraConfig(
                 r=lora.r,
-                lora_alpha=lora.alpha,
+                lora_alpha=lora.alpha,  # type: ignore[arg-type]  # PEFT annotates int; floats work
                 lora_dropout=lora.dropout,
                 target_modules=lora.modules,
                 use_rslora=lora.use_rslora,

@@ -72,7 +72,7 @@ def end_of_turn_ids(tokenizer: Any, base_path: Path | None = None) -> tuple[int,
     return tuple(sorted(i for i in ids if i is not None))
 
 
-def to_conversation(row: Mapping[str, Any], fmt: str) -> tuple[list[Message], int]:
+def to_conversation(row: Mapping[str, Any], fmt: str) -> tuple[list[dict[str, str]], int]:
     """A dataset row as chat messages, plus the index of the first message that may carry loss.
 
     Plain-string prompts become one user turn and completions one assistant turn.

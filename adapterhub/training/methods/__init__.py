@@ -61,7 +61,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from adapterhub.errors import ConfigError
+from adapterhub.errors import ConfigError, TrainingError
 
 if TYPE_CHECKING:
     from adapterhub.base import LoadedBase
@@ -142,5 +142,5 @@ def get_method(name: str) -> Method:
         raise ConfigError(f"method {name!r} is not available; use one of {', '.join(_MODULES)}")
     method = importlib.import_module(module_name).METHOD
     if not isinstance(method, Method) or method.name != name:
-        raise TypeError(f"{module_name}.METHOD must be a Method named {name!r}")
+        raise TrainingError(f"{module_name}.METHOD must be a Method named {name!r}; fix the method module")
     return method
