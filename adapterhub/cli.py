@@ -269,6 +269,8 @@ def _run_training(hub, recipe: Path, overrides: list[str] | None, resume: bool):
             task = bar.add_task("preparing", total=None, stats="")
 
             def update(event: ProgressEvent) -> None:
+                if event.kind == "start" and event.step:  # a resumed run says where it resumed
+                    bar.console.print(event.message, highlight=False, markup=False)
                 if event.kind in ("message", "failed", "cancelled"):
                     if event.message:
                         bar.console.print(event.message, highlight=False, markup=False)

@@ -89,8 +89,8 @@ def sharp_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     With the shared tiny base's tied embeddings at std 0.02, no logit can move far from uniform
     whatever the adapter does (the loss sits at ln(vocab)); a realistic scale lets LoRA learn.
     """
-    from tinymodels import build_tiny_llama_folder
     from safetensors.torch import load_file, save_file
+    from tinymodels import build_tiny_llama_folder
 
     from adapterhub.base import materialize_base
 
@@ -235,3 +235,36 @@ def test_cli_train_and_show_example(hub: Hub, data: Path, tmp_path: Path, capsys
     with pytest.raises(SystemExit) as exited:
         main(["train", str(path), "--set", "lora.r=0", "--home", str(hub.home)])
     assert exited.value.code == 2 and "lora.r" in capsys.readouterr().err
+
+
+def test_ctrl_c_in_the_cli_stops_with_a_checkpoint_and_resume_finishes(hub: Hub, data: Path, tmp_path: Path) -> None:
+    """A real `adapterhub train` process: SIGINT stops it cleanly, `--resume` continues the run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    path = tmp_path / "capitals.yaml"
+    path.write_text(
+        "method: sft\nname: capitals\nforgetting_check: false\n"
+        f"dataset:\n  path: {data}\ntraining:\n  precision: fp32\n  batch_size: 2\n  max_steps: 40\n"
+        "  save_steps: 1000\n"
+    )
+    command = [sys.executable, "-m", "adapterhub.cli", "train", str(path), "--home", str(hub.home)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert proc.stderr is not None
+    for line in proc.stderr:  # plain progress lines: stderr is a pipe, not a terminal
+        if line.startswith("step 3/40"):
+            proc.send_signal(signal.SIGINT)
+            break
+    _, rest = proc.communicate(timeout=300)
+    assert proc.returncode == 1, rest
+    assert "cancelled at step" in rest and "nothing registered" in rest
+    assert hub.list() == []
+
+    done = subprocess.run([*command, "--resume"], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "capitals@1"
+    resumed_at = next(line for line in done.stderr.splitlines() if line.startswith("resumed at step"))
+    assert int(resumed_at.split()[-1]) >= 3
