@@ -256,7 +256,7 @@ class Engine:
         if pinned:
             return self.load_adapter(ref, pin=True)
         key = self._residency.resolve(ref)
-        found = self._call(lambda: self._residency.set_pinned(key, False))
+        found: ResidentAdapter | None = self._call(lambda: self._residency.set_pinned(key, False))
         if found is None:
             raise ConfigError(f"adapter {key!r} is not resident, so it cannot be unpinned")
         return found

@@ -68,7 +68,8 @@ def projection_dims(model: Any) -> dict[str, tuple[int, int]]:
 
 def compute_dtype(model: Any) -> torch.dtype:
     """The dtype activations flow in: the embedding's (bnb keeps it unquantized)."""
-    return model.model.embed_tokens.weight.dtype
+    dtype: torch.dtype = model.model.embed_tokens.weight.dtype
+    return dtype
 
 
 class KvCache:
@@ -310,7 +311,7 @@ class LlamaRunner:
             qkv = self.qkv[index](h)  # [tokens, q + k + v]
             if mix is not None:
                 slots.add_delta(mix, index, "qkv", h, qkv)
-            q, k, v = qkv.split([self.q_width, self.kv_width, self.kv_width], dim=-1)
+            q, k, v = torch.split(qkv, [self.q_width, self.kv_width, self.kv_width], dim=-1)
             o_in = attend(index, q, k, v)
             o = self.o_proj[index](o_in)
             if mix is not None:
@@ -320,7 +321,7 @@ class LlamaRunner:
             gate_up = self.gate_up[index](h)  # [tokens, 2 * intermediate]
             if mix is not None:
                 slots.add_delta(mix, index, "gate_up", h, gate_up)
-            gate, up = gate_up.split([self.intermediate, self.intermediate], dim=-1)
+            gate, up = torch.split(gate_up, [self.intermediate, self.intermediate], dim=-1)
             d_in = act_fn(gate) * up
             d = self.down_proj[index](d_in)
             if mix is not None:
@@ -329,4 +330,5 @@ class LlamaRunner:
         return x
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.model.lm_head(self.model.model.norm(hidden)).float()
+        logits: torch.Tensor = self.model.lm_head(self.model.model.norm(hidden))
+        return logits.float()

@@ -272,9 +272,9 @@ class LoraSlots:
         weight = torch.zeros(len(used), width, 1, dtype=self.dtype)
         steps = torch.arange(tokens_per_row)
         for g, slot in enumerate(used):
-            for j, (row, w) in enumerate(members[slot]):
+            for j, (index, w) in enumerate(members[slot]):
                 lo = j * tokens_per_row
-                src[g, lo : lo + tokens_per_row] = row * tokens_per_row + steps
+                src[g, lo : lo + tokens_per_row] = index * tokens_per_row + steps
                 weight[g, lo : lo + tokens_per_row] = w
         all_slots = used == list(range(self.num_slots))
         targets = frozenset().union(*(self._slot_targets[s] for s in used))
