@@ -81,9 +81,9 @@ def test_request_joining_mid_flight_gets_the_same_tokens(make_engine, peft_ref, 
     assert list(result.token_ids) == peft_ref.greedy(prompts[1], None, 12)
 
 
-@pytest.mark.parametrize("precision", ["nf4", "bf16"])
+@pytest.mark.parametrize("precision", ["nf4", "int8", "bf16"])
 def test_quantized_base_mixed_batch_equals_peft(precision, tiny_base_dir, adapter_registry, make_peft_ref, prompts):
-    """In nf4 and bf16, tokens equal PEFT's until PEFT itself is at a near-tie.
+    """In nf4, int8 and bf16, tokens equal PEFT's until PEFT itself is at a near-tie.
 
     The tiny random model's logits span about 0.5, and bf16 rounds them by ~0.004 (PEFT's own
     batched and single-row paths differ by as much): where PEFT's best and second-best logits
