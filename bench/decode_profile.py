@@ -1,0 +1,107 @@
+"""Where a decode step's time goes: the engine's forward with and without mixed adapters.
+
+    .venv/bin/python bench/decode_profile.py                # 32 rows, 8 adapters, span 71
+    .venv/bin/python bench/decode_profile.py --rows 8 --threads 2 --table
+
+Builds the engine's own pieces (``LlamaRunner`` over the real default base in bf16, a
+``LoraSlots`` with ``--adapters`` random r=16 q/k/v/o adapters), prefills ``--rows`` prompts of
+``--span`` tokens, then times decode steps with no adapter and with every row on its own slot
+(round robin), by the thread's CPU time (a busy neighbour barely moves it), and splits one
+profiled step into projections, LM head, attention, LoRA and the rest with ``torch.profiler``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.profiler import ProfilerActivity, profile, record_function
+
+from adapterhub.base import load_base, materialize_base
+from adapterhub.engine.llama import LlamaRunner, projection_dims
+from adapterhub.engine.lora import LoraSlots, PreparedAdapter
+
+REPO = Path(__file__).resolve().parent.parent
+ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def labelled(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with record_function(name):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=32)
+    parser.add_argument("--adapters", type=int, default=8)
+    parser.add_argument("--span", type=int, default=71, help="tokens already in each row's cache")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--table", action="store_true", help="also print torch.profiler's op table")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    cache = Path(os.environ.get("ADAPTERHUB_TEST_CACHE", REPO / ".tmp" / "test-home"))
+    base = load_base(materialize_base(cache).path, "bf16")
+    model = base.model
+    layers = model.config.num_hidden_layers
+    torch.inference_mode().__enter__()
+    dims = projection_dims(model)
+    slots = LoraSlots(dims, num_layers=layers, num_slots=args.adapters, rank=16, dtype=torch.float32)
+    for slot in range(args.adapters):
+        weights = {
+            (layer, t): (torch.randn(16, dims[t][0]) * 0.01, torch.randn(16, dims[t][1]) * 0.01)
+            for layer in range(layers) for t in ATTENTION
+        }
+        slots.install(slot, PreparedAdapter(f"a{slot}", 16, weights, 0))
+    runner = LlamaRunner(model, slots, max_rows=args.rows, max_seq_len=4 * args.span)
+    runner.prefill([[1 + i] * args.span for i in range(args.rows)], 0, [{}] * args.rows)
+    tokens = torch.randint(0, 1000, (args.rows,))
+    lengths = torch.full((args.rows,), args.span)
+    mixes = {
+        "no adapter": None,
+        f"{args.adapters} adapters mixed": slots.row_mix([{i % args.adapters: 1.0} for i in range(args.rows)]),
+    }
+    slots.add_delta = labelled("lora", slots.add_delta)  # type: ignore[method-assign]
+    runner._logits = labelled("lm_head", runner._logits)  # type: ignore[method-assign]
+
+    print(f"decode step: {args.rows} rows, span {args.span}, {args.threads} threads, bf16 base")
+    for name, mix in mixes.items():
+        for _ in range(2):
+            runner.decode(tokens, lengths, mix)
+        start = time.thread_time()
+        for _ in range(args.steps):
+            runner.decode(tokens, lengths, mix)
+        step_ms = (time.thread_time() - start) / args.steps * 1000
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(args.steps):
+                runner.decode(tokens, lengths, mix)
+        events = {e.key: e for e in prof.key_averages()}
+        total = sum(e.self_cpu_time_total for e in prof.key_averages())
+
+        def share(key: str, inclusive: bool = False, events: Any = events, total: float = total) -> float:
+            event = events.get(key)
+            if event is None:
+                return 0.0
+            return 100 * (event.cpu_time_total if inclusive else event.self_cpu_time_total) / total
+
+        lora = share("lora", inclusive=True)
+        print(
+            f"  {name:20s} {step_ms:6.1f} ms CPU/step | matmul {share('aten::mm'):4.1f}% "
+            f"(LM head {share('lm_head', inclusive=True):4.1f}%) | bmm {share('aten::bmm'):4.1f}% "
+            f"(attention + LoRA) | LoRA {lora:4.1f}% | KV writes {share('aten::_index_put_impl_'):3.1f}%"
+        )
+        if args.table:
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
+
+if __name__ == "__main__":
+    main()
