@@ -41,6 +41,11 @@ class EngineConfig(BaseModel):
     """Adapters kept loaded in memory behind the slots (an LRU cache), so a slot is refilled by
     a copy instead of a registry read."""
 
+    loader_threads: int = Field(default=2, ge=1, le=64)
+    """Threads that read, verify and lay out adapters from the registry while rows decode. A
+    burst of requests for cold adapters waits on them, so more than one keeps the last
+    request of the burst from starting a whole chain of loads late."""
+
     max_seq_len: int | None = Field(default=None, ge=8, le=1_000_000)
     """Longest prompt plus completion; ``None`` takes the base's ``max_position_embeddings``."""
 

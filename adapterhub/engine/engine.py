@@ -105,6 +105,7 @@ class Engine:
         self._residency = AdapterResidency(
             registry, base, self._slots,
             max_cpu_adapters=self.config.max_cpu_adapters, on_loaded=self._wake.set,
+            loader_threads=self.config.loader_threads,
         )
         self._sched = Scheduler(
             max_rows=self.config.max_rows,

@@ -65,6 +65,7 @@ class AdapterResidency:
         *,
         max_cpu_adapters: int,
         on_loaded: Callable[[], None],
+        loader_threads: int = 1,
     ) -> None:
         """Args:
         source: the registry (None: the engine serves the base only).
@@ -72,6 +73,7 @@ class AdapterResidency:
         slots: the stacked buffers adapters are installed into.
         max_cpu_adapters: entries of the LRU cache behind the slots.
         on_loaded: called on the loader thread when a load finishes (wakes the engine).
+        loader_threads: loads that may run at once.
         """
         self.source = source
         self.base = base
@@ -85,7 +87,9 @@ class AdapterResidency:
         self._loading: dict[str, Future[PreparedAdapter]] = {}
         self._versions: dict[str, Version] = {}
         self._versions_lock = threading.Lock()
-        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adapterhub-loader")
+        self._loader = ThreadPoolExecutor(
+            max_workers=loader_threads, thread_name_prefix="adapterhub-loader"
+        )
         self.hits = 0
         self.misses = 0
 
