@@ -2,8 +2,9 @@
 
 Files written next to this script:
 
-* ``concise_pairs.jsonl``: preference pairs (prompt, concise chosen, rambling rejected) for DPO,
-  ORPO, SimPO and the reward model;
+* ``concise_pairs.jsonl``: preference pairs for DPO, ORPO, SimPO and the reward model, two per
+  question: the concise answer chosen over the same answer in a chatty wrapper, and over a
+  rambling version;
 * ``concise_prompts.jsonl``: the same questions, prompt only, for PPO;
 * ``concise_eval.jsonl``: 30 held-out questions (never in training) for the quality table;
 * ``chatty_sft.jsonl``: the SFT parent's data: the same questions answered inside a polite wrapper
@@ -274,12 +275,17 @@ def main() -> None:
     rng = random.Random(6)
     with open(HERE / "concise_pairs.jsonl", "w") as f:
         for question, answer in QA:
-            row = {
-                "prompt": [{"role": "user", "content": question}],
-                "chosen": [{"role": "assistant", "content": answer}],
-                "rejected": [{"role": "assistant", "content": ramble(question, answer, rng)}],
-            }
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            # Two pairs per question: against the chatty wrapper (what the SFT parent says) and
+            # against full rambling. The first keeps the preference on the parent's own
+            # behaviour; alone, the second is separated in a few steps by the rambling's length
+            # and DPO's loss saturates before the parent's wrapper is touched.
+            for rejected in (chatty(answer, rng), ramble(question, answer, rng)):
+                row = {
+                    "prompt": [{"role": "user", "content": question}],
+                    "chosen": [{"role": "assistant", "content": answer}],
+                    "rejected": [{"role": "assistant", "content": rejected}],
+                }
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
     with open(HERE / "concise_prompts.jsonl", "w") as f:
         for question, _ in QA:
             f.write(json.dumps({"prompt": [{"role": "user", "content": question}]}) + "\n")
@@ -299,7 +305,7 @@ def main() -> None:
     overlap = seen & {q for q, _ in EVAL_PROMPTS}
     if overlap:
         raise SystemExit(f"held-out prompts leak into training: {sorted(overlap)!r}")
-    print(f"{len(QA)} pairs, {len(EVAL_PROMPTS)} held-out prompts")
+    print(f"{2 * len(QA)} pairs, {len(EVAL_PROMPTS)} held-out prompts")
 
 
 if __name__ == "__main__":
