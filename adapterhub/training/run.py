@@ -32,7 +32,8 @@ import hashlib
 import json
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -175,8 +176,50 @@ def train(
     if cancel is not None and cancel.cancelled:
         raise TrainingCancelled(f"training {recipe_obj.name!r} was cancelled before it started; nothing registered")
     prepared = plan.method.prepare(plan.prepare_context()) if plan.method.prepare else None
+    with _exclusive(plan.run_dir):
+        return _execute(hub, plan, prepared, emit, cancel, resume)
 
+
+@contextmanager
+def _exclusive(run_dir: Path) -> Iterator[None]:
+    """Hold ``<run_dir>.lock`` so two processes never train the same run (same checkpoints) at once.
+
+    Raises:
+        TrainingError: another process holds it.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, as before
+        yield
+        return
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(run_dir.with_name(run_dir.name + ".lock"), "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TrainingError(
+                f"this recipe is already training in another process (lock {lock.name!r}); "
+                "wait for it, or cancel it, before starting it again"
+            ) from None
+        try:
+            yield
+        finally:  # remove before unlocking: a process that opens it later makes a fresh one
+            Path(lock.name).unlink(missing_ok=True)
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _execute(
+    hub: Hub,
+    plan: RunPlan,
+    prepared: Any,
+    emit: ProgressCallback,
+    cancel: CancelToken | None,
+    resume: bool,
+) -> Version:
+    """Train, measure and register (the part of :func:`train` that holds the run's lock)."""
     from transformers.trainer_utils import get_last_checkpoint
+
+    recipe_obj = plan.recipe
 
     from adapterhub.training.callbacks import ProgressBridge, trim_step_log
 
@@ -434,8 +477,9 @@ def _finish(hub: Hub, plan: RunPlan, trainer: Any, model: Any, output: Any, brid
     if trainer.eval_dataset is not None:
         bridge.message("evaluating")
         for key, value in trainer.evaluate().items():
+            # eval_num_tokens is TRL's running count of *training* tokens: not an eval metric.
             if isinstance(value, int | float) and key.startswith("eval_") and not key.endswith(
-                ("runtime", "per_second")
+                ("runtime", "per_second", "num_tokens")
             ):
                 metrics[key] = round(float(value), 6)
         if "eval_loss" in metrics and plan.method.name == "sft":  # other losses are not token NLL

@@ -198,6 +198,20 @@ def test_cancel_registers_nothing_and_keeps_a_checkpoint(hub: Hub, data: Path) -
         hub.train(recipe(data, max_steps=10), cancel=cancel)
 
 
+def test_the_same_run_cannot_train_twice_at_once(hub: Hub, data: Path) -> None:
+    import fcntl
+
+    from adapterhub.training.run import plan_run
+
+    run_dir = plan_run(hub, recipe(data, max_steps=1)).run_dir
+    run_dir.parent.mkdir(parents=True)
+    with open(run_dir.with_name(run_dir.name + ".lock"), "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as a running `adapterhub train` of this recipe holds it
+        with pytest.raises(TrainingError, match="already training in another process"):
+            hub.train(recipe(data, max_steps=1))
+    assert hub.list() == []
+
+
 def test_wrong_format_and_bad_targets_fail_before_training(hub: Hub, tmp_path: Path, data: Path) -> None:
     prefs = tmp_path / "prefs.jsonl"
     prefs.write_text(json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}) + "\n")
