@@ -44,11 +44,11 @@ HomeOption = Annotated[
 def _hub(home: Path | None, precision: str | None = None):  # type: ignore[no-untyped-def]
     from adapterhub.facade import Hub
 
-    _quiet_libraries()
+    quiet_libraries()
     return Hub(home, precision=precision)
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """The CLI shows its own progress; silence the per-tensor bars and chatter of dependencies."""
     import logging
     import warnings
@@ -421,48 +421,26 @@ def pull(
     out.print(result.version.ref)
 
 
-@app.command()
-def serve(
-    host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1); non-loopback needs API keys.", show_default=False)] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default 8000).", show_default=False)] = None,
-    slots: Annotated[int | None, typer.Option(min=1, help="Adapter slots resident at once (default 8).", show_default=False)] = None,
-    precision: Annotated[str | None, typer.Option(help="Load the base as nf4, int8, bf16 or fp32 (default: as at init).", show_default=False)] = None,
-    keys_file: Annotated[Path | None, typer.Option(help="YAML/JSON file of API keys with roles.", show_default=False)] = None,
-    home: HomeOption = None,
-) -> None:
-    """Serve the OpenAI-compatible HTTP API (settings also from ADAPTERHUB_* variables)."""
-    try:  # the server is an optional extra; the library never imports it at module level
-        from adapterhub_server import load_settings
-        from adapterhub_server import serve as run_server
-    except ImportError as e:
-        raise ConfigError(f"the server needs its extra ({e.name} is missing): pip install 'adapterhub[server]'") from e
-
-    _quiet_libraries()
-    settings = load_settings(
-        host=host, port=port, precision=precision, keys_file=keys_file, home=home,
-        engine={"max_slots": slots} if slots is not None else None,
-    )
-    run_server(settings)
+COMMANDS_GROUP = "adapterhub.commands"
 
 
-@app.command()
-def tui(
-    server: Annotated[str | None, typer.Option("--server", help="URL of a running `adapterhub serve`; in-process on the hub home when omitted.", show_default=False)] = None,
-    api_key: Annotated[str | None, typer.Option("--api-key", envvar="ADAPTERHUB_API_KEY", help="API key for --server (an admin key enables tag/delete).", show_default=False)] = None,
-    home: HomeOption = None,
-) -> None:
-    """Open the terminal UI: registry, training with live curves, side-by-side compare."""
-    try:  # the TUI is an optional extra; the library never imports it at module level
-        from adapterhub_tui.launch import run_tui
-    except ImportError as e:
-        raise ConfigError(f"the TUI needs its extra ({e.name} is missing): pip install 'adapterhub[tui]'") from e
+def _add_plugin_commands() -> None:
+    """Add the commands other packages register (the server's ``serve``, the TUI's ``tui``).
 
-    _quiet_libraries()
-    run_tui(server=server, home=home, api_key=api_key)
+    They name a ``register(app)`` function under the entry-point group ``adapterhub.commands``,
+    so the library never imports the server or UI layers, and a missing extra is a missing command.
+    """
+    from importlib.metadata import entry_points
+
+    known = {command.name or command.callback.__name__ for command in app.registered_commands}
+    for entry in entry_points(group=COMMANDS_GROUP):
+        if entry.name not in known:
+            entry.load()(app)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning our errors into one line and an exit code."""
+    _add_plugin_commands()
     try:
         code = app(args=argv, standalone_mode=False)
         if isinstance(code, int) and code:  # typer.Exit(n) comes back as a return value here

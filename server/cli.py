@@ -1,0 +1,36 @@
+"""``adapterhub serve``: registered into the library's CLI through the ``adapterhub.commands``
+entry point, so that the library never imports this package."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from adapterhub.cli import HomeOption, quiet_libraries
+
+
+def register(app: typer.Typer) -> None:
+    """Add the command to the ``adapterhub`` CLI."""
+    app.command()(serve)
+
+
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1); non-loopback needs API keys.", show_default=False)] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8000).", show_default=False)] = None,
+    slots: Annotated[int | None, typer.Option(min=1, help="Adapter slots resident at once (default 8).", show_default=False)] = None,
+    precision: Annotated[str | None, typer.Option(help="Load the base as nf4, int8, bf16 or fp32 (default: as at init).", show_default=False)] = None,
+    keys_file: Annotated[Path | None, typer.Option(help="YAML/JSON file of API keys with roles.", show_default=False)] = None,
+    home: HomeOption = None,
+) -> None:
+    """Serve the OpenAI-compatible HTTP API (settings also from ADAPTERHUB_* variables)."""
+    from adapterhub_server import load_settings
+    from adapterhub_server import serve as run_server
+
+    quiet_libraries()
+    settings = load_settings(
+        host=host, port=port, precision=precision, keys_file=keys_file, home=home,
+        engine={"max_slots": slots} if slots is not None else None,
+    )
+    run_server(settings)
