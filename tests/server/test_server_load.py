@@ -92,7 +92,8 @@ def test_64_streams_over_16_adapters_with_hang_ups_leave_nothing_behind(
     try:
         warm_up = run_load(LoadPlan(server.url, tuple(ADAPTERS), clients=len(ADAPTERS), duration_s=0.1,
                                     max_tokens=4, disconnect_every=0, api_key=INFERENCE_KEY))
-        assert warm_up.outcomes == {"completed": len(ADAPTERS)}, warm_up.outcomes
+        # every client makes at least one request; a fast machine fits a second inside the window
+        assert set(warm_up.outcomes) == {"completed"} and warm_up.completed >= len(ADAPTERS), warm_up.outcomes
         assert idle(wait_for(server, idle))
         rss_warm = rss_bytes(server)
 
@@ -112,7 +113,7 @@ def test_64_streams_over_16_adapters_with_hang_ups_leave_nothing_behind(
         # the per-key budget is whole again: CLIENTS streams at once still fit under the key
         again = run_load(LoadPlan(server.url, tuple(ADAPTERS), clients=CLIENTS, duration_s=0.1, max_tokens=2,
                                   disconnect_every=0, api_key=INFERENCE_KEY))
-        assert again.outcomes == {"completed": CLIENTS}, again.outcomes
+        assert set(again.outcomes) == {"completed"} and again.completed >= CLIENTS, again.outcomes
         assert idle(wait_for(server, idle))
         rss_after = rss_bytes(server)
         report(request, f"load: server RSS {rss_warm / 2**20:.0f} MiB after warm-up, "
