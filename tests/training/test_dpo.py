@@ -26,15 +26,6 @@ PAIR = {
 
 
 @pytest.fixture
-def hub(home: Path, tiny_base_dir: Path):  # type: ignore[no-untyped-def]
-    from adapterhub import Hub
-
-    hub = Hub(home)
-    hub.init(str(tiny_base_dir), precision="fp32")
-    return hub
-
-
-@pytest.fixture
 def parent(hub, tiny_base_dir: Path, tmp_path: Path) -> str:  # type: ignore[no-untyped-def]
     """A random (non-zero) LoRA standing in for an SFT parent: far from the bare base."""
     from tinymodels import make_lora_folder

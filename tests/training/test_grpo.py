@@ -18,15 +18,6 @@ PROMPTS = [
 
 
 @pytest.fixture
-def hub(home: Path, tiny_base_dir: Path):  # type: ignore[no-untyped-def]
-    from adapterhub import Hub
-
-    hub = Hub(home)
-    hub.init(str(tiny_base_dir), precision="fp32")
-    return hub
-
-
-@pytest.fixture
 def prompts(tmp_path: Path) -> Path:
     path = tmp_path / "prompts.jsonl"
     path.write_text("\n".join(json.dumps(p) for p in PROMPTS) + "\n")

@@ -18,15 +18,6 @@ QUESTIONS = [f"Question number {i}?" for i in range(10)]
 
 
 @pytest.fixture
-def hub(home: Path, tiny_base_dir: Path):  # type: ignore[no-untyped-def]
-    from adapterhub import Hub
-
-    hub = Hub(home)
-    hub.init(str(tiny_base_dir), precision="fp32")
-    return hub
-
-
-@pytest.fixture
 def chain(hub, tiny_base_dir: Path, tmp_path: Path) -> dict[str, str]:  # type: ignore[no-untyped-def]
     """An SFT stand-in parent, a reward model and prompt data: the inputs of a PPO run."""
     from tinymodels import make_lora_folder

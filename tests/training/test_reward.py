@@ -20,15 +20,6 @@ PAIRS = [
 ]
 
 
-@pytest.fixture
-def hub(home: Path, tiny_base_dir: Path):  # type: ignore[no-untyped-def]
-    from adapterhub import Hub
-
-    hub = Hub(home)
-    hub.init(str(tiny_base_dir), precision="fp32")
-    return hub
-
-
 def recipe(data: Path, **extra: object) -> dict:  # type: ignore[type-arg]
     return {
         "method": "reward",

@@ -17,13 +17,6 @@ ANSWERS = ["Paris.", "Rome.", "Madrid.", "Berlin.", "Lisbon.", "Vienna."]
 
 
 @pytest.fixture
-def hub(home: Path, tiny_base_dir: Path) -> Hub:
-    hub = Hub(home)
-    hub.init(str(tiny_base_dir), precision="fp32")
-    return hub
-
-
-@pytest.fixture
 def data(tmp_path: Path) -> Path:
     path = tmp_path / "capitals.jsonl"
     rows = [

@@ -27,11 +27,11 @@ How a method plugs in
    common ``transformers.TrainingArguments`` keywords the runner derived from ``recipe.training``
    (output_dir, steps, batch, lr, schedule, checkpointing, logging, seed, precision, ``use_cpu``…);
    add the method's own fields, e.g. ``trl.DPOConfig(**ctx.args, beta=ctx.recipe.dpo.beta,
-   max_length=ctx.recipe.training.max_length)``. Pass ``model=ctx.model`` (a ``PeftModel``: frozen
-   base + trainable adapter named ``"default"``; do **not** pass ``peft_config``),
-   ``processing_class=ctx.tokenizer``, the datasets (``ctx.prepared`` if you defined ``prepare``,
-   else ``ctx.data.train``/``ctx.data.eval``), and ``callbacks=list(ctx.callbacks)``. Return the
-   trainer without calling ``train()``.
+   max_length=ctx.recipe.training.max_length)``. Build the trainer with
+   ``**ctx.trainer_inputs()``: the model (a ``PeftModel``: frozen base + trainable adapter named
+   ``"default"``; do **not** pass ``peft_config``), the datasets (``ctx.prepared`` if you defined
+   ``prepare``, else ``ctx.data``), the tokenizer and the callbacks. Return the trainer without
+   calling ``train()``.
 
    * The reference policy costs nothing: with ``ref_model=None`` TRL's preference trainers use the
      base with the adapter switched off. When ``ctx.parent_dir`` is set (the run continues from a
@@ -110,6 +110,18 @@ class MethodContext:
     say: ProgressCallback | Callable[[str], None]  # one-line status messages to the user
     parent: Version | None = None
     parent_dir: Path | None = None  # the parent's PEFT folder, exported and verified
+
+    def trainer_inputs(self) -> dict[str, Any]:
+        """The keywords every trainer takes alike: the model, the prepared train and eval sets,
+        the tokenizer and the runner's callbacks (``Trainer(args=config, **ctx.trainer_inputs())``)."""
+        data = self.prepared if self.prepared is not None else self.data
+        return {
+            "model": self.model,
+            "train_dataset": data.train,
+            "eval_dataset": data.eval,
+            "processing_class": self.tokenizer,
+            "callbacks": list(self.callbacks),
+        }
 
 
 @dataclass(frozen=True)

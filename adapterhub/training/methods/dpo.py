@@ -77,13 +77,9 @@ def build_trainer(ctx: MethodContext) -> Any:
         dataset_num_proc=None,
     )
     return trl.DPOTrainer(
-        model=ctx.model,
         ref_model=None,  # the frozen copy of the starting adapter ("ref") is the reference
         args=config,
-        train_dataset=ctx.prepared.train,
-        eval_dataset=ctx.prepared.eval,
-        processing_class=ctx.tokenizer,
-        callbacks=list(ctx.callbacks),
+        **ctx.trainer_inputs(),
     )
 
 
@@ -93,6 +89,6 @@ METHOD = Method(
     formats=("preference",),
     build_trainer=build_trainer,
     prepare=prepare_preference,
-    render_example=lambda ctx, row: render_pair(ctx, row),
+    render_example=render_pair,
     description="direct preference optimisation; the parent (an SFT version) is the frozen reference",
 )

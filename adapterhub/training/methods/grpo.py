@@ -157,13 +157,9 @@ def build_trainer(ctx: MethodContext) -> Any:
         log_completions=False,
     )
     return trl.GRPOTrainer(
-        model=ctx.model,
         reward_funcs=functions,
         args=config,
-        train_dataset=ctx.prepared.train,
-        eval_dataset=ctx.prepared.eval,
-        processing_class=ctx.tokenizer,
-        callbacks=list(ctx.callbacks),
+        **ctx.trainer_inputs(),
     )
 
 

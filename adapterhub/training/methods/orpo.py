@@ -54,12 +54,8 @@ def build_trainer(ctx: MethodContext) -> Any:
         dataset_num_proc=None,
     )
     return ORPOTrainer(
-        model=ctx.model,
         args=config,
-        train_dataset=ctx.prepared.train,
-        eval_dataset=ctx.prepared.eval,
-        processing_class=ctx.tokenizer,
-        callbacks=list(ctx.callbacks),
+        **ctx.trainer_inputs(),
     )
 
 
@@ -69,6 +65,6 @@ METHOD = Method(
     formats=("preference",),
     build_trainer=build_trainer,
     prepare=prepare_preference,
-    render_example=lambda ctx, row: render_pair(ctx, row),
+    render_example=render_pair,
     description="odds-ratio preference optimisation (SFT + preference in one loss, no reference)",
 )

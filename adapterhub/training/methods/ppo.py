@@ -209,17 +209,13 @@ def build_trainer(ctx: MethodContext) -> Any:
         missing_eos_penalty=p.missing_eos_penalty,
     )
     return PPOTrainer(
-        model=model,
         value_head=value_head,
         scorer=scorer,
         reference_adapter=reference,
         settings=settings,
         eos_token_ids=ctx.base.eos_token_ids,
         args=args,
-        train_dataset=ctx.prepared.train,
-        eval_dataset=ctx.prepared.eval,
-        processing_class=ctx.tokenizer,
-        callbacks=list(ctx.callbacks),
+        **ctx.trainer_inputs(),
     )
 
 

@@ -55,12 +55,8 @@ def build_trainer(ctx: MethodContext) -> Any:
         dataset_num_proc=None,
     )
     return trl.RewardTrainer(
-        model=ctx.model,
         args=config,
-        train_dataset=ctx.prepared.train,
-        eval_dataset=ctx.prepared.eval,
-        processing_class=ctx.tokenizer,
-        callbacks=list(ctx.callbacks),
+        **ctx.trainer_inputs(),
     )
 
 
@@ -70,7 +66,7 @@ METHOD = Method(
     formats=("preference",),
     build_trainer=build_trainer,
     prepare=prepare_preference,
-    render_example=lambda ctx, row: render_pair(ctx, row),
+    render_example=render_pair,
     task_type="SEQ_CLS",
     description="reward model: LoRA + scalar score head trained on preference pairs",
 )

@@ -130,12 +130,8 @@ def build_trainer(ctx: MethodContext) -> Any:
         dataset_num_proc=None,
     )
     return trl.SFTTrainer(
-        model=ctx.model,
         args=config,
-        train_dataset=ctx.prepared.train,
-        eval_dataset=ctx.prepared.eval,
-        processing_class=ctx.tokenizer,
-        callbacks=list(ctx.callbacks),
+        **ctx.trainer_inputs(),
     )
 
 

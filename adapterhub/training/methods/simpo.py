@@ -62,12 +62,8 @@ def build_trainer(ctx: MethodContext) -> Any:
         dataset_num_proc=None,
     )
     return CPOTrainer(
-        model=ctx.model,
         args=config,
-        train_dataset=ctx.prepared.train,
-        eval_dataset=ctx.prepared.eval,
-        processing_class=ctx.tokenizer,
-        callbacks=list(ctx.callbacks),
+        **ctx.trainer_inputs(),
     )
 
 
@@ -77,6 +73,6 @@ METHOD = Method(
     formats=("preference",),
     build_trainer=build_trainer,
     prepare=prepare_preference,
-    render_example=lambda ctx, row: render_pair(ctx, row),
+    render_example=render_pair,
     description="SimPO (TRL's CPO trainer with the SimPO loss): length-normalised, no reference",
 )

@@ -1,4 +1,5 @@
-"""ORPO on the tiny base: a few steps register a version with lineage and preference metrics."""
+"""ORPO and SimPO (no reference model) on the tiny base: a few steps register a version with
+lineage and preference metrics; the wrong data format names the expected columns."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from adapterhub import Hub
 from adapterhub.errors import ConfigError
 from adapterhub.progress import ProgressEvent
 from adapterhub.training.run import train
@@ -16,21 +18,13 @@ PAIR = {
     "chosen": "Paris.",
     "rejected": "Great question! The answer is Paris, I hope this helps!",
 }
+METHODS = ["orpo", "simpo"]
 
 
-@pytest.fixture
-def hub(home: Path, tiny_base_dir: Path):  # type: ignore[no-untyped-def]
-    from adapterhub import Hub
-
-    hub = Hub(home)
-    hub.init(str(tiny_base_dir), precision="fp32")
-    return hub
-
-
-def recipe(data: Path, **extra: object) -> dict:  # type: ignore[type-arg]
+def recipe(method: str, data: Path, **extra: object) -> dict[str, object]:
     return {
-        "method": "orpo",
-        "name": "concise-orpo",
+        "method": method,
+        "name": f"concise-{method}",
         "dataset": {"path": str(data)},
         "training": {"precision": "fp32", "max_steps": 2, "batch_size": 2, "learning_rate": 1e-3},
         "forgetting_check": False,
@@ -38,26 +32,27 @@ def recipe(data: Path, **extra: object) -> dict:  # type: ignore[type-arg]
     }
 
 
-def test_orpo_registers_version_with_preference_metrics(
-    hub, tiny_base_dir: Path, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("method", METHODS)
+def test_registers_version_with_preference_metrics(method: str, hub: Hub, tiny_base_dir: Path,
+                                                   tmp_path: Path) -> None:
     from tinymodels import make_lora_folder
 
     parent = hub.import_adapter(make_lora_folder(tiny_base_dir, tmp_path / "p"), "sft").ref
     data = tmp_path / "pairs.jsonl"
     data.write_text("\n".join(json.dumps(PAIR) for _ in range(12)) + "\n")  # plain strings
     events: list[ProgressEvent] = []
-    version = train(hub, recipe(data, parent=parent), progress=events.append)
+    version = train(hub, recipe(method, data, parent=parent), progress=events.append)
 
-    assert version.method == "orpo" and version.parent == parent
+    assert version.method == method and version.parent == parent
     for key in ("train/rewards/margins", "train/rewards/accuracies"):
         assert key in version.metrics, sorted(version.metrics)
     assert any("rewards/margins" in e.metrics for e in events if e.kind == "step")
-    assert version.recipe["orpo"]["beta"] > 0
+    assert version.recipe[method]["beta"] > 0
 
 
-def test_orpo_wrong_data_format_names_expected_columns(hub, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("method", METHODS)
+def test_wrong_data_format_names_expected_columns(method: str, hub: Hub, tmp_path: Path) -> None:
     data = tmp_path / "prompts.jsonl"
     data.write_text(json.dumps({"prompt": "Hi"}) + "\n")
     with pytest.raises(ConfigError, match="prompt, chosen, rejected"):
-        train(hub, recipe(data))
+        train(hub, recipe(method, data))
