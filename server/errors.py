@@ -6,8 +6,9 @@ arrives as one ``data:`` event, then the stream ends.
 
 Design choices:
 
-* **Types, never text.** :data:`ERROR_TABLE` maps library exception *types* to a status, an OpenAI
-  error type and a code; the most specific class in the exception's MRO wins. The message is the
+* **Types, never text.** Each library exception type travels under one code
+  (:data:`adapterhub.protocol.ERROR_CODES`, shared with clients; the most specific class in the
+  exception's MRO wins) and :data:`ERROR_TABLE` gives each code a status and an OpenAI error type. The message is the
   library's own (it already names the field, shows the value and says how to fix it). This is
   the opposite of choosing a status by searching message text.
 * **HTTP conditions** (401, 403, 404 route, 413, 503 not ready) are FastAPI ``HTTPException`` s
@@ -33,19 +34,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from adapterhub.errors import (
     AdapterHubError,
     AdapterNotFoundError,
-    BaseModelError,
     CapacityError,
-    ConfigError,
-    CorruptBlobError,
-    EngineError,
-    HubError,
     IncompatibleAdapterError,
-    PromptTooLongError,
-    RegistryError,
-    TrainingError,
-    UnsafeAdapterError,
-    VersionExistsError,
 )
+from adapterhub.protocol import error_code
 
 log = logging.getLogger("adapterhub.server")
 
@@ -59,23 +51,23 @@ class ErrorSpec:
     code: str
 
 
-ERROR_TABLE: dict[type[BaseException], ErrorSpec] = {
-    AdapterNotFoundError: ErrorSpec(404, "not_found_error", "model_not_found"),
-    PromptTooLongError: ErrorSpec(400, "invalid_request_error", "context_length_exceeded"),
-    ConfigError: ErrorSpec(400, "invalid_request_error", "invalid_value"),
-    IncompatibleAdapterError: ErrorSpec(409, "invalid_request_error", "incompatible_adapter"),
-    UnsafeAdapterError: ErrorSpec(422, "invalid_request_error", "unsafe_adapter"),
-    VersionExistsError: ErrorSpec(409, "invalid_request_error", "version_exists"),
-    CorruptBlobError: ErrorSpec(500, "server_error", "corrupt_adapter"),
-    RegistryError: ErrorSpec(409, "invalid_request_error", "registry_conflict"),
-    CapacityError: ErrorSpec(429, "rate_limit_error", "capacity_exceeded"),
-    BaseModelError: ErrorSpec(503, "service_unavailable", "base_unavailable"),
-    EngineError: ErrorSpec(503, "service_unavailable", "engine_unavailable"),
-    HubError: ErrorSpec(502, "server_error", "hub_unavailable"),
-    TrainingError: ErrorSpec(500, "server_error", "training_failed"),
-    AdapterHubError: ErrorSpec(500, "server_error", "internal_error"),
+ERROR_TABLE: dict[str, tuple[int, str]] = {
+    "model_not_found": (404, "not_found_error"),
+    "context_length_exceeded": (400, "invalid_request_error"),
+    "invalid_value": (400, "invalid_request_error"),
+    "incompatible_adapter": (409, "invalid_request_error"),
+    "unsafe_adapter": (422, "invalid_request_error"),
+    "version_exists": (409, "invalid_request_error"),
+    "corrupt_adapter": (500, "server_error"),
+    "registry_conflict": (409, "invalid_request_error"),
+    "capacity_exceeded": (429, "rate_limit_error"),
+    "base_unavailable": (503, "service_unavailable"),
+    "engine_unavailable": (503, "service_unavailable"),
+    "hub_unavailable": (502, "server_error"),
+    "training_failed": (500, "server_error"),
+    "internal_error": (500, "server_error"),
 }
-"""Library error type -> answer. Looked up along the exception's MRO (most specific first)."""
+"""Error code (:data:`adapterhub.protocol.ERROR_CODES`) -> HTTP status and OpenAI error type."""
 
 STATUS_TYPES: dict[int, str] = {
     400: "invalid_request_error",
@@ -93,16 +85,11 @@ STATUS_TYPES: dict[int, str] = {
 }
 """HTTP status -> OpenAI error type, for errors that are HTTP conditions rather than ours."""
 
-_INTERNAL = ErrorSpec(500, "server_error", "internal_error")
-
-
 def spec_for(error: BaseException) -> ErrorSpec:
-    """The table row for ``error``: its most specific class that the table names."""
-    for cls in type(error).__mro__:
-        spec = ERROR_TABLE.get(cls)
-        if spec is not None:
-            return spec
-    return _INTERNAL
+    """How ``error`` is answered: its code's row of :data:`ERROR_TABLE`."""
+    code = error_code(error)
+    status, type_ = ERROR_TABLE[code]
+    return ErrorSpec(status, type_, code)
 
 
 def error_body(message: str, type_: str, *, param: str | None = None, code: str | None = None) -> dict[str, Any]:

@@ -14,9 +14,9 @@ import warnings
 from pathlib import Path
 
 import pytest
-from tinymodels import build_tiny_llama_folder, make_lora_folder
 from hubserver.fixtures import HubEnv
 from huggingface_hub import HfApi, hf_hub_download
+from tinymodels import build_tiny_llama_folder, make_lora_folder
 
 from adapterhub import Hub
 from adapterhub.adapters import CONFIG_FILE, WEIGHTS_FILE

@@ -9,7 +9,7 @@ server package: the wire is the only contract.
 Design choices:
 
 * **Errors come back as the library's types.** The server answers OpenAI's error shape with a
-  ``code`` drawn from one table of library error types; :data:`ERROR_CODES` maps each code back,
+  ``code`` drawn from one table of library error types; :data:`adapterhub.protocol.ERROR_CODES` maps each code back,
   so an unknown adapter is an :class:`~adapterhub.errors.AdapterNotFoundError` here exactly as
   in-process. Transport failures and refused keys become
   :class:`~adapterhub.errors.ServerError` saying what to do. Message text is never parsed.
@@ -31,44 +31,11 @@ from urllib.parse import quote
 import httpx
 
 from adapterhub.engine.types import GenerationChunk, SamplingParams, Usage
-from adapterhub.errors import (
-    AdapterHubError,
-    AdapterNotFoundError,
-    BaseModelError,
-    CapacityError,
-    ConfigError,
-    CorruptBlobError,
-    EngineError,
-    HubError,
-    IncompatibleAdapterError,
-    PromptTooLongError,
-    RegistryError,
-    ServerError,
-    TrainingError,
-    UnsafeAdapterError,
-    VersionExistsError,
-)
+from adapterhub.errors import AdapterHubError, AdapterNotFoundError, ConfigError, ServerError
 from adapterhub.progress import CancelToken, ProgressCallback, ProgressEvent
-from adapterhub.protocol import DeleteResponse, ServerInfo, VersionInfo, VersionList
+from adapterhub.protocol import ERROR_CODES, DeleteResponse, ServerInfo, VersionInfo, VersionList
 from adapterhub.registry import Version
 from adapterhub_tui.backend import BackendInfo, Capability, ChatMessages, TrainRequest
-
-ERROR_CODES: dict[str, type[AdapterHubError]] = {
-    "model_not_found": AdapterNotFoundError,
-    "context_length_exceeded": PromptTooLongError,
-    "invalid_value": ConfigError,
-    "incompatible_adapter": IncompatibleAdapterError,
-    "unsafe_adapter": UnsafeAdapterError,
-    "version_exists": VersionExistsError,
-    "corrupt_adapter": CorruptBlobError,
-    "registry_conflict": RegistryError,
-    "capacity_exceeded": CapacityError,
-    "base_unavailable": BaseModelError,
-    "engine_unavailable": EngineError,
-    "hub_unavailable": HubError,
-    "training_failed": TrainingError,
-}
-"""The server's error ``code`` -> the library error type it was raised as."""
 
 
 def library_error(status: int | None, body: Any, url: str) -> AdapterHubError:
