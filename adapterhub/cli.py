@@ -55,8 +55,14 @@ def quiet_libraries() -> None:
 
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # TRL's per-dataset "Map" bars
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="bitsandbytes")
+    # Preference batches carry no ``input_ids``, so transformers says at every step that it cannot
+    # count tokens; the progress line simply shows no tok/s for those methods.
+    logging.getLogger("transformers.trainer").addFilter(
+        lambda record: "number of tokens seen" not in record.getMessage()
+    )
 
 
 def _when(ts: float) -> str:

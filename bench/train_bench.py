@@ -1,8 +1,8 @@
 """SFT training throughput: adapterhub's SFT run against a plain TRL ``SFTTrainer`` + PEFT run on the
 same data, model, precision and batch shape, in one process; prints the ratio (target >= 1.0).
 
-    .venv/bin/python bench/train_bench.py                       # nf4, 6 steps of 8 examples
-    .venv/bin/python bench/train_bench.py --steps 4 --precision bf16 --repeat 2
+    .venv/bin/python bench/train_bench.py                       # nf4, 2 pairs of 6 steps x 8 examples
+    .venv/bin/python bench/train_bench.py --steps 4 --precision bf16 --repeat 1
 
 Both sides train the same LoRA (r=16, alpha=32, q/k/v/o, dropout 0.05) over the same frozen base
 loaded the same way (``adapterhub.base.load_base``), with the same optimizer settings, seed,
@@ -20,7 +20,8 @@ Tokens are the real (non-pad) tokens each trainer counted (``num_input_tokens_se
 of the padding-free rows; the attention-mask sum of the padded ones); the time is the
 trainer's own ``train_runtime`` (the training loop, not model loading). The CPU is shared with
 other work, so each run also reports tokens per CPU-second of this process, which a noisy
-neighbour disturbs less; runs alternate (ours, TRL, ours, TRL …) when ``--repeat`` > 1.
+neighbour disturbs less (though spinning OpenMP threads inflate it too under heavy load); pairs
+run in ABBA order (ours, TRL, TRL, ours …) and the ratio is the median over pairs.
 
 The base is the real default base, materialised once by the test suite into ``.tmp/test-home``
 (override with ``ADAPTERHUB_TEST_CACHE``); a temporary hub home links to it.
@@ -35,6 +36,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,7 +90,7 @@ def run_ours(hub: Any, args: argparse.Namespace) -> RunStats:
         "training": {
             "precision": args.precision, "max_steps": args.steps, "batch_size": args.batch_size,
             "learning_rate": 1e-3, "warmup_ratio": 0.0, "lr_scheduler": "constant", "max_length": 512,
-            "save_steps": 10_000, "packing": True, "gradient_checkpointing": False,
+            "save_steps": 10_000, "packing": True, "activation_checkpointing": False,
         },
         "forgetting_check": False,
     }
@@ -106,6 +108,7 @@ def run_plain_trl(hub: Any, args: argparse.Namespace, rows: list[dict[str, Any]]
     import peft
     import torch
     import trl
+    from transformers.trainer_callback import PrinterCallback
 
     from adapterhub.base import load_base
 
@@ -115,7 +118,7 @@ def run_plain_trl(hub: Any, args: argparse.Namespace, rows: list[dict[str, Any]]
         model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=trl_defaults)
     lora = peft.LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
                            target_modules=LORA["targets"], task_type="CAUSAL_LM")
-    extra = {} if trl_defaults else {"gradient_checkpointing": False}
+    extra = {} if trl_defaults else {"activation_checkpointing": False}
     with tempfile.TemporaryDirectory(prefix="trl-bench-") as out:
         config = trl.SFTConfig(
             output_dir=out, max_steps=args.steps, per_device_train_batch_size=args.batch_size,
@@ -126,6 +129,7 @@ def run_plain_trl(hub: Any, args: argparse.Namespace, rows: list[dict[str, Any]]
         )
         trainer = trl.SFTTrainer(model=model, args=config, train_dataset=datasets.Dataset.from_list(rows),
                                  processing_class=base.tokenizer, peft_config=lora)
+        trainer.remove_callback(PrinterCallback)  # as the runner does: no per-step dict printing
         cpu0, wall0 = time.process_time(), time.monotonic()
         output = trainer.train()
         wall = time.monotonic() - wall0
@@ -139,12 +143,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--precision", default="nf4", choices=["nf4", "int8", "bf16", "fp32"])
-    parser.add_argument("--repeat", type=int, default=1, help="ours/TRL pairs, alternated")
+    parser.add_argument("--repeat", type=int, default=2, help="ours/TRL pairs, in ABBA order")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--trl-defaults", action="store_true", help="also run plain TRL with its own defaults")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore")
     rows = [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()]
 
     with tempfile.TemporaryDirectory(prefix="train-bench-") as tmp:
@@ -152,9 +159,13 @@ def main() -> None:
         ours: list[RunStats] = []
         theirs: list[RunStats] = []
         extra: list[RunStats] = []
-        for _ in range(args.repeat):
-            ours.append(run_ours(hub, args))
-            theirs.append(run_plain_trl(hub, args, rows))
+        for i in range(args.repeat):  # ABBA order, so a drift in the neighbours' load hurts both alike
+            if i % 2 == 0:
+                ours.append(run_ours(hub, args))
+                theirs.append(run_plain_trl(hub, args, rows))
+            else:
+                theirs.append(run_plain_trl(hub, args, rows))
+                ours.append(run_ours(hub, args))
         if args.trl_defaults:
             extra.append(run_plain_trl(hub, args, rows, trl_defaults=True))
 

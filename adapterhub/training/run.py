@@ -344,11 +344,10 @@ def _load_model(hub: Hub, plan: RunPlan) -> tuple[Any, Any]:
     if plan.method.task_type == "SEQ_CLS":  # reward model: LoRA + score head over the same trunk
         from adapterhub.training.reward_model import attach_score_lora
 
-        parent_dir = hub.registry.export(plan.parent, plan.run_dir / "parent") if plan.parent else None
+        parent_dir = _export_parent(hub, plan) if plan.parent else None
         return base, attach_score_lora(model, recipe.lora, parent_dir=parent_dir)
     if plan.parent is not None:
-        parent_dir = hub.registry.export(plan.parent, plan.run_dir / "parent")
-        model = PeftModel.from_pretrained(model, parent_dir, is_trainable=True)
+        model = PeftModel.from_pretrained(model, _export_parent(hub, plan), is_trainable=True)
     else:
         lora = recipe.lora
         model = get_peft_model(
@@ -364,6 +363,22 @@ def _load_model(hub: Hub, plan: RunPlan) -> tuple[Any, Any]:
             ),
         )
     return base, model
+
+
+def _export_parent(hub: Hub, plan: RunPlan) -> Path:
+    """The parent version as a PEFT folder in the run folder, pointing at the local base.
+
+    The registry stores the base's Hub name in ``base_model_name_or_path``; left there, PEFT looks
+    the name up online at every save (warning when offline). The registered result gets the name
+    back in :func:`_finish`.
+    """
+    assert plan.parent is not None
+    folder = hub.registry.export(plan.parent, plan.run_dir / "parent")
+    config_path = folder / CONFIG_FILE
+    config = json.loads(config_path.read_text())
+    config["base_model_name_or_path"] = str(hub.base_info.path)
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
+    return folder
 
 
 def _check_targets(recipe: RecipeBase, base_path: Path) -> None:
@@ -444,7 +459,7 @@ def training_arguments(recipe: RecipeBase, output_dir: Path) -> dict[str, Any]:
         "data_seed": recipe.seed,
         "bf16": t.precision != "fp32",
         "use_cpu": not torch.cuda.is_available(),
-        "gradient_checkpointing": t.gradient_checkpointing,
+        "activation_checkpointing": t.gradient_checkpointing,  # transformers 5 name of gradient checkpointing
         "dataloader_num_workers": 0,
         "include_num_input_tokens_seen": "non_padding",
         "report_to": "none",
