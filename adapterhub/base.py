@@ -335,12 +335,14 @@ def _save(model: Any, tokenizer: Any, folder: Path) -> None:
 # --------------------------------------------------------------------------- load
 
 
-def load_base(path: Path | str, precision: str = "nf4") -> LoadedBase:
+def load_base(path: Path | str, precision: str = "nf4", *, for_training: bool = False) -> LoadedBase:
     """Load a materialised base once, frozen, in the given precision.
 
     Args:
         path: a base folder made by :func:`materialize_base`.
         precision: ``nf4`` (QLoRA's 4-bit NormalFloat, the default), ``int8``, ``bf16`` or ``fp32``.
+        for_training: adapters will be trained on it: keep every NF4 layer differentiable (see
+            :func:`keep_4bit_differentiable`).
 
     Raises:
         ConfigError: unknown precision.
@@ -380,7 +382,27 @@ def load_base(path: Path | str, precision: str = "nf4") -> LoadedBase:
         ) from e
     model.eval()
     model.requires_grad_(False)
+    if for_training:
+        keep_4bit_differentiable(model)
     return LoadedBase(info=info, model=model, tokenizer=tokenizer, precision=precision)  # type: ignore[arg-type]
+
+
+def keep_4bit_differentiable(model: Any) -> int:
+    """Stop bitsandbytes from repacking NF4 weights for its CPU inference kernel; returns how many
+    layers were changed.
+
+    On a CPU with AVX512-BF16, bitsandbytes (0.50) repacks a ``Linear4bit`` weight, in place and
+    for good, at the first forward in eval mode without gradients, and the repacked layer has no
+    backward: from then on no gradient flows through it, silently. A training run that evaluates,
+    samples (PPO's rollouts) or scores in eval mode would then train only the LoRA weights that
+    the residual stream reaches directly. Serving keeps the faster packed kernel.
+    """
+    import bitsandbytes as bnb
+
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = False
+    return len(layers)
 
 
 def load_skeleton(path: Path | str) -> Any:

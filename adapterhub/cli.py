@@ -58,6 +58,9 @@ def quiet_libraries() -> None:
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # TRL's per-dataset "Map" bars
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="bitsandbytes")
+    # Raised by torch at the first backward through a one-row NF4 matmul (bitsandbytes' gemv
+    # path): that path only runs for inputs that need no gradient, so nothing is lost.
+    warnings.filterwarnings("ignore", message="bitsandbytes::gemv_4bit: an autograd kernel")
     # Preference batches carry no ``input_ids``, so transformers says at every step that it cannot
     # count tokens; the progress line simply shows no tok/s for those methods.
     logging.getLogger("transformers.trainer").addFilter(

@@ -335,7 +335,7 @@ def _load_model(hub: Hub, plan: RunPlan) -> tuple[Any, Any]:
 
     recipe = plan.recipe
     torch.manual_seed(recipe.seed)
-    base = load_base(hub.base_info.path, recipe.training.precision)
+    base = load_base(hub.base_info.path, recipe.training.precision, for_training=True)
     model = base.model
     if recipe.training.precision in ("nf4", "int8"):
         model = prepare_model_for_kbit_training(
