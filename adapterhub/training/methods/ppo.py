@@ -43,7 +43,9 @@ class PPOConfig(RecipeSection):
     gamma: float = Field(default=1.0, gt=0, le=1)
     """Discount over response tokens."""
     lam: float = Field(default=0.95, ge=0, le=1)
-    """GAE's λ."""
+    """GAE's λ. Use 1.0 for short runs whose value model starts as the reward model: that model
+    scores only whole answers, and with λ < 1 its mid-answer values bias the policy against
+    ending its answers."""
     clip_range: float = Field(default=0.2, gt=0, lt=1)
     """ε of the clipped policy objective."""
     clip_range_value: float = Field(default=0.2, gt=0, le=100)
