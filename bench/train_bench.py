@@ -90,7 +90,7 @@ def run_ours(hub: Any, args: argparse.Namespace) -> RunStats:
         "training": {
             "precision": args.precision, "max_steps": args.steps, "batch_size": args.batch_size,
             "learning_rate": 1e-3, "warmup_ratio": 0.0, "lr_scheduler": "constant", "max_length": 512,
-            "save_steps": 10_000, "packing": True, "activation_checkpointing": False,
+            "save_steps": 10_000, "packing": True, "gradient_checkpointing": False,
         },
         "forgetting_check": False,
     }
