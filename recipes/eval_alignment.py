@@ -326,7 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from adapterhub import Hub
+    from adapterhub.cli import quiet_libraries
 
+    quiet_libraries()
     hub = Hub(args.home)
     gen = Generator(hub)
     results = []

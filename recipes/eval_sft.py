@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import time
@@ -65,10 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--width", type=int, default=60, help="characters of each answer shown")
     args = parser.parse_args(argv)
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     warnings.filterwarnings("ignore")
+    from adapterhub.cli import quiet_libraries
 
+    quiet_libraries()
     from adapterhub import Hub
     from adapterhub.engine.engine import Engine
     from adapterhub.engine.types import GenerationRequest, SamplingParams
