@@ -306,6 +306,12 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    import torch
+
+    from adapterhub.engine.threads import single_threaded
+
+    threads = torch.get_num_threads()
+    single_threaded()  # as the server does: only the engine's decode thread runs multi-threaded
     with tempfile.TemporaryDirectory(prefix="http-bench-") as tmp:
         root = Path(tmp)
         print("preparing a hub home with the cached default base and adapters...", flush=True)
@@ -319,7 +325,7 @@ def main() -> None:
         http_runs: list[RunStats] = []
         engine_runs: list[RunStats] = []
         try:  # alternate, so a noisy neighbour hurts both sides alike; the idle side sleeps
-            with Engine(hub.base, hub.registry, EngineConfig(**engine_config(args))) as engine:
+            with Engine(hub.base, hub.registry, EngineConfig(**engine_config(args), num_threads=threads)) as engine:
                 for i in range(args.repeat):
                     print(f"pair {i + 1}/{args.repeat}: HTTP...", flush=True)
                     http_runs.append(asyncio.run(http_run(url, refs, args)))

@@ -36,6 +36,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ import torch
 
 from adapterhub.base import load_base, materialize_base
 from adapterhub.engine import Engine, EngineConfig, GenerationRequest, SamplingParams
+from adapterhub.engine.threads import single_threaded
 from adapterhub.registry import Registry
 
 REPO = Path(__file__).resolve().parent.parent
@@ -204,9 +206,12 @@ def best_of(repeats: int, fn: Any) -> tuple[float, float]:
 
 def main() -> None:
     args = parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    say(f"torch {torch.__version__}, {torch.get_num_threads()} threads, base in {args.precision}")
+    threads = args.threads or torch.get_num_threads()
+    # Each side computes on a thread that owns the cores: PEFT on a helper thread that ends
+    # before the engine starts, the engine on its decode thread; this thread stays on one
+    # (adapterhub.engine.threads says why).
+    single_threaded()
+    say(f"torch {torch.__version__}, {threads} threads, base in {args.precision}")
     base_path = base_dir()
     scratch = Path(tempfile.mkdtemp(prefix="serve-bench-"))
     try:
@@ -217,7 +222,8 @@ def main() -> None:
         prompts = prompts_for(base, args.requests)
         figures: dict[str, Any] = {}
 
-        if not args.skip_peft:
+        def peft_baselines() -> None:
+            torch.set_num_threads(threads)
             model, tokenizer = peft_model_with(base_path, [scratch / f"adapter-{i}" for i in range(args.adapters)])
             say("(a) naive PEFT, one request at a time ...")
             figures["a"] = run_naive_peft(model, prompts, args.tokens, args.adapters)
@@ -225,11 +231,15 @@ def main() -> None:
             say("(b) PEFT static batches of 8, adapter_names ...")
             figures["b"] = run_peft_static_batches(model, tokenizer, prompts, args.tokens, args.adapters)
             say(f"    {figures['b'][0]:.1f} tok/s")
-            del model
+
+        if not args.skip_peft:
+            helper = threading.Thread(target=peft_baselines)
+            helper.start()
+            helper.join()  # the thread ends, and its OpenMP team with it
 
         config = EngineConfig(
             max_rows=args.requests, max_slots=max(args.adapters, args.requests),
-            max_cpu_adapters=16, lora_dtype=args.lora_dtype,
+            max_cpu_adapters=16, lora_dtype=args.lora_dtype, num_threads=threads,
         )
         mixed: list[str | None] = list(refs[: args.adapters])
         with Engine(base, registry, config) as engine:
@@ -265,14 +275,14 @@ def main() -> None:
                 loads.append((time.perf_counter() - start) * 1000)
             figures["load_ms"] = statistics.median(loads)
             figures["load_ms_min"] = min(loads)
-        report(figures, args)
+        report(figures, args, threads)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def report(f: dict[str, Any], args: argparse.Namespace) -> None:
+def report(f: dict[str, Any], args: argparse.Namespace, threads: int) -> None:
     print(f"\nserve_bench: {args.requests} requests x {args.tokens} tokens, base {args.precision}, "
-          f"{torch.get_num_threads()} threads, LoRA in {args.lora_dtype}, "
+          f"{threads} threads, LoRA in {args.lora_dtype}, "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     names = {
         "a": "naive PEFT, one at a time", "b": "PEFT static batches of 8",

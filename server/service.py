@@ -108,9 +108,17 @@ class InferenceService:
         self._loader = asyncio.get_running_loop().create_task(self._load())
 
     async def _load(self) -> None:
+        import torch
+
+        from adapterhub.engine.threads import single_threaded
+
+        # Only the engine's decode thread may run multi-threaded torch ops (see
+        # adapterhub.engine.threads): this thread, and the worker that loads the base, use one.
+        threads = self.settings.engine.num_threads or torch.get_num_threads()
+        single_threaded()
         try:
             hub = await anyio.to_thread.run_sync(self._load_base)
-            self.engine = self._start_engine(hub)
+            self.engine = self._start_engine(hub, threads)
             self.hub = hub
         except Exception as error:  # reported by /ready and every 503; the log has the trace
             self.phase = Phase.FAILED
@@ -128,16 +136,11 @@ class InferenceService:
         hub.base  # noqa: B018  (loads the model: the slow part, in a worker thread)
         return hub
 
-    def _start_engine(self, hub: Hub) -> Engine:
-        """Build the Engine on the main thread (a short block of the loop, before ready).
-
-        Measured: an Engine constructed in a worker thread decodes 5-8x slower than one
-        constructed in the main thread (bf16, real base, 32 rows: 14-27 against 105-122 tok/s);
-        the base itself may load anywhere. See notes/server-needs-engine.md.
-        """
+    def _start_engine(self, hub: Hub, threads: int) -> Engine:
+        """The engine, its decode thread on ``threads`` intra-op threads."""
         from adapterhub.engine import Engine
 
-        return Engine(hub.base, hub.registry, self.settings.engine)
+        return Engine(hub.base, hub.registry, self.settings.engine.model_copy(update={"num_threads": threads}))
 
     async def wait_ready(self, timeout: float) -> bool:
         """Wait for loading to end (ready or failed); True when ready."""

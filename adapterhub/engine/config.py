@@ -58,7 +58,8 @@ class EngineConfig(BaseModel):
     ahead of it; it is then served once rows already running for the busy slots finish."""
 
     num_threads: int | None = Field(default=None, ge=1, le=1024)
-    """torch intra-op threads for the engine; ``None`` leaves torch's setting alone."""
+    """torch intra-op threads of the engine's decode thread; ``None`` takes the constructing
+    thread's setting (``torch.get_num_threads()``)."""
 
     latency_samples: int = Field(default=2048, ge=16, le=1_000_000)
     """How many recent TTFT and per-token latency samples the stats keep."""

@@ -85,8 +85,7 @@ class Engine:
         self.config = config or EngineConfig()
         self.tokenizer = base.tokenizer
         model = base.model
-        if self.config.num_threads:
-            torch.set_num_threads(self.config.num_threads)
+        self._num_threads = self.config.num_threads or torch.get_num_threads()
         self.max_seq_len = int(self.config.max_seq_len or model.config.max_position_embeddings)
         self.vocab_size = int(model.config.vocab_size)
         self._eos = frozenset(base.eos_token_ids)
@@ -379,6 +378,9 @@ class Engine:
     # ================================================================== engine thread
 
     def _run(self) -> None:
+        # This thread does the heavy work, so it gets the intra-op threads (the setting is per
+        # thread); adapterhub.engine.threads says why the others should get one.
+        torch.set_num_threads(self._num_threads)
         with torch.inference_mode():
             while True:
                 self._wake.clear()

@@ -32,6 +32,7 @@ import torch
 
 from adapterhub.adapters import LoraAdapter
 from adapterhub.engine.lora import LoraSlots, PreparedAdapter, prepare_adapter
+from adapterhub.engine.threads import single_threaded
 from adapterhub.engine.types import ResidentAdapter
 from adapterhub.errors import AdapterNotFoundError, CapacityError
 from adapterhub.registry.store import Version, ensure_compatible
@@ -87,9 +88,20 @@ class AdapterResidency:
         self._loading: dict[str, Future[PreparedAdapter]] = {}
         self._versions: dict[str, Version] = {}
         self._versions_lock = threading.Lock()
+        # Every loader starts now and goes single-threaded before the engine's decode thread
+        # sets its own count (torch also keeps the last value set as new threads' default).
+        started = threading.Barrier(loader_threads + 1)
+
+        def start_loader() -> None:
+            single_threaded()
+            started.wait()
+
         self._loader = ThreadPoolExecutor(
-            max_workers=loader_threads, thread_name_prefix="adapterhub-loader"
+            max_workers=loader_threads, thread_name_prefix="adapterhub-loader", initializer=start_loader
         )
+        for _ in range(loader_threads):  # each waits in the barrier, so each submit adds a thread
+            self._loader.submit(int)
+        started.wait()
         self.hits = 0
         self.misses = 0
 

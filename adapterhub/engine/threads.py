@@ -1,0 +1,31 @@
+"""Which threads may run multi-threaded torch ops: only the engine's decode thread.
+
+torch's CPU ops fork onto a GNU OpenMP team per calling thread, and a thread that has once used
+more than one intra-op thread keeps its team for life. When the process holds more team threads
+than CPUs, libgomp stops spin-waiting between parallel regions, so each of the hundreds of small
+ops in a decode step pays a sleep and a wake-up. Measured on this 2-core box (32 rows, 8
+adapters, one decode step): 40 ms when the decode thread's team is the only one, 77 ms when the
+thread that loaded the base keeps an idle team of its own; end to end, `bench/serve_bench.py`
+went from 309 to 578 tok/s for 8 mixed adapters and `bench/http_bench.py` from 342 to 566 tok/s.
+
+So the engine gives its decode thread ``EngineConfig.num_threads`` (default: the constructing
+thread's count), its adapter loaders run on one, and a process that serves (``adapterhub
+serve``) calls :func:`single_threaded` in its main thread before it loads the base. A library
+user after the same speed does the same::
+
+    threads = torch.get_num_threads()
+    single_threaded()                      # before the base loads
+    engine = Engine(load_base(path, "bf16"), registry, EngineConfig(num_threads=threads))
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def single_threaded() -> None:
+    """Run the calling thread's torch ops on one intra-op thread (so it holds no OpenMP team).
+
+    torch also keeps the value as the default of threads that have not run an op yet.
+    """
+    torch.set_num_threads(1)
