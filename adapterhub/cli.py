@@ -58,6 +58,7 @@ def quiet_libraries() -> None:
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # TRL's per-dataset "Map" bars
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="bitsandbytes")
+    warnings.filterwarnings("ignore", category=FutureWarning)  # deprecation notes inside dependencies
     # Raised by torch at the first backward through a one-row NF4 matmul (bitsandbytes' gemv
     # path): that path only runs for inputs that need no gradient, so nothing is lost.
     warnings.filterwarnings("ignore", message="bitsandbytes::gemv_4bit: an autograd kernel")
@@ -249,7 +250,6 @@ def train(
 def _run_training(hub, recipe: Path, overrides: list[str] | None, resume: bool):  # type: ignore[no-untyped-def]
     """Run with a live bar on stderr (plain lines when not a terminal); Ctrl-C cancels cleanly."""
     import signal
-    import warnings
 
     from rich.progress import (
         BarColumn,
@@ -270,7 +270,6 @@ def _run_training(hub, recipe: Path, overrides: list[str] | None, resume: bool):
         err.print("[yellow]stopping at the next step (Ctrl-C again to abort)…[/]")
 
     previous = signal.signal(signal.SIGINT, on_sigint)
-    warnings.filterwarnings("ignore", category=FutureWarning)  # deprecation notes inside TRL/transformers
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[stats]}"), TimeRemainingColumn())
     try:
