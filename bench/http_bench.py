@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+from cached_base import hub_on_cached_base
+
 QUESTIONS = [
     "What is the capital of France?", "Write a haiku about the sea.", "Explain gravity to a child.",
     "List three prime numbers.", "What is two plus two?", "Name a famous painter.",
@@ -77,18 +78,7 @@ def make_home(root: Path, precision: str, adapters: int, rank: int) -> tuple[Pat
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from adapterhub import Hub
-    from adapterhub.base import DEFAULT_BASE, base_slug
-
-    cache = Path(os.environ.get("ADAPTERHUB_TEST_CACHE", REPO / ".tmp" / "test-home"))
-    cached = cache / "bases" / base_slug(DEFAULT_BASE)
-    if not (cached / "base.json").exists():
-        sys.exit(f"no cached default base at {cached}; run the e2e tests (or `adapterhub init`) first")
-    home = root / "home"
-    (home / "bases").mkdir(parents=True)
-    (home / "bases" / cached.name).symlink_to(cached, target_is_directory=True)
-    hub = Hub(home)
-    hub.init(precision=precision)
+    hub = hub_on_cached_base(root, precision)
     model = AutoModelForCausalLM.from_pretrained(hub.base_info.path, dtype=torch.float32)
     config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
                         init_lora_weights=False)
@@ -103,7 +93,7 @@ def make_home(root: Path, precision: str, adapters: int, rank: int) -> tuple[Pat
         folder = root / f"adapter{i}"
         peft_model.save_pretrained(folder, safe_serialization=True)
         names.append(hub.import_adapter(folder, f"bench{i}").ref)
-    return home, names
+    return hub.home, names
 
 
 def engine_config(args: argparse.Namespace) -> dict[str, Any]:

@@ -33,13 +33,14 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from cached_base import hub_on_cached_base
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "recipes" / "data" / "json_train.jsonl"
@@ -62,22 +63,6 @@ class RunStats:
     @property
     def tokens_per_cpu_s(self) -> float:
         return self.tokens / self.cpu_seconds
-
-
-def make_hub(root: Path, precision: str) -> Any:
-    from adapterhub import Hub
-    from adapterhub.base import DEFAULT_BASE, base_slug
-
-    cache = Path(os.environ.get("ADAPTERHUB_TEST_CACHE", REPO / ".tmp" / "test-home"))
-    cached = cache / "bases" / base_slug(DEFAULT_BASE)
-    if not (cached / "base.json").exists():
-        sys.exit(f"no cached default base at {cached}; run the e2e tests (or `adapterhub init`) first")
-    home = root / "home"
-    (home / "bases").mkdir(parents=True)
-    (home / "bases" / cached.name).symlink_to(cached, target_is_directory=True)
-    hub = Hub(home)
-    hub.init(precision=precision)
-    return hub
 
 
 def run_ours(hub: Any, args: argparse.Namespace) -> RunStats:
@@ -155,7 +140,7 @@ def main() -> None:
     rows = [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()]
 
     with tempfile.TemporaryDirectory(prefix="train-bench-") as tmp:
-        hub = make_hub(Path(tmp), args.precision)
+        hub = hub_on_cached_base(Path(tmp), args.precision)
         ours: list[RunStats] = []
         theirs: list[RunStats] = []
         extra: list[RunStats] = []
