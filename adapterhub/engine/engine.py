@@ -380,6 +380,7 @@ class Engine:
     def _run(self) -> None:
         # This thread does the heavy work, so it gets the intra-op threads (the setting is per
         # thread); adapterhub.engine.threads says why the others should get one.
+        torch.get_num_threads()  # this thread's first op takes the process default; then ours
         torch.set_num_threads(self._num_threads)
         with torch.inference_mode():
             while True:

@@ -28,4 +28,7 @@ def single_threaded() -> None:
 
     torch also keeps the value as the default of threads that have not run an op yet.
     """
+    # A thread takes the process-wide default at its first op, and that would undo a setting
+    # made before it: the get forces that first initialisation, then the set sticks.
+    torch.get_num_threads()
     torch.set_num_threads(1)
