@@ -387,9 +387,8 @@ def load_base(path: Path | str, precision: str = "nf4", *, for_training: bool = 
     return LoadedBase(info=info, model=model, tokenizer=tokenizer, precision=precision)  # type: ignore[arg-type]
 
 
-def keep_4bit_differentiable(model: Any) -> int:
-    """Stop bitsandbytes from repacking NF4 weights for its CPU inference kernel; returns how many
-    layers were changed.
+def keep_4bit_differentiable(model: Any) -> None:
+    """Stop bitsandbytes from repacking NF4 weights for its CPU inference kernel.
 
     On a CPU with AVX512-BF16, bitsandbytes (0.50) repacks a ``Linear4bit`` weight, in place and
     for good, at the first forward in eval mode without gradients, and the repacked layer has no
@@ -399,10 +398,9 @@ def keep_4bit_differentiable(model: Any) -> int:
     """
     import bitsandbytes as bnb
 
-    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
-    for layer in layers:
-        layer.support_avx512bf16_for_cpu = False
-    return len(layers)
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
 
 
 def load_skeleton(path: Path | str) -> Any:

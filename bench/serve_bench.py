@@ -45,7 +45,7 @@ import torch
 
 from adapterhub.base import load_base, materialize_base
 from adapterhub.engine import Engine, EngineConfig, GenerationRequest, SamplingParams
-from adapterhub.engine.threads import single_threaded
+from adapterhub.engine.threads import single_threaded, use_threads
 from adapterhub.registry import Registry
 
 REPO = Path(__file__).resolve().parent.parent
@@ -223,7 +223,7 @@ def main() -> None:
         figures: dict[str, Any] = {}
 
         def peft_baselines() -> None:
-            torch.set_num_threads(threads)
+            use_threads(threads)
             model, tokenizer = peft_model_with(base_path, [scratch / f"adapter-{i}" for i in range(args.adapters)])
             say("(a) naive PEFT, one request at a time ...")
             figures["a"] = run_naive_peft(model, prompts, args.tokens, args.adapters)

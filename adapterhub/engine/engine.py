@@ -42,6 +42,7 @@ from adapterhub.engine.lora import LoraSlots, RowMix
 from adapterhub.engine.residency import AdapterResidency, AdapterSource
 from adapterhub.engine.sampling import RowSampler, TextTracker, choose_tokens
 from adapterhub.engine.scheduler import Job, Scheduler, Sink
+from adapterhub.engine.threads import use_threads
 from adapterhub.engine.types import (
     EngineStats,
     FinishReason,
@@ -380,8 +381,7 @@ class Engine:
     def _run(self) -> None:
         # This thread does the heavy work, so it gets the intra-op threads (the setting is per
         # thread); adapterhub.engine.threads says why the others should get one.
-        torch.get_num_threads()  # this thread's first op takes the process default; then ours
-        torch.set_num_threads(self._num_threads)
+        use_threads(self._num_threads)
         with torch.inference_mode():
             while True:
                 self._wake.clear()

@@ -23,12 +23,17 @@ from __future__ import annotations
 import torch
 
 
-def single_threaded() -> None:
-    """Run the calling thread's torch ops on one intra-op thread (so it holds no OpenMP team).
+def use_threads(count: int) -> None:
+    """Run the calling thread's torch ops on ``count`` intra-op threads.
 
     torch also keeps the value as the default of threads that have not run an op yet.
     """
     # A thread takes the process-wide default at its first op, and that would undo a setting
     # made before it: the get forces that first initialisation, then the set sticks.
     torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(count)
+
+
+def single_threaded() -> None:
+    """Run the calling thread's torch ops on one intra-op thread (so it holds no OpenMP team)."""
+    use_threads(1)

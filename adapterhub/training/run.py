@@ -219,9 +219,9 @@ def _execute(
     """Train, measure and register (the part of :func:`train` that holds the run's lock)."""
     from transformers.trainer_utils import get_last_checkpoint
 
-    recipe_obj = plan.recipe
-
     from adapterhub.training.callbacks import ProgressBridge, trim_step_log
+
+    recipe_obj = plan.recipe
 
     checkpoints = plan.run_dir / "checkpoints"
     step_log = plan.run_dir / STEP_LOG
@@ -374,11 +374,16 @@ def _export_parent(hub: Hub, plan: RunPlan) -> Path:
     """
     assert plan.parent is not None
     folder = hub.registry.export(plan.parent, plan.run_dir / "parent")
+    _name_base(folder, str(hub.base_info.path))
+    return folder
+
+
+def _name_base(folder: Path, base: str) -> None:
+    """Set ``base_model_name_or_path`` in the PEFT folder's adapter config."""
     config_path = folder / CONFIG_FILE
     config = json.loads(config_path.read_text())
-    config["base_model_name_or_path"] = str(hub.base_info.path)
+    config["base_model_name_or_path"] = base
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
-    return folder
 
 
 def _check_targets(recipe: RecipeBase, base_path: Path) -> None:
@@ -510,15 +515,12 @@ def _finish(hub: Hub, plan: RunPlan, trainer: Any, model: Any, output: Any, brid
 
     adapter_dir = plan.run_dir / "adapter"
     model.save_pretrained(adapter_dir, safe_serialization=True)
-    config_path = adapter_dir / CONFIG_FILE
-    config = json.loads(config_path.read_text())
-    config["base_model_name_or_path"] = hub.base_info.name  # not the local path it was loaded from
-    config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
+    _name_base(adapter_dir, hub.base_info.name)  # not the local path it was loaded from
     info = hub.base_info
     return hub.registry.register(
         recipe.name,
         {
-            CONFIG_FILE: config_path,
+            CONFIG_FILE: adapter_dir / CONFIG_FILE,
             WEIGHTS_FILE: adapter_dir / WEIGHTS_FILE,
             STEP_LOG: plan.run_dir / STEP_LOG,
         },
