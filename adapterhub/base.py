@@ -37,6 +37,7 @@ from typing import Any, Literal, get_args
 from urllib.parse import urlparse
 
 from adapterhub.errors import BaseModelError, ConfigError
+from adapterhub.hardware import Platform, bitsandbytes_backend, detect_platform
 
 Precision = Literal["nf4", "int8", "bf16", "fp32"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
@@ -106,6 +107,25 @@ class LoadedBase:
     model: Any  # transformers PreTrainedModel, frozen, eval mode
     tokenizer: Any  # transformers PreTrainedTokenizerBase
     precision: Precision
+    platform: Platform
+    dequantized_bytes: int = 0
+    """Bytes of dense weights made from NF4 at load (0: NF4 layers run as they are)."""
+
+    @property
+    def device(self) -> str:
+        return self.platform.device
+
+    def summary(self) -> str:
+        """The one line a command prints when it has loaded the base: what runs where, and why."""
+        if self.precision == "nf4":
+            if self.dequantized_bytes:
+                how = (f"nf4 weights, dequantized once at load to {self.platform.compute_dtype} "
+                       f"(+{self.dequantized_bytes / 2**20:.0f} MiB; no fast 4-bit kernel here)")
+            else:
+                how = f"nf4 weights via bitsandbytes ({bitsandbytes_backend(self.platform)})"
+        else:
+            how = f"{self.precision} weights"
+        return f"base {self.info.name}: {how}; {self.platform.summary()}"
 
     def render_chat(
         self, messages: list[dict[str, str]], *, add_generation_prompt: bool = True
@@ -335,40 +355,52 @@ def _save(model: Any, tokenizer: Any, folder: Path) -> None:
 # --------------------------------------------------------------------------- load
 
 
-def load_base(path: Path | str, precision: str = "nf4", *, for_training: bool = False) -> LoadedBase:
-    """Load a materialised base once, frozen, in the given precision.
+def load_base(
+    path: Path | str,
+    precision: str = "nf4",
+    *,
+    for_training: bool = False,
+    platform: Platform | None = None,
+) -> LoadedBase:
+    """Load a materialised base once, frozen, in the given precision, on the platform's device.
 
     Args:
         path: a base folder made by :func:`materialize_base`.
-        precision: ``nf4`` (QLoRA's 4-bit NormalFloat, the default), ``int8``, ``bf16`` or ``fp32``.
+        precision: how the weights are stored: ``nf4`` (QLoRA's 4-bit NormalFloat, the default),
+            ``int8``, ``bf16`` or ``fp32``. Activations compute in ``platform.compute_dtype``.
         for_training: adapters will be trained on it: keep every NF4 layer differentiable (see
             :func:`keep_4bit_differentiable`).
+        platform: device, compute dtype and NF4 handling; :func:`detect_platform` when None.
+            Where bitsandbytes has no fast 4-bit kernel, NF4 weights are dequantized once into
+            dense layers (:meth:`Platform.dequantize_nf4`).
 
     Raises:
-        ConfigError: unknown precision.
+        ConfigError: unknown precision or platform setting.
         BaseModelError: the folder is not a base or cannot be loaded.
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     info = BaseInfo.read(Path(path))
+    platform = platform or detect_platform()
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
+    compute = platform.torch_dtype
     kwargs: dict[str, Any] = {"local_files_only": True, "trust_remote_code": False}
     if precision == "nf4":
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
-            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_compute_dtype=compute,
             bnb_4bit_use_double_quant=True,
         )
-        kwargs["dtype"] = torch.bfloat16
-        kwargs["device_map"] = {"": "cpu"}
+        kwargs["dtype"] = compute
+        kwargs["device_map"] = {"": platform.device}
     elif precision == "int8":
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
-        kwargs["dtype"] = torch.bfloat16
-        kwargs["device_map"] = {"": "cpu"}
+        kwargs["dtype"] = compute
+        kwargs["device_map"] = {"": platform.device}
     else:
         kwargs["dtype"] = torch.bfloat16 if precision == "bf16" else torch.float32
     try:
@@ -376,15 +408,70 @@ def load_base(path: Path | str, precision: str = "nf4", *, for_training: bool = 
             info.path, local_files_only=True, trust_remote_code=False
         )
         model = AutoModelForCausalLM.from_pretrained(info.path, **kwargs)
+        if precision in ("bf16", "fp32"):
+            model.to(platform.device)
     except Exception as e:
         raise BaseModelError(
-            f"cannot load base {str(info.path)!r} in {precision}: {type(e).__name__}: {e}"
+            f"cannot load base {str(info.path)!r} in {precision} on {platform.device}: {type(e).__name__}: {e}"
         ) from e
     model.eval()
     model.requires_grad_(False)
-    if for_training:
-        keep_4bit_differentiable(model)
-    return LoadedBase(info=info, model=model, tokenizer=tokenizer, precision=precision)  # type: ignore[arg-type]
+    dequantized = 0
+    if precision == "nf4":
+        if platform.dequantize_nf4(_dense_nf4_bytes(model, compute)):
+            dequantized = dequantize_nf4(model, compute)
+        elif for_training or not platform.fast_nf4_kernel:
+            keep_4bit_differentiable(model)
+    return LoadedBase(
+        info=info, model=model, tokenizer=tokenizer, precision=precision,  # type: ignore[arg-type]
+        platform=platform, dequantized_bytes=dequantized,
+    )
+
+
+def _dense_nf4_bytes(model: Any, dtype: Any) -> int:
+    import bitsandbytes as bnb
+    import torch
+
+    size = torch.empty((), dtype=dtype).element_size()
+    return sum(
+        m.in_features * m.out_features * size for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)
+    )
+
+
+def dequantize_nf4(model: Any, dtype: Any) -> int:
+    """Replace every NF4 ``Linear4bit`` of ``model`` by a frozen dense ``nn.Linear`` in ``dtype``.
+
+    The dense weight is bitsandbytes' own dequantization of the NF4 blocks: the very values an
+    NF4 forward multiplies by, so outputs are the NF4 base's, at dense-matmul speed. Returns the
+    bytes the dense weights take.
+    """
+    import bitsandbytes as bnb
+    import torch
+
+    total = 0
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            if not isinstance(child, bnb.nn.Linear4bit):
+                continue
+            weight = bnb.functional.dequantize_4bit(child.weight.data, child.weight.quant_state).to(dtype)
+            dense = torch.nn.Linear(
+                child.in_features, child.out_features, bias=child.bias is not None,
+                device=weight.device, dtype=dtype,
+            )
+            dense.weight = torch.nn.Parameter(weight.contiguous(), requires_grad=False)
+            if child.bias is not None:
+                dense.bias = torch.nn.Parameter(child.bias.detach().to(dtype), requires_grad=False)
+            dense.train(child.training)
+            setattr(parent, child_name, dense)
+            total += weight.numel() * weight.element_size()
+    # the model is no longer quantized: PEFT and transformers must treat its layers as dense
+    for flag in ("is_loaded_in_4bit", "is_quantized"):
+        if getattr(model, flag, False):
+            setattr(model, flag, False)
+    model.hf_quantizer = None
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
+    return total
 
 
 def keep_4bit_differentiable(model: Any) -> None:

@@ -41,11 +41,24 @@ HomeOption = Annotated[
 ]
 
 
-def _hub(home: Path | None, precision: str | None = None):  # type: ignore[no-untyped-def]
+DeviceOption = Annotated[
+    str | None,
+    typer.Option("--device", help="cpu, cuda or cuda:N (default: CUDA when present, else the CPU).",
+                 show_default=False),
+]
+ComputeDtypeOption = Annotated[
+    str | None,
+    typer.Option("--compute-dtype", help="bfloat16, float16 or float32 (default: what the hardware runs fastest).",
+                 show_default=False),
+]
+
+
+def _hub(home: Path | None, precision: str | None = None, device: str | None = None,
+         compute_dtype: str | None = None):  # type: ignore[no-untyped-def]
     from adapterhub.facade import Hub
 
     quiet_libraries()
-    return Hub(home, precision=precision)
+    return Hub(home, precision=precision, device=device, compute_dtype=compute_dtype)
 
 
 def quiet_libraries() -> None:
@@ -182,6 +195,8 @@ def generate(
     temperature: Annotated[float, typer.Option(min=0.0)] = 0.0,
     seed: Annotated[int | None, typer.Option()] = None,
     precision: Annotated[str | None, typer.Option(help="Override the base precision.")] = None,
+    device: DeviceOption = None,
+    compute_dtype: ComputeDtypeOption = None,
     home: HomeOption = None,
 ) -> None:
     """One chat turn through the base's chat template, with an adapter or --base."""
@@ -191,7 +206,9 @@ def generate(
         raise ConfigError(
             "give `adapterhub generate REF PROMPT` or `adapterhub generate --base PROMPT`"
         )
-    text = _hub(home, precision).generate(
+    hub = _hub(home, precision, device, compute_dtype)
+    err.print(hub.base.summary(), highlight=False, soft_wrap=True)
+    text = hub.generate(
         None if base else ref, prompt, max_tokens=max_tokens, temperature=temperature, seed=seed
     )
     out.print(text, markup=False, highlight=False)
@@ -210,13 +227,19 @@ def train(
     ] = False,
     example: Annotated[int, typer.Option(min=0, help="Which example --show-example renders.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue this recipe's interrupted run from its last checkpoint.")] = False,
+    device: DeviceOption = None,
+    compute_dtype: ComputeDtypeOption = None,
     home: HomeOption = None,
 ) -> None:
     """Train a recipe on the base and register the adapter; prints NAME@N.
 
     Ctrl-C once stops at the next step with a checkpoint (resume with --resume); twice aborts.
+    --device and --compute-dtype set the recipe's training.device and training.compute_dtype.
     """
     hub = _hub(home)
+    set_ = [*(set_ or []),
+            *([f"training.device={device}"] if device else []),
+            *([f"training.compute_dtype={compute_dtype}"] if compute_dtype else [])]
     if show_example:
         from rich.text import Text
 
@@ -329,10 +352,17 @@ def doctor(
     ] = False,
     home: HomeOption = None,
 ) -> None:
-    """Check the whole registry: checksums, database, leftovers. Exit 1 if problems remain."""
+    """Show the hardware picture, then check the whole registry: checksums, database, leftovers.
+
+    Exit 1 if registry problems remain.
+    """
     from adapterhub.facade import default_home
+    from adapterhub.hardware import detect_platform
     from adapterhub.registry.doctor import diagnose
 
+    quiet_libraries()
+    for key, value in detect_platform().as_dict().items():
+        out.print(f"{key + ':':16} {value}", markup=False, highlight=False)
     report = diagnose(home or default_home(), repair=repair)
     for line in report.lines():
         out.print(line, markup=False, highlight=False, soft_wrap=True)
@@ -442,8 +472,24 @@ def _add_plugin_commands() -> None:
 
     known = {command.name or command.callback.__name__ for command in app.registered_commands}
     for entry in entry_points(group=COMMANDS_GROUP):
-        if entry.name not in known:
-            entry.load()(app)
+        if entry.name in known:
+            continue
+        try:
+            register = entry.load()
+        except ImportError as e:  # its extra is not installed: the command says which one
+            _add_missing_extra_command(entry.name, entry.extras, e)
+        else:
+            register(app)
+
+
+def _add_missing_extra_command(name: str, extras: list[str], error: ImportError) -> None:
+    install = f"pip install 'adapterhub[{','.join(extras)}]'" if extras else "reinstall adapterhub"
+    missing = getattr(error, "name", None) or str(error)
+
+    @app.command(name, help=f"Not installed here ({install}).", context_settings={
+        "allow_extra_args": True, "ignore_unknown_options": True})
+    def unavailable() -> None:
+        raise ConfigError(f"`adapterhub {name}` needs {missing!r}, which is not installed: {install}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -456,7 +502,9 @@ def main(argv: list[str] | None = None) -> None:
     except AdapterHubError as e:
         if os.environ.get("ADAPTERHUB_DEBUG"):
             raise
-        err.print(f"[red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
+        from rich.markup import escape
+
+        err.print(f"[red]error:[/] {escape(str(e))}", markup=True, highlight=False, soft_wrap=True)
         sys.exit(2 if isinstance(e, ConfigError) else 1)
     except KeyboardInterrupt:
         err.print("interrupted")

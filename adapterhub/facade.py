@@ -22,6 +22,7 @@ from adapterhub.base import (
     materialize_base,
 )
 from adapterhub.errors import BaseModelError, ConfigError
+from adapterhub.hardware import Platform, detect_platform
 from adapterhub.progress import ProgressCallback, no_progress
 from adapterhub.refs import validate_name
 from adapterhub.registry import Registry, Version
@@ -48,15 +49,28 @@ class Hub:
 
     Args:
         home: the hub home; ``$ADAPTERHUB_HOME`` or ``~/.adapterhub`` when None.
-        precision: how to load the base (``nf4``, ``int8``, ``bf16``, ``fp32``); the precision
-            chosen at ``init`` when None.
+        precision: how to store the base's weights (``nf4``, ``int8``, ``bf16``, ``fp32``); the
+            precision chosen at ``init`` when None.
+        device: ``cpu``, ``cuda`` or ``cuda:N``; CUDA when torch sees one, else the CPU.
+        compute_dtype: ``bfloat16``, ``float16`` or ``float32``; the hardware's best when None
+            (see :mod:`adapterhub.hardware`).
     """
 
-    def __init__(self, home: Path | str | None = None, *, precision: str | None = None) -> None:
+    def __init__(
+        self,
+        home: Path | str | None = None,
+        *,
+        precision: str | None = None,
+        device: str | None = None,
+        compute_dtype: str | None = None,
+    ) -> None:
         self.home = Path(home).expanduser() if home is not None else default_home()
         self.home.mkdir(parents=True, exist_ok=True)
         self.registry = Registry(self.home)
         self._precision = precision
+        self._device = device
+        self._compute_dtype = compute_dtype
+        self._platform: Platform | None = None
         self._base: LoadedBase | None = None
 
     # ------------------------------------------------------------------ base
@@ -98,10 +112,17 @@ class Hub:
         return self._precision or self._settings().get("precision", "nf4")
 
     @property
+    def platform(self) -> Platform:
+        """Where and in which dtype this hub runs models (detected once; see :mod:`adapterhub.hardware`)."""
+        if self._platform is None:
+            self._platform = detect_platform(device=self._device, compute_dtype=self._compute_dtype)
+        return self._platform
+
+    @property
     def base(self) -> LoadedBase:
         """The frozen base model, loaded on first use and kept."""
         if self._base is None:
-            self._base = load_base(self.base_info.path, self.precision)
+            self._base = load_base(self.base_info.path, self.precision, platform=self.platform)
         return self._base
 
     # ------------------------------------------------------------------ registry

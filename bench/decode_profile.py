@@ -16,15 +16,18 @@ import argparse
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from header import auto_precision, print_header
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from adapterhub.base import load_base, materialize_base
 from adapterhub.engine.llama import LlamaRunner, projection_dims
 from adapterhub.engine.lora import LoraSlots, PreparedAdapter
+from adapterhub.hardware import detect_platform
 
 REPO = Path(__file__).resolve().parent.parent
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -50,7 +53,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     cache = Path(os.environ.get("ADAPTERHUB_TEST_CACHE", REPO / ".tmp" / "test-home"))
-    base = load_base(materialize_base(cache).path, "bf16")
+    platform = detect_platform()
+    precision = auto_precision(platform)
+    print_header("decode_profile", replace(platform, threads=args.threads), base=precision,
+                 compute=platform.compute_dtype, lora="float32", kv_cache="float32")
+    base = load_base(materialize_base(cache).path, precision)
     model = base.model
     layers = model.config.num_hidden_layers
     torch.inference_mode().__enter__()

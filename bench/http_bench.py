@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from cached_base import hub_on_cached_base
+from header import auto_precision, print_header
 
 QUESTIONS = [
     "What is the capital of France?", "Write a haiku about the sea.", "Explain gravity to a child.",
@@ -291,7 +292,8 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--requests", type=int, default=64, help="requests in all (default 2 per client)")
-    parser.add_argument("--precision", default="bf16", choices=["nf4", "int8", "bf16", "fp32"])
+    parser.add_argument("--precision", default="auto", choices=["auto", "nf4", "int8", "bf16", "fp32"],
+                        help="base storage (default: bf16 where the CPU has native bf16, else fp32)")
     parser.add_argument("--repeat", type=int, default=3, help="HTTP/engine pairs, alternated")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -299,9 +301,14 @@ def main() -> None:
     import torch
 
     from adapterhub.engine.threads import single_threaded
+    from adapterhub.hardware import detect_platform
 
     threads = torch.get_num_threads()
     single_threaded()  # as the server does: only the engine's decode thread runs multi-threaded
+    platform = detect_platform()
+    if args.precision == "auto":
+        args.precision = auto_precision(platform)
+    print_header("http_bench", platform, base=args.precision, compute=platform.compute_dtype, lora="float32")
     with tempfile.TemporaryDirectory(prefix="http-bench-") as tmp:
         root = Path(tmp)
         print("preparing a hub home with the cached default base and adapters...", flush=True)

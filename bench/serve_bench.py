@@ -5,7 +5,8 @@
     .venv/bin/python bench/serve_bench.py --threads 1 --lora-dtype base --skip-peft
 
 Workload (the issue's): 32 requests x 64 generated tokens, greedy, ``ignore_eos``, on the real
-default base (SmolLM2-135M-Instruct) in bf16; adapters are r=16 LoRA on q/k/v/o with random
+default base (SmolLM2-135M-Instruct), stored dense in the dtype the hardware computes fastest
+(bf16 where native, else fp32: ``--precision`` picks another); adapters are r=16 LoRA on q/k/v/o with random
 non-zero A and B (PEFT ``init_lora_weights=False``), request i uses adapter i % 8.
 
     (a) naive PEFT: one request at a time, ``set_adapter`` before each ``generate``
@@ -38,14 +39,17 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from header import auto_precision, print_header
 
 from adapterhub.base import load_base, materialize_base
 from adapterhub.engine import Engine, EngineConfig, GenerationRequest, SamplingParams
 from adapterhub.engine.threads import single_threaded, use_threads
+from adapterhub.hardware import detect_platform
 from adapterhub.registry import Registry
 
 REPO = Path(__file__).resolve().parent.parent
@@ -61,7 +65,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--adapters", type=int, default=8)
     parser.add_argument("--registered", type=int, default=128, help="adapters registered for (f)")
-    parser.add_argument("--precision", default="bf16", choices=["bf16", "fp32", "nf4", "int8"])
+    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32", "nf4", "int8"],
+                        help="base storage (default: bf16 where the CPU has native bf16, else fp32)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--lora-dtype", default="float32", choices=["float32", "base"])
     parser.add_argument("--repeats", type=int, default=2, help="engine runs per figure; best kept")
@@ -83,7 +88,7 @@ def make_adapters(base_path: Path, registry: Registry, info: Any, count: int, sc
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
     config = LoraConfig(r=16, lora_alpha=32, target_modules=TARGETS, init_lora_weights=False)
     peft_model = get_peft_model(model, config)
     params = [(n, p) for n, p in peft_model.named_parameters() if "lora_" in n]
@@ -117,10 +122,10 @@ def prompts_for(base: Any, count: int) -> list[list[int]]:
 # ------------------------------------------------------------------------------------ PEFT
 
 
-def peft_model_with(base_path: Path, folders: list[Path]) -> Any:
+def peft_model_with(base_path: Path, folders: list[Path], precision: str) -> Any:
     from peft import PeftModel
 
-    base = load_base(base_path, "bf16")
+    base = load_base(base_path, precision)
     model = PeftModel.from_pretrained(base.model, folders[0], adapter_name="a0")
     for i, folder in enumerate(folders[1:], start=1):
         model.load_adapter(folder, adapter_name=f"a{i}")
@@ -211,7 +216,11 @@ def main() -> None:
     # before the engine starts, the engine on its decode thread; this thread stays on one
     # (adapterhub.engine.threads says why).
     single_threaded()
-    say(f"torch {torch.__version__}, {threads} threads, base in {args.precision}")
+    platform = detect_platform()
+    if args.precision == "auto":
+        args.precision = auto_precision(platform)
+    print_header("serve_bench", replace(platform, threads=threads), base=args.precision,
+                 compute=platform.compute_dtype, lora=args.lora_dtype, kv_cache="float32")
     base_path = base_dir()
     scratch = Path(tempfile.mkdtemp(prefix="serve-bench-"))
     try:
@@ -224,7 +233,9 @@ def main() -> None:
 
         def peft_baselines() -> None:
             use_threads(threads)
-            model, tokenizer = peft_model_with(base_path, [scratch / f"adapter-{i}" for i in range(args.adapters)])
+            model, tokenizer = peft_model_with(
+                base_path, [scratch / f"adapter-{i}" for i in range(args.adapters)], args.precision
+            )
             say("(a) naive PEFT, one request at a time ...")
             figures["a"] = run_naive_peft(model, prompts, args.tokens, args.adapters)
             say(f"    {figures['a'][0]:.1f} tok/s")

@@ -12,7 +12,10 @@ both (``--trl-defaults`` adds a third run with TRL's own defaults, which turn it
 
 * **adapterhub**: ``Hub.train`` on an SFT recipe: examples tokenized through the chat-template
   gates (loss on assistant tokens only), padding-free batches.
-* **plain TRL**: ``trl.SFTTrainer(model, peft_config=LoraConfig(...), args=SFTConfig(...))`` on the
+* **plain TRL**: ``trl.SFTTrainer(model, peft_config=LoraConfig(...), args=SFTConfig(...))`` over
+  bitsandbytes' own NF4 layers in TRL's best dtype on this machine (bf16 autocast where bf16 is
+  native, fp32 elsewhere; adapterhub may instead dequantize NF4 once where bitsandbytes has no
+  fast kernel, see ``adapterhub.hardware``), on the
   same conversations (TRL applies the same chat template; loss on the whole sequence; batches
   padded to their longest example).
 
@@ -41,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from cached_base import hub_on_cached_base
+from header import print_header
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "recipes" / "data" / "json_train.jsonl"
@@ -91,13 +95,15 @@ def run_plain_trl(hub: Any, args: argparse.Namespace, rows: list[dict[str, Any]]
                   trl_defaults: bool = False) -> RunStats:
     import datasets
     import peft
-    import torch
     import trl
     from transformers.trainer_callback import PrinterCallback
 
     from adapterhub.base import load_base
 
-    base = load_base(hub.base_info.path, args.precision)
+    # What a TRL user gets: bitsandbytes' own NF4 layers (no dense copy), in TRL's best dtype here
+    # (bf16 autocast where bf16 is native, else fp32: emulated bf16 is an order of magnitude slower)
+    platform = hub.platform.with_overrides(nf4="kernel")
+    base = load_base(hub.base_info.path, args.precision, for_training=True, platform=platform)
     model = base.model
     if args.precision in ("nf4", "int8"):
         model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=trl_defaults)
@@ -108,7 +114,10 @@ def run_plain_trl(hub: Any, args: argparse.Namespace, rows: list[dict[str, Any]]
         config = trl.SFTConfig(
             output_dir=out, max_steps=args.steps, per_device_train_batch_size=args.batch_size,
             learning_rate=1e-3, lr_scheduler_type="constant", warmup_steps=0, seed=args.seed,
-            data_seed=args.seed, max_length=512, bf16=args.precision != "fp32", use_cpu=not torch.cuda.is_available(),
+            data_seed=args.seed, max_length=512, use_cpu=not base.platform.is_cuda,
+            # TRL's best dtype here: bf16 autocast only where bf16 is native, as ours decides
+            bf16=args.precision != "fp32" and base.platform.compute_dtype == "bfloat16",
+            fp16=args.precision != "fp32" and base.platform.compute_dtype == "float16",
             save_strategy="no", report_to="none", disable_tqdm=True, logging_steps=1, optim="adamw_torch",
             dataloader_num_workers=0, include_num_input_tokens_seen="non_padding", **extra,
         )
@@ -138,6 +147,10 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     warnings.filterwarnings("ignore")
     rows = [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()]
+    from adapterhub.hardware import detect_platform
+
+    platform = detect_platform()
+    print_header("train_bench", platform, base=args.precision, compute=platform.compute_dtype, lora="float32")
 
     with tempfile.TemporaryDirectory(prefix="train-bench-") as tmp:
         hub = hub_on_cached_base(Path(tmp), args.precision)

@@ -21,6 +21,8 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port (default 8000).", show_default=False)] = None,
     slots: Annotated[int | None, typer.Option(min=1, help="Adapter slots resident at once (default 8).", show_default=False)] = None,
     precision: Annotated[str | None, typer.Option(help="Load the base as nf4, int8, bf16 or fp32 (default: as at init).", show_default=False)] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N (default: CUDA when present).", show_default=False)] = None,
+    compute_dtype: Annotated[str | None, typer.Option(help="bfloat16, float16 or float32 (default: the hardware's fastest).", show_default=False)] = None,
     keys_file: Annotated[Path | None, typer.Option(help="YAML/JSON file of API keys with roles.", show_default=False)] = None,
     home: HomeOption = None,
 ) -> None:
@@ -30,7 +32,8 @@ def serve(
 
     quiet_libraries()
     settings = load_settings(
-        host=host, port=port, precision=precision, keys_file=keys_file, home=home,
+        host=host, port=port, precision=precision, device=device, compute_dtype=compute_dtype,
+        keys_file=keys_file, home=home,
         engine={"max_slots": slots} if slots is not None else None,
     )
     run_server(settings)

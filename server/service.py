@@ -132,8 +132,9 @@ class InferenceService:
     def _load_base(self) -> Hub:
         from adapterhub.facade import Hub
 
-        hub = Hub(self.settings.home, precision=self.settings.precision)
-        hub.base  # noqa: B018  (loads the model: the slow part, in a worker thread)
+        hub = Hub(self.settings.home, precision=self.settings.precision, device=self.settings.device,
+                  compute_dtype=self.settings.compute_dtype)
+        log.info("%s", hub.base.summary())  # loads the model: the slow part, in a worker thread
         return hub
 
     def _start_engine(self, hub: Hub, threads: int) -> Engine:

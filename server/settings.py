@@ -99,6 +99,13 @@ class ServerSettings(BaseSettings):
     precision: Literal["nf4", "int8", "bf16", "fp32"] | None = None
     """How to load the base; the precision chosen at ``adapterhub init`` when unset."""
 
+    device: str | None = Field(default=None, pattern=r"^(cpu|cuda(:\d+)?)$")
+    """``cpu``, ``cuda`` or ``cuda:N``; CUDA when torch sees a GPU, else the CPU."""
+
+    compute_dtype: Literal["bfloat16", "float16", "float32"] | None = None
+    """Dtype the base computes in; what the hardware runs fastest when unset (bf16 on CUDA >= 8.0
+    and CPUs with native bf16, fp16 on older GPUs, fp32 on other CPUs)."""
+
     engine: EngineConfig = Field(default_factory=EngineConfig)
     """Engine capacity: rows, queue, adapter slots, cache (``ADAPTERHUB_ENGINE__MAX_SLOTS`` ...)."""
 

@@ -10,6 +10,7 @@ import torch
 
 from adapterhub.base import BaseInfo, fingerprint_folder, load_base, materialize_base, template_hash
 from adapterhub.errors import BaseModelError, ConfigError
+from adapterhub.hardware import detect_platform
 
 
 def test_materialise_records_fingerprints(tiny_base_dir: Path) -> None:
@@ -48,7 +49,7 @@ def test_unknown_source_fails_clearly(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "nf4", "int8"])
 def test_load_every_precision_frozen(tiny_base_dir: Path, precision: str) -> None:
-    base = load_base(tiny_base_dir, precision)
+    base = load_base(tiny_base_dir, precision, platform=detect_platform(nf4="kernel"))
     assert not any(p.requires_grad for p in base.model.parameters())
     ids = base.render_chat([{"role": "user", "content": "hello"}])
     with torch.inference_mode():
@@ -58,6 +59,31 @@ def test_load_every_precision_frozen(tiny_base_dir: Path, precision: str) -> Non
         import bitsandbytes as bnb
 
         assert isinstance(base.model.model.layers[0].self_attn.q_proj, bnb.nn.Linear4bit)
+        assert base.dequantized_bytes == 0
+
+
+@pytest.mark.parametrize("compute_dtype", ["float32", "bfloat16"])
+def test_nf4_dequantized_at_load_computes_what_nf4_layers_compute(tiny_base_dir: Path, compute_dtype: str) -> None:
+    """The dense copy holds bitsandbytes' own dequantization: the same logits, with plain Linear layers."""
+    platform = detect_platform(compute_dtype=compute_dtype)
+    # bitsandbytes' generic NF4 path (dequantize, then matmul); its packed AVX512-BF16 kernel,
+    # which computes in bf16 whatever the compute dtype, is kept out by for_training
+    kernel = load_base(tiny_base_dir, "nf4", platform=platform.with_overrides(nf4="kernel"), for_training=True)
+    dense = load_base(tiny_base_dir, "nf4", platform=platform.with_overrides(nf4="dequantize"))
+    q_proj = dense.model.model.layers[0].self_attn.q_proj
+    assert type(q_proj) is torch.nn.Linear and q_proj.weight.dtype == getattr(torch, compute_dtype)
+    assert not q_proj.weight.requires_grad
+    linear_bytes = sum(m.weight.numel() * m.weight.element_size() for m in dense.model.model.layers.modules()
+                       if isinstance(m, torch.nn.Linear))
+    assert dense.dequantized_bytes == linear_bytes > 0
+    assert "dequantized once at load" in dense.summary() and "dequantized" not in kernel.summary()
+    ids = torch.tensor([kernel.render_chat([{"role": "user", "content": "hello there"}])] * 3)  # several rows: not gemv
+    with torch.inference_mode():
+        expected = kernel.model(ids).logits.float()
+        got = dense.model(ids).logits.float()
+    # fp32: bit-for-bit the same products; bf16: rounding of the products may differ
+    tolerance = 0.0 if compute_dtype == "float32" else 0.05
+    torch.testing.assert_close(got, expected, rtol=0, atol=tolerance)
 
 
 def test_bad_precision_and_folder(tiny_base_dir: Path, tmp_path: Path) -> None:

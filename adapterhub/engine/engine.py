@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from adapterhub.engine.config import EngineConfig
-from adapterhub.engine.llama import LlamaRunner, compute_dtype, projection_dims
+from adapterhub.engine.llama import LlamaRunner, compute_dtype, model_device, projection_dims
 from adapterhub.engine.lora import LoraSlots, RowMix
 from adapterhub.engine.residency import AdapterResidency, AdapterSource
 from adapterhub.engine.sampling import RowSampler, TextTracker, choose_tokens
@@ -97,6 +97,7 @@ class Engine:
                 num_slots=self.config.max_slots,
                 rank=self.config.max_lora_rank,
                 dtype=torch.float32 if self.config.lora_dtype == "float32" else compute_dtype(model),
+                device=model_device(model),
             )
             self._runner = LlamaRunner(
                 model, self._slots, max_rows=self.config.max_rows, max_seq_len=self.max_seq_len

@@ -182,6 +182,7 @@ class LoraSlots:
         num_slots: int,
         rank: int,
         dtype: torch.dtype,
+        device: torch.device | str = "cpu",
     ) -> None:
         """Args:
         dims: ``target -> (in_features, out_features)`` of the base's projections.
@@ -189,7 +190,9 @@ class LoraSlots:
         num_slots: S, adapters resident at once.
         rank: R, the rank every slot is padded to.
         dtype: the dtype of the LoRA buffers and product.
+        device: where the buffers live (the base's device).
         """
+        self.device = torch.device(device)
         self.dims = dict(dims)
         self.num_layers = num_layers
         self.num_slots = num_slots
@@ -220,9 +223,11 @@ class LoraSlots:
         targets = GROUPS[group]
         fan_in = self.dims[targets[0]][0]
         shape = (self.num_layers, self.num_slots, self.rank * len(targets))
-        self._a[group] = torch.zeros(*shape[:2], fan_in, shape[2], dtype=self.dtype)
+        self._a[group] = torch.zeros(*shape[:2], fan_in, shape[2], dtype=self.dtype, device=self.device)
         for target in targets:
-            self._b[target] = torch.zeros(*shape[:2], self.rank, self.dims[target][1], dtype=self.dtype)
+            self._b[target] = torch.zeros(
+                *shape[:2], self.rank, self.dims[target][1], dtype=self.dtype, device=self.device
+            )
 
     def install(self, slot: int, adapter: PreparedAdapter) -> None:
         """Copy an adapter into ``slot``, replacing whatever was there."""
@@ -278,11 +283,12 @@ class LoraSlots:
                 weight[g, lo : lo + tokens_per_row] = w
         all_slots = used == list(range(self.num_slots))
         targets = frozenset().union(*(self._slot_targets[s] for s in used))
+        src = src.to(self.device)
         return RowMix(
             src=src,
             dst=src.view(-1),
-            weight=None if bool((weight == 1.0).all()) else weight,
-            used=None if all_slots else torch.tensor(used),
+            weight=None if bool((weight == 1.0).all()) else weight.to(self.device),
+            used=None if all_slots else torch.tensor(used, device=self.device),
             targets=targets,
         )
 

@@ -46,7 +46,7 @@ class RowSampler:
         p = self.params
         if self.generator is None:  # greedy (temperature 0 or vanishing)
             return int(logits.argmax())
-        logits = logits / p.temperature
+        logits = logits.cpu() / p.temperature  # the request's generator lives on the host
         if p.top_k and p.top_k < logits.shape[-1]:
             kth = torch.topk(logits, p.top_k).values[-1]
             logits = logits.masked_fill(logits < kth, float("-inf"))

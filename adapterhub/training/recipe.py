@@ -114,7 +114,13 @@ class TrainerConfig(RecipeSection):
     """How long and how hard to train; shared by every method."""
 
     precision: Literal["nf4", "int8", "bf16", "fp32"] = "nf4"
-    """How the frozen base is loaded for training: nf4 is QLoRA's 4-bit NormalFloat."""
+    """How the frozen base's weights are stored for training: nf4 is QLoRA's 4-bit NormalFloat."""
+    compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    """Dtype the forward and backward compute in; ``auto`` lets the hardware decide (bf16 on
+    CUDA >= 8.0 and CPUs with native bf16, fp16 on older GPUs, fp32 on other CPUs, where bf16
+    is emulated and an order of magnitude slower)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to train; ``auto`` takes CUDA when torch sees a GPU."""
     epochs: float = Field(default=1.0, gt=0, le=1000)
     """Passes over the training set (ignored when max_steps is set)."""
     max_steps: int | None = Field(default=None, ge=1)

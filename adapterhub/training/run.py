@@ -55,6 +55,7 @@ from adapterhub.training.templates import (
 
 if TYPE_CHECKING:
     from adapterhub.facade import Hub
+    from adapterhub.hardware import Platform
 
 STEP_LOG = "step_log.jsonl"
 RecipeSource = str | Path | Mapping[str, Any] | RecipeBase
@@ -249,6 +250,7 @@ def _execute(
     trainer: Any = None
     try:
         base, model = _load_model(hub, plan)
+        bridge.message(base.summary())
         ctx = MethodContext(
             recipe=recipe_obj,
             model=model,
@@ -256,7 +258,7 @@ def _execute(
             base=base,
             data=plan.data,
             prepared=prepared,
-            args=training_arguments(recipe_obj, checkpoints),
+            args=training_arguments(recipe_obj, checkpoints, base.platform),
             callbacks=(bridge,),
             registry=hub.registry,
             run_dir=plan.run_dir,
@@ -335,7 +337,9 @@ def _load_model(hub: Hub, plan: RunPlan) -> tuple[Any, Any]:
 
     recipe = plan.recipe
     torch.manual_seed(recipe.seed)
-    base = load_base(hub.base_info.path, recipe.training.precision, for_training=True)
+    base = load_base(
+        hub.base_info.path, recipe.training.precision, for_training=True, platform=training_platform(recipe, hub)
+    )
     model = base.model
     if recipe.training.precision in ("nf4", "int8"):
         model = prepare_model_for_kbit_training(
@@ -435,10 +439,21 @@ def _with_parent_lora(recipe: RecipeBase, hub: Hub, parent: Version) -> RecipeBa
 # --------------------------------------------------------------------------- trainer settings
 
 
-def training_arguments(recipe: RecipeBase, output_dir: Path) -> dict[str, Any]:
-    """The ``transformers.TrainingArguments`` keywords every method shares, from ``recipe.training``."""
-    import torch
+def training_platform(recipe: RecipeBase, hub: Hub) -> Platform:
+    """The hub's platform with the recipe's ``device`` and ``compute_dtype`` on top."""
+    t = recipe.training
+    return hub.platform.with_overrides(
+        device=None if t.device == "auto" else t.device,
+        compute_dtype=None if t.compute_dtype == "auto" else t.compute_dtype,
+    )
 
+
+def training_arguments(recipe: RecipeBase, output_dir: Path, platform: Platform) -> dict[str, Any]:
+    """The ``transformers.TrainingArguments`` keywords every method shares, from ``recipe.training``.
+
+    Mixed precision follows the platform's compute dtype: autocast to bf16 (or fp16 on older
+    GPUs) where it is native, plain fp32 elsewhere.
+    """
     t = recipe.training
     return {
         "output_dir": str(output_dir),
@@ -462,8 +477,9 @@ def training_arguments(recipe: RecipeBase, output_dir: Path) -> dict[str, Any]:
         "eval_steps": t.eval_steps,
         "seed": recipe.seed,
         "data_seed": recipe.seed,
-        "bf16": t.precision != "fp32",
-        "use_cpu": not torch.cuda.is_available(),
+        "bf16": t.precision != "fp32" and platform.compute_dtype == "bfloat16",
+        "fp16": t.precision != "fp32" and platform.compute_dtype == "float16",
+        "use_cpu": not platform.is_cuda,
         "activation_checkpointing": t.gradient_checkpointing,  # transformers 5 name of gradient checkpointing
         "dataloader_num_workers": 0,
         "include_num_input_tokens_seen": "non_padding",
