@@ -24,6 +24,16 @@ _CORPUS = [
 ]
 
 
+def _devices() -> list[str]:
+    import torch
+
+    return ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+
+
+DEVICES = _devices()
+"""Every device present: the CPU always, CUDA where torch sees a GPU (tests parametrise over it)."""
+
+
 def build_tiny_tokenizer(folder: Path):  # type: ignore[no-untyped-def]
     """A byte-level BPE tokenizer with ChatML special tokens, saved to ``folder``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

@@ -68,7 +68,7 @@ def generate_with_peft(
             torch.manual_seed(sampling.seed)
     else:
         kwargs["do_sample"] = False
-    input_ids = torch.tensor([prompt_ids])
+    input_ids = torch.tensor([prompt_ids], device=base.device)
     with torch.inference_mode():
         if ref is None and hasattr(model, "disable_adapter"):
             with model.disable_adapter():

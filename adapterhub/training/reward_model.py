@@ -223,12 +223,14 @@ class RewardScorer:
         for i, row in enumerate(rows):
             input_ids[i, : len(row)] = torch.tensor(row)
             attention[i, : len(row)] = 1
+        device = self.head.device
+        input_ids, attention = input_ids.to(device), attention.to(device)
         with torch.no_grad(), active_adapter(self.model, self.adapter_name):
             hidden = backbone_of(self.model)(
                 input_ids=input_ids, attention_mask=attention
             ).last_hidden_state
         last = attention.sum(dim=1) - 1  # [B]
-        pooled = hidden[torch.arange(len(rows)), last].float()  # [B, hidden]
+        pooled = hidden[torch.arange(len(rows), device=device), last].float()  # [B, hidden]
         return (pooled @ self.head.T).squeeze(-1).tolist()
 
 

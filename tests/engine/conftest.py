@@ -13,6 +13,7 @@ import torch
 
 from adapterhub.base import load_base
 from adapterhub.engine import Engine, EngineConfig
+from adapterhub.hardware import detect_platform
 
 ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 ALL = (*ATTN, "gate_proj", "up_proj", "down_proj")
@@ -86,10 +87,11 @@ def make_engine(tiny_base: Any, adapter_registry: Any) -> Iterator[Callable[...,
 class PeftReference:
     """Runs one request alone through PEFT (full recompute each step, no cache tricks)."""
 
-    def __init__(self, base_dir: Path, folders: dict[str, Path], precision: str = "fp32") -> None:
+    def __init__(self, base_dir: Path, folders: dict[str, Path], precision: str = "fp32", *,
+                 platform: Any = None) -> None:
         from peft import PeftModel
 
-        self.base = load_base(base_dir, precision)
+        self.base = load_base(base_dir, precision, platform=platform)
         names = list(folders)
         self.model = PeftModel.from_pretrained(self.base.model, folders[names[0]], adapter_name=names[0])
         for name in names[1:]:
@@ -99,7 +101,7 @@ class PeftReference:
     @torch.inference_mode()
     def logits(self, ids: Sequence[int], adapter: str | None) -> torch.Tensor:
         """Next-token logits ``[vocab]`` after ``ids`` with ``adapter`` (None: adapters off)."""
-        x = torch.tensor([list(ids)])
+        x = torch.tensor([list(ids)], device=self.base.device)
         if adapter is None:
             with self.model.disable_adapter():
                 return self.model(input_ids=x).logits[0, -1].float()
@@ -124,6 +126,21 @@ class PeftReference:
 @pytest.fixture(scope="session")
 def peft_ref(tiny_base_dir: Path, lora_folders: dict[str, Path]) -> PeftReference:
     return PeftReference(tiny_base_dir, lora_folders)
+
+
+@pytest.fixture(scope="session")
+def on_device(tiny_base: Any, peft_ref: PeftReference, tiny_base_dir: Path, lora_folders: dict[str, Path]
+              ) -> Callable[[str], tuple[Any, PeftReference]]:
+    """``device -> (tiny fp32 base, PEFT reference)`` on that device (the shared ones for the CPU)."""
+
+    def make(device: str) -> tuple[Any, PeftReference]:
+        if device == "cpu":
+            return tiny_base, peft_ref
+        platform = detect_platform(device=device, compute_dtype="float32")
+        return (load_base(tiny_base_dir, "fp32", platform=platform),
+                PeftReference(tiny_base_dir, lora_folders, platform=platform))
+
+    return make
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tinymodels import DEVICES
 
 from adapterhub.engine import GenerationRequest, SamplingParams
 from adapterhub.engine.llama import LlamaRunner, compute_dtype, projection_dims
@@ -12,8 +13,10 @@ from adapterhub.engine.lora import LoraSlots, prepare_adapter
 GREEDY = SamplingParams(max_tokens=12, ignore_eos=True)
 
 
-def test_mixed_batch_tokens_equal_peft_alone(make_engine, peft_ref, prompts):
-    engine = make_engine(max_slots=3)
+@pytest.mark.parametrize("device", DEVICES)
+def test_mixed_batch_tokens_equal_peft_alone(device, make_engine, on_device, prompts):
+    base, peft_ref = on_device(device)  # base, slots, KV cache and PEFT all on that device
+    engine = make_engine(base=base, max_slots=3)
     plan = [(prompts[0], "alpha"), (prompts[1], "beta"), (prompts[2], None), (prompts[3], "gamma"),
             (prompts[1], "alpha"), (prompts[0], None)]
     results = engine.generate_many(

@@ -225,6 +225,8 @@ class PPOTrainer(Trainer):  # type: ignore[misc]
         for i, ids in enumerate(prompts):  # left padding, so every response starts at column P
             query[i, width - len(ids) :] = torch.tensor(list(ids))
             query_mask[i, width - len(ids) :] = 1
+        device = next(self.model.parameters()).device
+        query, query_mask = query.to(device), query_mask.to(device)
 
         with active_adapter(self.model, POLICY):
             out = self.model.generate(
@@ -242,7 +244,7 @@ class PPOTrainer(Trainer):  # type: ignore[misc]
         mask = response_mask(response, self.eos_token_ids)
         # Before padding is rewritten: on bases whose pad token is the end-of-turn token, padding
         # would otherwise count as an ending.
-        has_eos = torch.isin(response, torch.tensor(self.eos_token_ids)).any(dim=1)
+        has_eos = torch.isin(response, torch.tensor(self.eos_token_ids, device=device)).any(dim=1)
         response = torch.where(mask.bool(), response, torch.full_like(response, pad))
         input_ids = torch.cat([query, response], dim=1)
         attention = torch.cat([query_mask, mask], dim=1)
@@ -261,7 +263,7 @@ class PPOTrainer(Trainer):  # type: ignore[misc]
             for r, m in zip(response, mask, strict=True)
         ]
         raw_scores = torch.tensor(
-            self.scorer.score(list(prompt_messages), texts), dtype=torch.float32
+            self.scorer.score(list(prompt_messages), texts), dtype=torch.float32, device=device
         )
         scores = raw_scores.clone()
         if s.missing_eos_penalty is not None:
