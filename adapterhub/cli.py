@@ -207,6 +207,8 @@ def generate(
             "give `adapterhub generate REF PROMPT` or `adapterhub generate --base PROMPT`"
         )
     hub = _hub(home, precision, device, compute_dtype)
+    if not base:
+        hub.resolve(ref)  # an unknown adapter fails before the base loads
     err.print(hub.base.summary(), highlight=False, soft_wrap=True)
     text = hub.generate(
         None if base else ref, prompt, max_tokens=max_tokens, temperature=temperature, seed=seed
