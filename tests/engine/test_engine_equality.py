@@ -133,3 +133,25 @@ def test_peft_adapters_injected_into_the_shared_base_do_not_leak(tiny_base_dir, 
         assert list(after.generate(request).token_ids) == peft_ref.greedy(prompts[0], None, 12)
         gamma = after.generate(GenerationRequest(tuple(prompts[0]), adapter="gamma", sampling=GREEDY))
         assert list(gamma.token_ids) == peft_ref.greedy(prompts[0], "gamma", 12)
+
+
+@torch.inference_mode()
+def test_the_gpu_decode_attention_equals_the_cpu_kernel(tiny_base, adapter_registry, prompts):
+    """CUDA decodes through SDPA, the CPU through two bmm calls: both branches, run here on the CPU."""
+    names = ["alpha", "beta"]
+    loaded = {n: adapter_registry.load_adapter(f"{n}@1") for n in names}
+    outputs = []
+    for sdpa in (False, True):
+        runner, slots = _runner_with(tiny_base, loaded, names)
+        runner.sdpa_decode = sdpa
+        row_slots = [{0: 1.0}, {}, {1: 1.0}]
+        logits = runner.prefill(prompts[:3], 0, row_slots)
+        lengths = torch.tensor([len(p) for p in prompts[:3]])
+        steps = []
+        for _ in range(5):
+            tokens = logits.argmax(-1)
+            logits = runner.decode(tokens, lengths, slots.row_mix(row_slots))
+            lengths = lengths + 1
+            steps.append(logits)
+        outputs.append(torch.stack(steps))
+    torch.testing.assert_close(outputs[1], outputs[0], atol=1e-5, rtol=1e-5)
