@@ -110,6 +110,8 @@ class LoadedBase:
     platform: Platform
     dequantized_bytes: int = 0
     """Bytes of dense weights made from NF4 at load (0: NF4 layers run as they are)."""
+    for_training: bool = False
+    """Loaded for training: NF4 layers stay differentiable (no packed inference kernel)."""
 
     @property
     def device(self) -> str:
@@ -121,6 +123,8 @@ class LoadedBase:
             if self.dequantized_bytes:
                 how = (f"nf4 weights, dequantized once at load to {self.platform.compute_dtype} "
                        f"(+{self.dequantized_bytes / 2**20:.0f} MiB; no fast 4-bit kernel here)")
+            elif self.for_training and not self.platform.is_cuda:
+                how = "nf4 weights via bitsandbytes (dequantize-then-matmul: its packed CPU kernel has no backward)"
             else:
                 how = f"nf4 weights via bitsandbytes ({bitsandbytes_backend(self.platform)})"
         else:
@@ -430,7 +434,7 @@ def load_base(
             keep_4bit_differentiable(model)
     return LoadedBase(
         info=info, model=model, tokenizer=tokenizer, precision=precision,  # type: ignore[arg-type]
-        platform=platform, dequantized_bytes=dequantized,
+        platform=platform, dequantized_bytes=dequantized, for_training=for_training,
     )
 
 

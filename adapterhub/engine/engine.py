@@ -496,19 +496,39 @@ class Engine:
         return self._mix_cache[1]
 
     def _accept(self, jobs: list[Job], logits: torch.Tensor) -> None:
-        """Sample each row's next token, stream it, and retire rows that are done."""
-        tokens = choose_tokens(logits, [j.sampler for j in jobs], [len(j.generated) for j in jobs])
+        """Sample each row's next token, stream it, and retire rows that are done.
+
+        A row whose logits are not finite (an adapter that overflowed) or whose sampling or
+        text decoding raises ends with an error alone; the other rows of the step go on.
+        """
+        finite = torch.isfinite(logits).all(dim=-1).tolist()
+        for job, ok in zip(jobs, finite, strict=True):
+            if not ok:
+                self._fail_row(job, EngineError(
+                    f"request {job.request_id!r}: the model produced non-finite logits at token "
+                    f"{len(job.generated)} (adapter {job.adapter_version or 'none'}); the other requests go on"))
+        live = [i for i, job in enumerate(jobs) if not job.finished]
+        jobs_live = [jobs[i] for i in live]
+        rows = logits if len(live) == len(jobs) else logits[live]
+        tokens = self._choose(jobs_live, rows)
         now = time.perf_counter()
         ttft: list[float] = []
         itl: list[float] = []
-        for job, token in zip(jobs, tokens, strict=True):
+        for job, token in zip(jobs_live, tokens, strict=True):
+            if token is None:  # its sampling failed: already ended
+                continue
             (ttft if job.first_token_at is None else itl).append(
                 now - (job.last_token_at or job.submitted_at)
             )
             if job.first_token_at is None:
                 job.first_token_at = now
             job.last_token_at = now
-            self._emit(job, token)
+            try:
+                self._emit(job, token)
+            except Exception as error:
+                _log.exception("emitting a token failed for %s", job.request_id)
+                self._fail_row(job, EngineError(f"request {job.request_id!r} failed: {error!r}"))
+        tokens = [t for t in tokens if t is not None]
         with self._lock:
             self._completion_tokens += len(tokens)
             self._ttft.extend(ttft)
@@ -520,6 +540,28 @@ class Engine:
         for job in jobs:
             if job.finished:
                 self._retire(job)
+
+    def _choose(self, jobs: list[Job], logits: torch.Tensor) -> list[int | None]:
+        """Every row's next token in one batched call; row by row if that raises, so that only
+        the row whose sampler fails ends (with an error; its entry is None)."""
+        samplers, counts = [j.sampler for j in jobs], [len(j.generated) for j in jobs]
+        try:
+            return list(choose_tokens(logits, samplers, counts))
+        except Exception:
+            chosen: list[int | None] = []
+            for i, job in enumerate(jobs):
+                try:
+                    chosen.append(choose_tokens(logits[i : i + 1], samplers[i : i + 1], counts[i : i + 1])[0])
+                except Exception as error:
+                    _log.exception("sampling failed for %s", job.request_id)
+                    self._fail_row(job, EngineError(f"request {job.request_id!r}: sampling failed: {error!r}"))
+                    chosen.append(None)
+            return chosen
+
+    def _fail_row(self, job: Job, error: EngineError) -> None:
+        """End one running row with ``error``; it is retired with the step's finished rows."""
+        job.finished = True
+        _send(job.sink, error)
 
     def _emit(self, job: Job, token: int) -> None:
         params = job.request.sampling

@@ -1,0 +1,89 @@
+"""One bad row never fails the rest: a failure injected into one row ends that request alone."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from adapterhub.engine import GenerationRequest, SamplingParams
+from adapterhub.engine.sampling import RowSampler
+from adapterhub.errors import EngineError
+
+STEPS = 10
+
+
+def _batch(prompts, bad_seed: int | None = None):  # type: ignore[no-untyped-def]
+    """Four rows over three adapters and the base; the sampled row carries ``bad_seed``."""
+    greedy = SamplingParams(max_tokens=STEPS, ignore_eos=True)
+    sampled = SamplingParams(max_tokens=STEPS, ignore_eos=True, temperature=0.8, seed=bad_seed or 7)
+    return [
+        GenerationRequest(tuple(prompts[0]), adapter="alpha", sampling=greedy, request_id="r0"),
+        GenerationRequest(tuple(prompts[1]), adapter=None, sampling=sampled, request_id="r1"),
+        GenerationRequest(tuple(prompts[2]), adapter="beta", sampling=greedy, request_id="r2"),
+        GenerationRequest(tuple(prompts[3]), adapter="gamma", sampling=greedy, request_id="r3"),
+    ]
+
+
+def _run(engine, requests):  # type: ignore[no-untyped-def]
+    """Each request's tokens, or the exception its stream ended with."""
+    done = [threading.Event() for _ in requests]
+    tokens: list[list[int]] = [[] for _ in requests]
+    errors: list[BaseException | None] = [None] * len(requests)
+    for i, request in enumerate(requests):
+        def sink(item, i=i):  # type: ignore[no-untyped-def]
+            if isinstance(item, BaseException):
+                errors[i] = item
+                done[i].set()
+                return
+            tokens[i].extend(item.token_ids)
+            if item.finish_reason:
+                done[i].set()
+
+        engine.submit(request, sink)
+    assert all(event.wait(60) for event in done)
+    return [errors[i] or tokens[i] for i in range(len(requests))]
+
+
+def test_a_row_whose_sampler_raises_fails_alone(make_engine, prompts, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = make_engine(max_slots=3)
+    clean = _run(engine, _batch(prompts))
+    assert all(isinstance(o, list) for o in clean)
+
+    real_choose = RowSampler.choose
+
+    def choose(self, logits):  # type: ignore[no-untyped-def]
+        if self.params.seed == 13:
+            raise RuntimeError("injected sampling failure")
+        return real_choose(self, logits)
+
+    monkeypatch.setattr(RowSampler, "choose", choose)
+    outcomes = _run(engine, _batch(prompts, bad_seed=13))
+    assert isinstance(outcomes[1], EngineError) and "injected sampling failure" in str(outcomes[1])
+    for i in (0, 2, 3):  # the greedy rows finish with exactly the tokens of the clean run
+        assert outcomes[i] == clean[i], i
+    # and the engine goes on serving
+    assert _run(engine, _batch(prompts)) == clean
+
+
+def test_a_row_with_non_finite_logits_fails_alone(make_engine, prompts) -> None:
+    engine = make_engine(max_slots=3)
+    clean = _run(engine, _batch(prompts))
+    runner = engine._runner
+    real_decode = runner.decode
+    calls = {"n": 0}
+
+    def decode(tokens, lengths, mix):  # type: ignore[no-untyped-def]
+        logits = real_decode(tokens, lengths, mix)
+        calls["n"] += 1
+        if calls["n"] == 3:  # mid-flight, one row's logits overflow (as a broken adapter's would)
+            logits[0] = float("nan")
+        return logits
+
+    runner.decode = decode
+    outcomes = _run(engine, _batch(prompts))
+    failed = [i for i, o in enumerate(outcomes) if isinstance(o, BaseException)]
+    assert len(failed) == 1, outcomes
+    assert isinstance(outcomes[failed[0]], EngineError) and "non-finite logits" in str(outcomes[failed[0]])
+    for i in set(range(4)) - set(failed):
+        assert outcomes[i] == clean[i], i
