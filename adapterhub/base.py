@@ -376,7 +376,7 @@ def load_base(
             :func:`keep_4bit_differentiable`).
         platform: device, compute dtype and NF4 handling; :func:`detect_platform` when None.
             For serving where bitsandbytes has no fast 4-bit kernel, NF4 weights are
-            dequantized once into dense layers (:meth:`Platform.dequantize_nf4`); for training
+            dequantized once into dense layers (:meth:`Platform.should_dequantize_nf4`); for training
             only when the platform's ``nf4`` is ``dequantize``.
 
     Raises:
@@ -427,10 +427,10 @@ def load_base(
         # dequantization is a small share of the matmuls (fp32 on an AVX2 CPU, 8 x 100 tokens:
         # 239 tok/s with NF4 layers, 232 with a dense copy), and QLoRA's memory saving stays.
         if platform.nf4 == "dequantize" or (
-            not for_training and platform.dequantize_nf4(_dense_nf4_bytes(model, compute))
+            not for_training and platform.should_dequantize_nf4(_dense_nf4_bytes(model, compute))
         ):
             dequantized = dequantize_nf4(model, compute)
-        elif for_training or not platform.fast_nf4_kernel:
+        elif for_training or not platform.uses_fast_nf4_kernel:
             keep_4bit_differentiable(model)
     return LoadedBase(
         info=info, model=model, tokenizer=tokenizer, precision=precision,  # type: ignore[arg-type]

@@ -18,7 +18,7 @@ Design choices:
 * **NF4 without a fast kernel.** bitsandbytes has fast 4-bit kernels on CUDA and on CPUs with
   AVX512-BF16; elsewhere each forward dequantizes every weight again. There the frozen NF4
   weights may be dequantized once, at load, into the compute dtype
-  (:attr:`Platform.dequantize_nf4`): exactly the values an NF4 forward multiplies by, at
+  (:meth:`Platform.should_dequantize_nf4`): exactly the values an NF4 forward multiplies by, at
   dense-matmul speed, for as long as the dense copy fits the memory budget.
 * **Overridable, and said.** ``device``, ``compute_dtype`` and ``nf4`` come from the caller (CLI
   options, recipe fields, server settings) or ``ADAPTERHUB_DEVICE`` /
@@ -97,17 +97,26 @@ class Platform:
 
         return getattr(torch, self.compute_dtype)  # type: ignore[no-any-return]
 
-    def dequantize_nf4(self, dense_bytes: int) -> bool:
+    @property
+    def uses_fast_nf4_kernel(self) -> bool:
+        """NF4 layers would run on a fast kernel in this compute dtype (the packed CPU kernel
+        computes in bf16 whatever it is given, so it only counts when bf16 is the compute dtype)."""
+        return self.fast_nf4_kernel and (self.is_cuda or self.compute_dtype == "bfloat16")
+
+    def should_dequantize_nf4(self, dense_bytes: int) -> bool:
         """Whether NF4 weights that take ``dense_bytes`` once dequantized should be dequantized at load."""
         if self.nf4 != "auto":
             return self.nf4 == "dequantize"
-        return not self.fast_nf4_kernel and dense_bytes <= DEQUANTIZE_MEMORY_SHARE * available_memory(self.device)
+        return not self.uses_fast_nf4_kernel and dense_bytes <= DEQUANTIZE_MEMORY_SHARE * available_memory(self.device)
 
     def with_overrides(self, *, device: str | None = None, compute_dtype: str | None = None,
                        nf4: str | None = None) -> Platform:
-        """This platform with the given fields chosen by the user (``None`` keeps the detected ones)."""
-        if device is not None and device != self.device:
-            return detect_platform(device=device, compute_dtype=compute_dtype or None, nf4=nf4 or self.nf4)
+        """This platform with the given fields chosen by the user (``None`` keeps the current ones,
+        including a compute dtype the user chose before; ``cuda`` keeps a ``cuda:N`` already chosen)."""
+        same_device = device is None or device == self.device or (device == "cuda" and self.is_cuda)
+        if not same_device:
+            kept = self.compute_dtype if self.dtype_reason == "chosen by the user" else None
+            return detect_platform(device=device, compute_dtype=compute_dtype or kept, nf4=nf4 or self.nf4)
         changes: dict[str, Any] = {}
         if compute_dtype is not None:
             changes["compute_dtype"] = _compute_dtype(compute_dtype, "compute_dtype")
@@ -254,7 +263,7 @@ def bitsandbytes_backend(platform: Platform) -> str:
     version = getattr(bitsandbytes, "__version__", "?")
     if platform.is_cuda:
         return f"{version}, CUDA kernels"
-    if platform.fast_nf4_kernel:
+    if platform.uses_fast_nf4_kernel:
         return f"{version}, CPU packed 4-bit kernel (AVX512-BF16)"
     return f"{version}, CPU dequantize-then-matmul (no fast 4-bit kernel for {platform.isa})"
 

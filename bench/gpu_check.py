@@ -234,18 +234,20 @@ def main() -> None:
         hub.init(str(build_base(root / "smollm2-shaped", shape)))
         refs, folders = register_adapters(hub, 18, root)
         parts = [
-            lambda: check_equality(hub, platform.with_overrides(compute_dtype="float32"), "fp32", folders),
-            lambda: check_equality(hub, platform, dense, folders),
-            lambda: check_equality(hub, platform, "nf4", folders),
-            lambda: check_throughput(hub, platform, dense, refs, 8 if args.quick else 64, 8 if args.quick else 64),
-            lambda: check_training(hub, 2 if args.quick else 20),
+            ("engine == PEFT, fp32", lambda: check_equality(
+                hub, platform.with_overrides(compute_dtype="float32"), "fp32", folders)),
+            (f"engine == PEFT, {dense}", lambda: check_equality(hub, platform, dense, folders)),
+            ("engine == PEFT, nf4", lambda: check_equality(hub, platform, "nf4", folders)),
+            ("throughput and cold load", lambda: check_throughput(
+                hub, platform, dense, refs, 8 if args.quick else 64, 8 if args.quick else 64)),
+            ("QLoRA SFT vs plain TRL", lambda: check_training(hub, 2 if args.quick else 20)),
         ]
-        for part in parts:
+        for label, part in parts:
             try:
                 table += part()
             except Exception as e:  # one broken part must not hide the others' figures
                 traceback.print_exc()
-                table.append((getattr(part, "__name__", "check"), "FAILED", f"{type(e).__name__}: {e}"[:60]))
+                table.append((label, "FAILED", f"{type(e).__name__}: {e}"[:60]))
         width = max(len(row[0]) for row in table)
         print(f"\n{'check':{width}}  {'value':>14}  verdict")
         for check, value, verdict in table:

@@ -47,12 +47,15 @@ def test_choices_from_arguments_and_environment(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("ADAPTERHUB_NF4", "dequantize")
     platform = detect_platform()
     assert (platform.compute_dtype, platform.nf4) == ("float32", "dequantize")
-    assert platform.dequantize_nf4(10**15)  # asked for: even past the memory budget
-    assert not platform.with_overrides(nf4="kernel").dequantize_nf4(1)
+    assert platform.should_dequantize_nf4(10**15)  # asked for: even past the memory budget
+    assert not platform.with_overrides(nf4="kernel").should_dequantize_nf4(1)
     auto = platform.with_overrides(nf4="auto")
-    assert auto.dequantize_nf4(1) == (not auto.fast_nf4_kernel)
-    assert not auto.dequantize_nf4(10**15)  # a dense copy that cannot fit is never made
+    assert auto.should_dequantize_nf4(1) == (not auto.uses_fast_nf4_kernel)
+    assert not auto.should_dequantize_nf4(10**15)  # a dense copy that cannot fit is never made
     assert "float32 compute" in platform.summary()
+    assert not auto.uses_fast_nf4_kernel  # the packed CPU kernel computes in bf16: not for fp32
+    assert detect_platform(device="cpu", compute_dtype="fp32").with_overrides(
+        device="cpu").compute_dtype == "float32"
 
 
 def test_bad_choices_name_the_field_and_the_value() -> None:

@@ -506,7 +506,8 @@ class Engine:
             if not ok:
                 self._fail_row(job, EngineError(
                     f"request {job.request_id!r}: the model produced non-finite logits at token "
-                    f"{len(job.generated)} (adapter {job.adapter_version or 'none'}); the other requests go on"))
+                    f"{len(job.generated)} (adapter {job.adapter_version or 'none'}); the other requests "
+                    "go on. An adapter that overflows in this compute dtype: try --compute-dtype float32"))
         live = [i for i, job in enumerate(jobs) if not job.finished]
         jobs_live = [jobs[i] for i in live]
         rows = logits if len(live) == len(jobs) else logits[live]
@@ -527,7 +528,10 @@ class Engine:
                 self._emit(job, token)
             except Exception as error:
                 _log.exception("emitting a token failed for %s", job.request_id)
-                self._fail_row(job, EngineError(f"request {job.request_id!r} failed: {error!r}"))
+                failure = EngineError(f"request {job.request_id!r}: decoding its text failed ({error!r}); "
+                                      "the other requests go on")
+                failure.__cause__ = error
+                self._fail_row(job, failure)
         tokens = [t for t in tokens if t is not None]
         with self._lock:
             self._completion_tokens += len(tokens)
@@ -542,21 +546,17 @@ class Engine:
                 self._retire(job)
 
     def _choose(self, jobs: list[Job], logits: torch.Tensor) -> list[int | None]:
-        """Every row's next token in one batched call; row by row if that raises, so that only
-        the row whose sampler fails ends (with an error; its entry is None)."""
-        samplers, counts = [j.sampler for j in jobs], [len(j.generated) for j in jobs]
-        try:
-            return list(choose_tokens(logits, samplers, counts))
-        except Exception:
-            chosen: list[int | None] = []
-            for i, job in enumerate(jobs):
-                try:
-                    chosen.append(choose_tokens(logits[i : i + 1], samplers[i : i + 1], counts[i : i + 1])[0])
-                except Exception as error:
-                    _log.exception("sampling failed for %s", job.request_id)
-                    self._fail_row(job, EngineError(f"request {job.request_id!r}: sampling failed: {error!r}"))
-                    chosen.append(None)
-            return chosen
+        """Every row's next token; a row whose sampler raises ends with an error (entry None)."""
+
+        def failed(row: int, error: Exception) -> None:
+            _log.exception("sampling failed for %s", jobs[row].request_id, exc_info=error)
+            failure = EngineError(
+                f"request {jobs[row].request_id!r}: sampling failed ({error!r}); the other requests "
+                "go on. Retry it, or with other sampling settings if it fails again")
+            failure.__cause__ = error
+            self._fail_row(jobs[row], failure)
+
+        return choose_tokens(logits, [j.sampler for j in jobs], [len(j.generated) for j in jobs], failed)
 
     def _fail_row(self, job: Job, error: EngineError) -> None:
         """End one running row with ``error``; it is retired with the step's finished rows."""

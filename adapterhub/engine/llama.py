@@ -308,11 +308,13 @@ class LlamaRunner:
             cache[0][row_ids, :, lengths] = k
             cache[1][row_ids, :, lengths] = v.float().reshape(count, kv_heads, dim)
             capacity = cache.shape[3]
-            if self.sdpa_decode:  # flash / memory-efficient kernels on the GPU
+            if self.sdpa_decode:  # the GPU's fused (memory-efficient) attention kernel
+                # a KV head's query heads as its query length: [rows, kv_heads, group, head_dim],
+                # so no enable_gqa (which the fused fp32 kernel refuses) and no K/V copies
                 out = F.scaled_dot_product_attention(
-                    q[:, :, None], cache[0][:count, :, :span], cache[1][:count, :, :span],
-                    attn_mask=sdpa_mask, enable_gqa=True,
-                )  # [rows, heads, 1, head_dim]
+                    q.view(count, kv_heads, self.group, dim),
+                    cache[0][:count, :, :span], cache[1][:count, :, :span], attn_mask=sdpa_mask,
+                )  # [rows, kv_heads, group, head_dim]
                 return out.reshape(count, heads * dim).to(self.dtype)
             keys = cache[0].view(-1, capacity, dim)[: count * kv_heads, :span]  # [rows*kv, span, dim]
             values = cache[1].view(-1, capacity, dim)[: count * kv_heads, :span]

@@ -16,7 +16,7 @@ Design choices:
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -61,24 +61,38 @@ class RowSampler:
         return int(torch.multinomial(probs, 1, generator=self.generator))
 
 
-def choose_tokens(logits: torch.Tensor, samplers: Sequence[RowSampler], generated: Sequence[int]) -> list[int]:
+def choose_tokens(
+    logits: torch.Tensor,
+    samplers: Sequence[RowSampler],
+    generated: Sequence[int],
+    on_error: Callable[[int, Exception], None] | None = None,
+) -> list[int | None]:
     """Pick the next token of every row.
 
     Args:
         logits: ``[rows, vocab]`` float32.
         samplers: each row's sampler.
         generated: tokens each row has produced so far (for ``min_tokens``).
+        on_error: called with ``(row, error)`` when a row's sampler raises; that row's token is
+            then None and the other rows are unaffected (each draws exactly once). Without it
+            the error propagates.
 
     Returns:
-        One token id per row.
+        One token id per row (None for a row whose sampler failed).
     """
     for i, (sampler, count) in enumerate(zip(samplers, generated, strict=True)):
         if count < sampler.params.min_tokens and sampler.stop_token_ids:
             logits[i, list(sampler.stop_token_ids)] = float("-inf")
-    tokens = logits.argmax(dim=-1).tolist()
+    tokens: list[int | None] = logits.argmax(dim=-1).tolist()
     for i, sampler in enumerate(samplers):
         if sampler.generator is not None:
-            tokens[i] = sampler.choose(logits[i])
+            try:
+                tokens[i] = sampler.choose(logits[i])
+            except Exception as error:
+                if on_error is None:
+                    raise
+                on_error(i, error)
+                tokens[i] = None
     return tokens
 
 

@@ -341,7 +341,7 @@ def _load_model(hub: Hub, plan: RunPlan) -> tuple[Any, Any]:
         hub.base_info.path, recipe.training.precision, for_training=True, platform=training_platform(recipe, hub)
     )
     model = base.model
-    if recipe.training.precision in ("nf4", "int8"):
+    if recipe.training.precision in ("nf4", "int8") and not base.dequantized_bytes:
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=recipe.training.gradient_checkpointing
         )

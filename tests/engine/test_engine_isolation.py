@@ -14,13 +14,15 @@ STEPS = 10
 
 
 def _batch(prompts, bad_seed: int | None = None):  # type: ignore[no-untyped-def]
-    """Four rows over three adapters and the base; the sampled row carries ``bad_seed``."""
+    """Four rows over three adapters and the base; two sample, the second with ``bad_seed`` (so
+    the first has drawn its token before the failure in the same step)."""
     greedy = SamplingParams(max_tokens=STEPS, ignore_eos=True)
-    sampled = SamplingParams(max_tokens=STEPS, ignore_eos=True, temperature=0.8, seed=bad_seed or 7)
+    sampled = SamplingParams(max_tokens=STEPS, ignore_eos=True, temperature=0.8, seed=7)
     return [
         GenerationRequest(tuple(prompts[0]), adapter="alpha", sampling=greedy, request_id="r0"),
         GenerationRequest(tuple(prompts[1]), adapter=None, sampling=sampled, request_id="r1"),
-        GenerationRequest(tuple(prompts[2]), adapter="beta", sampling=greedy, request_id="r2"),
+        GenerationRequest(tuple(prompts[2]), adapter="beta", request_id="r2",
+                          sampling=SamplingParams(max_tokens=STEPS, ignore_eos=True, temperature=0.8, seed=bad_seed or 21)),
         GenerationRequest(tuple(prompts[3]), adapter="gamma", sampling=greedy, request_id="r3"),
     ]
 
@@ -59,8 +61,8 @@ def test_a_row_whose_sampler_raises_fails_alone(make_engine, prompts, monkeypatc
 
     monkeypatch.setattr(RowSampler, "choose", choose)
     outcomes = _run(engine, _batch(prompts, bad_seed=13))
-    assert isinstance(outcomes[1], EngineError) and "injected sampling failure" in str(outcomes[1])
-    for i in (0, 2, 3):  # the greedy rows finish with exactly the tokens of the clean run
+    assert isinstance(outcomes[2], EngineError) and "injected sampling failure" in str(outcomes[2])
+    for i in (0, 1, 3):  # the others, the seeded one too, finish with the clean run's tokens
         assert outcomes[i] == clean[i], i
     # and the engine goes on serving
     assert _run(engine, _batch(prompts)) == clean
