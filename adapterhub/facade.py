@@ -72,6 +72,7 @@ class Hub:
         self._compute_dtype = compute_dtype
         self._platform: Platform | None = None
         self._base: LoadedBase | None = None
+        self._base_info: BaseInfo | None = None
 
     # ------------------------------------------------------------------ base
 
@@ -91,7 +92,7 @@ class Hub:
         info = materialize_base(self.home, base, force=force, progress=progress)
         settings = {"base": str(info.path.relative_to(self.home)), "precision": precision}
         (self.home / _SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
-        self._base = None
+        self._base, self._base_info = None, info
         return info
 
     def _settings(self) -> dict[str, str]:
@@ -104,8 +105,10 @@ class Hub:
 
     @property
     def base_info(self) -> BaseInfo:
-        """The current base (without loading it)."""
-        return BaseInfo.read(self.home / self._settings()["base"])
+        """The current base (without loading it); read once, then kept (``init`` replaces it)."""
+        if self._base_info is None:
+            self._base_info = BaseInfo.read(self.home / self._settings()["base"])
+        return self._base_info
 
     @property
     def precision(self) -> str:

@@ -12,6 +12,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+STEP_LOG = "step_log.jsonl"
+"""The file of a trained version that holds its run's progress events, one JSON object a line."""
+
 EventKind = Literal["start", "step", "eval", "message", "done", "failed", "cancelled"]
 
 

@@ -38,6 +38,7 @@ from adapterhub.errors import (
     IncompatibleAdapterError,
 )
 from adapterhub.protocol import error_code
+from adapterhub_server.settings import short_repr
 
 log = logging.getLogger("adapterhub.server")
 
@@ -150,15 +151,10 @@ def describe_request_errors(error: RequestValidationError) -> tuple[str, str | N
         params.append(where)
         got = item.get("input")
         shown = "" if item.get("type") == "missing" or got is None or isinstance(got, dict) \
-            else f" (got {_short(got)})"
+            else f" (got {short_repr(got)})"
         problems.append(f"{where}: {item.get('msg', 'invalid')}{shown}")
     message = problems[0] if len(problems) == 1 else f"{len(problems)} problems: " + "; ".join(problems)
     return message, params[0] if params else None
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _internal_message(request_id: str) -> str:

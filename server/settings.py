@@ -201,12 +201,13 @@ def describe_validation_error(error: ValidationError) -> list[str]:
     problems = []
     for item in error.errors(include_url=False):
         where = ".".join(str(p) for p in item["loc"]) or "settings"
-        shown = "" if "key" in where or "input" not in item else f" (got {_short(item['input'])})"
+        shown = "" if "key" in where or "input" not in item else f" (got {short_repr(item['input'])})"
         problems.append(f"{where}: {item['msg']}{shown}")
     return problems
 
 
-def _short(value: Any) -> str:
+def short_repr(value: Any) -> str:
+    """``repr(value)``, cut to 80 characters, for error messages that show what was sent."""
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from adapterhub.engine.types import GenerationChunk, GenerationRequest, SamplingParams, Usage
 from adapterhub.errors import AdapterHubError, ConfigError, EngineError
-from adapterhub.progress import CancelToken, ProgressCallback, ProgressEvent
+from adapterhub.progress import STEP_LOG, CancelToken, ProgressCallback, ProgressEvent
 from adapterhub.registry import Version
 from adapterhub_tui.backend import BackendInfo, Capability, ChatMessages, TrainRequest
 
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
     from adapterhub.engine import Engine, EngineConfig
     from adapterhub.facade import Hub
 
-STEP_LOG_FILE = "step_log.jsonl"
 
 
 class InProcessBackend:
@@ -79,9 +78,9 @@ class InProcessBackend:
     async def step_log(self, ref: str) -> list[ProgressEvent]:
         def read() -> list[ProgressEvent]:
             version = self.hub.registry.resolve(ref)
-            if STEP_LOG_FILE not in version.files:
+            if STEP_LOG not in version.files:
                 return []
-            text = self.hub.registry.read_file(version, STEP_LOG_FILE).decode("utf-8")
+            text = self.hub.registry.read_file(version, STEP_LOG).decode("utf-8")
             return parse_step_log(text)
 
         return await asyncio.to_thread(read)

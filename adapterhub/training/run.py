@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from adapterhub.adapters import CONFIG_FILE, WEIGHTS_FILE
 from adapterhub.errors import AdapterHubError, ConfigError, TrainingCancelled, TrainingError
-from adapterhub.progress import CancelToken, ProgressCallback, ProgressEvent, no_progress
+from adapterhub.progress import STEP_LOG, CancelToken, ProgressCallback, ProgressEvent, no_progress
 from adapterhub.registry import Version, ensure_compatible
 from adapterhub.training.datasets import TrainingData, load_training_data
 from adapterhub.training.methods import Method, MethodContext, PrepareContext, get_method
@@ -57,7 +57,6 @@ if TYPE_CHECKING:
     from adapterhub.facade import Hub
     from adapterhub.hardware import Platform
 
-STEP_LOG = "step_log.jsonl"
 RecipeSource = str | Path | Mapping[str, Any] | RecipeBase
 
 

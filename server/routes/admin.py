@@ -19,6 +19,7 @@ from fastapi.responses import PlainTextResponse
 
 import adapterhub
 from adapterhub.errors import AdapterNotFoundError, ConfigError
+from adapterhub.progress import STEP_LOG
 from adapterhub.protocol import (
     DeleteResponse,
     LoadAdapterRequest,
@@ -41,7 +42,6 @@ from adapterhub_server.service import InferenceService
 
 router = APIRouter(tags=["admin"], responses={**ERROR_RESPONSES, 403: ERROR_RESPONSES[401] | {
     "description": "An inference key on an admin route"}})
-STEP_LOG_FILE = "step_log.jsonl"
 # vLLM's routes answer text/plain; their errors are still OpenAI JSON
 _PLAIN_TEXT_ROUTE_ERRORS = json_error_responses({s: r["description"] for s, r in router.responses.items()})
 
@@ -164,9 +164,9 @@ async def step_log(ref: str, _: AdminCaller, service: ReadyService) -> list[dict
 
     def read() -> list[dict[str, Any]]:
         found = hub.registry.resolve(ref)
-        if STEP_LOG_FILE not in found.files:
+        if STEP_LOG not in found.files:
             return []
-        lines = hub.registry.read_file(found, STEP_LOG_FILE).decode().splitlines()
+        lines = hub.registry.read_file(found, STEP_LOG).decode().splitlines()
         return [json.loads(line) for line in lines if line.strip()]
 
     return await anyio.to_thread.run_sync(read)

@@ -23,8 +23,6 @@ from adapterhub.training.methods import Method, MethodContext
 from adapterhub.training.preference import PreparedPreference, prepare_preference, render_pair
 from adapterhub.training.recipe import RecipeBase, RecipeSection
 
-REFERENCE_ADAPTER = "ref"  # the name TRL gives the frozen copy of the starting adapter
-
 DPOLossType = Literal[
     "sigmoid", "hinge", "ipo", "robust", "bco_pair", "sppo_hard", "nca_pair", "apo_zero", "apo_down"
 ]
