@@ -16,8 +16,10 @@ Design choices:
   the resolved version can go in the ``X-Adapter-Version`` header.
 * **Cancellation is explicit.** Every opened stream is cancelled in a ``finally`` (a no-op once
   finished), so a client that disconnects, a failed sibling row or a shutdown frees rows at once.
-* **Refs resolve per request** against the registry, so a version registered by another process
-  is served without a restart.
+* **Refs resolve once per request, off the event loop.** A request's ref (or mix) is resolved
+  against the registry in a worker thread before its rows are submitted, and every row carries
+  the resolved version: n rows cost one registry read, the event loop never waits on the
+  database, and a version registered by another process is served without a restart.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from adapterhub_server.settings import ServerSettings
 if TYPE_CHECKING:
     from adapterhub.engine import Engine, RequestStream
     from adapterhub.facade import Hub
+    from adapterhub.registry import Version
 
 log = logging.getLogger("adapterhub.server")
 BASE_LABEL = "base"
@@ -60,7 +63,7 @@ class Phase(StrEnum):
 class Target:
     """Which weights serve a request: the base (both None), one adapter ref, or a mix."""
 
-    adapter: str | None = None
+    adapter: str | Version | None = None
     mix: AdapterMix | None = None
 
 
@@ -328,6 +331,7 @@ class InferenceService:
         """
         engine = self.ready_engine()
         started = time.perf_counter()
+        target = await anyio.to_thread.run_sync(self._resolved, engine, target)
         streams: list[RequestStream] = []
         opened: OpenRequest | None = None
         prefix = uuid.uuid4().hex[:16]
@@ -355,6 +359,16 @@ class InferenceService:
             if opened is None:
                 for stream in streams:
                     stream.cancel()
+
+    @staticmethod
+    def _resolved(engine: Engine, target: Target) -> Target:
+        """``target`` with its refs resolved to versions (worker thread: this reads the registry)."""
+        if target.adapter is not None:
+            return Target(adapter=engine.resolve(target.adapter))
+        if target.mix is not None:
+            versions = tuple(engine.resolve(ref) for ref in target.mix.refs)
+            return Target(mix=AdapterMix(versions, target.mix.weights))
+        return target
 
     async def rows(self, opened: OpenRequest) -> AsyncIterator[tuple[int, GenerationChunk]]:
         """Every chunk of every row as ``(row, chunk)``, first chunks first, until all finish.

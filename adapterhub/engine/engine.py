@@ -53,6 +53,7 @@ from adapterhub.engine.types import (
     Usage,
 )
 from adapterhub.errors import CapacityError, ConfigError, EngineError, PromptTooLongError
+from adapterhub.registry import Version
 
 _log = logging.getLogger(__name__)
 
@@ -114,7 +115,8 @@ class Engine:
             max_wait_steps=self.config.max_wait_steps,
         )
         self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-        self._goals: list[tuple[str, bool, Future[ResidentAdapter]]] = []
+        self._failed_rows: list[tuple[Job, EngineError]] = []  # ended this step, told after retiring
+        self._goals: list[tuple[Version, bool, Future[ResidentAdapter]]] = []
         self._lock = threading.Lock()  # guards the fields below, read by callers' threads
         self._active_ids: set[str] = set()
         self._queued = 0  # submitted and not yet admitted, finished or cancelled
@@ -154,7 +156,7 @@ class Engine:
         if self._closed:
             raise EngineError("the engine is closed; create a new Engine")
         request_id = request.request_id or uuid.uuid4().hex
-        adapters, version = self._resolve(request)
+        adapters, version, versions = self._resolve(request)
         self._check_fits(request, adapters)
         params = request.sampling
         job = Job(
@@ -162,6 +164,7 @@ class Engine:
             request_id=request_id,
             adapters=adapters,
             adapter_version=version,
+            versions=versions,
             sink=sink,
             sampler=RowSampler(params, () if params.ignore_eos else sorted(self._eos)),
             text=TextTracker(self.tokenizer, request.prompt_ids, params.stop),
@@ -233,16 +236,29 @@ class Engine:
 
     # ================================================================== public: admin
 
-    def load_adapter(self, ref: str, *, pin: bool = False, timeout: float = 60.0) -> ResidentAdapter:
+    def resolve(self, ref: str | Version) -> Version:
+        """Resolve ``ref`` once (a registry read and a compatibility check), on the caller's thread.
+
+        Pass the result as ``GenerationRequest.adapter`` (or in a mix) for every row of one
+        client request: the rows then share one resolution, and the engine thread never reads
+        the registry's database.
+
+        Raises:
+            AdapterNotFoundError: unknown ref, or no registry. IncompatibleAdapterError: another base.
+        """
+        return self._residency.resolve(ref)
+
+    def load_adapter(self, ref: str | Version, *, pin: bool = False, timeout: float = 60.0) -> ResidentAdapter:
         """Make an adapter resident in a slot (loading it from the registry), optionally pinned.
 
         Raises:
             AdapterNotFoundError, IncompatibleAdapterError, CorruptBlobError: as for requests.
             CapacityError: every slot is pinned or busy past ``timeout`` seconds.
         """
-        key = self._residency.resolve(ref)
+        version = self._residency.resolve(ref)
+        key = version.ref
         future: Future[ResidentAdapter] = Future()
-        self._post("goal", (key, pin, future))
+        self._post("goal", (version, pin, future))
         try:
             return future.result(timeout)
         except TimeoutError:
@@ -253,23 +269,23 @@ class Engine:
                 retry_after=timeout,
             ) from None
 
-    def pin_adapter(self, ref: str, pinned: bool = True) -> ResidentAdapter:
+    def pin_adapter(self, ref: str | Version, pinned: bool = True) -> ResidentAdapter:
         """Pin (or unpin) an adapter: a pinned slot is never evicted. Loads it if needed."""
         if pinned:
             return self.load_adapter(ref, pin=True)
-        key = self._residency.resolve(ref)
+        key = self._residency.resolve(ref).ref
         found: ResidentAdapter | None = self._call(lambda: self._residency.set_pinned(key, False))
         if found is None:
             raise ConfigError(f"adapter {key!r} is not resident, so it cannot be unpinned")
         return found
 
-    def unload_adapter(self, ref: str) -> bool:
+    def unload_adapter(self, ref: str | Version) -> bool:
         """Drop an adapter from its slot and the cache; False when it was not resident.
 
         Raises:
             CapacityError: running rows use it (retry when they finish).
         """
-        key = self._residency.resolve(ref)
+        key = self._residency.resolve(ref).ref
         return bool(self._call(lambda: self._residency.unload(key)))
 
     def resident_adapters(self) -> list[ResidentAdapter]:
@@ -326,18 +342,21 @@ class Engine:
 
     # ================================================================== caller-side helpers
 
-    def _resolve(self, request: GenerationRequest) -> tuple[dict[str, float], str | None]:
+    def _resolve(self, request: GenerationRequest) -> tuple[dict[str, float], str | None, dict[str, Version]]:
+        """``key -> weight``, the version label, and ``key -> version`` of a request's adapters."""
         if request.adapter is not None:
-            key = self._residency.resolve(request.adapter)
-            return {key: 1.0}, key
+            version = self._residency.resolve(request.adapter)
+            return {version.ref: 1.0}, version.ref, {version.ref: version}
         if request.mix is not None:
             adapters: dict[str, float] = {}
+            versions: dict[str, Version] = {}
             for ref, weight in zip(request.mix.refs, request.mix.weights, strict=True):
-                key = self._residency.resolve(ref)
-                adapters[key] = adapters.get(key, 0.0) + float(weight)
-            version = "+".join(f"{w:g}*{k}" for k, w in adapters.items())
-            return adapters, version
-        return {}, None
+                version = self._residency.resolve(ref)
+                versions[version.ref] = version
+                adapters[version.ref] = adapters.get(version.ref, 0.0) + float(weight)
+            label = "+".join(f"{w:g}*{k}" for k, w in adapters.items())
+            return adapters, label, versions
+        return {}, None, {}
 
     def _check_fits(self, request: GenerationRequest, adapters: dict[str, float]) -> None:
         total = len(request.prompt_ids) + request.sampling.max_tokens
@@ -412,8 +431,8 @@ class Engine:
                 return True
             if kind == "submit":
                 job: Job = payload
-                for key in job.adapters:
-                    self._residency.prefetch(key)
+                for version in job.versions.values():
+                    self._residency.prefetch(version)
                 self._sched.enqueue(job)
             elif kind == "cancel":
                 self._cancel(payload)
@@ -425,8 +444,8 @@ class Engine:
                     except Exception as error:
                         future.set_exception(error)
             elif kind == "goal":
-                key, _, _ = payload
-                self._residency.prefetch(key)
+                version, _, _ = payload
+                self._residency.prefetch(version)
                 self._goals.append(payload)
             elif kind == "stop":
                 return False
@@ -441,7 +460,8 @@ class Engine:
                     self._queued -= 1
                 self._end(job, error=error)
         for goal in list(self._goals):
-            key, pin, future = goal
+            version, pin, future = goal
+            key = version.ref
             if future.cancelled():
                 self._goals.remove(goal)
             elif key in failed:
@@ -452,7 +472,7 @@ class Engine:
                 future.set_exception(CapacityError(
                     f"every slot is pinned, so {key!r} cannot be loaded; unpin one first"
                 ))
-            elif self._residency.acquire([key], hold=False) is not None:
+            elif self._residency.acquire({key: version}, hold=False) is not None:
                 self._goals.remove(goal)
                 resident = self._residency.set_pinned(key, True) if pin else None
                 described = resident or next(r for r in self._residency.resident() if r.ref == key)
@@ -461,7 +481,7 @@ class Engine:
     def _try_start(self, job: Job) -> bool:
         if not job.adapters:
             return True
-        placed = self._residency.acquire(job.adapters)
+        placed = self._residency.acquire(job.versions)
         if placed is None:
             return False
         job.slots = {placed[key]: weight for key, weight in job.adapters.items()}
@@ -544,6 +564,9 @@ class Engine:
         for job in jobs:
             if job.finished:
                 self._retire(job)
+        failed, self._failed_rows = self._failed_rows, []
+        for job, error in failed:
+            _send(job.sink, error)
 
     def _choose(self, jobs: list[Job], logits: torch.Tensor) -> list[int | None]:
         """Every row's next token; a row whose sampler raises ends with an error (entry None)."""
@@ -559,9 +582,10 @@ class Engine:
         return choose_tokens(logits, [j.sampler for j in jobs], [len(j.generated) for j in jobs], failed)
 
     def _fail_row(self, job: Job, error: EngineError) -> None:
-        """End one running row with ``error``; it is retired with the step's finished rows."""
+        """End one running row with ``error``: retired with the step's finished rows, and told
+        after that (so its request id is free again when the caller hears of the failure)."""
         job.finished = True
-        _send(job.sink, error)
+        self._failed_rows.append((job, error))
 
     def _emit(self, job: Job, token: int) -> None:
         params = job.request.sampling

@@ -23,7 +23,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -86,8 +86,6 @@ class AdapterResidency:
         # loaded for a waiting request, not yet in a slot: kept whatever the cache size
         self._ready: OrderedDict[str, PreparedAdapter] = OrderedDict()
         self._loading: dict[str, Future[PreparedAdapter]] = {}
-        self._versions: dict[str, Version] = {}
-        self._versions_lock = threading.Lock()
         # Every loader starts now and goes single-threaded before the engine's decode thread
         # sets its own count (torch also keeps the last value set as new threads' default).
         started = threading.Barrier(loader_threads + 1)
@@ -110,13 +108,19 @@ class AdapterResidency:
 
     # ------------------------------------------------------------------ any thread
 
-    def resolve(self, ref: str) -> str:
-        """Resolve a ref to its version key (``name@N``), checking it fits the base.
+    def resolve(self, ref: str | Version) -> Version:
+        """Resolve a ref to its version (a version is only checked), checking it fits the base.
+
+        Callers keep the version with their request: nothing is remembered here, so the engine
+        thread never reads the registry's database and no map grows with every version served.
 
         Raises:
             AdapterNotFoundError: unknown ref, or the engine has no registry.
             IncompatibleAdapterError: trained on another base or chat template.
         """
+        if isinstance(ref, Version):
+            ensure_compatible(ref, self.base.info.fingerprint, self.base.info.template_hash)
+            return ref
         if self.source is None:
             raise AdapterNotFoundError(
                 f"adapter {ref!r} cannot be served: this engine was started without a registry; "
@@ -126,9 +130,7 @@ class AdapterResidency:
         version = self.source.resolve(ref)
         info = self.base.info
         ensure_compatible(version, info.fingerprint, info.template_hash)
-        with self._versions_lock:
-            self._versions[version.ref] = version
-        return version.ref
+        return version
 
     # ------------------------------------------------------------------ engine thread
 
@@ -138,21 +140,21 @@ class AdapterResidency:
                 return index
         return None
 
-    def prefetch(self, key: str) -> None:
+    def prefetch(self, version: Version) -> None:
         """Count a hit or a miss for a newly queued request and start its load if needed."""
+        key = version.ref
         if self.slot_of(key) is not None or key in self._cache or key in self._ready:
             self.hits += 1
             return
         self.misses += 1
-        self._start_load(key)
+        self._start_load(version)
 
-    def _start_load(self, key: str) -> None:
+    def _start_load(self, version: Version) -> None:
+        key = version.ref
         if key in self._loading or key in self._cache or key in self._ready:
             return
         if self.slot_of(key) is not None:
             return
-        with self._versions_lock:
-            version = self._versions[key]
         future = self._loader.submit(self._load, version)
         future.add_done_callback(lambda _: self._on_loaded())
         self._loading[key] = future
@@ -194,7 +196,7 @@ class AdapterResidency:
         while len(self._cache) > self.max_cpu_adapters:
             self._cache.popitem(last=False)
 
-    def acquire(self, keys: Iterable[str], *, hold: bool = True) -> dict[str, int] | None:
+    def acquire(self, versions: Mapping[str, Version], *, hold: bool = True) -> dict[str, int] | None:
         """Make every key resident and (with ``hold``) hold its slot for one more row.
 
         Returns:
@@ -203,7 +205,7 @@ class AdapterResidency:
         """
         placed: dict[str, int] = {}
         missing: list[str] = []
-        for key in keys:
+        for key in versions:
             slot = self.slot_of(key)
             if slot is None:
                 missing.append(key)
@@ -211,7 +213,7 @@ class AdapterResidency:
                 placed[key] = slot
         for key in missing:
             if key not in self._ready and key not in self._cache:
-                self._start_load(key)
+                self._start_load(versions[key])
                 return None
         for key in missing:
             slot = self._free_slot(exclude=placed.values())

@@ -26,6 +26,7 @@ from typing import Any
 
 from adapterhub.engine.sampling import RowSampler, TextTracker
 from adapterhub.engine.types import GenerationChunk, GenerationRequest
+from adapterhub.registry import Version
 
 Sink = Callable[[GenerationChunk | BaseException], None]
 
@@ -42,6 +43,7 @@ class Job:
     request_id: str
     adapters: dict[str, float]
     adapter_version: str | None
+    versions: dict[str, Version]  # the resolved version of each key of ``adapters``
     sink: Sink
     sampler: RowSampler
     text: TextTracker

@@ -7,9 +7,12 @@ wire schemas (pydantic) convert to and from these in one place.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from adapterhub.errors import ConfigError
+
+if TYPE_CHECKING:
+    from adapterhub.registry import Version
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
 
@@ -53,7 +56,7 @@ class SamplingParams:
 class AdapterMix:
     """A request-time linear combination of adapters: sum of weight * (B @ A) per row."""
 
-    refs: tuple[str, ...]
+    refs: tuple[str | Version, ...]  # refs, or versions resolved from them
     weights: tuple[float, ...]
 
     def __post_init__(self) -> None:
@@ -68,12 +71,14 @@ class AdapterMix:
 class GenerationRequest:
     """One request: prompt token ids, which adapter (None = base), how to sample.
 
-    ``adapter`` is a ref (``pirate``, ``pirate@3``, ``pirate:prod``); ``mix`` instead combines
-    several adapters with weights. At most one of them is set.
+    ``adapter`` is a ref (``pirate``, ``pirate@3``, ``pirate:prod``) or a version already resolved
+    from one (:meth:`Engine.resolve`: a server resolves once per HTTP request, off its event
+    loop, and every row of it carries the result); ``mix`` instead combines several adapters with
+    weights. At most one of them is set.
     """
 
     prompt_ids: tuple[int, ...]
-    adapter: str | None = None
+    adapter: str | Version | None = None
     mix: AdapterMix | None = None
     sampling: SamplingParams = field(default_factory=SamplingParams)
     request_id: str = ""

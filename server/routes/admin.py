@@ -94,9 +94,9 @@ async def pin(body: PinAdapterRequest, _: AdminCaller, service: ReadyService) ->
              summary="Drop an adapter from its slot and the cache")
 async def unload(body: UnloadAdapterRequest, _: AdminCaller, service: ReadyService) -> UnloadResponse:
     engine = _engine(service)
-    ref = await anyio.to_thread.run_sync(lambda: service.hub.registry.resolve(body.ref).ref)  # type: ignore[union-attr]
-    unloaded = await anyio.to_thread.run_sync(lambda: engine.unload_adapter(ref))
-    return UnloadResponse(ref=ref, unloaded=unloaded)
+    version = await anyio.to_thread.run_sync(engine.resolve, body.ref)  # once, off the event loop
+    unloaded = await anyio.to_thread.run_sync(engine.unload_adapter, version)
+    return UnloadResponse(ref=version.ref, unloaded=unloaded)
 
 
 # ---------------------------------------------------------------------------- vLLM shapes

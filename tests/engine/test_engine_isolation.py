@@ -13,17 +13,21 @@ from adapterhub.errors import EngineError
 STEPS = 10
 
 
+_RUNS = iter(range(1_000_000))
+
+
 def _batch(prompts, bad_seed: int | None = None):  # type: ignore[no-untyped-def]
     """Four rows over three adapters and the base; two sample, the second with ``bad_seed`` (so
     the first has drawn its token before the failure in the same step)."""
+    run = next(_RUNS)  # fresh request ids: a finished id is free only once its row is retired
     greedy = SamplingParams(max_tokens=STEPS, ignore_eos=True)
     sampled = SamplingParams(max_tokens=STEPS, ignore_eos=True, temperature=0.8, seed=7)
     return [
-        GenerationRequest(tuple(prompts[0]), adapter="alpha", sampling=greedy, request_id="r0"),
-        GenerationRequest(tuple(prompts[1]), adapter=None, sampling=sampled, request_id="r1"),
-        GenerationRequest(tuple(prompts[2]), adapter="beta", request_id="r2",
+        GenerationRequest(tuple(prompts[0]), adapter="alpha", sampling=greedy, request_id=f"r0-{run}"),
+        GenerationRequest(tuple(prompts[1]), adapter=None, sampling=sampled, request_id=f"r1-{run}"),
+        GenerationRequest(tuple(prompts[2]), adapter="beta", request_id=f"r2-{run}",
                           sampling=SamplingParams(max_tokens=STEPS, ignore_eos=True, temperature=0.8, seed=bad_seed or 21)),
-        GenerationRequest(tuple(prompts[3]), adapter="gamma", sampling=greedy, request_id="r3"),
+        GenerationRequest(tuple(prompts[3]), adapter="gamma", sampling=greedy, request_id=f"r3-{run}"),
     ]
 
 
@@ -89,3 +93,23 @@ def test_a_row_with_non_finite_logits_fails_alone(make_engine, prompts) -> None:
     assert isinstance(outcomes[failed[0]], EngineError) and "non-finite logits" in str(outcomes[failed[0]])
     for i in set(range(4)) - set(failed):
         assert outcomes[i] == clean[i], i
+
+
+def test_rows_with_a_resolved_version_never_read_the_registry(make_engine, prompts, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resolve at the edge, once: the engine takes the version as it is (no database read, no map)."""
+    from adapterhub.registry import Registry
+
+    engine = make_engine(max_slots=3)
+    by_ref = engine.generate_many([GenerationRequest(tuple(p), adapter="beta", sampling=SamplingParams(
+        max_tokens=STEPS, ignore_eos=True)) for p in prompts])
+    version = engine.resolve("beta")
+
+    def no_reads(self, ref):  # type: ignore[no-untyped-def]
+        raise AssertionError(f"the registry was asked to resolve {ref!r}")
+
+    monkeypatch.setattr(Registry, "resolve", no_reads)
+    by_version = engine.generate_many([GenerationRequest(tuple(p), adapter=version, sampling=SamplingParams(
+        max_tokens=STEPS, ignore_eos=True)) for p in prompts])
+    assert [r.token_ids for r in by_version] == [r.token_ids for r in by_ref]
+    assert {r.adapter_version for r in by_version} == {"beta@1"}
+    assert not hasattr(engine._residency, "_versions")

@@ -187,3 +187,25 @@ def test_health_ready_and_metrics(client: TestClient) -> None:
                  "adapterhub_engine_cache_misses_total", "adapterhub_engine_slots_used"):
         assert name in text
     assert 'adapterhub_adapter_resident{adapter="pirate@1",pinned="false",slot="0"}' in text
+
+
+def test_a_request_resolves_its_ref_once_off_the_event_loop(client: TestClient, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Four rows (2 prompts x n=2) share one registry read, made in a worker thread."""
+    import threading
+
+    from adapterhub.registry import Registry
+
+    calls: list[str] = []
+    real = Registry.resolve
+
+    def resolve(self, ref):  # type: ignore[no-untyped-def]
+        calls.append(threading.current_thread().name)
+        return real(self, ref)
+
+    monkeypatch.setattr(Registry, "resolve", resolve)
+    body = {"model": "json", "prompt": ["hello world", "the quick brown fox"], "n": 2, "max_tokens": 3}
+    reply = client.post("/v1/completions", json=body)
+    assert reply.status_code == 200, reply.text
+    assert len(reply.json()["choices"]) == 4
+    assert len(calls) == 1, calls
+    assert calls[0] != "MainThread" and not calls[0].startswith("adapterhub-")  # a worker, not the loop
