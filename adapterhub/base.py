@@ -426,10 +426,10 @@ def load_base(
         # Training keeps NF4 layers unless asked: at training batch sizes the per-forward
         # dequantization is a small share of the matmuls (fp32 on an AVX2 CPU, 8 x 100 tokens:
         # 239 tok/s with NF4 layers, 232 with a dense copy), and QLoRA's memory saving stays.
-        if platform.nf4 == "dequantize" or (
-            not for_training and platform.should_dequantize_nf4(_dense_nf4_bytes(model, compute))
-        ):
-            dequantized = dequantize_nf4(model, compute)
+        dense_bytes = _dense_nf4_bytes(model, compute)
+        if platform.nf4 == "dequantize" or (not for_training and platform.should_dequantize_nf4(dense_bytes)):
+            dequantize_nf4(model, compute)
+            dequantized = dense_bytes
         elif for_training or not platform.uses_fast_nf4_kernel:
             keep_4bit_differentiable(model)
     return LoadedBase(
@@ -440,48 +440,23 @@ def load_base(
 
 def _dense_nf4_bytes(model: Any, dtype: Any) -> int:
     import bitsandbytes as bnb
-    import torch
 
-    size = torch.empty((), dtype=dtype).element_size()
     return sum(
-        m.in_features * m.out_features * size for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)
+        m.in_features * m.out_features * dtype.itemsize for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)
     )
 
 
-def dequantize_nf4(model: Any, dtype: Any) -> int:
+def dequantize_nf4(model: Any, dtype: Any) -> None:
     """Replace every NF4 ``Linear4bit`` of ``model`` by a frozen dense ``nn.Linear`` in ``dtype``.
 
-    The dense weight is bitsandbytes' own dequantization of the NF4 blocks: the very values an
-    NF4 forward multiplies by, so outputs are the NF4 base's, at dense-matmul speed. Returns the
-    bytes the dense weights take.
+    transformers' own ``PreTrainedModel.dequantize`` does the replacing: each dense weight is
+    bitsandbytes' dequantization of the NF4 blocks, the very values an NF4 forward multiplies by,
+    so outputs are the NF4 base's, at dense-matmul speed.
     """
-    import bitsandbytes as bnb
-    import torch
-
-    total = 0
-    for parent in list(model.modules()):
-        for child_name, child in list(parent.named_children()):
-            if not isinstance(child, bnb.nn.Linear4bit):
-                continue
-            weight = bnb.functional.dequantize_4bit(child.weight.data, child.weight.quant_state).to(dtype)
-            dense = torch.nn.Linear(
-                child.in_features, child.out_features, bias=child.bias is not None,
-                device=weight.device, dtype=dtype,
-            )
-            dense.weight = torch.nn.Parameter(weight.contiguous(), requires_grad=False)
-            if child.bias is not None:
-                dense.bias = torch.nn.Parameter(child.bias.detach().to(dtype), requires_grad=False)
-            dense.train(child.training)
-            setattr(parent, child_name, dense)
-            total += weight.numel() * weight.element_size()
-    # the model is no longer quantized: PEFT and transformers must treat its layers as dense
-    for flag in ("is_loaded_in_4bit", "is_quantized"):
-        if getattr(model, flag, False):
-            setattr(model, flag, False)
-    model.hf_quantizer = None
-    if getattr(model.config, "quantization_config", None) is not None:
-        del model.config.quantization_config
-    return total
+    model.dequantize(dtype=dtype)
+    model.requires_grad_(False)
+    model.eval()
+    model.is_loaded_in_4bit = False  # PEFT and the Trainer must treat its layers as dense
 
 
 def keep_4bit_differentiable(model: Any) -> None:

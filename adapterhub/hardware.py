@@ -61,6 +61,7 @@ _ONEDNN_BF16_ISAS = {
     "ALL",
     "DEFAULT",
 }
+_USER_CHOICE = "chosen by the user"  # the dtype_reason of a dtype the user picked
 _ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
 
 
@@ -115,12 +116,12 @@ class Platform:
         including a compute dtype the user chose before; ``cuda`` keeps a ``cuda:N`` already chosen)."""
         same_device = device is None or device == self.device or (device == "cuda" and self.is_cuda)
         if not same_device:
-            kept = self.compute_dtype if self.dtype_reason == "chosen by the user" else None
+            kept = self.compute_dtype if self.dtype_reason == _USER_CHOICE else None
             return detect_platform(device=device, compute_dtype=compute_dtype or kept, nf4=nf4 or self.nf4)
         changes: dict[str, Any] = {}
         if compute_dtype is not None:
             changes["compute_dtype"] = _compute_dtype(compute_dtype, "compute_dtype")
-            changes["dtype_reason"] = "chosen by the user"
+            changes["dtype_reason"] = _USER_CHOICE
         if nf4 is not None:
             changes["nf4"] = _nf4_mode(nf4, "nf4")
         return replace(self, **changes)
@@ -168,26 +169,21 @@ def detect_platform(
 
     device = device or os.environ.get(DEVICE_ENV) or ("cuda" if torch.cuda.is_available() else "cpu")
     compute_dtype = compute_dtype or os.environ.get(COMPUTE_DTYPE_ENV) or None
-    mode = _nf4_mode(nf4 or os.environ.get(NF4_ENV) or "auto", "nf4")
+    mode = nf4 or os.environ.get(NF4_ENV) or "auto"
     if device == "cuda" or device.startswith("cuda:"):
         platform = _cuda_platform(device)
     elif device == "cpu":
         platform = _cpu_platform()
     else:
         raise ConfigError(f"device {device!r} is not 'cpu', 'cuda' or 'cuda:N'; pick one of those")
-    platform = replace(platform, nf4=mode)
-    if compute_dtype:
-        platform = replace(
-            platform, compute_dtype=_compute_dtype(compute_dtype, "compute_dtype"), dtype_reason="chosen by the user"
-        )
-    return platform
+    return platform.with_overrides(compute_dtype=compute_dtype, nf4=mode)
 
 
 def _cpu_platform() -> Platform:
     import torch
 
     capability = torch.backends.cpu.get_cpu_capability()  # what ATen dispatches to (after any cap)
-    flags = _cpu_flags()
+    name, flags = _cpuinfo()
     onednn_cap = os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", "ALL")).upper()
     cpu_bf16 = bool(torch.cpu._is_avx512_bf16_supported()) or "amx_bf16" in flags
     native_bf16 = cpu_bf16 and capability == "AVX512" and onednn_cap in _ONEDNN_BF16_ISAS
@@ -201,7 +197,7 @@ def _cpu_platform() -> Platform:
             isa += " (capped)"
     return Platform(
         device="cpu",
-        name=_cpu_name(),
+        name=name,
         isa=isa,
         native_bf16=native_bf16,
         compute_dtype=dtype,  # type: ignore[arg-type]
@@ -281,25 +277,21 @@ def _nf4_mode(value: str, field: str) -> Nf4Mode:
     return value  # type: ignore[return-value]
 
 
-def _cpu_flags() -> set[str]:
+def _cpuinfo() -> tuple[str, set[str]]:
+    """The processor's name and flags, from one read of ``/proc/cpuinfo``."""
+    name, flags = "", set()
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                if line.startswith("model name") and not name:
+                    name = " ".join(line.split(":", 1)[1].replace("(R)", "").replace("(TM)", "").split())
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
     except OSError:
         pass
-    return set()
+    if not name:
+        import platform as stdlib_platform
 
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return " ".join(line.split(":", 1)[1].replace("(R)", "").replace("(TM)", "").split())
-    except OSError:
-        pass
-    import platform as stdlib_platform
-
-    return stdlib_platform.processor() or stdlib_platform.machine() or "cpu"
+        name = stdlib_platform.processor() or stdlib_platform.machine() or "cpu"
+    return name, flags

@@ -215,13 +215,13 @@ def main() -> None:
     import warnings
 
     warnings.filterwarnings("ignore")
-    from header import print_header
+    from header import auto_precision, print_header
 
     from adapterhub import Hub
     from adapterhub.hardware import detect_platform
 
     platform = detect_platform(device=args.device)
-    dense = "bf16" if platform.native_bf16 or platform.is_cuda else "fp32"
+    dense = auto_precision(platform)
     print_header("gpu_check", platform, base=f"{dense} and nf4", compute=platform.compute_dtype, lora="float32")
     if not platform.is_cuda:
         print("  (no CUDA device: this is the CPU smoke run, not the GPU check)", flush=True)

@@ -11,7 +11,7 @@ from typing import Any
 
 
 def auto_precision(platform: Any) -> str:
-    """The dense storage a user would pick here: bf16 where it is native, else fp32."""
+    """The dense storage a user would pick here: bf16 where it is native (CPU or GPU), else fp32."""
     return "bf16" if platform.native_bf16 else "fp32"
 
 

@@ -521,7 +521,8 @@ class Engine:
         A row whose logits are not finite (an adapter that overflowed) or whose sampling or
         text decoding raises ends with an error alone; the other rows of the step go on.
         """
-        finite = torch.isfinite(logits).all(dim=-1).tolist()
+        # one scalar check per step; the per-row list only when some row is not finite
+        finite = [True] * len(jobs) if bool(torch.isfinite(logits).all()) else torch.isfinite(logits).all(dim=-1).tolist()
         for job, ok in zip(jobs, finite, strict=True):
             if not ok:
                 self._fail_row(job, EngineError(

@@ -295,9 +295,10 @@ class LlamaRunner:
         # additive mask, once per step for all layers: [rows * kv_heads, 1, span]
         masked = torch.arange(span, device=self.device)[None, :] > lengths[:, None]
         bias = torch.zeros(count, span, device=self.device).masked_fill_(masked, float("-inf"))
-        if self.sdpa_decode:
-            sdpa_mask = bias[:, None, None, :]  # [rows, 1, 1, span], broadcast over heads
-        bias = bias[:, None, None, :].expand(count, kv_heads, 1, span).reshape(-1, 1, span)
+        if self.sdpa_decode:  # [rows, 1, 1, span], broadcast over KV heads and their query heads
+            bias = bias[:, None, None, :]
+        else:  # [rows * kv_heads, 1, span], the bmm kernel's layout
+            bias = bias[:, None, None, :].expand(count, kv_heads, 1, span).reshape(-1, 1, span)
         x = self.model.model.embed_tokens(tokens)  # [rows, hidden]
         cos, sin = self.model.model.rotary_emb(x.float(), lengths[:, None])  # [rows, 1, head_dim]
 
@@ -313,7 +314,7 @@ class LlamaRunner:
                 # so no enable_gqa (which the fused fp32 kernel refuses) and no K/V copies
                 out = F.scaled_dot_product_attention(
                     q.view(count, kv_heads, self.group, dim),
-                    cache[0][:count, :, :span], cache[1][:count, :, :span], attn_mask=sdpa_mask,
+                    cache[0][:count, :, :span], cache[1][:count, :, :span], attn_mask=bias,
                 )  # [rows, kv_heads, group, head_dim]
                 return out.reshape(count, heads * dim).to(self.dtype)
             keys = cache[0].view(-1, capacity, dim)[: count * kv_heads, :span]  # [rows*kv, span, dim]
