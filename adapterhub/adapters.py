@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,16 @@ class LoraAdapter:
             return self.alpha / math.sqrt(self.r)
         return self.alpha / self.r
 
+    def scaling_for(self, module: str) -> float:
+        """The factor on B @ A of one module path, after ``rank_pattern`` and ``alpha_pattern``.
+
+        PEFT's rule: the first pattern key that matches the path's tail (``(.*\.)?key$``)
+        gives that module's r or alpha; otherwise the config's ``r`` and ``lora_alpha``.
+        """
+        r = float(_pattern_value(self.config.get("rank_pattern") or {}, module, self.r))
+        alpha = float(_pattern_value(self.config.get("alpha_pattern") or {}, module, self.alpha))
+        return alpha / math.sqrt(r) if self.config.get("use_rslora") else alpha / r
+
     @property
     def target_modules(self) -> tuple[str, ...]:
         return tuple(sorted({name.rsplit(".", 1)[-1] for name in self.pairs()}))
@@ -79,6 +90,13 @@ class LoraAdapter:
     @property
     def num_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+
+def _pattern_value(patterns: Mapping[str, Any], module: str, default: Any) -> Any:
+    for key, value in patterns.items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            return value
+    return default
 
 
 def _module_path(peft_prefix: str) -> str:
@@ -133,8 +151,15 @@ def load_lora_bytes(
         raise UnsafeAdapterError(
             f"{where}: {CONFIG_FILE} has r={rank!r}; it must be a whole number >= 1"
         )
-    if rank > limits.max_rank:
-        raise UnsafeAdapterError(f"{where}: rank r={rank} is over the limit of {limits.max_rank}")
+    patterns = config.get("rank_pattern") or {}
+    if not isinstance(patterns, dict) or not all(isinstance(v, int) and v >= 1 for v in patterns.values()):
+        raise UnsafeAdapterError(
+            f"{where}: {CONFIG_FILE} has rank_pattern={patterns!r}; it must map module names to whole ranks >= 1"
+        )
+    if max([rank, *patterns.values()]) > limits.max_rank:
+        raise UnsafeAdapterError(
+            f"{where}: rank r={max([rank, *patterns.values()])} is over the limit of {limits.max_rank}"
+        )
     if len(weights_bytes) > limits.max_weights_bytes:
         raise UnsafeAdapterError(
             f"{where}: {WEIGHTS_FILE} is {len(weights_bytes)} bytes, over the limit of "
@@ -168,10 +193,11 @@ def load_lora_bytes(
         b = lora.get(b_key)
         if b is None:
             raise UnsafeAdapterError(f"{where}: {key!r} has no matching {b_key!r}")
-        if a.ndim != 2 or b.ndim != 2 or a.shape[0] != rank or b.shape[1] != rank:
+        r = _pattern_value(patterns, _module_path(key.split(".lora_A.")[0]), rank)
+        if a.ndim != 2 or b.ndim != 2 or a.shape[0] != r or b.shape[1] != r:
             raise UnsafeAdapterError(
                 f"{where}: {key!r} has shapes A={tuple(a.shape)} B={tuple(b.shape)}; "
-                f"expected A=[r, in] and B=[out, r] with r={rank}"
+                f"expected A=[r, in] and B=[out, r] with r={r}"
             )
     return LoraAdapter(config=config, tensors=lora, extra_tensors=extra, ref=ref)
 

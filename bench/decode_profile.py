@@ -3,7 +3,7 @@
     .venv/bin/python bench/decode_profile.py                # 32 rows, 8 adapters, span 71
     .venv/bin/python bench/decode_profile.py --rows 8 --threads 2 --table
 
-Builds the engine's own pieces (``LlamaRunner`` over the real default base in bf16, a
+Builds the engine's own pieces (``DecoderRunner`` over the real default base in bf16, a
 ``LoraSlots`` with ``--adapters`` random r=16 q/k/v/o adapters), prefills ``--rows`` prompts of
 ``--span`` tokens, then times decode steps with no adapter and with every row on its own slot
 (round robin), by the thread's CPU time (a busy neighbour barely moves it), and splits one
@@ -25,7 +25,7 @@ from header import auto_precision, print_header
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from adapterhub.base import load_base, materialize_base
-from adapterhub.engine.llama import LlamaRunner, projection_dims
+from adapterhub.engine.decoder import DecoderRunner
 from adapterhub.engine.lora import LoraSlots, PreparedAdapter
 from adapterhub.hardware import detect_platform
 
@@ -61,15 +61,15 @@ def main() -> None:
     model = base.model
     layers = model.config.num_hidden_layers
     torch.inference_mode().__enter__()
-    dims = projection_dims(model)
-    slots = LoraSlots(dims, num_layers=layers, num_slots=args.adapters, rank=16, dtype=torch.float32)
+    slots = LoraSlots.for_model(model, num_slots=args.adapters, rank=16, dtype=torch.float32)
+    dims = slots.dims
     for slot in range(args.adapters):
         weights = {
             (layer, t): (torch.randn(16, dims[t][0]) * 0.01, torch.randn(16, dims[t][1]) * 0.01)
             for layer in range(layers) for t in ATTENTION
         }
         slots.install(slot, PreparedAdapter(f"a{slot}", 16, weights, 0))
-    runner = LlamaRunner(model, slots, max_rows=args.rows, max_seq_len=4 * args.span)
+    runner = DecoderRunner(model, slots, max_rows=args.rows, max_seq_len=4 * args.span)
     runner.prefill([[1 + i] * args.span for i in range(args.rows)], 0, [{}] * args.rows)
     tokens = torch.randint(0, 1000, (args.rows,))
     lengths = torch.full((args.rows,), args.span)

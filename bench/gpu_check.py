@@ -119,14 +119,13 @@ def check_equality(hub: Any, platform: Any, precision: str, folders: dict[str, P
                 out = model.generate(ids, max_new_tokens=steps, min_new_tokens=steps, do_sample=False)
             agree += out[0, len(prompt):].tolist() == list(result.token_ids)
     # prefill logits of one adapted row, engine vs PEFT
-    from adapterhub.engine.llama import LlamaRunner, model_device, projection_dims
+    from adapterhub.engine.decoder import DecoderRunner
     from adapterhub.engine.lora import LoraSlots, prepare_adapter
 
-    slots = LoraSlots(projection_dims(base.model), num_layers=base.model.config.num_hidden_layers,
-                      num_slots=1, rank=16, dtype=torch.float32, device=model_device(base.model))
+    slots = LoraSlots.for_model(base.model, num_slots=1, rank=16, dtype=torch.float32)
     slots.install(0, prepare_adapter(hub.registry.load_adapter("a0@1"), "a0", slots.dims, slots.num_layers,
                                      max_rank=16, dtype=torch.float32))
-    runner = LlamaRunner(base.model, slots, max_rows=1, max_seq_len=256)
+    runner = DecoderRunner(base.model, slots, max_rows=1, max_seq_len=256)
     with torch.inference_mode():
         ours = runner.prefill([prompts[0]], 0, [{0: 1.0}])[0]
         model.set_adapter("a0")

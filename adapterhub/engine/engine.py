@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from adapterhub.engine.config import EngineConfig
-from adapterhub.engine.llama import LlamaRunner, compute_dtype, model_device, projection_dims
+from adapterhub.engine.decoder import DecoderRunner, compute_dtype
 from adapterhub.engine.lora import LoraSlots, RowMix
 from adapterhub.engine.residency import AdapterResidency, AdapterSource
 from adapterhub.engine.sampling import RowSampler, TextTracker, choose_tokens
@@ -76,12 +76,12 @@ class Engine:
         """Start the engine thread.
 
         Args:
-            base: a :class:`~adapterhub.base.LoadedBase` (Llama family, any precision).
+            base: a :class:`~adapterhub.base.LoadedBase` (a family of :mod:`.families`, any precision).
             registry: where adapter refs resolve and load from; None serves the base only.
             config: capacity and scheduling settings.
 
         Raises:
-            EngineError: the base is not a Llama-family model.
+            EngineError: the base is not of a family the engine serves (:mod:`.families`).
         """
         self.base = base
         self.config = config or EngineConfig()
@@ -92,15 +92,13 @@ class Engine:
         self.vocab_size = int(model.config.vocab_size)
         self._eos = frozenset(base.eos_token_ids)
         with torch.inference_mode():
-            self._slots = LoraSlots(
-                projection_dims(model),
-                num_layers=int(model.config.num_hidden_layers),
+            self._slots = LoraSlots.for_model(
+                model,
                 num_slots=self.config.max_slots,
                 rank=self.config.max_lora_rank,
                 dtype=torch.float32 if self.config.lora_dtype == "float32" else compute_dtype(model),
-                device=model_device(model),
             )
-            self._runner = LlamaRunner(
+            self._runner = DecoderRunner(
                 model, self._slots, max_rows=self.config.max_rows, max_seq_len=self.max_seq_len
             )
         self._wake = threading.Event()

@@ -22,7 +22,7 @@ Design choices:
   Grouping gathers activations (``rows * in``), not weights.
 * **One A product per shared input.** q, k and v read the same normalised hidden state, so
   their A matrices sit side by side and one ``bmm`` serves all three (likewise gate and up);
-  their deltas land in the fused q|k|v output of :mod:`.llama`. (A block-diagonal B, one
+  their deltas land in the fused q|k|v output of :mod:`.decoder`. (A block-diagonal B, one
   ``bmm`` for the whole group, was measured too: no faster, and 3x the memory.)
 * **Mixing is free.** A request-time mix puts a row in several slots' groups, each with its
   weight: ``sum_i w_i * B_i A_i x``. Rows with no adapter are in no group and get no delta.
@@ -37,25 +37,23 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from adapterhub.adapters import LoraAdapter
+from adapterhub.engine.families import family_of, projection_dims
 from adapterhub.errors import IncompatibleAdapterError
 
-TARGETS: tuple[str, ...] = (
-    "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
-)
-# projections that read the same input share one stacked A product
-GROUPS: dict[str, tuple[str, ...]] = {
-    "qkv": ("q_proj", "k_proj", "v_proj"),
-    "o": ("o_proj",),
-    "gate_up": ("gate_proj", "up_proj"),
-    "down": ("down_proj",),
-}
-GROUP_OF = {target: group for group, targets in GROUPS.items() for target in targets}
 _MODULE = re.compile(r"^model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)$")
-_UNSUPPORTED_CONFIG = ("use_dora", "lora_bias", "modules_to_save", "rank_pattern", "alpha_pattern")
+# PEFT variants whose forward is not B @ A x: served by no batched kernel here, so refused
+_UNSERVED = {
+    "use_dora": "DoRA rescales each output column by a learned magnitude",
+    "lora_bias": "a bias on lora_B",
+    "modules_to_save": "whole modules trained beside the LoRA (e.g. an LM head)",
+    "trainable_token_indices": "trained rows of the embedding",
+    "target_parameters": "LoRA on raw parameters",
+}
 
 
 @dataclass(frozen=True)
@@ -106,24 +104,25 @@ def prepare_adapter(
             uses a LoRA variant the engine does not serve (DoRA, bias, modules_to_save, patterns).
     """
     config = adapter.config
-    used = [name for name in _UNSUPPORTED_CONFIG if config.get(name)]
-    if used or adapter.extra_tensors:
-        what = used or sorted(adapter.extra_tensors)[:3]
+    used = {name: why for name, why in _UNSERVED.items() if config.get(name)}
+    if used:
+        name, why = next(iter(used.items()))
         raise IncompatibleAdapterError(
-            f"adapter {key!r} uses {what!r}, which the engine does not serve; it serves plain "
-            "LoRA (A, B, alpha, rsLoRA). Retrain without them or merge them into the base"
+            f"adapter {key!r} sets {name}={config[name]!r} ({why}), which the engine does not serve: "
+            "its batched kernel computes plain LoRA (B @ A x with per-module rank, alpha and rsLoRA). "
+            "Merge the adapter into a base (PeftModel.merge_and_unload) and serve that, or retrain "
+            f"without {name}"
         )
-    if adapter.r > max_rank:
+    if adapter.extra_tensors:
         raise IncompatibleAdapterError(
-            f"adapter {key!r} has rank r={adapter.r} but the engine's max_lora_rank is "
-            f"{max_rank}; raise EngineConfig.max_lora_rank to at least {adapter.r}"
+            f"adapter {key!r} carries tensors beside LoRA's A and B ({sorted(adapter.extra_tensors)[:3]!r}), "
+            "which the engine does not serve; merge them into a base, or retrain without them"
         )
-    scaling = adapter.scaling
     weights: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
     problems = []
     for path, (a, b) in adapter.pairs().items():
         match = _MODULE.match(path)
-        if match is None or match.group(3) not in TARGETS or int(match.group(1)) >= num_layers:
+        if match is None or match.group(3) not in dims or int(match.group(1)) >= num_layers:
             problems.append(f"module {path!r} is not a projection of this base's {num_layers} layers")
             continue
         target = match.group(3)
@@ -134,17 +133,23 @@ def prepare_adapter(
                 f"{a.shape[1]}->{b.shape[0]}"
             )
             continue
+        if a.shape[0] > max_rank:
+            raise IncompatibleAdapterError(
+                f"adapter {key!r} has rank r={a.shape[0]} on {path!r} but the engine's max_lora_rank is "
+                f"{max_rank}; raise EngineConfig.max_lora_rank to at least {a.shape[0]}"
+            )
         a_t = a.to(dtype=dtype).contiguous()  # [r, in]
-        bt = (b.to(torch.float32) * scaling).t().to(dtype=dtype).contiguous()  # [r, out]
+        bt = (b.to(torch.float32) * adapter.scaling_for(path)).t().to(dtype=dtype).contiguous()  # [r, out]
         weights[(int(match.group(1)), target)] = (a_t, bt)
     if problems:
         shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
         raise IncompatibleAdapterError(
             f"adapter {key!r} does not fit this base: {shown}. Was it trained on another base? "
-            f"(the engine serves LoRA on {', '.join(TARGETS)})"
+            f"(the engine serves LoRA on {', '.join(dims)})"
         )
     size = sum(a.numel() * a.element_size() + b.numel() * b.element_size() for a, b in weights.values())
-    return PreparedAdapter(key=key, rank=adapter.r, weights=weights, num_bytes=size)
+    rank = max((a.shape[0] for a, _ in weights.values()), default=0)
+    return PreparedAdapter(key=key, rank=rank, weights=weights, num_bytes=size)
 
 
 @dataclass(frozen=True)
@@ -177,6 +182,7 @@ class LoraSlots:
     def __init__(
         self,
         dims: Mapping[str, tuple[int, int]],
+        groups: Mapping[str, Sequence[str]],
         *,
         num_layers: int,
         num_slots: int,
@@ -186,6 +192,8 @@ class LoraSlots:
     ) -> None:
         """Args:
         dims: ``target -> (in_features, out_features)`` of the base's projections.
+        groups: ``qkv``, ``o``, ``gate_up`` and ``down`` -> the targets that read that input, in
+            the order their outputs sit side by side (:attr:`.families.Family.groups`).
         num_layers: decoder layers of the base.
         num_slots: S, adapters resident at once.
         rank: R, the rank every slot is padded to.
@@ -194,6 +202,8 @@ class LoraSlots:
         """
         self.device = torch.device(device)
         self.dims = dict(dims)
+        self.groups = {group: tuple(targets) for group, targets in groups.items()}
+        self._group_of = {target: group for group, targets in self.groups.items() for target in targets}
         self.num_layers = num_layers
         self.num_slots = num_slots
         self.rank = rank
@@ -204,10 +214,20 @@ class LoraSlots:
         self._b: dict[str, torch.Tensor] = {}
         self._columns = {  # target -> its columns in the group's fused output
             t: (sum(self.dims[u][1] for u in g[: g.index(t)]), self.dims[t][1])
-            for g in GROUPS.values() for t in g
+            for g in self.groups.values() for t in g
         }
         self._slot_targets: list[frozenset[str]] = [frozenset()] * num_slots
         self.generation = 0  # bumped on every install/clear, so cached mixes know to rebuild
+
+    @classmethod
+    def for_model(cls, model: Any, *, num_slots: int, rank: int, dtype: torch.dtype) -> LoraSlots:
+        """Slots laid out for a loaded base: its family's targets and groups, on its device."""
+        family = family_of(model)
+        return cls(
+            projection_dims(model, family), family.groups,
+            num_layers=int(model.config.num_hidden_layers), num_slots=num_slots, rank=rank, dtype=dtype,
+            device=model.get_input_embeddings().weight.device,
+        )
 
     @property
     def num_bytes(self) -> int:
@@ -215,12 +235,12 @@ class LoraSlots:
 
     def out_features(self, group: str) -> int:
         """Width of a group's concatenated outputs (e.g. q + k + v)."""
-        return sum(self.dims[t][1] for t in GROUPS[group])
+        return sum(self.dims[t][1] for t in self.groups[group])
 
     def _alloc(self, group: str) -> None:
         if group in self._a:
             return
-        targets = GROUPS[group]
+        targets = self.groups[group]
         fan_in = self.dims[targets[0]][0]
         shape = (self.num_layers, self.num_slots, self.rank * len(targets))
         self._a[group] = torch.zeros(*shape[:2], fan_in, shape[2], dtype=self.dtype, device=self.device)
@@ -233,9 +253,9 @@ class LoraSlots:
         """Copy an adapter into ``slot``, replacing whatever was there."""
         self.clear(slot)
         for (layer, target), (a, bt) in adapter.weights.items():
-            group = GROUP_OF[target]
+            group = self._group_of[target]
             self._alloc(group)
-            row = GROUPS[group].index(target) * self.rank
+            row = self.groups[group].index(target) * self.rank
             r = bt.shape[0]
             self._a[group][layer, slot, :, row : row + r].copy_(a.t())
             self._b[target][layer, slot, :r].copy_(bt)
@@ -246,10 +266,10 @@ class LoraSlots:
         """Zero ``slot`` so that a stale adapter can never leak into a row."""
         # per layer: [layer, slot] is contiguous, and zero_() on the strided [:, slot] view
         # was measured at 20 ms per buffer against well under 1 ms this way
-        for group in {GROUP_OF[t] for t in self._slot_targets[slot]}:
+        for group in {self._group_of[t] for t in self._slot_targets[slot]}:
             for layer in range(self.num_layers):
                 self._a[group][layer, slot].zero_()
-                for target in GROUPS[group]:
+                for target in self.groups[group]:
                     self._b[target][layer, slot].zero_()
         self._slot_targets[slot] = frozenset()
         self.generation += 1
@@ -300,11 +320,11 @@ class LoraSlots:
         Args:
             mix: from :meth:`row_mix`.
             layer: decoder layer index.
-            group: a key of :data:`GROUPS`.
+            group: ``qkv``, ``o``, ``gate_up`` or ``down``.
             x: the group's shared input, ``[tokens, in]``.
             out: the group's base outputs side by side (``[tokens, q + k + v]`` for ``qkv``).
         """
-        targets = GROUPS[group]
+        targets = self.groups[group]
         if mix.targets.isdisjoint(targets):
             return
         a = self._a[group][layer]  # [S, in, R * targets]

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
+from tinymodels import PeftReference, save_lora
 
 from adapterhub.base import load_base
 from adapterhub.engine import Engine, EngineConfig
@@ -23,23 +23,6 @@ ADAPTERS: dict[str, tuple[int, int, tuple[str, ...]]] = {
     "beta": (2, 8, ALL),
     "gamma": (3, 4, ("q_proj", "v_proj")),
 }
-
-
-def save_lora(base_dir: Path, folder: Path, *, seed: int, r: int, targets: Sequence[str]) -> Path:
-    """A PEFT LoRA with random non-zero A and B (init_lora_weights=False), saved as safetensors."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    torch.manual_seed(seed)
-    config = LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(targets), init_lora_weights=False)
-    peft_model = get_peft_model(model, config)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_" in name:
-                p.normal_(0, 0.3)
-    peft_model.save_pretrained(folder, safe_serialization=True)
-    return folder
 
 
 def register(registry: Any, base: Any, name: str, folder: Path) -> Any:
@@ -82,45 +65,6 @@ def make_engine(tiny_base: Any, adapter_registry: Any) -> Iterator[Callable[...,
     yield make
     for engine in engines:
         engine.close()
-
-
-class PeftReference:
-    """Runs one request alone through PEFT (full recompute each step, no cache tricks)."""
-
-    def __init__(self, base_dir: Path, folders: dict[str, Path], precision: str = "fp32", *,
-                 platform: Any = None) -> None:
-        from peft import PeftModel
-
-        self.base = load_base(base_dir, precision, platform=platform)
-        names = list(folders)
-        self.model = PeftModel.from_pretrained(self.base.model, folders[names[0]], adapter_name=names[0])
-        for name in names[1:]:
-            self.model.load_adapter(folders[name], adapter_name=name)
-        self.model.eval()
-
-    @torch.inference_mode()
-    def logits(self, ids: Sequence[int], adapter: str | None) -> torch.Tensor:
-        """Next-token logits ``[vocab]`` after ``ids`` with ``adapter`` (None: adapters off)."""
-        x = torch.tensor([list(ids)], device=self.base.device)
-        if adapter is None:
-            with self.model.disable_adapter():
-                return self.model(input_ids=x).logits[0, -1].float()
-        self.model.set_adapter(adapter)
-        return self.model(input_ids=x).logits[0, -1].float()
-
-    def greedy(self, prompt: Sequence[int], adapter: str | None, n: int) -> list[int]:
-        return self.greedy_with_margins(prompt, adapter, n)[0]
-
-    def greedy_with_margins(
-        self, prompt: Sequence[int], adapter: str | None, n: int
-    ) -> tuple[list[int], list[float]]:
-        """Greedy tokens and, per step, the gap between the best and second-best logit."""
-        ids, margins = list(prompt), []
-        for _ in range(n):
-            top = self.logits(ids, adapter).topk(2).values
-            ids.append(int(self.logits(ids, adapter).argmax()))
-            margins.append(float(top[0] - top[1]))
-        return ids[len(prompt):], margins
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import torch
 from tinymodels import DEVICES
 
 from adapterhub.engine import GenerationRequest, SamplingParams
-from adapterhub.engine.llama import LlamaRunner, compute_dtype, projection_dims
+from adapterhub.engine.decoder import DecoderRunner, compute_dtype
 from adapterhub.engine.lora import LoraSlots, prepare_adapter
 
 GREEDY = SamplingParams(max_tokens=12, ignore_eos=True)
@@ -34,13 +34,10 @@ def test_mixed_batch_tokens_equal_peft_alone(device, make_engine, on_device, pro
 def _runner_with(base, adapters, slots_used):
     """A runner over ``base`` with the given prepared adapters installed in slots 0.."""
     model = base.model
-    slots = LoraSlots(
-        projection_dims(model), num_layers=model.config.num_hidden_layers,
-        num_slots=len(adapters), rank=8, dtype=compute_dtype(model),
-    )
+    slots = LoraSlots.for_model(model, num_slots=len(adapters), rank=8, dtype=compute_dtype(model))
     for slot, (key, adapter) in enumerate(adapters.items()):
         slots.install(slot, prepare_adapter(adapter, key, slots.dims, slots.num_layers, max_rank=8, dtype=slots.dtype))
-    return LlamaRunner(model, slots, max_rows=8, max_seq_len=128), slots
+    return DecoderRunner(model, slots, max_rows=8, max_seq_len=128), slots
 
 
 @torch.inference_mode()

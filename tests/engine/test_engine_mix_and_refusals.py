@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from adapterhub.engine import AdapterMix, Engine, GenerationRequest, SamplingParams
-from adapterhub.engine.llama import LlamaRunner, compute_dtype, projection_dims
+from adapterhub.engine.decoder import DecoderRunner, compute_dtype
 from adapterhub.engine.lora import LoraSlots, prepare_adapter
 from adapterhub.errors import (
     AdapterNotFoundError,
@@ -54,11 +54,11 @@ def test_mix_half_half_equals_peft_weighted_merge(make_engine, peft_cat_merge, p
 @torch.inference_mode()
 def test_mix_logits_match_peft_weighted_merge(tiny_base, adapter_registry, peft_cat_merge, prompts):
     model = tiny_base.model
-    slots = LoraSlots(projection_dims(model), num_layers=2, num_slots=2, rank=8, dtype=compute_dtype(model))
+    slots = LoraSlots.for_model(model, num_slots=2, rank=8, dtype=compute_dtype(model))
     for slot, name in enumerate(["alpha", "beta"]):
         adapter = adapter_registry.load_adapter(f"{name}@1")
         slots.install(slot, prepare_adapter(adapter, name, slots.dims, slots.num_layers, max_rank=8, dtype=slots.dtype))
-    runner = LlamaRunner(model, slots, max_rows=2, max_seq_len=64)
+    runner = DecoderRunner(model, slots, max_rows=2, max_seq_len=64)
     # row 0 mixes, row 1 runs alpha alone: a mixed row beside a plain one
     logits = runner.prefill([prompts[2], prompts[3]], 0, [{0: 0.5, 1: 0.5}, {0: 1.0}])
     torch.testing.assert_close(logits[0], peft_cat_merge.logits(prompts[2], "merged"), atol=1e-4, rtol=1e-4)
