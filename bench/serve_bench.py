@@ -3,6 +3,14 @@
     .venv/bin/python bench/serve_bench.py                   # the full workload, about 4 minutes
     .venv/bin/python bench/serve_bench.py --skip-peft       # engine figures only (c)-(f)
     .venv/bin/python bench/serve_bench.py --threads 1 --lora-dtype base --skip-peft
+    .venv/bin/python bench/serve_bench.py --base .tmp/family-bases/qwen3 --only-mixed  # (c), (e)
+
+Per family, on the tiny-but-realistic bases of ``bench/family_bases.py`` (one line each):
+
+    .venv/bin/python bench/family_bases.py .tmp/family-bases
+    for d in .tmp/family-bases/*/; do
+        .venv/bin/python bench/serve_bench.py --base "$d" --only-mixed 2>/dev/null | grep '^mixed'
+    done
 
 Workload (the issue's): 32 requests x 64 generated tokens, greedy, ``ignore_eos``, on the real
 default base (SmolLM2-135M-Instruct), stored dense in the dtype the hardware computes fastest
@@ -27,6 +35,13 @@ core-second of work, which a neighbour barely moves. Ratios are printed for both
 
 The base is materialised once into ``$ADAPTERHUB_TEST_CACHE`` or ``.tmp/test-home`` (the same
 cache the test suite uses); adapters and their registry live in a temporary folder.
+
+``--base PATH`` runs the same workload on a local Hugging Face folder of any family the engine
+serves (materialised into the temporary folder, anew each run); the LoRA targets are then the
+family's attention projections (``adapterhub.engine.families``: q/k/v/o, Phi-3's ``qkv_proj`` and
+``o_proj``) and the prompts use the base's own chat template. ``--only-mixed`` measures (c) and
+(e) alone (no PEFT, no (d), (f) or cold load; only ``--adapters`` adapters registered) and ends
+with one line ``mixed <model_type> ...`` giving both and (e)/(c).
 """
 
 from __future__ import annotations
@@ -48,12 +63,12 @@ from header import auto_precision, print_header
 
 from adapterhub.base import load_base, materialize_base
 from adapterhub.engine import Engine, EngineConfig, GenerationRequest, SamplingParams
+from adapterhub.engine.families import family_of
 from adapterhub.engine.threads import single_threaded, use_threads
 from adapterhub.hardware import detect_platform
 from adapterhub.registry import Registry
 
 REPO = Path(__file__).resolve().parent.parent
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 TOPICS = [
     "the sea", "a lighthouse", "gravity", "the moon", "bread", "a robot", "winter", "a library",
 ]
@@ -71,6 +86,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--lora-dtype", default="float32", choices=["float32", "base"])
     parser.add_argument("--repeats", type=int, default=2, help="engine runs per figure; best kept")
     parser.add_argument("--skip-peft", action="store_true", help="skip (a) and (b)")
+    parser.add_argument("--base", type=Path, default=None,
+                        help="a local Hugging Face model folder (default: the real default base, cached)")
+    parser.add_argument("--only-mixed", action="store_true",
+                        help="only (c) and (e), and one summary line 'mixed ...' with (e)/(c)")
     return parser.parse_args()
 
 
@@ -78,18 +97,25 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def base_dir() -> Path:
-    cache = Path(os.environ.get("ADAPTERHUB_TEST_CACHE", REPO / ".tmp" / "test-home"))
-    return materialize_base(cache, progress=say).path
+def base_dir(source: Path | None, scratch: Path) -> Path:
+    """The default base from the suite's cache, or ``source`` materialised into ``scratch``."""
+    if source is None:
+        cache = Path(os.environ.get("ADAPTERHUB_TEST_CACHE", REPO / ".tmp" / "test-home"))
+        return materialize_base(cache, progress=say).path
+    if not source.is_dir():
+        sys.exit(f"--base {source}: not a folder")
+    return materialize_base(scratch / "base-home", str(source), progress=say).path
 
 
-def make_adapters(base_path: Path, registry: Registry, info: Any, count: int, scratch: Path) -> list[str]:
-    """Register ``count`` PEFT adapters (r=16, q/k/v/o, random non-zero A and B); return refs."""
+def make_adapters(
+    base_path: Path, registry: Registry, info: Any, count: int, scratch: Path, targets: list[str]
+) -> list[str]:
+    """Register ``count`` PEFT adapters (r=16 on ``targets``, random non-zero A and B); return refs."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
-    config = LoraConfig(r=16, lora_alpha=32, target_modules=TARGETS, init_lora_weights=False)
+    config = LoraConfig(r=16, lora_alpha=32, target_modules=targets, init_lora_weights=False)
     peft_model = get_peft_model(model, config)
     params = [(n, p) for n, p in peft_model.named_parameters() if "lora_" in n]
     refs = []
@@ -221,13 +247,15 @@ def main() -> None:
         args.precision = auto_precision(platform)
     print_header("serve_bench", replace(platform, threads=threads), base=args.precision,
                  compute=platform.compute_dtype, lora=args.lora_dtype, kv_cache="float32")
-    base_path = base_dir()
     scratch = Path(tempfile.mkdtemp(prefix="serve-bench-"))
     try:
+        base_path = base_dir(args.base, scratch)
         registry = Registry(scratch / "home")
         base = load_base(base_path, args.precision)
-        say(f"registering {args.registered} adapters ...")
-        refs = make_adapters(base_path, registry, base.info, max(args.registered, args.adapters), scratch)
+        targets = list(family_of(base.model).attention_targets)
+        count = args.adapters if args.only_mixed else max(args.registered, args.adapters)
+        say(f"{base.model.config.model_type} base {base_path.name}; registering {count} adapters on {targets} ...")
+        refs = make_adapters(base_path, registry, base.info, count, scratch, targets)
         prompts = prompts_for(base, args.requests)
         figures: dict[str, Any] = {}
 
@@ -243,7 +271,7 @@ def main() -> None:
             figures["b"] = run_peft_static_batches(model, tokenizer, prompts, args.tokens, args.adapters)
             say(f"    {figures['b'][0]:.1f} tok/s")
 
-        if not args.skip_peft:
+        if not (args.skip_peft or args.only_mixed):
             helper = threading.Thread(target=peft_baselines)
             helper.start()
             helper.join()  # the thread ends, and its OpenMP team with it
@@ -260,9 +288,14 @@ def main() -> None:
                 ("d", "one adapter", [mixed[0]]),
                 ("e", f"{args.adapters} adapters mixed", mixed),
             ):
+                if args.only_mixed and key == "d":
+                    continue
                 say(f"({key}) engine, {label} ...")
                 figures[key] = best_of(args.repeats, lambda a=adapters: run_engine(engine, prompts, a, args.tokens))
                 say(f"    {figures[key][0]:.1f} tok/s")
+            if args.only_mixed:
+                report_mixed(figures, args, threads, base.model.config.model_type, base_path.name)
+                return
 
             # (f): fill slots and cache with adapters of the far end, then ask for 32 others
             pool = refs[args.adapters :]
@@ -291,6 +324,14 @@ def main() -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def report_mixed(f: dict[str, Any], args: argparse.Namespace, threads: int, kind: str, name: str) -> None:
+    """--only-mixed: one line with (c), (e) and (e)/(c), wall and CPU-time."""
+    wall, cpu = (f["e"][i] / f["c"][i] for i in (0, 1))
+    print(f"mixed {kind:12s} {name:24s} {args.requests}x{args.tokens} {args.precision} {threads}t  "
+          f"(c) {f['c'][0]:7.1f} tok/s  (e) {f['e'][0]:7.1f} tok/s  (e)/(c) {wall:.2f} wall, "
+          f"{cpu:.2f} CPU-time  (load {os.getloadavg()[0]:.1f})", flush=True)
+
+
 def report(f: dict[str, Any], args: argparse.Namespace, threads: int) -> None:
     print(f"\nserve_bench: {args.requests} requests x {args.tokens} tokens, base {args.precision}, "
           f"{threads} threads, LoRA in {args.lora_dtype}, "
@@ -316,6 +357,8 @@ def report(f: dict[str, Any], args: argparse.Namespace, threads: int) -> None:
             print(f"  {label} >= {target:<5} {wall:17.2f} {cpu:10.2f}   {verdict}")
     load_ok = "ok" if f["load_ms"] <= 50 else "MISSED"
     print(f"  cold load <= 50 ms {f['load_ms']:16.1f} ms         {load_ok}")
+    if args.base is not None:  # the issue's vLLM figure is for the default base
+        return
     print(f"  (e) against tuned vLLM-CPU's mixed 141-144 tok/s (the issue's figure, measured on "
           f"an idle box): {f['e'][0] / 142.5:.2f}x wall, {f['e'][1] / 142.5:.2f}x CPU-time "
           "(goal beyond the issue: 3x)")

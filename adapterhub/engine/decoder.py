@@ -51,7 +51,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from adapterhub.engine.families import Family, family_of, layer_windows
+from adapterhub.engine.families import Family, family_of, layer_windows, unwrapped
 from adapterhub.engine.lora import LoraSlots, RowMix
 from adapterhub.errors import EngineError
 
@@ -220,6 +220,7 @@ class DecoderRunner:
         Raises:
             EngineError: the base's family, or a switch in its config, is not served.
         """
+        model = unwrapped(model)
         family = family_of(model)
         config = model.config
         self.model = model

@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from adapterhub.adapters import LoraAdapter
-from adapterhub.engine.families import family_of, projection_dims
+from adapterhub.engine.families import family_of, projection_dims, unwrapped
 from adapterhub.errors import IncompatibleAdapterError
 
 _MODULE = re.compile(r"^model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)$")
@@ -222,6 +222,7 @@ class LoraSlots:
     @classmethod
     def for_model(cls, model: Any, *, num_slots: int, rank: int, dtype: torch.dtype) -> LoraSlots:
         """Slots laid out for a loaded base: its family's targets and groups, on its device."""
+        model = unwrapped(model)
         family = family_of(model)
         return cls(
             projection_dims(model, family), family.groups,

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 import difflib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -37,8 +37,7 @@ from adapterhub.refs import AdapterRef, validate_name
 
 MethodName = Literal["sft", "dpo", "orpo", "simpo", "grpo", "reward", "ppo"]
 METHOD_NAMES: tuple[str, ...] = get_args(MethodName)
-DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
-MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
+ALL_LINEAR = "all-linear"
 
 
 class RecipeSection(BaseModel):
@@ -88,26 +87,52 @@ class LoraConfig(RecipeSection):
     """Scale numerator: the update is multiplied by alpha / r."""
     dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
     """Dropout on the LoRA input during training."""
-    target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGET_MODULES), min_length=1)
-    """Names of the base's linear layers to adapt (the attention projections by default)."""
+    target_modules: list[str] | None = Field(default=None, min_length=1)
+    """Names of the base's linear layers to adapt, or ``["all-linear"]`` for every one but the LM
+    head (PEFT's meaning); by default the base family's attention projections: q_proj, k_proj,
+    v_proj, o_proj (qkv_proj, o_proj on Phi-3)."""
     mlp: bool = False
-    """Also adapt the MLP projections (gate_proj, up_proj, down_proj)."""
+    """Also adapt the MLP projections (gate_proj, up_proj, down_proj; gate_up_proj, down_proj on Phi-3)."""
     use_rslora: bool = False
     """Scale by alpha / sqrt(r) (rank-stabilised LoRA) instead of alpha / r."""
+    use_dora: bool = False
+    """Train DoRA (weight-decomposed LoRA: a learned magnitude per output column). PEFT trains it
+    over an nf4 base too; the serving engine refuses it (its batched kernel is plain LoRA), so
+    serve it merged into a base or through ``Hub.generate``."""
 
     @field_validator("target_modules")
     @classmethod
-    def _identifiers(cls, value: list[str]) -> list[str]:
+    def _identifiers(cls, value: list[str] | None) -> list[str] | None:
+        if value is None or value == [ALL_LINEAR]:
+            return value
         bad = [name for name in value if not name.replace("_", "").isalnum()]
         if bad:
-            raise ValueError(f"module names {bad!r} are not plain layer names like 'q_proj'")
+            raise ValueError(
+                f"module names {bad!r} are not plain layer names like 'q_proj' (or the single entry {ALL_LINEAR!r})"
+            )
         return value
+
+    def resolved_for(self, linear: Sequence[str], attention: Sequence[str], mlp: Sequence[str]) -> LoraConfig:
+        """This config with explicit module names for one base, ``mlp`` folded in.
+
+        Args:
+            linear: the base's linear layer names (LM head excluded), for ``all-linear``.
+            attention: the family's attention projections, the default targets.
+            mlp: the family's MLP projections, added when ``mlp`` is on.
+        """
+        names = list(self.target_modules or attention)
+        if names == [ALL_LINEAR]:
+            names = sorted(linear)
+        if self.mlp:
+            names = [*names, *mlp]
+        return self.model_copy(update={"target_modules": list(dict.fromkeys(names)), "mlp": False})
 
     @property
     def modules(self) -> list[str]:
-        """Target modules including the MLP projections when ``mlp`` is on, without duplicates."""
-        extra = list(MLP_MODULES) if self.mlp else []
-        return list(dict.fromkeys([*self.target_modules, *extra]))
+        """The target modules, once :meth:`resolved_for` the base (the run does that first)."""
+        if self.target_modules is None or self.mlp or self.target_modules == [ALL_LINEAR]:
+            raise RuntimeError("lora targets are resolved against the base first (LoraConfig.resolved_for)")
+        return list(self.target_modules)
 
 
 class TrainerConfig(RecipeSection):

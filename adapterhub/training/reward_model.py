@@ -148,6 +148,7 @@ def attach_score_lora(causal_lm: Any, lora: RecipeLora, *, parent_dir: Path | No
             lora_dropout=lora.dropout,
             target_modules=lora.modules,
             use_rslora=lora.use_rslora,
+            use_dora=lora.use_dora,
             bias="none",
             task_type=TaskType.SEQ_CLS,
             modules_to_save=["score"],

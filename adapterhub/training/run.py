@@ -44,6 +44,7 @@ from adapterhub.progress import STEP_LOG, CancelToken, ProgressCallback, Progres
 from adapterhub.registry import Version, ensure_compatible
 from adapterhub.training.datasets import TrainingData, load_training_data
 from adapterhub.training.methods import Method, MethodContext, PrepareContext, get_method
+from adapterhub.training.recipe import LoraConfig as LoraSettings
 from adapterhub.training.recipe import RecipeBase, load_recipe
 from adapterhub.training.templates import (
     RenderedExample,
@@ -104,12 +105,14 @@ def plan_run(
             f"base: the recipe is written for {parsed.base!r} but this hub's base is {info.name!r}; "
             f"run `adapterhub init --base {parsed.base}` or remove the recipe's base field"
         )
-    _check_targets(parsed, info.path)
+    targeted = _with_base_targets(parsed, info.path)
     parent = None
     if parsed.parent is not None:
         parent = hub.registry.resolve(parsed.parent)
         ensure_compatible(parent, info.fingerprint, info.template_hash)
-        parsed = _with_parent_lora(parsed, hub, parent)
+        parsed = _with_parent_lora(parsed, targeted.lora, hub, parent)
+    else:
+        parsed = targeted
     tokenizer = AutoTokenizer.from_pretrained(info.path, local_files_only=True)
     eot = end_of_turn_ids(tokenizer, info.path)
     check_chat_template(tokenizer, eot)
@@ -361,6 +364,7 @@ def _load_model(hub: Hub, plan: RunPlan) -> tuple[Any, Any]:
                 lora_dropout=lora.dropout,
                 target_modules=lora.modules,
                 use_rslora=lora.use_rslora,
+                use_dora=lora.use_dora,
                 bias="none",
                 task_type=TaskType.CAUSAL_LM,
             ),
@@ -389,26 +393,40 @@ def _name_base(folder: Path, base: str) -> None:
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
 
 
-def _check_targets(recipe: RecipeBase, base_path: Path) -> None:
+def _with_base_targets(recipe: RecipeBase, base_path: Path) -> RecipeBase:
+    """The recipe with its LoRA targets named for this base: the family's attention projections
+    by default, every linear layer for ``all-linear``, the family's MLP with ``mlp``.
+
+    Raises:
+        ConfigError: a named target is not a linear layer of the base.
+    """
     import torch
 
     from adapterhub.base import load_skeleton
+    from adapterhub.engine.families import FAMILIES, Family
 
+    skeleton = load_skeleton(base_path)
     linear = {
         name.rsplit(".", 1)[-1]
-        for name, module in load_skeleton(base_path).named_modules()
+        for name, module in skeleton.named_modules()
         if isinstance(module, torch.nn.Linear) and name != "lm_head"
     }
-    missing = [m for m in recipe.lora.modules if m not in linear]
+    family = FAMILIES.get(getattr(skeleton.config, "model_type", ""), Family())
+    lora = recipe.lora.resolved_for(sorted(linear), family.attention_targets, family.mlp_targets)
+    missing = [m for m in lora.modules if m not in linear]
     if missing:
         raise ConfigError(
             f"lora.target_modules: {missing!r} are not linear layers of this base; "
-            f"choose from {', '.join(sorted(linear))}"
+            f"choose from {', '.join(sorted(linear))} (or 'all-linear')"
         )
+    return recipe.model_copy(update={"lora": lora})
 
 
-def _with_parent_lora(recipe: RecipeBase, hub: Hub, parent: Version) -> RecipeBase:
-    """The recipe with the parent's LoRA shape; refuses an explicit different shape."""
+def _with_parent_lora(recipe: RecipeBase, targeted: LoraSettings, hub: Hub, parent: Version) -> RecipeBase:
+    """The recipe with the parent's LoRA shape; refuses an explicit different shape.
+
+    ``targeted`` is the recipe's own LoRA with its targets named for the base.
+    """
     config = json.loads(hub.registry.read_file(parent, CONFIG_FILE))
     targets = config.get("target_modules") or []
     targets = sorted(targets) if isinstance(targets, list) else [targets]
@@ -418,12 +436,13 @@ def _with_parent_lora(recipe: RecipeBase, hub: Hub, parent: Version) -> RecipeBa
         "target_modules": targets,
         "mlp": False,
         "use_rslora": bool(config.get("use_rslora", False)),
+        "use_dora": bool(config.get("use_dora", False)),
     }
     if "lora" in recipe.model_fields_set:
         mine = recipe.lora
         explicit = {f: getattr(mine, f) for f in mine.model_fields_set if f in parent_lora}
         if "target_modules" in explicit or mine.mlp:
-            explicit["target_modules"] = sorted(mine.modules)
+            explicit["target_modules"] = sorted(targeted.modules)
             explicit.pop("mlp", None)
         clash = [f"lora.{k}={v!r} (parent has {parent_lora[k]!r})" for k, v in explicit.items() if v != parent_lora[k]]
         if clash:
