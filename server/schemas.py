@@ -4,9 +4,12 @@ Design choices:
 
 * **Strict in, OpenAI-shaped out.** Requests are pydantic models with ``extra="forbid"``: an
   unknown field is a 400 naming it, not a silently ignored setting. Fields that OpenAI clients
-  commonly send with neutral values (``frequency_penalty=0``, ``logprobs=false``, ``user``) are
-  accepted; a non-neutral value is refused with what to do instead.
-* **Extras, named as their origin names them:** vLLM's ``top_k``, ``min_tokens``, ``ignore_eos``;
+  commonly send with neutral values (``user``, ``echo=false``) are accepted; a value the server
+  does not serve is refused with what to do instead.
+* **Log-probabilities, penalties and ``logit_bias`` in OpenAI's shapes**; the log-probabilities
+  are the model's own, before bias, penalties and temperature (vLLM's default).
+* **Extras, named as their origin names them:** vLLM's ``top_k``, ``min_tokens``, ``ignore_eos``,
+  ``repetition_penalty``;
   LoRAX's ``adapter_id`` (an alias of ``model``); our ``mix`` (request-time weighted adapters).
   With the ``openai`` client they go in ``extra_body``.
 * **Limits that depend on settings** (``max_tokens``, ``n``, prompt length) are checked by
@@ -21,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 MAX_STOP_SEQUENCES = 8
 MAX_MIX_ADAPTERS = 16
+MAX_LOGPROBS = 20  # OpenAI's top_logprobs limit; the engine's too (adapterhub.engine.types)
 
 
 class _Strict(BaseModel):
@@ -128,14 +132,17 @@ class _GenerationRequest(_Strict):
     user: str | None = Field(default=None, max_length=256)
     """Accepted for compatibility; not used."""
 
-    frequency_penalty: float | None = Field(default=None, ge=0.0, le=0.0)
-    """Only 0 is supported."""
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    """Subtracted from a token's logit once per earlier occurrence in the completion."""
 
-    presence_penalty: float | None = Field(default=None, ge=0.0, le=0.0)
-    """Only 0 is supported."""
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    """Subtracted from the logit of every token the completion already holds."""
 
-    logit_bias: dict[str, float] | None = Field(default=None, max_length=0)
-    """Only empty is supported."""
+    repetition_penalty: float = Field(default=1.0, gt=0.0, le=10.0)
+    """vLLM extra: logits of tokens seen in the prompt or completion are divided by it; 1 is off."""
+
+    logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = Field(default=None, max_length=300)
+    """Token id (as a string) -> bias added to its logit, -100 to 100."""
 
     # The single-field rules below are also in the schema (min_length, le=0, Literal[False]), so
     # clients generated from it cannot send what is refused; "before" validators keep the message
@@ -147,12 +154,16 @@ class _GenerationRequest(_Strict):
             raise ValueError("stop must not be an empty string; omit it or give text")
         return value
 
-    @field_validator("frequency_penalty", "presence_penalty", mode="before")
+    @field_validator("logit_bias")
     @classmethod
-    def _neutral_penalty(cls, value: Any) -> Any:
-        if isinstance(value, int | float) and value:
-            raise ValueError(f"{value!r} is not supported; only 0 (no penalty) is")
+    def _token_ids(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        bad = [key for key in value or {} if not key.isdigit()]
+        if bad:
+            raise ValueError(f"logit_bias keys {bad[:3]!r} are not token ids; give ids as strings, e.g. {{\"50256\": -100}}")
         return value
+
+    def bias_pairs(self) -> tuple[tuple[int, float], ...]:
+        return tuple((int(key), value) for key, value in (self.logit_bias or {}).items())
 
     @model_validator(mode="after")
     def _consistent(self) -> _GenerationRequest:
@@ -181,21 +192,16 @@ class ChatCompletionRequest(_GenerationRequest):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     """OpenAI's newer name for ``max_tokens``; give one of them."""
 
-    logprobs: Literal[False] | None = None
-    """Only false is supported."""
+    logprobs: bool = False
+    """Return each generated token's log-probability (the model's, for the row's adapter)."""
 
-    top_logprobs: int | None = Field(default=None, ge=0, le=0)
-    """Only 0 is supported."""
-
-    @field_validator("logprobs", mode="before")
-    @classmethod
-    def _no_logprobs(cls, value: Any) -> Any:
-        if value is True:
-            raise ValueError("logprobs are not supported; omit it or send false")
-        return value
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
+    """With ``logprobs``: also the most likely tokens at each step, 0 to 20."""
 
     @model_validator(mode="after")
     def _one_max(self) -> ChatCompletionRequest:
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs=true")
         if self.max_completion_tokens is not None:
             if self.max_tokens is not None and self.max_tokens != self.max_completion_tokens:
                 raise ValueError(
@@ -221,8 +227,13 @@ class CompletionRequest(_GenerationRequest):
     prompt: PromptInput
     """A string, a list of strings (one completion each), or token ids (a list, or lists)."""
 
-    echo: Literal[False] = False
-    """Only false is supported."""
+    echo: bool = False
+    """Put the prompt before the completion, in the text and (with ``logprobs``) in the
+    log-probabilities, the prompt's scored token by token; ``max_tokens=0`` then scores the
+    prompt alone (what lm-evaluation-harness sends for log-likelihood tasks)."""
+
+    max_tokens: int | None = Field(default=None, ge=0)
+    """Most tokens to generate (0 only with ``echo``); the server's default when omitted."""
 
     suffix: str | None = Field(default=None, max_length=0)
     """Only empty is supported."""
@@ -230,18 +241,13 @@ class CompletionRequest(_GenerationRequest):
     best_of: int | None = Field(default=None, ge=1, le=128)
     """Only equal to ``n`` (or omitted) is supported."""
 
-    logprobs: int | None = Field(default=None, ge=0, le=0)
-    """Only 0 / omitted is supported."""
-
-    @field_validator("echo", mode="before")
-    @classmethod
-    def _no_echo(cls, value: Any) -> Any:
-        if value is True:
-            raise ValueError("echo is not supported; omit it or send false")
-        return value
+    logprobs: int | None = Field(default=None, ge=0, le=5)
+    """Return each token's log-probability and those of the ``logprobs`` most likely (0 to 5)."""
 
     @model_validator(mode="after")
     def _best_of(self) -> CompletionRequest:
+        if self.max_tokens == 0 and not self.echo:
+            raise ValueError("max_tokens=0 only scores a prompt: it needs echo=true (or ask for at least 1)")
         if self.best_of is not None and self.best_of != self.n:
             raise ValueError(f"best_of={self.best_of} is not supported unless it equals n={self.n}")
         return self
@@ -263,11 +269,36 @@ class ChatMessageOut(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class ChatTokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class ChatLogprobs(BaseModel):
+    """OpenAI's ``choices[].logprobs`` of a chat completion."""
+
+    content: list[ChatTokenLogprob] | None = None
+
+
+class CompletionLogprobs(BaseModel):
+    """The legacy completions API's ``choices[].logprobs``."""
+
+    tokens: list[str] = Field(default_factory=list)
+    token_logprobs: list[float | None] = Field(default_factory=list)
+    top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
+    text_offset: list[int] = Field(default_factory=list)
+
+
 class ChatChoice(BaseModel):
     index: int
     message: ChatMessageOut
     finish_reason: str | None
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletionResponse(BaseModel):
@@ -291,7 +322,7 @@ class ChatChunkChoice(BaseModel):
     index: int
     delta: ChatDelta
     finish_reason: str | None = None
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -310,7 +341,7 @@ class CompletionChoice(BaseModel):
     index: int
     text: str
     finish_reason: str | None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class CompletionResponse(BaseModel):

@@ -271,6 +271,16 @@ class InferenceService:
             self._check_prompt(len(ids))
         return prompts
 
+    def prompt_texts(self, body: CompletionRequest, prompts: Sequence[Sequence[int]]) -> list[str]:
+        """Each prompt as text, for ``echo``: the strings sent, or token ids decoded."""
+        prompt = body.prompt
+        if isinstance(prompt, str):
+            return [prompt]
+        if prompt and isinstance(prompt[0], str):
+            return [str(p) for p in prompt]
+        assert self.hub is not None
+        return [str(self.hub.base.tokenizer.decode(ids, skip_special_tokens=True)) for ids in prompts]
+
     def _check_prompt(self, length: int) -> None:
         limit = min(self.settings.max_prompt_tokens, self.max_model_len - 1)
         if length > limit:
@@ -296,6 +306,11 @@ class InferenceService:
                 f"max_tokens={body.max_tokens} is over the server's max_tokens_limit="
                 f"{s.max_tokens_limit}; ask for fewer"
             )
+        bias = body.bias_pairs()
+        vocab = len(self.hub.base.tokenizer)
+        out_of_range = [token for token, _ in bias if token >= vocab]
+        if out_of_range:
+            problems.append(f"logit_bias names token ids {out_of_range[:3]!r}, over this base's vocabulary of {vocab}")
         if problems:
             raise ConfigError(problems, source="request")
         room = self.max_model_len - prompt_len
@@ -316,6 +331,12 @@ class InferenceService:
                 stop=body.stop_strings(),
                 min_tokens=body.min_tokens,
                 ignore_eos=body.ignore_eos,
+                logprobs=_logprobs(body),
+                prompt_logprobs=body.logprobs if isinstance(body, CompletionRequest) and body.echo else None,
+                presence_penalty=body.presence_penalty,
+                frequency_penalty=body.frequency_penalty,
+                repetition_penalty=body.repetition_penalty,
+                logit_bias=bias,
             )
             for i in range(body.n)
         ]
@@ -427,3 +448,10 @@ class InferenceService:
     def count_refused(self, endpoint: str, error: BaseException) -> None:
         kind = type(error).__name__ if isinstance(error, AdapterHubError | HTTPException) else "internal"
         self.metrics.refused(endpoint, kind)
+
+
+def _logprobs(body: ChatCompletionRequest | CompletionRequest) -> int | None:
+    """The engine's ``logprobs`` (alternatives per token, None for none) from either API's fields."""
+    if isinstance(body, ChatCompletionRequest):
+        return (body.top_logprobs or 0) if body.logprobs else None
+    return body.logprobs

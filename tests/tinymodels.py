@@ -96,8 +96,16 @@ FAMILY_CONFIGS: dict[str, tuple[str, dict]] = {
         "rope_parameters": {"rope_type": "default", "rope_theta": 10_000.0, "partial_rotary_factor": 0.5},
         "tie_word_embeddings": False,
     }),
+    "phi3-longrope": ("Phi3Config", {**_WIDE,  # Phi-3.5 / Phi-4-mini: factors switch past 24 tokens, inside the test prompts (20-38)
+        "rope_parameters": {
+            "rope_type": "longrope", "rope_theta": 10_000.0, "partial_rotary_factor": 0.5,
+            "short_factor": [1.0, 1.5, 2.0, 3.0], "long_factor": [2.0, 4.0, 8.0, 16.0],
+        },
+        "original_max_position_embeddings": 24, "tie_word_embeddings": False,
+    }),
 }
-"""Tiny random configs of every family the engine serves (``config.model_type`` names)."""
+"""Tiny random configs of every family the engine serves: ``config.model_type`` names, and a
+variant or two (``phi3-longrope``) where a family's configs differ in what the engine must do."""
 
 
 def build_tiny_folder(folder: Path, family: str = "llama", *, seed: int = 0, hidden: int = 64) -> Path:
@@ -199,6 +207,28 @@ class PeftReference:
                 return self.model(input_ids=x).logits[0, -1].float()
         self.model.set_adapter(adapter)
         return self.model(input_ids=x).logits[0, -1].float()
+
+    def cached_greedy(self, prompt: Sequence[int], adapter: str | None, n: int) -> tuple[list[int], list[Any]]:
+        """Greedy tokens and each step's logits with transformers' own KV cache, as ``generate``
+        runs a request: where a rope's tables depend on the length (LongRoPE), the keys cached
+        before the switch keep theirs, unlike a full recompute (:meth:`greedy`)."""
+        import contextlib
+
+        import torch
+
+        context = self.model.disable_adapter() if adapter is None else contextlib.nullcontext()
+        if adapter is not None:
+            self.model.set_adapter(adapter)
+        tokens: list[int] = []
+        steps: list[Any] = []
+        with torch.inference_mode(), context:
+            out = self.model(input_ids=torch.tensor([list(prompt)], device=self.base.device), use_cache=True)
+            for _ in range(n):
+                steps.append(out.logits[0, -1].float())
+                tokens.append(int(steps[-1].argmax()))
+                out = self.model(input_ids=torch.tensor([[tokens[-1]]], device=self.base.device),
+                                 cache=out.cache, use_cache=True)
+        return tokens, steps
 
     def greedy(self, prompt: Sequence[int], adapter: str | None, n: int) -> list[int]:
         return self.greedy_with_margins(prompt, adapter, n)[0]

@@ -44,7 +44,7 @@ Design choices:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -264,6 +264,7 @@ class DecoderRunner:
         self.kv_width = self.num_kv_heads * self.head_dim
         self.intermediate = int(config.intermediate_size)
         self._probe = torch.empty(0, device=self.device)  # float32 on the device, for the rope module
+        self.prompt_logits: dict[int, torch.Tensor] = {}  # the last prefill's every_position rows
 
     # ------------------------------------------------------------------ steps
 
@@ -272,6 +273,7 @@ class DecoderRunner:
         prompts: Sequence[Sequence[int]],
         row_start: int,
         row_slots: Sequence[Mapping[int, float]],
+        every_position: Collection[int] = (),
     ) -> torch.Tensor:
         """Run new prompts into cache rows ``row_start ..``; return their next-token logits.
 
@@ -279,6 +281,8 @@ class DecoderRunner:
             prompts: token ids of each new request.
             row_start: the first free cache row; prompt i goes to row ``row_start + i``.
             row_slots: each new row's slots and mix weights (empty for the base).
+            every_position: indices into ``prompts`` whose every position goes through the LM
+                head too; their ``[len, vocab]`` logits are in :attr:`prompt_logits` afterwards.
 
         Returns:
             ``[len(prompts), vocab]`` float32 logits at each prompt's last position.
@@ -317,8 +321,9 @@ class DecoderRunner:
                 )  # [count, heads, width, head_dim]
             return out.transpose(1, 2).reshape(count * width, -1).to(self.dtype)
 
-        x = self._layers(x, token_mix, attend)
-        last = x.view(count, width, -1)[torch.arange(count, device=self.device), lengths - 1]  # [count, hidden]
+        x = self._layers(x, token_mix, attend).view(count, width, -1)
+        self.prompt_logits = {i: self._logits(x[i, : widths[i]]) for i in every_position}
+        last = x[torch.arange(count, device=self.device), lengths - 1]  # [count, hidden]
         return self._logits(last)
 
     def decode(self, tokens: torch.Tensor, lengths: torch.Tensor, mix: RowMix | None) -> torch.Tensor:

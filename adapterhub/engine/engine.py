@@ -40,7 +40,13 @@ from adapterhub.engine.config import EngineConfig
 from adapterhub.engine.decoder import DecoderRunner, compute_dtype
 from adapterhub.engine.lora import LoraSlots, RowMix
 from adapterhub.engine.residency import AdapterResidency, AdapterSource
-from adapterhub.engine.sampling import RowSampler, TextTracker, choose_tokens
+from adapterhub.engine.sampling import (
+    RowSampler,
+    TextTracker,
+    choose_tokens,
+    prompt_token_logprobs,
+    token_logprob,
+)
 from adapterhub.engine.scheduler import Job, Scheduler, Sink
 from adapterhub.engine.threads import use_threads
 from adapterhub.engine.types import (
@@ -50,6 +56,7 @@ from adapterhub.engine.types import (
     GenerationRequest,
     GenerationResult,
     ResidentAdapter,
+    TokenLogprob,
     Usage,
 )
 from adapterhub.errors import CapacityError, ConfigError, EngineError, PromptTooLongError
@@ -164,7 +171,7 @@ class Engine:
             adapter_version=version,
             versions=versions,
             sink=sink,
-            sampler=RowSampler(params, () if params.ignore_eos else sorted(self._eos)),
+            sampler=RowSampler(params, () if params.ignore_eos else sorted(self._eos), request.prompt_ids),
             text=TextTracker(self.tokenizer, request.prompt_ids, params.stop),
         )
         with self._lock:
@@ -488,9 +495,14 @@ class Engine:
     def _prefill(self, jobs: list[Job]) -> None:
         row_start = len(self._sched.running)
         self._sched.running.extend(jobs)
+        scored = [i for i, job in enumerate(jobs) if job.request.sampling.prompt_logprobs is not None]
         logits = self._runner.prefill(
-            [job.request.prompt_ids for job in jobs], row_start, [job.slots for job in jobs]
+            [job.request.prompt_ids for job in jobs], row_start, [job.slots for job in jobs], every_position=scored
         )
+        for i in scored:
+            jobs[i].prompt_logprobs = prompt_token_logprobs(
+                self._runner.prompt_logits[i], jobs[i].request.prompt_ids, jobs[i].request.sampling.prompt_logprobs or 0
+            )
         for job in jobs:
             job.cache_len = job.prompt_len
         with self._lock:
@@ -527,14 +539,28 @@ class Engine:
                     f"request {job.request_id!r}: the model produced non-finite logits at token "
                     f"{len(job.generated)} (adapter {job.adapter_version or 'none'}); the other requests "
                     "go on. An adapter that overflows in this compute dtype: try --compute-dtype float32"))
+        for job in jobs:
+            if job.request.sampling.max_tokens == 0 and not job.finished:  # a prompt to score only
+                job.finished = True
+                _send(job.sink, GenerationChunk(
+                    job.request_id, "", (), finish_reason="length", usage=Usage(job.prompt_len, 0),
+                    adapter_version=job.adapter_version, prompt_logprobs=job.prompt_logprobs,
+                ))
         live = [i for i, job in enumerate(jobs) if not job.finished]
         jobs_live = [jobs[i] for i in live]
         rows = logits if len(live) == len(jobs) else logits[live]
+        asked = [i for i, job in enumerate(jobs_live) if job.request.sampling.logprobs is not None]
+        raw = torch.log_softmax(rows[asked], dim=-1) if asked else None  # before bias and penalties
         tokens = self._choose(jobs_live, rows)
+        logprobs: list[TokenLogprob | None] = [None] * len(jobs_live)
+        if raw is not None:
+            for k, i in enumerate(asked):
+                if tokens[i] is not None:
+                    logprobs[i] = token_logprob(raw[k], tokens[i], jobs_live[i].request.sampling.logprobs or 0)
         now = time.perf_counter()
         ttft: list[float] = []
         itl: list[float] = []
-        for job, token in zip(jobs_live, tokens, strict=True):
+        for job, token, logprob in zip(jobs_live, tokens, logprobs, strict=True):
             if token is None:  # its sampling failed: already ended
                 continue
             (ttft if job.first_token_at is None else itl).append(
@@ -544,7 +570,7 @@ class Engine:
                 job.first_token_at = now
             job.last_token_at = now
             try:
-                self._emit(job, token)
+                self._emit(job, token, logprob)
             except Exception as error:
                 _log.exception("emitting a token failed for %s", job.request_id)
                 failure = EngineError(f"request {job.request_id!r}: decoding its text failed ({error!r}); "
@@ -578,7 +604,7 @@ class Engine:
             failure.__cause__ = error
             self._fail_row(jobs[row], failure)
 
-        return choose_tokens(logits, [j.sampler for j in jobs], [len(j.generated) for j in jobs], failed)
+        return choose_tokens(logits, [j.sampler for j in jobs], [j.generated for j in jobs], failed)
 
     def _fail_row(self, job: Job, error: EngineError) -> None:
         """End one running row with ``error``: retired with the step's finished rows, and told
@@ -586,8 +612,10 @@ class Engine:
         job.finished = True
         self._failed_rows.append((job, error))
 
-    def _emit(self, job: Job, token: int) -> None:
+    def _emit(self, job: Job, token: int, logprob: TokenLogprob | None = None) -> None:
         params = job.request.sampling
+        logprobs = () if logprob is None else (logprob,)
+        scored, job.prompt_logprobs = job.prompt_logprobs, ()  # the prompt's go with the first chunk
         job.generated.append(token)
         count = len(job.generated)
         text = job.text.push(token, check_stop=count >= params.min_tokens)
@@ -598,13 +626,15 @@ class Engine:
             reason = "length"
         if reason is None:
             _send(job.sink, GenerationChunk(
-                job.request_id, text, (token,), adapter_version=job.adapter_version
+                job.request_id, text, (token,), adapter_version=job.adapter_version, logprobs=logprobs,
+                prompt_logprobs=scored,
             ))
             return
         job.finished = True
         _send(job.sink, GenerationChunk(
             job.request_id, text + job.text.flush(), (token,), finish_reason=reason,
-            usage=Usage(job.prompt_len, count), adapter_version=job.adapter_version,
+            usage=Usage(job.prompt_len, count), adapter_version=job.adapter_version, logprobs=logprobs,
+            prompt_logprobs=scored,
         ))
 
     def _retire(self, job: Job) -> None:
@@ -689,6 +719,8 @@ def _result(chunks: list[GenerationChunk]) -> GenerationResult:
         finish_reason=last.finish_reason,
         usage=last.usage,
         adapter_version=last.adapter_version,
+        logprobs=tuple(lp for c in chunks for lp in c.logprobs),
+        prompt_logprobs=chunks[0].prompt_logprobs,
     )
 
 

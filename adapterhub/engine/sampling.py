@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from adapterhub.engine.types import SamplingParams
+from adapterhub.engine.types import SamplingParams, TokenLogprob
 
 _PROMPT_CONTEXT = 5  # prompt tokens kept in the decode window, for tokenizers that merge spaces
 # Below this a temperature is greedy (vLLM's _SAMPLING_EPS): float32 logits divided by a
@@ -32,14 +32,35 @@ _MIN_TEMPERATURE = 1e-5
 class RowSampler:
     """Sampling state of one request."""
 
-    def __init__(self, params: SamplingParams, stop_token_ids: Sequence[int]) -> None:
+    def __init__(self, params: SamplingParams, stop_token_ids: Sequence[int], prompt_ids: Sequence[int] = ()) -> None:
         self.params = params
         self.stop_token_ids = tuple(stop_token_ids)
+        self._prompt_seen = sorted(set(prompt_ids)) if params.repetition_penalty != 1.0 else []
         self.generator: torch.Generator | None = None
         if params.temperature >= _MIN_TEMPERATURE:
             self.generator = torch.Generator()
             seed = params.seed if params.seed is not None else random.SystemRandom().getrandbits(63)
             self.generator.manual_seed(seed)
+
+    def adjust(self, logits: torch.Tensor, generated: Sequence[int]) -> None:
+        """Apply the row's bias and penalties to its ``[vocab]`` logits, in place.
+
+        In vLLM's order: ``logit_bias``, then the repetition penalty over prompt and completion
+        (transformers' ``RepetitionPenaltyLogitsProcessor``), then OpenAI's presence and frequency
+        penalties over the completion.
+        """
+        p = self.params
+        if p.logit_bias:
+            ids, biases = zip(*p.logit_bias, strict=True)
+            index = torch.tensor(ids, device=logits.device)
+            logits.index_add_(0, index, torch.tensor(biases, dtype=logits.dtype, device=logits.device))
+        if p.repetition_penalty != 1.0:
+            seen = torch.tensor(sorted({*self._prompt_seen, *generated}), dtype=torch.long, device=logits.device)
+            scores = logits[seen]
+            logits[seen] = torch.where(scores < 0, scores * p.repetition_penalty, scores / p.repetition_penalty)
+        if (p.presence_penalty or p.frequency_penalty) and generated:
+            ids_seen, counts = torch.tensor(list(generated), device=logits.device).unique(return_counts=True)
+            logits[ids_seen] -= p.frequency_penalty * counts.to(logits.dtype) + p.presence_penalty
 
     def choose(self, logits: torch.Tensor) -> int:
         """Sample one token from ``[vocab]`` float32 logits (already masked for min_tokens)."""
@@ -64,15 +85,16 @@ class RowSampler:
 def choose_tokens(
     logits: torch.Tensor,
     samplers: Sequence[RowSampler],
-    generated: Sequence[int],
+    generated: Sequence[Sequence[int]],
     on_error: Callable[[int, Exception], None] | None = None,
 ) -> list[int | None]:
-    """Pick the next token of every row.
+    """Pick the next token of every row (``logits`` are changed in place: bias, penalties and
+    ``min_tokens`` masks).
 
     Args:
         logits: ``[rows, vocab]`` float32.
         samplers: each row's sampler.
-        generated: tokens each row has produced so far (for ``min_tokens``).
+        generated: the tokens each row has produced so far (penalties, ``min_tokens``).
         on_error: called with ``(row, error)`` when a row's sampler raises; that row's token is
             then None and the other rows are unaffected (each draws exactly once). Without it
             the error propagates.
@@ -80,8 +102,10 @@ def choose_tokens(
     Returns:
         One token id per row (None for a row whose sampler failed).
     """
-    for i, (sampler, count) in enumerate(zip(samplers, generated, strict=True)):
-        if count < sampler.params.min_tokens and sampler.stop_token_ids:
+    for i, (sampler, done) in enumerate(zip(samplers, generated, strict=True)):
+        if sampler.params.adjusts_logits:
+            sampler.adjust(logits[i], done)
+        if len(done) < sampler.params.min_tokens and sampler.stop_token_ids:
             logits[i, list(sampler.stop_token_ids)] = float("-inf")
     tokens: list[int | None] = logits.argmax(dim=-1).tolist()
     for i, sampler in enumerate(samplers):
@@ -94,6 +118,31 @@ def choose_tokens(
                 on_error(i, error)
                 tokens[i] = None
     return tokens
+
+
+def token_logprob(logprobs: torch.Tensor, token: int, top: int) -> TokenLogprob:
+    """The chosen ``token``'s entry of one row's ``[vocab]`` log-softmax, with its ``top`` best."""
+    best = torch.topk(logprobs, top) if top else None
+    return TokenLogprob(
+        token_id=token,
+        logprob=float(logprobs[token]),
+        top=() if best is None else tuple(zip(best.indices.tolist(), best.values.tolist(), strict=True)),
+    )
+
+
+def prompt_token_logprobs(logits: torch.Tensor, prompt: Sequence[int], top: int) -> tuple[TokenLogprob | None, ...]:
+    """Each prompt token's log-probability given the tokens before it (None for the first, which
+    has none), from the prompt's ``[len, vocab]`` logits."""
+    logprobs = torch.log_softmax(logits[:-1].float(), dim=-1)  # position i scores token i + 1
+    tokens = list(prompt[1:])
+    chosen = logprobs.gather(1, torch.tensor(tokens, device=logprobs.device)[:, None])[:, 0].tolist()
+    best = torch.topk(logprobs, top) if top else None
+    ids = best.indices.tolist() if best is not None else [[] for _ in tokens]
+    values = best.values.tolist() if best is not None else [[] for _ in tokens]
+    return (None, *(
+        TokenLogprob(token, value, tuple(zip(i, v, strict=True)))
+        for token, value, i, v in zip(tokens, chosen, ids, values, strict=True)
+    ))
 
 
 class TextTracker:

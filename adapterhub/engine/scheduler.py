@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from adapterhub.engine.sampling import RowSampler, TextTracker
-from adapterhub.engine.types import GenerationChunk, GenerationRequest
+from adapterhub.engine.types import GenerationChunk, GenerationRequest, TokenLogprob
 from adapterhub.registry import Version
 
 Sink = Callable[[GenerationChunk | BaseException], None]
@@ -55,6 +55,7 @@ class Job:
     first_token_at: float | None = None
     last_token_at: float | None = None
     finished: bool = False
+    prompt_logprobs: tuple[TokenLogprob | None, ...] = ()  # scored at prefill, sent with the first chunk
 
     @property
     def prompt_len(self) -> int:

@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     from adapterhub.registry import Version
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
+MAX_LOGPROBS = 20
+"""The most alternatives a token's log-probabilities list (OpenAI's ``top_logprobs`` limit)."""
 
 
 @dataclass(frozen=True)
@@ -33,11 +35,35 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     min_tokens: int = 0
     ignore_eos: bool = False
+    prompt_logprobs: int | None = None
+    """Return the log-probability of every prompt token after the first, with the
+    ``prompt_logprobs`` most likely tokens at each position (0-20; vLLM's field, behind the
+    completions API's ``echo``). With it ``max_tokens`` may be 0: the prompt is scored only."""
+    logprobs: int | None = None
+    """Return each chosen token's log-probability and those of the ``logprobs`` most likely
+    tokens (0-20); None returns none. They are the model's own distribution for the row's
+    adapter, before bias, penalties and temperature (vLLM's default, ``raw_logprobs``)."""
+    presence_penalty: float = 0.0
+    """OpenAI's: subtracted from the logit of every token the completion already holds."""
+    frequency_penalty: float = 0.0
+    """OpenAI's: subtracted once per earlier occurrence in the completion."""
+    repetition_penalty: float = 1.0
+    """vLLM's and transformers': a logit of a token seen in the prompt or the completion is
+    divided by it (multiplied when negative); 1 turns it off."""
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    """``(token id, bias)`` pairs added to the logits (OpenAI's ``logit_bias``)."""
+
+    @property
+    def adjusts_logits(self) -> bool:
+        """Whether bias or a penalty changes this row's logits before it chooses."""
+        return bool(self.logit_bias or self.presence_penalty or self.frequency_penalty
+                    or self.repetition_penalty != 1.0)
 
     def __post_init__(self) -> None:
         problems = []
-        if self.max_tokens < 1:
-            problems.append(f"max_tokens={self.max_tokens!r} must be at least 1")
+        if self.max_tokens < (0 if self.prompt_logprobs is not None else 1):
+            problems.append(f"max_tokens={self.max_tokens!r} must be at least 1 (0 only to score a "
+                            "prompt, with prompt_logprobs)")
         if self.temperature < 0:
             problems.append(f"temperature={self.temperature!r} must be >= 0 (0 is greedy)")
         if not 0 < self.top_p <= 1:
@@ -48,6 +74,18 @@ class SamplingParams:
             problems.append(
                 f"min_tokens={self.min_tokens!r} must be between 0 and max_tokens={self.max_tokens}"
             )
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= MAX_LOGPROBS:
+                problems.append(f"{name}={value!r} must be between 0 and {MAX_LOGPROBS}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2.0 <= getattr(self, name) <= 2.0:
+                problems.append(f"{name}={getattr(self, name)!r} must be between -2 and 2")
+        if not 0 < self.repetition_penalty <= 10:
+            problems.append(f"repetition_penalty={self.repetition_penalty!r} must be in (0, 10] (1 is off)")
+        bad = [(t, b) for t, b in self.logit_bias if t < 0 or not -100 <= b <= 100]
+        if bad:
+            problems.append(f"logit_bias {bad[:3]!r}: token ids must be >= 0 and biases between -100 and 100")
         if problems:
             raise ConfigError(problems, source="sampling")
 
@@ -101,6 +139,15 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability, and the most likely tokens at its step."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()  # (token id, log-probability), most likely first
+
+
+@dataclass(frozen=True)
 class GenerationChunk:
     """One streamed step of a request: newly decoded text and token ids.
 
@@ -113,6 +160,8 @@ class GenerationChunk:
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
     adapter_version: str | None = None  # the resolved ref, e.g. "pirate@3"
+    logprobs: tuple[TokenLogprob, ...] = ()  # one per token id, when the request asked for them
+    prompt_logprobs: tuple[TokenLogprob | None, ...] = ()  # on the first chunk: per prompt token, None first
 
 
 @dataclass(frozen=True)
@@ -125,6 +174,8 @@ class GenerationResult:
     finish_reason: FinishReason
     usage: Usage
     adapter_version: str | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()
+    prompt_logprobs: tuple[TokenLogprob | None, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -27,7 +27,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from adapterhub.engine.types import GenerationChunk
+from adapterhub.engine.types import GenerationChunk, TokenLogprob
 from adapterhub.errors import AdapterHubError
 from adapterhub_server.auth import Caller
 from adapterhub_server.deps import InferenceCaller, ReadyService
@@ -40,12 +40,16 @@ from adapterhub_server.schemas import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     ChatDelta,
+    ChatLogprobs,
     ChatMessageOut,
+    ChatTokenLogprob,
     CompletionChoice,
+    CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
     ModelCard,
     ModelList,
+    TopLogprob,
     UsageInfo,
 )
 from adapterhub_server.service import InferenceService, OpenRequest, Target
@@ -65,6 +69,10 @@ class _Reply:
     model: str
     rows_per_prompt: int
     include_usage: bool
+    echo: tuple[tuple[str, tuple[int, ...]], ...] = ()  # completions with echo: each prompt's text and ids
+
+    def echoed(self, row: int) -> tuple[str, tuple[int, ...]] | None:
+        return self.echo[row // self.rows_per_prompt] if self.echo else None
 
 
 @router.post(
@@ -94,8 +102,9 @@ async def completions(
 ) -> Response:
     target = service.target(body)
     prompts = service.completion_prompts(body)
+    echo = tuple(zip(service.prompt_texts(body, prompts), map(tuple, prompts), strict=True)) if body.echo else ()
     reply = _Reply("completion", f"cmpl-{uuid.uuid4().hex}", int(time.time()), body.model, body.n,
-                   body.include_usage)
+                   body.include_usage, echo)
     return await _generate(request, service, caller, body, prompts, target, reply)
 
 
@@ -198,11 +207,15 @@ async def _collect(service: InferenceService, opened: OpenRequest, reply: _Reply
     texts: list[list[str]] = [[] for _ in range(rows)]
     reasons: list[str | None] = [None] * rows
     tokens = [0] * rows
+    logprobs: list[list[TokenLogprob]] = [[] for _ in range(rows)]
+    scored: list[tuple[TokenLogprob | None, ...]] = [() for _ in range(rows)]
     outcome = "error"
     try:
         async for row, chunk in service.rows(opened):
             texts[row].append(chunk.text)
             tokens[row] += len(chunk.token_ids)
+            logprobs[row].extend(chunk.logprobs)
+            scored[row] = scored[row] or chunk.prompt_logprobs
             if chunk.finish_reason is not None:
                 reasons[row] = chunk.finish_reason
         reasons = [reason or "cancelled" for reason in reasons]  # rows cut short by a shutdown
@@ -214,17 +227,37 @@ async def _collect(service: InferenceService, opened: OpenRequest, reply: _Reply
         opened.cancel()
         service.finish(opened, reply.kind, outcome, sum(tokens))
     usage = _usage(opened, reply, sum(tokens))
+    words = _TokenWords(service.hub.base.tokenizer)
     if reply.kind == "chat":
         return ChatCompletionResponse(
             id=reply.id, created=reply.created, model=reply.model, usage=usage,
             choices=[ChatChoice(index=i, message=ChatMessageOut(content="".join(texts[i])),
-                                finish_reason=reasons[i]) for i in range(rows)],
+                                finish_reason=reasons[i], logprobs=words.chat(logprobs[i]))
+                     for i in range(rows)],
         ).model_dump(mode="json")
     return CompletionResponse(
         id=reply.id, created=reply.created, model=reply.model, usage=usage,
-        choices=[CompletionChoice(index=i, text="".join(texts[i]), finish_reason=reasons[i])
+        choices=[_completion_choice(i, "".join(texts[i]), reasons[i], words, reply.echoed(i), scored[i], logprobs[i], 0)
                  for i in range(rows)],
     ).model_dump(mode="json")
+
+
+def _completion_choice(
+    row: int, text: str, finish: str | None, words: _TokenWords, echoed: tuple[str, tuple[int, ...]] | None,
+    scored: Sequence[TokenLogprob | None], logprobs: Sequence[TokenLogprob], offset: int,
+) -> CompletionChoice:
+    """A completions choice; with ``echoed`` (the first of a row's answer) the prompt leads its
+    text and its log-probabilities (the first prompt token's is null, as in OpenAI's API)."""
+    entries = [(lp.token_id, lp.logprob, lp.top) for lp in logprobs]
+    asked = bool(logprobs) or bool(scored)
+    if echoed is not None:
+        prompt_text, ids = echoed
+        text = prompt_text + text
+        if scored:
+            entries = [(ids[0], None, None), *((lp.token_id, lp.logprob, lp.top) for lp in scored[1:] if lp),
+                       *entries]
+    return CompletionChoice(index=row, text=text, finish_reason=finish,
+                            logprobs=words.completion(entries, offset) if asked else None)
 
 
 async def _events(service: InferenceService, opened: OpenRequest, reply: _Reply) -> AsyncIterator[str]:
@@ -232,6 +265,9 @@ async def _events(service: InferenceService, opened: OpenRequest, reply: _Reply)
     tokens = 0
     outcome = "cancelled"
     finished: dict[int, str] = {}
+    words = _TokenWords(service.hub.base.tokenizer)
+    offsets = [0] * len(opened.streams)  # characters of each row's completion streamed so far
+    echoing = set(range(len(opened.streams))) if reply.echo else set()  # rows whose prompt is still to send
     try:
         if reply.kind == "chat":
             for row in range(len(opened.streams)):  # OpenAI opens each choice with its role
@@ -240,12 +276,17 @@ async def _events(service: InferenceService, opened: OpenRequest, reply: _Reply)
             tokens += len(chunk.token_ids)
             if chunk.finish_reason is not None:
                 finished[row] = chunk.finish_reason
-            if chunk.text or chunk.finish_reason is not None:
-                yield _chunk_event(reply, row, chunk)
+            if chunk.text or chunk.logprobs or chunk.finish_reason is not None or row in echoing:
+                echoed = reply.echoed(row) if row in echoing else None
+                echoing.discard(row)
+                yield _chunk_event(reply, row, chunk, words, offsets[row], echoed)
+                offsets[row] += sum(len(words.text(lp.token_id)) for lp in chunk.logprobs)
+                if echoed is not None:
+                    offsets[row] += sum(len(words.text(t)) for t in echoed[1])
         for row in range(len(opened.streams)):  # rows cut short by a shutdown still end
             if row not in finished:
                 finished[row] = "cancelled"
-                yield _chunk_event(reply, row, GenerationChunk("", "", (), finish_reason="cancelled"))
+                yield _chunk_event(reply, row, GenerationChunk("", "", (), finish_reason="cancelled"), words, 0)
         if reply.include_usage:
             yield _usage_event(reply, _usage(opened, reply, tokens))
         outcome = finished[0]
@@ -261,22 +302,70 @@ async def _events(service: InferenceService, opened: OpenRequest, reply: _Reply)
     yield "data: [DONE]\n\n"
 
 
-def _chat_event(reply: _Reply, row: int, delta: ChatDelta, finish: str | None) -> str:
+def _chat_event(reply: _Reply, row: int, delta: ChatDelta, finish: str | None,
+                logprobs: ChatLogprobs | None = None) -> str:
     chunk = ChatCompletionChunk(
         id=reply.id, created=reply.created, model=reply.model,
-        choices=[ChatChunkChoice(index=row, delta=delta, finish_reason=finish)],
+        choices=[ChatChunkChoice(index=row, delta=delta, finish_reason=finish, logprobs=logprobs)],
     )
     return f"data: {chunk.model_dump_json()}\n\n"
 
 
-def _chunk_event(reply: _Reply, row: int, chunk: GenerationChunk) -> str:
+def _chunk_event(reply: _Reply, row: int, chunk: GenerationChunk, words: _TokenWords, offset: int,
+                 echoed: tuple[str, tuple[int, ...]] | None = None) -> str:
     if reply.kind == "chat":
-        return _chat_event(reply, row, ChatDelta(content=chunk.text), chunk.finish_reason)
-    event = CompletionResponse(
-        id=reply.id, created=reply.created, model=reply.model,
-        choices=[CompletionChoice(index=row, text=chunk.text, finish_reason=chunk.finish_reason)],
-    )
+        return _chat_event(reply, row, ChatDelta(content=chunk.text), chunk.finish_reason,
+                           words.chat(chunk.logprobs))
+    choice = _completion_choice(row, chunk.text, chunk.finish_reason, words, echoed, chunk.prompt_logprobs,
+                                chunk.logprobs, offset)
+    event = CompletionResponse(id=reply.id, created=reply.created, model=reply.model, choices=[choice])
     return f"data: {event.model_dump_json()}\n\n"
+
+
+class _TokenWords:
+    """Log-probabilities in the two APIs' shapes, each token as the text it decodes to alone."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self._texts: dict[int, str] = {}
+
+    def text(self, token_id: int) -> str:
+        if token_id not in self._texts:
+            self._texts[token_id] = str(self.tokenizer.decode([token_id]))
+        return self._texts[token_id]
+
+    def _top(self, token_id: int, logprob: float) -> TopLogprob:
+        text = self.text(token_id)
+        return TopLogprob(token=text, logprob=logprob, bytes=list(text.encode("utf-8")))
+
+    def chat(self, logprobs: Sequence[TokenLogprob]) -> ChatLogprobs | None:
+        if not logprobs:
+            return None
+        return ChatLogprobs(content=[
+            ChatTokenLogprob(**self._top(lp.token_id, lp.logprob).model_dump(),
+                             top_logprobs=[self._top(t, v) for t, v in lp.top])
+            for lp in logprobs
+        ])
+
+    def completion(self, entries: Sequence[tuple[int, float | None, Sequence[tuple[int, float]] | None]],
+                   offset: int) -> CompletionLogprobs:
+        """``(token id, log-probability, alternatives)`` per token; None where a token has none."""
+        out = CompletionLogprobs()
+        for token, logprob, top in entries:
+            text = self.text(token)
+            out.tokens.append(text)
+            out.token_logprobs.append(logprob)
+            out.top_logprobs.append(None if top is None else self._by_text(top))
+            out.text_offset.append(offset)
+            offset += len(text)
+        return out
+
+    def _by_text(self, top: Sequence[tuple[int, float]]) -> dict[str, float]:
+        """Most likely first; of two tokens that decode alike, the likelier keeps the entry."""
+        entry: dict[str, float] = {}
+        for token, logprob in top:
+            entry.setdefault(self.text(token), logprob)
+        return entry
 
 
 def _usage_event(reply: _Reply, usage: UsageInfo) -> str:

@@ -196,5 +196,5 @@ def test_min_tokens_masks_the_end_of_turn(make_engine, tiny_base, prompts):
     logits = torch.zeros(2, 10 + eos)
     logits[:, eos] = 5.0
     samplers = [RowSampler(SamplingParams(min_tokens=3), [eos]), RowSampler(SamplingParams(), [eos])]
-    tokens = choose_tokens(logits, samplers, [1, 1])
+    tokens = choose_tokens(logits, samplers, [[7], [7]])  # one token generated each
     assert tokens[0] != eos and tokens[1] == eos

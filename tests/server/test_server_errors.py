@@ -29,7 +29,8 @@ def test_unknown_adapter_is_404_naming_it_also_when_streaming(client: TestClient
     ({"model": "pirate", "messages": [{"role": "robot", "content": "hi"}]}, "messages.0.role"),
     ({"model": "pirate", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, "max_tokens"),
     ({"model": "pirate", "messages": [{"role": "user", "content": "hi"}], "tools": []}, "tools"),
-    ({"model": "pirate", "messages": [{"role": "user", "content": "hi"}], "logprobs": True}, "logprobs"),
+    ({"model": "pirate", "messages": [{"role": "user", "content": "hi"}], "top_logprobs": 21, "logprobs": True}, "top_logprobs"),
+    ({"model": "pirate", "messages": [{"role": "user", "content": "hi"}], "logit_bias": {"x": 1}}, "logit_bias"),
     ({"model": "pirate", "messages": [{"role": "user", "content": "hi"}], "stop": ["a"] * 9}, "stop"),
 ])
 def test_invalid_body_is_400_naming_the_field(client: TestClient, body: dict[str, Any], param: str) -> None:

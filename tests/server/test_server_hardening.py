@@ -69,10 +69,11 @@ def test_vllm_routes_document_json_errors(keyed: TestClient) -> None:
 
 @pytest.mark.parametrize(("route", "field", "value"), [
     ("/v1/chat/completions", "stop", ""),
-    ("/v1/chat/completions", "logprobs", True),
-    ("/v1/chat/completions", "frequency_penalty", 0.5),
-    ("/v1/chat/completions", "presence_penalty", -1.0),
-    ("/v1/completions", "echo", True),
+    ("/v1/chat/completions", "top_logprobs", 21),
+    ("/v1/chat/completions", "frequency_penalty", 2.5),
+    ("/v1/chat/completions", "presence_penalty", -3.0),
+    ("/v1/completions", "logprobs", 6),
+    ("/v1/completions", "max_tokens", -1),
 ])
 def test_schema_does_not_offer_values_the_server_refuses(client: TestClient, route: str, field: str,
                                                          value: Any) -> None:

@@ -96,6 +96,80 @@ def test_openai_client_chat_completion_stream_and_models(server: RunningServer) 
     assert caught.value.body["code"] == "model_not_found"  # type: ignore[index]
 
 
+def test_openai_client_reads_logprobs_whole_and_streamed(server: RunningServer) -> None:
+    """Chat ``logprobs`` + ``top_logprobs`` and completions ``logprobs`` in OpenAI's shapes: the
+    chosen token first among its alternatives under greedy, each token's text the completion's,
+    the same numbers streamed as whole; a penalty and a bias reach the engine."""
+    import math
+
+    client = client_for(server)
+    ask = {"model": "pirate", "messages": [{"role": "user", "content": "What is two plus two?"}],
+           "max_tokens": 6, "temperature": 0, "extra_body": {"ignore_eos": True}}
+    whole = client.chat.completions.create(**ask, logprobs=True, top_logprobs=3)
+    content = whole.choices[0].logprobs.content
+    # a token holding part of a character decodes alone to U+FFFD, as vLLM shows it; the text waits for the rest
+    assert len(content) == 6
+    assert "".join(t.token for t in content).replace("\ufffd", "") == whole.choices[0].message.content.replace("\ufffd", "")
+    for token in content:
+        assert token.logprob <= 0 and len(token.top_logprobs) == 3
+        assert token.top_logprobs[0].token == token.token and token.top_logprobs[0].logprob == token.logprob
+        assert bytes(token.bytes).decode() == token.token
+    streamed = [c.choices[0].logprobs.content for c in client.chat.completions.create(**ask, logprobs=True,
+                top_logprobs=3, stream=True) if c.choices and c.choices[0].logprobs]
+    assert [t.logprob for part in streamed for t in part] == pytest.approx([t.logprob for t in content], abs=1e-6)
+    assert client.chat.completions.create(**ask).choices[0].logprobs is None
+
+    text = client.completions.create(model="pirate", prompt="hello world", max_tokens=5, temperature=0,
+                                     logprobs=2, extra_body={"ignore_eos": True})
+    lp = text.choices[0].logprobs
+    assert "".join(lp.tokens).replace("\ufffd", "") == text.choices[0].text.replace("\ufffd", "")
+    assert len(lp.token_logprobs) == 5
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(5)]
+    assert all(len(top) <= 2 and math.isclose(max(top.values()), v, abs_tol=1e-6)
+               for top, v in zip(lp.top_logprobs, lp.token_logprobs, strict=True))
+
+    first = content[0].token
+    banned = {str(i): -100 for i in token_ids_of(server, first)}
+    biased = client.chat.completions.create(**{**ask, "extra_body": {"ignore_eos": True, "repetition_penalty": 1.5}},
+                                            logit_bias=banned, presence_penalty=0.5, logprobs=True)
+    assert biased.choices[0].logprobs.content[0].token != first
+
+
+def test_echo_scores_the_prompt_as_lm_eval_asks(server: RunningServer, tiny_base_dir: Path,
+                                                server_loras: dict[str, Path]) -> None:
+    """lm-evaluation-harness's log-likelihood request, ``echo`` + ``max_tokens=0`` + ``logprobs=1``:
+    the prompt comes back scored token by token as PEFT scores it with the same adapter."""
+    import torch
+    from tinymodels import PeftReference
+
+    from adapterhub import Hub
+
+    client = client_for(server)
+    ids = Hub(server.home).base.tokenizer("hello world the quick brown fox")["input_ids"]
+    answer = client.completions.create(model="pirate", prompt=ids, max_tokens=0, echo=True, logprobs=1)
+    choice = answer.choices[0]
+    assert choice.finish_reason == "length" and answer.usage.completion_tokens == 0
+    assert choice.text == "hello world the quick brown fox"
+    lp = choice.logprobs
+    assert len(lp.tokens) == len(ids) and lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    reference = PeftReference(tiny_base_dir, {"pirate": server_loras["pirate"]})
+    expected = [float(torch.log_softmax(reference.logits(ids[:i], "pirate"), dim=-1)[ids[i]]) for i in range(1, len(ids))]
+    assert lp.token_logprobs[1:] == pytest.approx(expected, abs=1e-4)
+    assert all(len(top) == 1 for top in lp.top_logprobs[1:])
+    with_text = client.completions.create(model="pirate", prompt="hello", max_tokens=2, echo=True, temperature=0)
+    assert with_text.choices[0].text.startswith("hello") and with_text.choices[0].logprobs is None
+
+
+def token_ids_of(server: RunningServer, text: str) -> list[int]:
+    """Every token id of the served base that decodes to ``text`` alone."""
+    from transformers import AutoTokenizer
+
+    from adapterhub import Hub
+
+    tokenizer = AutoTokenizer.from_pretrained(Hub(server.home).base_info.path)
+    return [i for i in range(len(tokenizer)) if tokenizer.decode([i]) == text]
+
+
 def test_64_concurrent_streams_complete_without_5xx(server: RunningServer) -> None:
     base = base_of(server)
     models = [base, "pirate", "json", "pirate@1"]
