@@ -4,6 +4,7 @@
     .venv/bin/python bench/serve_bench.py --skip-peft       # engine figures only (c)-(f)
     .venv/bin/python bench/serve_bench.py --threads 1 --lora-dtype base --skip-peft
     .venv/bin/python bench/serve_bench.py --base .tmp/family-bases/qwen3 --only-mixed  # (c), (e)
+    .venv/bin/python bench/serve_bench.py --only-mixed --schema   # and (g): every row constrained
 
 Per family, on the tiny-but-realistic bases of ``bench/family_bases.py`` (one line each):
 
@@ -64,6 +65,7 @@ from header import auto_precision, print_header
 from adapterhub.base import load_base, materialize_base
 from adapterhub.engine import Engine, EngineConfig, GenerationRequest, SamplingParams
 from adapterhub.engine.families import family_of
+from adapterhub.engine.grammar import json_schema_grammar
 from adapterhub.engine.threads import single_threaded, use_threads
 from adapterhub.hardware import detect_platform
 from adapterhub.registry import Registry
@@ -90,6 +92,8 @@ def parse_args() -> argparse.Namespace:
                         help="a local Hugging Face model folder (default: the real default base, cached)")
     parser.add_argument("--only-mixed", action="store_true",
                         help="only (c) and (e), and one summary line 'mixed ...' with (e)/(c)")
+    parser.add_argument("--schema", action="store_true",
+                        help="also (g): (e) with every row held to a JSON schema, and (g)/(e)")
     return parser.parse_args()
 
 
@@ -216,17 +220,25 @@ def run_peft_static_batches(
 # ------------------------------------------------------------------------------------ engine
 
 
+STORY_SCHEMA = {  # (g): every row constrained, with room for the whole completion
+    "type": "object",
+    "properties": {"title": {"type": "string"}, "lines": {"type": "array", "items": {"type": "string"}}},
+    "required": ["title", "lines"],
+}
+
+
 def run_engine(
-    engine: Engine, prompts: list[list[int]], adapters: list[str | None], tokens: int
+    engine: Engine, prompts: list[list[int]], adapters: list[str | None], tokens: int, grammar: str | None = None
 ) -> tuple[float, float]:
-    sampling = SamplingParams(max_tokens=tokens, ignore_eos=True)
+    """tokens/s (wall, CPU) of one batch; with a grammar rows may end early, and every token counts."""
+    sampling = SamplingParams(max_tokens=tokens, ignore_eos=True, grammar=grammar)
     requests = [
         GenerationRequest(tuple(p), adapter=adapters[i % len(adapters)], sampling=sampling)
         for i, p in enumerate(prompts)
     ]
     with Clock() as clock:
         results = engine.generate_many(requests)
-    assert all(r.usage.completion_tokens == tokens for r in results)
+    assert grammar is not None or all(r.usage.completion_tokens == tokens for r in results)
     return clock.rates(sum(r.usage.completion_tokens for r in results))
 
 
@@ -293,6 +305,14 @@ def main() -> None:
                 say(f"({key}) engine, {label} ...")
                 figures[key] = best_of(args.repeats, lambda a=adapters: run_engine(engine, prompts, a, args.tokens))
                 say(f"    {figures[key][0]:.1f} tok/s")
+            if args.schema:
+                say(f"(g) engine, {args.adapters} adapters mixed, every row held to a JSON schema ...")
+                grammar = json_schema_grammar(STORY_SCHEMA)
+                figures["g"] = best_of(args.repeats, lambda: run_engine(engine, prompts, mixed, args.tokens, grammar))
+                say(f"    {figures['g'][0]:.1f} tok/s")
+                wall, cpu = (figures["g"][i] / figures["e"][i] for i in (0, 1))
+                print(f"structured {args.requests}x{args.tokens} {args.precision} {threads}t  (g) {figures['g'][0]:7.1f} "
+                      f"tok/s  (g)/(e) {wall:.2f} wall, {cpu:.2f} CPU-time  (target >= 0.85)")
             if args.only_mixed:
                 report_mixed(figures, args, threads, base.model.config.model_type, base_path.name)
                 return

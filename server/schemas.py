@@ -138,7 +138,7 @@ class _GenerationRequest(_Strict):
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     """Subtracted from the logit of every token the completion already holds."""
 
-    repetition_penalty: float = Field(default=1.0, gt=0.0, le=10.0)
+    repetition_penalty: float = Field(default=1.0, ge=0.01, le=10.0)
     """vLLM extra: logits of tokens seen in the prompt or completion are divided by it; 1 is off."""
 
     logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = Field(default=None, max_length=300)
@@ -183,8 +183,49 @@ class _GenerationRequest(_Strict):
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
 
 
+class JsonSchemaFormat(_Strict):
+    """OpenAI's ``response_format.json_schema``."""
+
+    name: str = Field(min_length=1, max_length=64)
+    """The schema's name (OpenAI requires one; not used otherwise)."""
+
+    description: str | None = Field(default=None, max_length=4096)
+    """What the answer is for (not used)."""
+
+    json_schema: dict[str, Any] = Field(default_factory=lambda: {"type": "object"}, alias="schema")
+    """The JSON schema every answer must match."""
+
+    strict: bool | None = None
+    """Accepted: answers always follow the schema exactly (constrained decoding)."""
+
+
+class ResponseFormat(_Strict):
+    """OpenAI's ``response_format``: plain text, any JSON object, or JSON matching a schema."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    """``json_object`` and ``json_schema`` are enforced token by token (llguidance)."""
+
+    json_schema: JsonSchemaFormat | None = None
+    """The schema, with ``type: json_schema``."""
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("give json_schema exactly when type is 'json_schema'")
+        return self
+
+    def schema_to_enforce(self) -> dict[str, Any] | None:
+        """The JSON schema answers must match; None for plain text."""
+        if self.type == "text":
+            return None
+        return self.json_schema.json_schema if self.json_schema is not None else {"type": "object"}
+
+
 class ChatCompletionRequest(_GenerationRequest):
     """``POST /v1/chat/completions``."""
+
+    response_format: ResponseFormat | None = None
+    """Plain text (the default), ``{"type": "json_object"}``, or ``{"type": "json_schema", ...}``."""
 
     messages: list[ChatMessage] = Field(min_length=1, max_length=2048)
     """The conversation so far, rendered with the base's own chat template."""

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from fastapi import HTTPException
 
+from adapterhub.engine.grammar import json_schema_grammar
 from adapterhub.engine.types import AdapterMix, GenerationChunk, GenerationRequest, SamplingParams
 from adapterhub.errors import AdapterHubError, ConfigError, PromptTooLongError
 from adapterhub_server.auth import RequestBudget
@@ -306,6 +307,7 @@ class InferenceService:
                 f"max_tokens={body.max_tokens} is over the server's max_tokens_limit="
                 f"{s.max_tokens_limit}; ask for fewer"
             )
+        grammar = _grammar(body)
         bias = body.bias_pairs()
         vocab = len(self.hub.base.tokenizer)
         out_of_range = [token for token, _ in bias if token >= vocab]
@@ -337,6 +339,7 @@ class InferenceService:
                 frequency_penalty=body.frequency_penalty,
                 repetition_penalty=body.repetition_penalty,
                 logit_bias=bias,
+                grammar=grammar,
             )
             for i in range(body.n)
         ]
@@ -353,6 +356,9 @@ class InferenceService:
         engine = self.ready_engine()
         started = time.perf_counter()
         target = await anyio.to_thread.run_sync(self._resolved, engine, target)
+        grammar = _grammar(body)
+        if grammar is not None:  # compiled off the event loop first; each row's matcher is then quick
+            await anyio.to_thread.run_sync(engine.check_grammar, grammar)
         streams: list[RequestStream] = []
         opened: OpenRequest | None = None
         prefix = uuid.uuid4().hex[:16]
@@ -455,3 +461,11 @@ def _logprobs(body: ChatCompletionRequest | CompletionRequest) -> int | None:
     if isinstance(body, ChatCompletionRequest):
         return (body.top_logprobs or 0) if body.logprobs else None
     return body.logprobs
+
+
+def _grammar(body: ChatCompletionRequest | CompletionRequest) -> str | None:
+    """The grammar a chat ``response_format`` enforces; None for plain text."""
+    if not isinstance(body, ChatCompletionRequest) or body.response_format is None:
+        return None
+    schema = body.response_format.schema_to_enforce()
+    return None if schema is None else json_schema_grammar(schema)

@@ -38,6 +38,7 @@ import torch
 
 from adapterhub.engine.config import EngineConfig
 from adapterhub.engine.decoder import DecoderRunner, compute_dtype
+from adapterhub.engine.grammar import Grammars
 from adapterhub.engine.lora import LoraSlots, RowMix
 from adapterhub.engine.residency import AdapterResidency, AdapterSource
 from adapterhub.engine.sampling import (
@@ -98,6 +99,7 @@ class Engine:
         self.max_seq_len = int(self.config.max_seq_len or model.config.max_position_embeddings)
         self.vocab_size = int(model.config.vocab_size)
         self._eos = frozenset(base.eos_token_ids)
+        self._grammars = Grammars(self.tokenizer, self.vocab_size, sorted(self._eos))
         with torch.inference_mode():
             self._slots = LoraSlots.for_model(
                 model,
@@ -154,7 +156,8 @@ class Engine:
             AdapterNotFoundError: an adapter ref does not resolve.
             IncompatibleAdapterError: an adapter was trained on another base or template.
             PromptTooLongError: prompt plus ``max_tokens`` is over ``max_seq_len``.
-            ConfigError: bad token ids, a duplicate request id, a mix bigger than the slots.
+            ConfigError: bad token ids, a duplicate request id, a mix bigger than the slots, a
+                grammar that does not compile.
             CapacityError: the queue is full.
             EngineError: the engine is closed.
         """
@@ -171,7 +174,8 @@ class Engine:
             adapter_version=version,
             versions=versions,
             sink=sink,
-            sampler=RowSampler(params, () if params.ignore_eos else sorted(self._eos), request.prompt_ids),
+            sampler=RowSampler(params, () if params.ignore_eos else sorted(self._eos), request.prompt_ids,
+                               matcher=self._grammars.matcher(params.grammar) if params.grammar else None),
             text=TextTracker(self.tokenizer, request.prompt_ids, params.stop),
         )
         with self._lock:
@@ -189,6 +193,16 @@ class Engine:
             self._queued += 1
         self._post("submit", job)
         return request_id
+
+    def check_grammar(self, grammar: str) -> None:
+        """Compile ``grammar`` against the base's tokenizer, as :meth:`submit` will for each row
+        (the first call also builds the tokenizer's view, about a second on a real vocabulary:
+        callers on an event loop run this in a worker thread first).
+
+        Raises:
+            ConfigError: the grammar does not compile.
+        """
+        self._grammars.matcher(grammar)
 
     def cancel(self, request_id: str) -> None:
         """Cancel a queued or running request; its row is freed before the next step.
@@ -619,8 +633,11 @@ class Engine:
         job.generated.append(token)
         count = len(job.generated)
         text = job.text.push(token, check_stop=count >= params.min_tokens)
+        matcher = job.sampler.matcher
+        if matcher is not None and token not in self._eos and not matcher.consume_token(token):
+            raise EngineError(f"the grammar refused token {token} that its own mask allowed: {matcher.get_error()}")
         reason: FinishReason | None = None
-        if token in self._eos and not params.ignore_eos or job.text.stopped:
+        if token in self._eos and not params.ignore_eos or job.text.stopped or (matcher is not None and matcher.is_stopped()):
             reason = "stop"
         elif count >= params.max_tokens or job.prompt_len + count >= self.max_seq_len:
             reason = "length"

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from adapterhub.engine.grammar import allowed_tokens
 from adapterhub.engine.types import SamplingParams, TokenLogprob
 
 _PROMPT_CONTEXT = 5  # prompt tokens kept in the decode window, for tokenizers that merge spaces
@@ -32,8 +33,16 @@ _MIN_TEMPERATURE = 1e-5
 class RowSampler:
     """Sampling state of one request."""
 
-    def __init__(self, params: SamplingParams, stop_token_ids: Sequence[int], prompt_ids: Sequence[int] = ()) -> None:
+    def __init__(self, params: SamplingParams, stop_token_ids: Sequence[int], prompt_ids: Sequence[int] = (),
+                 matcher: Any = None) -> None:
+        """Args:
+        params: the request's sampling settings.
+        stop_token_ids: end-of-sequence tokens (masked before ``min_tokens``).
+        prompt_ids: the prompt, for the repetition penalty.
+        matcher: the row's llguidance matcher when ``params.grammar`` is set (:mod:`.grammar`).
+        """
         self.params = params
+        self.matcher = matcher
         self.stop_token_ids = tuple(stop_token_ids)
         self._prompt_seen = sorted(set(prompt_ids)) if params.repetition_penalty != 1.0 else []
         self.generator: torch.Generator | None = None
@@ -88,8 +97,8 @@ def choose_tokens(
     generated: Sequence[Sequence[int]],
     on_error: Callable[[int, Exception], None] | None = None,
 ) -> list[int | None]:
-    """Pick the next token of every row (``logits`` are changed in place: bias, penalties and
-    ``min_tokens`` masks).
+    """Pick the next token of every row (``logits`` are changed in place: bias, penalties,
+    ``min_tokens`` and grammar masks).
 
     Args:
         logits: ``[rows, vocab]`` float32.
@@ -107,6 +116,8 @@ def choose_tokens(
             sampler.adjust(logits[i], done)
         if len(done) < sampler.params.min_tokens and sampler.stop_token_ids:
             logits[i, list(sampler.stop_token_ids)] = float("-inf")
+        if sampler.matcher is not None:
+            logits[i].masked_fill_(~allowed_tokens(sampler.matcher, logits.shape[-1], logits.device), float("-inf"))
     tokens: list[int | None] = logits.argmax(dim=-1).tolist()
     for i, sampler in enumerate(samplers):
         if sampler.generator is not None:

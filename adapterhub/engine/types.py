@@ -52,12 +52,23 @@ class SamplingParams:
     divided by it (multiplied when negative); 1 turns it off."""
     logit_bias: tuple[tuple[int, float], ...] = ()
     """``(token id, bias)`` pairs added to the logits (OpenAI's ``logit_bias``)."""
+    grammar: str | None = None
+    """An llguidance grammar the completion must match (``engine.grammar.json_schema_grammar``
+    makes one from a JSON schema); decoding is constrained token by token, and the completion
+    stops when the grammar is complete."""
 
     @property
     def adjusts_logits(self) -> bool:
         """Whether bias or a penalty changes this row's logits before it chooses."""
         return bool(self.logit_bias or self.presence_penalty or self.frequency_penalty
                     or self.repetition_penalty != 1.0)
+
+    def __repr__(self) -> str:  # a compiled grammar runs to kilobytes; logs need its size only
+        fields = ", ".join(
+            f"{name}={f'<grammar, {len(value)} chars>' if name == 'grammar' and value else repr(value)}"
+            for name, value in self.__dict__.items()
+        )
+        return f"SamplingParams({fields})"
 
     def __post_init__(self) -> None:
         problems = []
@@ -81,8 +92,8 @@ class SamplingParams:
         for name in ("presence_penalty", "frequency_penalty"):
             if not -2.0 <= getattr(self, name) <= 2.0:
                 problems.append(f"{name}={getattr(self, name)!r} must be between -2 and 2")
-        if not 0 < self.repetition_penalty <= 10:
-            problems.append(f"repetition_penalty={self.repetition_penalty!r} must be in (0, 10] (1 is off)")
+        if not 0.01 <= self.repetition_penalty <= 10:  # below, a logit divided by it overflows
+            problems.append(f"repetition_penalty={self.repetition_penalty!r} must be between 0.01 and 10 (1 is off)")
         bad = [(t, b) for t, b in self.logit_bias if t < 0 or not -100 <= b <= 100]
         if bad:
             problems.append(f"logit_bias {bad[:3]!r}: token ids must be >= 0 and biases between -100 and 100")

@@ -160,6 +160,29 @@ def test_echo_scores_the_prompt_as_lm_eval_asks(server: RunningServer, tiny_base
     assert with_text.choices[0].text.startswith("hello") and with_text.choices[0].logprobs is None
 
 
+def test_response_format_json_schema_and_json_object(server: RunningServer) -> None:
+    """Structured output through the official client: n choices, each valid against the schema;
+    json_object gives an object; a schema llguidance cannot compile is a 400 that says why."""
+    import jsonschema
+
+    client = client_for(server)
+    schema = {"type": "object", "properties": {"mood": {"enum": ["calm", "stormy"]}, "knots": {"type": "boolean"}},
+              "required": ["mood", "knots"], "additionalProperties": False}
+    ask = {"model": "pirate", "messages": [{"role": "user", "content": "How is the sea?"}], "max_tokens": 60}
+    answer = client.chat.completions.create(
+        **ask, n=3, temperature=1.0, seed=5,
+        response_format={"type": "json_schema", "json_schema": {"name": "sea", "schema": schema, "strict": True}})
+    for choice in answer.choices:
+        assert choice.finish_reason == "stop"
+        jsonschema.validate(json.loads(choice.message.content), schema)
+    anything = client.chat.completions.create(**{**ask, "max_tokens": 4}, temperature=0,
+                                              response_format={"type": "json_object"})
+    assert anything.choices[0].message.content.startswith("{")
+    with pytest.raises(openai.BadRequestError, match="bogus"):
+        client.chat.completions.create(**ask, response_format={
+            "type": "json_schema", "json_schema": {"name": "bad", "schema": {"type": "bogus"}}})
+
+
 def token_ids_of(server: RunningServer, text: str) -> list[int]:
     """Every token id of the served base that decodes to ``text`` alone."""
     from transformers import AutoTokenizer

@@ -37,9 +37,16 @@ def problems_of(recipe: dict, **kwargs: object) -> list[str]:  # type: ignore[ty
 def test_a_good_recipe_fills_defaults(data: Path) -> None:
     recipe, _ = load_recipe(sft(data))
     assert recipe.method == "sft"
-    assert (recipe.lora.r, recipe.lora.alpha, recipe.lora.modules) == (
-        16, 16.0, ["q_proj", "k_proj", "v_proj", "o_proj"]
-    )
+    assert (recipe.lora.r, recipe.lora.alpha, recipe.lora.target_modules) == (16, 16.0, None)
+    llama = recipe.lora.resolved_for(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                                     ("q_proj", "k_proj", "v_proj", "o_proj"), ("gate_proj", "up_proj", "down_proj"))
+    assert llama.modules == ["q_proj", "k_proj", "v_proj", "o_proj"]  # the family's attention by default
+    phi3 = recipe.lora.resolved_for(["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
+                                    ("qkv_proj", "o_proj"), ("gate_up_proj", "down_proj"))
+    assert phi3.modules == ["qkv_proj", "o_proj"]
+    every = recipe.lora.model_copy(update={"target_modules": ["all-linear"]}).resolved_for(
+        ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"], ("qkv_proj", "o_proj"), ("gate_up_proj", "down_proj"))
+    assert every.modules == ["down_proj", "gate_up_proj", "o_proj", "qkv_proj"]
     assert recipe.training.precision == "nf4"
     resolved = recipe.resolved()
     assert resolved["sft"]["loss_type"] == "nll" and resolved["training"]["max_length"] == 512
@@ -96,7 +103,8 @@ def test_yaml_file_relative_paths_and_overrides(tmp_path: Path, data: Path) -> N
     recipe, root = load_recipe(tmp_path / "r.yaml", ["training.max_steps=20", "lora.mlp=true"])
     assert root == tmp_path.resolve()
     assert recipe.training.max_steps == 20 and recipe.lora.mlp is True
-    assert "down_proj" in recipe.lora.modules
+    lora = recipe.lora.resolved_for(["q_proj", "down_proj"], ("q_proj",), ("gate_proj", "up_proj", "down_proj"))
+    assert lora.modules == ["q_proj", "gate_proj", "up_proj", "down_proj"] and lora.mlp is False
     recipe, _ = load_recipe(tmp_path / "r.yaml", {"training__batch_size": 2, "lora": {"r": 4}})
     assert (recipe.training.batch_size, recipe.lora.r) == (2, 4)
 
