@@ -132,11 +132,13 @@ class LoadedBase:
         return f"base {self.info.name}: {how}; {self.platform.summary()}"
 
     def render_chat(
-        self, messages: list[dict[str, str]], *, add_generation_prompt: bool = True
+        self, messages: list[dict[str, str]], *, add_generation_prompt: bool = True,
+        tools: list[dict[str, Any]] | None = None,
     ) -> list[int]:
-        """Token ids of ``messages`` through the base's own chat template."""
+        """Token ids of ``messages`` through the base's own chat template (``tools``, OpenAI's
+        function specs, go to templates that render them; others ignore them)."""
         ids = self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=add_generation_prompt, tokenize=True
+            messages, add_generation_prompt=add_generation_prompt, tokenize=True, tools=tools
         )
         if hasattr(ids, "keys"):  # transformers 5 returns a BatchEncoding
             ids = ids["input_ids"]

@@ -221,8 +221,52 @@ class ResponseFormat(_Strict):
         return self.json_schema.json_schema if self.json_schema is not None else {"type": "object"}
 
 
+class FunctionSpec(_Strict):
+    """A function the model may call (OpenAI's ``tools[].function``)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    """The function's name: letters, digits, ``_`` and ``-``, at most 64."""
+
+    description: str | None = Field(default=None, max_length=8192)
+    """What it does; shown to the model where the chat template renders tools."""
+
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    """A JSON schema of its arguments; calls are held to it token by token."""
+
+    strict: bool | None = None
+    """Accepted: arguments always match ``parameters`` (constrained decoding)."""
+
+
+class ToolSpec(_Strict):
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class NamedFunction(_Strict):
+    name: str = Field(min_length=1, max_length=64)
+
+
+class NamedToolChoice(_Strict):
+    """``tool_choice`` naming one function: the answer is a call of it."""
+
+    type: Literal["function"]
+    function: NamedFunction
+
+
 class ChatCompletionRequest(_GenerationRequest):
     """``POST /v1/chat/completions``."""
+
+    tools: list[ToolSpec] | None = Field(default=None, min_length=1, max_length=128)
+    """Functions the model may call; with ``tool_choice`` "required" or a named function the
+    answer is ``tool_calls`` whose arguments match their schemas."""
+
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    """``required`` (one call or more) or a named function; ``none`` ignores the tools. ``auto``
+    is refused: letting the model choose needs its own tool-call format parsed, which this
+    server does not do."""
+
+    parallel_tool_calls: bool = True
+    """With ``required``: whether the answer may hold more than one call."""
 
     response_format: ResponseFormat | None = None
     """Plain text (the default), ``{"type": "json_object"}``, or ``{"type": "json_schema", ...}``."""
@@ -243,6 +287,7 @@ class ChatCompletionRequest(_GenerationRequest):
     def _one_max(self) -> ChatCompletionRequest:
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs needs logprobs=true")
+        self._check_tools()
         if self.max_completion_tokens is not None:
             if self.max_tokens is not None and self.max_tokens != self.max_completion_tokens:
                 raise ValueError(
@@ -251,6 +296,42 @@ class ChatCompletionRequest(_GenerationRequest):
                 )
             self.max_tokens = self.max_completion_tokens
         return self
+
+
+    def _check_tools(self) -> None:
+        choice = self.tool_choice
+        if self.tools is None:
+            if choice not in (None, "none"):
+                raise ValueError("tool_choice needs tools; list the functions in tools")
+            return
+        names = [tool.function.name for tool in self.tools]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tools: function names {names!r} repeat; give each a unique name")
+        if choice in (None, "auto"):
+            raise ValueError(
+                "tool_choice 'auto' (the default with tools) is not supported: the model would have to "
+                "choose in its own tool-call format. Send tool_choice 'required', or name a function")
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            raise ValueError(f"tool_choice names {choice.function.name!r}, which is not in tools {names!r}")
+        if choice != "none" and self.response_format is not None and self.response_format.type != "text":
+            raise ValueError("give either response_format or a forced tool_choice, not both")
+
+    def forced_call(self) -> tuple[str | None, dict[str, Any]] | None:
+        """``(function name, schema)`` when the answer must be tool calls: a named function's
+        arguments schema, or (name None) for ``required`` an array of ``{name, arguments}``."""
+        choice = self.tool_choice
+        if self.tools is None or choice in (None, "none", "auto"):
+            return None
+        specs = {tool.function.name: tool.function.parameters for tool in self.tools}
+        if isinstance(choice, NamedToolChoice):
+            return choice.function.name, specs[choice.function.name]
+        call = [{"type": "object", "properties": {"name": {"const": name}, "arguments": parameters},
+                 "required": ["name", "arguments"], "additionalProperties": False}
+                for name, parameters in specs.items()]
+        array: dict[str, Any] = {"type": "array", "items": {"anyOf": call}, "minItems": 1}
+        if not self.parallel_tool_calls:
+            array["maxItems"] = 1
+        return None, array
 
 
 _TokenIds = Annotated[list[Annotated[int, Field(ge=0, le=2**31)]], Field(min_length=1, max_length=1_000_000)]
@@ -305,9 +386,26 @@ class UsageInfo(BaseModel):
     total_tokens: int
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str
+    """The arguments as a JSON string, as OpenAI gives them."""
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ToolCallDelta(ToolCall):
+    index: int
+
+
 class ChatMessageOut(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCall] | None = None
 
 
 class TopLogprob(BaseModel):
@@ -357,6 +455,7 @@ class ChatCompletionResponse(BaseModel):
 class ChatDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChatChunkChoice(BaseModel):

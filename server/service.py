@@ -234,8 +234,9 @@ class InferenceService:
             {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
             for m in body.messages
         ]
+        tools = [tool.model_dump(exclude_none=True) for tool in body.tools] if body.tools else None
         try:
-            ids = self.hub.base.render_chat(messages)
+            ids = self.hub.base.render_chat(messages, tools=tools)
         except jinja2.TemplateError as e:
             raise ConfigError(
                 f"messages: the base's chat template refused this conversation ({e}); check the "
@@ -464,8 +465,11 @@ def _logprobs(body: ChatCompletionRequest | CompletionRequest) -> int | None:
 
 
 def _grammar(body: ChatCompletionRequest | CompletionRequest) -> str | None:
-    """The grammar a chat ``response_format`` enforces; None for plain text."""
-    if not isinstance(body, ChatCompletionRequest) or body.response_format is None:
+    """The grammar a chat ``response_format`` or forced ``tool_choice`` enforces; None for text."""
+    if not isinstance(body, ChatCompletionRequest):
         return None
-    schema = body.response_format.schema_to_enforce()
+    forced = body.forced_call()
+    if forced is not None:
+        return json_schema_grammar(forced[1])
+    schema = body.response_format.schema_to_enforce() if body.response_format is not None else None
     return None if schema is None else json_schema_grammar(schema)

@@ -16,6 +16,7 @@ Design choices:
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
@@ -47,8 +48,11 @@ from adapterhub_server.schemas import (
     CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
+    FunctionCall,
     ModelCard,
     ModelList,
+    ToolCall,
+    ToolCallDelta,
     TopLogprob,
     UsageInfo,
 )
@@ -70,6 +74,7 @@ class _Reply:
     rows_per_prompt: int
     include_usage: bool
     echo: tuple[tuple[str, tuple[int, ...]], ...] = ()  # completions with echo: each prompt's text and ids
+    call: tuple[str | None] | None = None  # chat with a forced tool_choice: (the named function, or None)
 
     def echoed(self, row: int) -> tuple[str, tuple[int, ...]] | None:
         return self.echo[row // self.rows_per_prompt] if self.echo else None
@@ -86,8 +91,9 @@ async def chat_completions(
 ) -> Response:
     target = service.target(body)
     prompt = service.chat_prompt(body)
+    forced = body.forced_call()
     reply = _Reply("chat", f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), body.model, body.n,
-                   body.include_usage)
+                   body.include_usage, call=None if forced is None else (forced[0],))
     return await _generate(request, service, caller, body, [prompt], target, reply)
 
 
@@ -231,8 +237,8 @@ async def _collect(service: InferenceService, opened: OpenRequest, reply: _Reply
     if reply.kind == "chat":
         return ChatCompletionResponse(
             id=reply.id, created=reply.created, model=reply.model, usage=usage,
-            choices=[ChatChoice(index=i, message=ChatMessageOut(content="".join(texts[i])),
-                                finish_reason=reasons[i], logprobs=words.chat(logprobs[i]))
+            choices=[ChatChoice(index=i, logprobs=words.chat(logprobs[i]),
+                                **_chat_answer(reply, "".join(texts[i]), reasons[i]))
                      for i in range(rows)],
         ).model_dump(mode="json")
     return CompletionResponse(
@@ -240,6 +246,31 @@ async def _collect(service: InferenceService, opened: OpenRequest, reply: _Reply
         choices=[_completion_choice(i, "".join(texts[i]), reasons[i], words, reply.echoed(i), scored[i], logprobs[i], 0)
                  for i in range(rows)],
     ).model_dump(mode="json")
+
+
+def _tool_calls(reply: _Reply, text: str) -> list[ToolCall] | None:
+    """The calls in a forced-call answer (None when it is not complete JSON, e.g. cut by
+    ``max_tokens``): the named function's arguments, or ``required``'s array of calls."""
+    if reply.call is None:
+        return None
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        return None
+    (named,) = reply.call
+    calls = [(named, parsed)] if named is not None else [(c["name"], c["arguments"]) for c in parsed]
+    return [ToolCall(id=f"call_{uuid.uuid4().hex[:24]}", function=FunctionCall(name=name, arguments=json.dumps(args)))
+            for name, args in calls]
+
+
+def _chat_answer(reply: _Reply, text: str, finish: str | None) -> dict[str, Any]:
+    """A chat choice's message and finish reason: text, or the tool calls a forced call made
+    (OpenAI's ``tool_calls`` finish for ``required``, ``stop`` for a named function)."""
+    calls = _tool_calls(reply, text) if finish == "stop" else None
+    if calls is None:
+        return {"message": ChatMessageOut(content=text), "finish_reason": finish}
+    finish = "tool_calls" if reply.call == (None,) else "stop"
+    return {"message": ChatMessageOut(content=None, tool_calls=calls), "finish_reason": finish}
 
 
 def _completion_choice(
@@ -268,6 +299,7 @@ async def _events(service: InferenceService, opened: OpenRequest, reply: _Reply)
     words = _TokenWords(service.hub.base.tokenizer)
     offsets = [0] * len(opened.streams)  # characters of each row's completion streamed so far
     echoing = set(range(len(opened.streams))) if reply.echo else set()  # rows whose prompt is still to send
+    held: dict[int, str] = {}  # forced calls: each row's text until it ends
     try:
         if reply.kind == "chat":
             for row in range(len(opened.streams)):  # OpenAI opens each choice with its role
@@ -276,6 +308,11 @@ async def _events(service: InferenceService, opened: OpenRequest, reply: _Reply)
             tokens += len(chunk.token_ids)
             if chunk.finish_reason is not None:
                 finished[row] = chunk.finish_reason
+            if reply.call is not None:  # a forced call streams as one tool_calls delta at its end
+                held[row] = held.get(row, "") + chunk.text
+                if chunk.finish_reason is not None:
+                    yield _call_event(reply, row, held.pop(row), chunk.finish_reason)
+                continue
             if chunk.text or chunk.logprobs or chunk.finish_reason is not None or row in echoing:
                 echoed = reply.echoed(row) if row in echoing else None
                 echoing.discard(row)
@@ -300,6 +337,15 @@ async def _events(service: InferenceService, opened: OpenRequest, reply: _Reply)
         opened.cancel()
         service.finish(opened, reply.kind, outcome, tokens)
     yield "data: [DONE]\n\n"
+
+
+def _call_event(reply: _Reply, row: int, text: str, finish: str) -> str:
+    answer = _chat_answer(reply, text, finish)
+    message: ChatMessageOut = answer["message"]
+    if message.tool_calls is None:
+        return _chat_event(reply, row, ChatDelta(content=text), answer["finish_reason"])
+    calls = [ToolCallDelta(index=i, **call.model_dump()) for i, call in enumerate(message.tool_calls)]
+    return _chat_event(reply, row, ChatDelta(tool_calls=calls), answer["finish_reason"])
 
 
 def _chat_event(reply: _Reply, row: int, delta: ChatDelta, finish: str | None,

@@ -39,6 +39,20 @@ def test_invalid_body_is_400_naming_the_field(client: TestClient, body: dict[str
     assert param.split(".")[0] in error["message"]
 
 
+@pytest.mark.parametrize(("extra", "named"), [
+    ({"tool_choice": "required"}, "tool_choice needs tools"),
+    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tool_choice 'auto'"),
+    ({"tools": [{"type": "function", "function": {"name": "f"}}],
+      "tool_choice": {"type": "function", "function": {"name": "g"}}}, "'g', which is not in tools"),
+    ({"response_format": {"type": "json_schema"}}, "json_schema exactly when type is 'json_schema'"),
+])
+def test_tools_and_formats_that_do_not_fit_together_are_400s_that_say_so(
+        client: TestClient, extra: dict[str, Any], named: str) -> None:
+    body = {"model": "pirate", "messages": [{"role": "user", "content": "hi"}], **extra}
+    error = assert_error_shape(client.post("/v1/chat/completions", json=body), 400, "invalid_request_error")
+    assert named in error["message"], error
+
+
 def test_malformed_json_and_wrong_routes(client: TestClient) -> None:
     bad_json = client.post("/v1/chat/completions", content=b"{not json",
                            headers={"content-type": "application/json"})

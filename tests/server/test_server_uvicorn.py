@@ -183,6 +183,50 @@ def test_response_format_json_schema_and_json_object(server: RunningServer) -> N
             "type": "json_schema", "json_schema": {"name": "bad", "schema": {"type": "bogus"}}})
 
 
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"enum": ["Paris", "Rome"]}, "celsius": {"type": "boolean"}},
+                   "required": ["city", "celsius"], "additionalProperties": False}}}
+TIDE = {"type": "function", "function": {
+    "name": "get_tide", "parameters": {"type": "object", "properties": {"port": {"enum": ["Brest", "Dover"]}},
+                                       "required": ["port"], "additionalProperties": False}}}
+
+
+def test_tool_choice_required_and_named_answer_with_tool_calls(server: RunningServer) -> None:
+    """tools + tool_choice through the official client: ``required`` gives one call or more,
+    each of a listed function with arguments valid for its schema, finish ``tool_calls``; a named
+    function gives a call of it (finish ``stop``), streamed too; ``auto`` is refused and says why."""
+    import jsonschema
+
+    client = client_for(server)
+    ask = {"model": "pirate", "messages": [{"role": "user", "content": "Weather or tide?"}], "max_tokens": 80,
+           "tools": [WEATHER, TIDE]}
+    schemas = {t["function"]["name"]: t["function"]["parameters"] for t in (WEATHER, TIDE)}
+    required = client.chat.completions.create(**ask, tool_choice="required", temperature=0)
+    choice = required.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    assert choice.message.tool_calls
+    for call in choice.message.tool_calls:
+        assert call.type == "function" and call.id.startswith("call_")
+        jsonschema.validate(json.loads(call.function.arguments), schemas[call.function.name])
+    single = client.chat.completions.create(**ask, tool_choice="required", parallel_tool_calls=False, temperature=0)
+    assert len(single.choices[0].message.tool_calls) == 1
+
+    named = {"type": "function", "function": {"name": "get_tide"}}
+    answer = client.chat.completions.create(**ask, tool_choice=named, temperature=0)
+    (call,) = answer.choices[0].message.tool_calls
+    assert call.function.name == "get_tide" and answer.choices[0].finish_reason == "stop"
+    jsonschema.validate(json.loads(call.function.arguments), schemas["get_tide"])
+    streamed = [c.choices[0] for c in client.chat.completions.create(**ask, tool_choice=named, temperature=0, stream=True)
+                if c.choices]
+    calls = [d for c in streamed if c.delta.tool_calls for d in c.delta.tool_calls]
+    assert [(d.function.name, d.function.arguments) for d in calls] == [("get_tide", call.function.arguments)]
+    assert streamed[-1].finish_reason == "stop"
+
+    with pytest.raises(openai.BadRequestError, match="tool_choice 'auto'"):
+        client.chat.completions.create(**ask)
+
+
 def token_ids_of(server: RunningServer, text: str) -> list[int]:
     """Every token id of the served base that decodes to ``text`` alone."""
     from transformers import AutoTokenizer
