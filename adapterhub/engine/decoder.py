@@ -444,33 +444,23 @@ class DecoderRunner:
     # ------------------------------------------------------------------ shared body
 
     def _layers(self, x: torch.Tensor, mix: RowMix | None, attend: Any) -> torch.Tensor:
-        slots = self.slots
         for index, layer in enumerate(self.layers):
-            h = layer.input_norm(x)
-            qkv = layer.qkv(h)  # [tokens, q + k + v]
-            if mix is not None:
-                slots.add_delta(mix, index, "qkv", h, qkv)
+            qkv = self._project(layer.qkv, "qkv", index, layer.input_norm(x), mix)  # [tokens, q + k + v]
             q, k, v = torch.split(qkv, [self.q_width, self.kv_width, self.kv_width], dim=-1)
-            o_in = attend(index, layer, q, k, v)
-            o = layer.o_proj(o_in)
-            if mix is not None:
-                slots.add_delta(mix, index, "o", o_in, o)
-            if layer.attention_out_norm is not None:
-                o = layer.attention_out_norm(o)
-            x = x + o
-            h = layer.mlp_in_norm(x)
-            gate_up = layer.gate_up(h)  # [tokens, 2 * intermediate]
-            if mix is not None:
-                slots.add_delta(mix, index, "gate_up", h, gate_up)
+            o = self._project(layer.o_proj, "o", index, attend(index, layer, q, k, v), mix)
+            x = x + (o if layer.attention_out_norm is None else layer.attention_out_norm(o))
+            gate_up = self._project(layer.gate_up, "gate_up", index, layer.mlp_in_norm(x), mix)
             gate, up = torch.split(gate_up, [self.intermediate, self.intermediate], dim=-1)
-            d_in = layer.act(gate) * up
-            d = layer.down_proj(d_in)
-            if mix is not None:
-                slots.add_delta(mix, index, "down", d_in, d)
-            if layer.mlp_out_norm is not None:
-                d = layer.mlp_out_norm(d)
-            x = x + d
+            d = self._project(layer.down_proj, "down", index, layer.act(gate) * up, mix)
+            x = x + (d if layer.mlp_out_norm is None else layer.mlp_out_norm(d))
         return x
+
+    def _project(self, module: Any, group: str, index: int, x: torch.Tensor, mix: RowMix | None) -> torch.Tensor:
+        """A group of the base's projections of ``x``, plus each row's LoRA delta."""
+        out: torch.Tensor = module(x)
+        if mix is not None:
+            self.slots.add_delta(mix, index, group, x, out)
+        return out
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         logits: torch.Tensor = self.model.lm_head(self.model.model.norm(hidden)).float()
