@@ -20,7 +20,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 MAX_STOP_SEQUENCES = 8
 MAX_MIX_ADAPTERS = 16
@@ -67,6 +75,16 @@ class MixEntry(_Strict):
 
     weight: float = Field(ge=-10.0, le=10.0)
     """Weight of this adapter's LoRA delta (``sum w_i * B_i A_i x``)."""
+
+
+_TOKEN_ID_KEY = r"^[0-9]{1,10}$"
+LogitBias = Annotated[
+    dict[Annotated[str, Field(pattern=_TOKEN_ID_KEY)], Annotated[float, Field(ge=-100.0, le=100.0)]],
+    Field(max_length=300),
+    # stated whole, so that a client generated from the schema cannot send a key that is no token id
+    WithJsonSchema({"type": "object", "maxProperties": 300, "propertyNames": {"pattern": _TOKEN_ID_KEY},
+                    "additionalProperties": {"type": "number", "minimum": -100.0, "maximum": 100.0}}),
+]
 
 
 class StreamOptions(_Strict):
@@ -141,8 +159,8 @@ class _GenerationRequest(_Strict):
     repetition_penalty: float = Field(default=1.0, ge=0.01, le=10.0)
     """vLLM extra: logits of tokens seen in the prompt or completion are divided by it; 1 is off."""
 
-    logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = Field(default=None, max_length=300)
-    """Token id (as a string) -> bias added to its logit, -100 to 100."""
+    logit_bias: LogitBias | None = None
+    """Token id (as a string of digits) -> bias added to its logit, -100 to 100."""
 
     # The single-field rules below are also in the schema (min_length, le=0, Literal[False]), so
     # clients generated from it cannot send what is refused; "before" validators keep the message
@@ -152,14 +170,6 @@ class _GenerationRequest(_Strict):
     def _stop_not_empty(cls, value: Any) -> Any:
         if isinstance(value, str) and not value:
             raise ValueError("stop must not be an empty string; omit it or give text")
-        return value
-
-    @field_validator("logit_bias")
-    @classmethod
-    def _token_ids(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        bad = [key for key in value or {} if not key.isdigit()]
-        if bad:
-            raise ValueError(f"logit_bias keys {bad[:3]!r} are not token ids; give ids as strings, e.g. {{\"50256\": -100}}")
         return value
 
     def bias_pairs(self) -> tuple[tuple[int, float], ...]:
@@ -456,6 +466,13 @@ class ChatDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
     tool_calls: list[ToolCallDelta] | None = None
+
+    @model_serializer(mode="wrap")
+    def _calls_only_when_made(self, handler: Any) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("tool_calls") is None:
+            data.pop("tool_calls", None)  # as OpenAI's deltas: the key appears with a call
+        return data
 
 
 class ChatChunkChoice(BaseModel):

@@ -98,13 +98,15 @@ def test_loss_goes_down_on_a_memorisable_set(home: Path, sharp_base_dir: Path, d
     hub = Hub(home)
     hub.init(str(sharp_base_dir), precision="fp32")
     events: list[ProgressEvent] = []
-    spec = recipe(data, max_steps=30, lr_scheduler="constant", warmup_ratio=0.0, learning_rate=1e-2)
+    # 5e-3: at 1e-2 an AMD EPYC under AVX2 emulation diverged at step 23 (loss 3.9 -> 6.6) where
+    # native bf16 CPUs did not; at 5e-3 both CPU kinds end near 0.52x the first steps' loss
+    spec = recipe(data, max_steps=30, lr_scheduler="constant", warmup_ratio=0.0, learning_rate=5e-3)
     spec |= {"forgetting_check": False, "lora": {"alpha": 32, "dropout": 0.0}}
     version = hub.train(spec, progress=events.append)
     losses = [e.loss for e in events if e.kind == "step"]
     assert len(losses) == 30
     first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
-    assert last < 0.65 * first, losses
+    assert last < 0.65 * first, " ".join(f"{x:.2f}" for x in losses)
     assert version.metrics["train_loss_last"] == pytest.approx(losses[-1])
     assert version.metrics["eval_loss"] < first
 
