@@ -127,7 +127,7 @@ class _GenerationRequest(_Strict):
     ignore_eos: bool = False
     """vLLM extra: keep generating past the end-of-sequence token (benchmarks)."""
 
-    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
+    seed: int | None = Field(default=None, ge=-(2**62), le=2**62)  # powers of two: exact as JSON numbers
     """Makes sampling reproducible for this request, whatever shares its batch."""
 
     stop: (

@@ -1,6 +1,6 @@
 """A user with a local Qwen2 or Gemma folder: `init --base`, `train`, `serve` (a real uvicorn
-process, the official openai client, the adapter picked per request) and `push` to the test Hub,
-all through the CLI, on tiny random models of those families."""
+process, the official openai client, the adapter picked per request), `push` to the test Hub and
+`pull` back, all through the CLI, on tiny random models of those families."""
 
 from __future__ import annotations
 
@@ -66,3 +66,4 @@ def test_init_train_serve_push_with_a_local_folder(
 
     repo = f"alice/{model_type}-capitals"
     assert f"pushed {repo}@v1" in cli("push", "capitals@1", repo, home=home)
+    assert cli("pull", f"{repo}@v1", "--name", "parrot", home=home).splitlines()[-1] == "parrot@1"
