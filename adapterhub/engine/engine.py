@@ -514,9 +514,16 @@ class Engine:
             [job.request.prompt_ids for job in jobs], row_start, [job.slots for job in jobs], every_position=scored
         )
         for i in scored:
-            jobs[i].prompt_logprobs = prompt_token_logprobs(
-                self._runner.prompt_logits[i], jobs[i].request.prompt_ids, jobs[i].request.sampling.prompt_logprobs or 0
+            job = jobs[i]
+            job.prompt_logprobs = prompt_token_logprobs(
+                self._runner.prompt_logits[i], job.request.prompt_ids, job.request.sampling.prompt_logprobs or 0
             )
+            if job.request.sampling.max_tokens == 0:  # a prompt to score only: done at prefill
+                job.finished = True
+                _send(job.sink, GenerationChunk(
+                    job.request_id, "", (), finish_reason="length", usage=Usage(job.prompt_len, 0),
+                    adapter_version=job.adapter_version, prompt_logprobs=job.prompt_logprobs,
+                ))
         for job in jobs:
             job.cache_len = job.prompt_len
         with self._lock:
@@ -548,18 +555,11 @@ class Engine:
         # one scalar check per step; the per-row list only when some row is not finite
         finite = [True] * len(jobs) if bool(torch.isfinite(logits).all()) else torch.isfinite(logits).all(dim=-1).tolist()
         for job, ok in zip(jobs, finite, strict=True):
-            if not ok:
+            if not ok and not job.finished:  # a prompt scored only has ended already
                 self._fail_row(job, EngineError(
                     f"request {job.request_id!r}: the model produced non-finite logits at token "
                     f"{len(job.generated)} (adapter {job.adapter_version or 'none'}); the other requests "
                     "go on. An adapter that overflows in this compute dtype: try --compute-dtype float32"))
-        for job in jobs:
-            if job.request.sampling.max_tokens == 0 and not job.finished:  # a prompt to score only
-                job.finished = True
-                _send(job.sink, GenerationChunk(
-                    job.request_id, "", (), finish_reason="length", usage=Usage(job.prompt_len, 0),
-                    adapter_version=job.adapter_version, prompt_logprobs=job.prompt_logprobs,
-                ))
         live = [i for i, job in enumerate(jobs) if not job.finished]
         jobs_live = [jobs[i] for i in live]
         rows = logits if len(live) == len(jobs) else logits[live]
