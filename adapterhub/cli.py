@@ -69,6 +69,7 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # TRL's per-dataset "Map" bars
+    os.environ.setdefault("TQDM_DISABLE", "1")  # lm-eval's per-phase bars; ours are drawn by rich
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="bitsandbytes")
     warnings.filterwarnings("ignore", category=FutureWarning)  # deprecation notes inside dependencies
@@ -128,21 +129,30 @@ def import_(
 @app.command("list")
 def list_(
     name: Annotated[str | None, typer.Argument(help="Only versions of this adapter.")] = None,
+    metric: Annotated[
+        list[str] | None,
+        typer.Option("--metric", help="Add a column: TASK:METRIC (newest evaluation) or a training metric "
+                     "such as general_ppl_ratio (repeatable).", show_default=False),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     home: HomeOption = None,
 ) -> None:
     """List adapter versions."""
-    versions = _hub(home).list(name)
+    hub = _hub(home)
+    versions = hub.list(name)
+    columns = [_column(m) for m in metric or []]
+    measured = [{c: _measure(hub, v, c) for c in columns} for v in versions]
     if as_json:
-        out.print_json(json.dumps([v.to_dict() for v in versions]))
+        rows = [{**v.to_dict(), **({"measured": m} if columns else {})} for v, m in zip(versions, measured, strict=True)]
+        out.print_json(json.dumps(rows))
         return
     if not versions:
         out.print(
             "no adapters yet: `adapterhub import PATH --name NAME` or `adapterhub train RECIPE`"
         )
         return
-    table = Table("ref", "method", "aliases", "parent", "created", "base")
-    for v in versions:
+    table = Table("ref", "method", "aliases", "parent", "created", "base", *columns)
+    for v, m in zip(versions, measured, strict=True):
         table.add_row(
             v.ref,
             v.method,
@@ -150,26 +160,67 @@ def list_(
             v.parent or "",
             _when(v.created_at),
             v.base_fingerprint[:10],
+            *("" if m[c] is None else f"{m[c]:.4g}" for c in columns),
         )
     out.print(table)
+
+
+def _column(text: str) -> str:
+    from adapterhub.registry.gates import METRIC_ALIASES
+
+    return text if ":" in text else METRIC_ALIASES.get(text, text)
+
+
+def _measure(hub, version, column: str) -> float | None:  # type: ignore[no-untyped-def]
+    """The newest evaluation ``task:metric`` of a version, or one of its training metrics."""
+    if ":" not in column:
+        value = version.metrics.get(column)
+        return float(value) if isinstance(value, int | float) else None
+    found = {e.subject: e.value for e in hub.registry.evaluations(version, latest=True)}
+    return found.get(column)
 
 
 @app.command()
 def show(
     ref: Annotated[str, typer.Argument(help="name, name@N or name:alias")], home: HomeOption = None
 ) -> None:
-    """Show all metadata of a version and its lineage chain."""
+    """Show all metadata of a version, its newest evaluations, its aliases' gates and its lineage."""
     hub = _hub(home)
     chain = hub.registry.lineage(ref)
-    data = chain[0].to_dict()
+    version = chain[0]
+    data = version.to_dict()
+    data["evaluations"] = [e.to_dict() for e in hub.registry.evaluations(version, latest=True)]
+    data["gates"] = {alias: [str(g) for g in hub.registry.gates(version.name, alias)]
+                     for alias in version.aliases if hub.registry.gates(version.name, alias)}
     data["lineage"] = [v.ref for v in chain]
     out.print_json(json.dumps(data, default=str))
 
 
 @app.command()
-def tag(ref: str, alias: str, home: HomeOption = None) -> None:
-    """Point NAME:ALIAS at a version (moves the alias if it exists)."""
-    version = _hub(home).tag(ref, alias)
+def tag(
+    ref: str,
+    alias: str,
+    gate: Annotated[
+        list[str] | None,
+        typer.Option("--gate", help="A rule the alias holds from now on, replacing its old ones, e.g. "
+                     "'adapterhub_capitals:acc>=parent' or 'forgetting<=1.2' (repeatable).",
+                     show_default=False),
+    ] = None,
+    clear_gates: Annotated[bool, typer.Option("--clear-gates", help="Remove the alias's rules.")] = False,
+    evaluate: Annotated[
+        bool, typer.Option(help="Run the evaluations a rule needs and the version or its parent lacks.")
+    ] = True,
+    home: HomeOption = None,
+) -> None:
+    """Point NAME:ALIAS at a version (moves the alias if it exists); a gated alias checks its rules."""
+    if gate and clear_gates:
+        raise ConfigError("give --gate or --clear-gates, not both")
+    hub = _hub(home)
+    with _eval_bar("evaluating for the gate") as progress:
+        version = hub.tag(ref, alias, gates=[] if clear_gates else gate, evaluate_missing=evaluate,
+                          progress=progress)
+    for check in hub.registry.check_gates(version, hub.registry.gates(version.name, alias)):
+        err.print(f"gate {check}", highlight=False, markup=False)
     out.print(f"{version.name}:{alias} -> {version.ref}")
 
 
@@ -345,6 +396,81 @@ def _overrides_mapping(overrides: list[str] | None) -> dict[str, object]:
 
     walk(nested, "")
     return flat
+
+
+@app.command("eval")
+def eval_(
+    ref: Annotated[str | None, typer.Argument(help="Version to evaluate; omit with --base.")] = None,
+    task: Annotated[
+        list[str] | None,
+        typer.Option("--task", help="A task folder or YAML (recipes/evals/capitals) or an lm-eval task "
+                     "name (repeatable).", show_default=False),
+    ] = None,
+    base: Annotated[bool, typer.Option("--base", help="Evaluate the base with no adapter (not recorded).")] = False,
+    server: Annotated[
+        str | None,
+        typer.Option(help="Evaluate through a running server (http://host:port) instead of in process.",
+                     show_default=False),
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option("--api-key", envvar="ADAPTERHUB_API_KEY", help="The server's key.", show_default=False),
+    ] = None,
+    chat: Annotated[bool, typer.Option(help="Render prompts with the chat template (generation tasks).")] = False,
+    limit: Annotated[int | None, typer.Option(min=1, help="Score only the first N documents of each task.")] = None,
+    num_fewshot: Annotated[int | None, typer.Option(min=0, help="Few-shot examples per prompt.")] = None,
+    record: Annotated[bool, typer.Option(help="Store the results as evaluations of the version.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    device: DeviceOption = None,
+    compute_dtype: ComputeDtypeOption = None,
+    home: HomeOption = None,
+) -> None:
+    """Run lm-evaluation-harness on a version and record the results next to it."""
+    if base == (ref is not None):
+        raise ConfigError("give `adapterhub eval REF --task T` or `adapterhub eval --base --task T`")
+    hub = _hub(home, device=device, compute_dtype=compute_dtype)
+    version = hub.resolve(ref) if ref else None  # an unknown adapter fails before anything loads
+    if server is None:
+        err.print(hub.base.summary(), highlight=False, soft_wrap=True)
+    with _eval_bar("evaluating") as progress:
+        report = hub.evaluate(version.ref if version else None, list(task or []), server=server,
+                              api_key=api_key, chat=chat, limit=limit, num_fewshot=num_fewshot,
+                              record=record, progress=progress)
+    if as_json:
+        out.print_json(json.dumps([e.to_dict() for e in report.evaluations]))
+        return
+    table = Table("task", "metric", "value", "stderr", "samples")
+    for e in report.evaluations:
+        table.add_row(e.task, e.metric, f"{e.value:.4f}", "" if e.stderr is None else f"{e.stderr:.4f}",
+                      str(e.samples or ""))
+    out.print(table)
+    if version is not None and record:
+        err.print(f"recorded on {version.ref}; `adapterhub show {version.ref}` lists them", highlight=False)
+
+
+@contextmanager
+def _eval_bar(label: str) -> Iterator[Callable[[ProgressEvent], None]]:
+    """A bar on stderr (terminals only) over the requests of an evaluation."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bar:
+        task = bar.add_task(label, total=None)
+
+        def update(event: ProgressEvent) -> None:
+            if event.kind == "start" and not err.is_terminal:
+                err.print(event.message, highlight=False, markup=False)
+            elif event.kind == "step":
+                bar.update(task, description=f"{label}: {event.message}", total=event.total_steps,
+                           completed=event.step)
+
+        yield update
 
 
 @app.command()

@@ -9,6 +9,7 @@ The tree::
     │   ├── VersionExistsError                  versions are immutable
     │   ├── IncompatibleAdapterError            wrong base fingerprint / template / shapes
     │   ├── CorruptBlobError                    checksum mismatch, truncated file
+    │   ├── GateError                           a gated alias refused a version, with the numbers
     │   └── UnsafeAdapterError                  pickles, NaN weights, lying headers, too big
     ├── BaseModelError(OSError)              the base cannot be materialised or loaded
     ├── HubError(OSError)                    raised ``from`` the huggingface_hub error
@@ -81,6 +82,17 @@ class IncompatibleAdapterError(RegistryError):
 
 class CorruptBlobError(RegistryError):
     """A stored file no longer matches the checksum recorded at registration."""
+
+
+class GateError(RegistryError):
+    """A gated alias refused to move: a rule failed, or its evaluations are missing.
+
+    ``checks`` holds every rule's outcome (:class:`adapterhub.registry.gates.GateCheck`).
+    """
+
+    def __init__(self, message: str, *, checks: Iterable[object] = ()) -> None:
+        super().__init__(message)
+        self.checks = list(checks)
 
 
 class UnsafeAdapterError(RegistryError):

@@ -25,12 +25,14 @@ from adapterhub.errors import BaseModelError, ConfigError
 from adapterhub.hardware import Platform, detect_platform
 from adapterhub.progress import ProgressCallback, no_progress
 from adapterhub.refs import validate_name
-from adapterhub.registry import Registry, Version
+from adapterhub.registry import Gate, Registry, Version, parse_gates
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from adapterhub.engine.config import EngineConfig
     from adapterhub.engine.types import SamplingParams
+    from adapterhub.evaluation import EvaluationReport
     from adapterhub.hub import PullResult, PushResult
     from adapterhub.progress import CancelToken
     from adapterhub.training.recipe import RecipeBase
@@ -161,8 +163,102 @@ class Hub:
     def list(self, name: str | None = None) -> list[Version]:
         return self.registry.list_versions(name)
 
-    def tag(self, ref: str, alias: str) -> Version:
-        return self.registry.tag(ref, alias)
+    def tag(
+        self,
+        ref: str,
+        alias: str,
+        *,
+        gates: list[str] | None = None,
+        evaluate_missing: bool = True,
+        progress: ProgressCallback | None = None,
+    ) -> Version:
+        """Point ``name:alias`` at version ``ref``; a gated alias moves only if every rule passes.
+
+        Args:
+            gates: rules the alias holds from now on (see :mod:`adapterhub.registry.gates`),
+                replacing its old ones; ``[]`` removes them; None keeps them.
+            evaluate_missing: run the evaluations a rule needs and the version or its parent
+                lacks (the task as recorded on the other side, with the same limit) before
+                checking; otherwise a missing number fails the rule.
+
+        Raises:
+            GateError: a rule fails; the alias and its rules are unchanged.
+        """
+        version = self.registry.resolve(ref)
+        rules = parse_gates(gates) if gates is not None else self.registry.gates(version.name, alias)
+        if evaluate_missing and rules:
+            self._evaluate_for(version, rules, progress or no_progress)
+        return self.registry.tag(version.ref, alias, gates=gates)
+
+    def _evaluate_for(self, version: Version, rules: list[Gate], progress: ProgressCallback) -> None:
+        """Run what ``rules`` read and is not recorded yet, for ``version`` and its parent."""
+        refs = [version.ref] + ([version.parent] if version.parent and any(r.relative for r in rules) else [])
+        recorded = {ref: {e.subject: e for e in self.registry.evaluations(ref, latest=True)} for ref in refs}
+        for ref in refs:
+            todo: dict[str, dict[str, Any]] = {}  # task source -> the setup it was run with elsewhere
+            for rule in rules:
+                if rule.task is None or rule.subject in recorded[ref] or (ref != version.ref and not rule.relative):
+                    continue
+                known = next((r[rule.subject] for r in recorded.values() if rule.subject in r), None)
+                setup = dict(known.setup) if known else {}
+                source = (setup.get("tasks") or {}).get(rule.task, rule.task)
+                todo.setdefault(source, setup)
+            for source, setup in todo.items():
+                self.evaluate(ref, [source], limit=setup.get("limit"), num_fewshot=setup.get("num_fewshot"),
+                              chat=bool(setup.get("chat")), progress=progress)
+
+    def evaluate(
+        self,
+        ref: str | None,
+        tasks: list[str | Path],
+        *,
+        server: str | None = None,
+        api_key: str | None = None,
+        chat: bool = False,
+        limit: int | None = None,
+        num_fewshot: int | None = None,
+        record: bool = True,
+        log_samples: bool = False,
+        engine_config: EngineConfig | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> EvaluationReport:
+        """Run lm-evaluation-harness on version ``ref`` (None: the base alone) and record it.
+
+        Args:
+            tasks: lm-eval task names, or task folders / YAML files (``recipes/evals/capitals``).
+            server: evaluate through a running OpenAI-compatible server at this URL instead of
+                this process's engine (``api_key`` is its key).
+            chat: render prompts with the chat template (generation tasks).
+            limit: score only the first ``limit`` documents of each task.
+            record: store the numbers as evaluations of the version (never for the base).
+            log_samples: keep every document's requests and answers in ``report.results["samples"]``.
+
+        See :mod:`adapterhub.evaluation`.
+        """
+        from adapterhub.evaluation import evaluate, resolve_tasks
+
+        version = self.registry.resolve(ref) if ref is not None else None
+        task_list = resolve_tasks(tasks)
+        info = self.base_info
+        setup = {"base": info.name, "base_fingerprint": info.fingerprint}
+        options: dict[str, Any] = {
+            "version": version, "chat": chat, "limit": limit, "num_fewshot": num_fewshot,
+            "log_samples": log_samples, "progress": progress or no_progress,
+        }
+        if server is not None:
+            report = evaluate(task_list, server=server, api_key=api_key, tokenizer_path=str(info.path),
+                              setup=setup, **options)
+        else:
+            from adapterhub.engine import Engine
+
+            platform = self.platform
+            setup.update(device=platform.device, compute_dtype=platform.compute_dtype, isa=platform.isa,
+                         precision=self.precision)
+            with Engine(self.base, self.registry, engine_config) as engine:
+                report = evaluate(task_list, engine=engine, setup=setup, **options)
+        if record and version is not None and report.evaluations:
+            self.registry.record_evaluations(report.evaluations)
+        return report
 
     def delete(self, ref: str, *, force: bool = False) -> list[Version]:
         return self.registry.delete(ref, force=force)

@@ -65,7 +65,7 @@ from adapterhub.errors import (
 from adapterhub.model_card import HUB_ID, MANIFEST_FILE, render_model_card
 from adapterhub.progress import ProgressCallback, ProgressEvent, no_progress
 from adapterhub.refs import validate_name
-from adapterhub.registry import Registry, Version
+from adapterhub.registry import Evaluation, Registry, Version
 
 MANIFEST_FORMAT: Final = "adapterhub.manifest/1"
 README_FILE = "README.md"
@@ -130,6 +130,32 @@ class ManifestBase(BaseModel):
     """sha256 of the chat template the adapter was trained with."""
 
 
+class ManifestEvaluation(BaseModel):
+    """One evaluation of the version, as recorded in the pushing registry."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    task: str = Field(min_length=1, max_length=256)
+    metric: str = Field(min_length=1, max_length=256)
+    value: float = Field(allow_inf_nan=False)
+    stderr: float | None = Field(default=None, allow_inf_nan=False)
+    samples: int | None = Field(default=None, ge=0)
+    harness: str = Field(default="", max_length=128)
+    created_at: float = Field(default=0.0, ge=0)
+    setup: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def of(cls, e: Evaluation) -> ManifestEvaluation:
+        return cls(task=e.task, metric=e.metric, value=e.value, stderr=e.stderr, samples=e.samples,
+                   harness=e.harness, created_at=e.created_at, setup=dict(e.setup))
+
+    def to_evaluation(self, upstream: str) -> Evaluation:
+        """A record for the pulling registry (name and number are set when it registers)."""
+        return Evaluation("", 0, self.task, self.metric, self.value, stderr=self.stderr,
+                          samples=self.samples, harness=self.harness, created_at=self.created_at,
+                          setup={**self.setup, "measured_on": upstream})
+
+
 class HubManifest(BaseModel):
     """``adapterhub.json``: what a pushed commit holds, so a pull can verify and register it."""
 
@@ -170,6 +196,9 @@ class HubManifest(BaseModel):
 
     source: dict[str, Any] = Field(default_factory=dict)
     """Where the version itself came from (e.g. an earlier pull)."""
+
+    evaluations: list[ManifestEvaluation] = Field(default_factory=list, max_length=1000)
+    """The newest evaluation per task and metric when it was pushed (``adapterhub eval``)."""
 
     def identity(self) -> tuple[Any, ...]:
         """What makes two pushes the same version: name, number, base and file hashes."""
@@ -374,6 +403,7 @@ def _repo_files(
         parent=version.parent,
         metrics=dict(version.metrics),
         source=dict(version.source),
+        evaluations=[ManifestEvaluation.of(e) for e in registry.evaluations(version, latest=True)],
     )
     if base is not None:
         for name in TOKENIZER_FILES:
@@ -547,6 +577,7 @@ def pull_version(
             dataset_fingerprint=manifest.dataset_fingerprint,
             metrics=manifest.metrics,
             source=source,
+            evaluations=[e.to_evaluation(f"{manifest.name}@{manifest.number}") for e in manifest.evaluations],
         )
     else:
         version = registry.register(

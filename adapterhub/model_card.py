@@ -3,9 +3,10 @@
 The YAML metadata is what the Hub indexes: ``base_model`` with ``base_model_relation: adapter``
 (only when the base is a Hub id, since the Hub checks it), ``library_name: peft``,
 ``pipeline_tag: text-generation``, tags with the training method, and ``datasets`` when the recipe
-names Hub datasets. The body is for a person: what the adapter is, its recipe and metrics, the
-forgetting check, lineage, and how to use it with adapterhub, PEFT and vLLM. The card is a pure
-function of the version, so pushing a version again changes nothing.
+names Hub datasets, and its evaluations as a ``model-index`` (the Hub's evaluation-results
+metadata; marked unverified, since we ran them). The body is for a person: what the adapter is,
+its recipe, metrics and evaluations, the forgetting check, lineage, and how to use it with
+adapterhub, PEFT and vLLM. The card is a pure function of the manifest.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ def render_model_card(
     datasets = _dataset_ids(recipe)
     if datasets:
         meta["datasets"] = datasets
+    evaluations: list[Mapping[str, Any]] = list(manifest.get("evaluations") or [])
+    if evaluations:
+        meta["model-index"] = [{"name": f"{name}@{number}", "results": _model_index(evaluations)}]
     base_text = (
         f"[{base_hub_id}](https://huggingface.co/{base_hub_id})"
         if base_hub_id
@@ -95,6 +99,22 @@ def render_model_card(
         lines += [f"| {key} | {_fmt(value)} |" for key, value in sorted(metrics.items())]
     else:
         lines.append("No metrics were recorded for this version.")
+    lines += ["", "## Evaluations", ""]
+    if evaluations:
+        lines += [
+            "Measured with lm-evaluation-harness through adapterhub (`adapterhub eval`):",
+            "",
+            "| task | metric | value | stderr | samples | harness |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {e['task']} | {e['metric']} | {_fmt(float(e['value']))} | "
+            f"{'' if e.get('stderr') is None else _fmt(float(e['stderr']))} | {e.get('samples') or ''} | "
+            f"{e.get('harness', '')} |"
+            for e in evaluations
+        ]
+    else:
+        lines.append("Not evaluated before it was pushed (`adapterhub eval REF --task ...`).")
     forgetting = {k: v for k, v in metrics.items() if _is_forgetting_metric(k)}
     lines += ["", "### Forgetting check", ""]
     if forgetting:
@@ -150,6 +170,22 @@ def render_model_card(
         "",
     ]
     return "\n".join(lines)
+
+
+def _model_index(evaluations: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Evaluations grouped by task, in the Hub's ``model-index`` shape."""
+    by_task: dict[str, list[Mapping[str, Any]]] = {}
+    for e in evaluations:
+        by_task.setdefault(str(e["task"]), []).append(e)
+    return [
+        {
+            "task": {"type": "text-generation"},
+            "dataset": {"name": task, "type": task},
+            "metrics": [{"type": str(e["metric"]), "value": round(float(e["value"]), 6),
+                         "name": str(e["metric"]), "verified": False} for e in found],
+        }
+        for task, found in sorted(by_task.items())
+    ]
 
 
 def _method_label(method: str) -> str:

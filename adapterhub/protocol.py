@@ -19,6 +19,7 @@ Design choices:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -31,6 +32,7 @@ from adapterhub.errors import (
     ConfigError,
     CorruptBlobError,
     EngineError,
+    GateError,
     HubError,
     IncompatibleAdapterError,
     PromptTooLongError,
@@ -42,7 +44,7 @@ from adapterhub.errors import (
 
 if TYPE_CHECKING:
     from adapterhub.engine.types import ResidentAdapter
-    from adapterhub.registry import Version
+    from adapterhub.registry import Evaluation, Version
 
 _REF = Field(min_length=1, max_length=200)
 
@@ -60,6 +62,7 @@ ERROR_CODES: dict[str, type[AdapterHubError]] = {
     "engine_unavailable": EngineError,
     "hub_unavailable": HubError,
     "training_failed": TrainingError,
+    "gate_failed": GateError,
 }
 """The ``code`` of an error answer -> the library error type it was raised as. Anything else is
 ``internal_error``."""
@@ -119,6 +122,10 @@ class TagRequest(_Request):
 
     alias: str = Field(min_length=1, max_length=64)
     """Alias to set or move, e.g. ``prod``."""
+    gates: list[str] | None = Field(default=None, max_length=32)
+    """Rules the alias holds from now on (``adapterhub_capitals:acc>=parent``, ``forgetting<=1.2``),
+    replacing its old ones; ``[]`` removes them; absent keeps them. A gated alias moves only to a
+    version whose recorded evaluations pass (409 ``gate_failed`` with the numbers otherwise)."""
 
 
 class VllmLoadLoraRequest(_Request):
@@ -192,8 +199,23 @@ class UnloadResponse(_Response):
     """False when it was not resident."""
 
 
+class EvaluationInfo(_Response):
+    """One evaluation of a version: the fields of :class:`adapterhub.registry.Evaluation`."""
+
+    ref: str
+    task: str
+    metric: str
+    value: float
+    stderr: float | None = None
+    samples: int | None = None
+    harness: str = ""
+    created_at: float = 0.0
+    setup: dict[str, Any] = Field(default_factory=dict)
+
+
 class VersionInfo(_Response):
-    """One registered version: the fields of :class:`adapterhub.registry.Version`."""
+    """One registered version: the fields of :class:`adapterhub.registry.Version`, and its
+    newest evaluation per task and metric."""
 
     ref: str
     name: str
@@ -209,10 +231,11 @@ class VersionInfo(_Response):
     metrics: dict[str, Any] = Field(default_factory=dict)
     source: dict[str, Any] = Field(default_factory=dict)
     aliases: list[str] = Field(default_factory=list)
+    evaluations: list[EvaluationInfo] = Field(default_factory=list)
 
     @classmethod
-    def from_version(cls, version: Version) -> VersionInfo:
-        return cls.model_validate(version.to_dict())
+    def from_version(cls, version: Version, evaluations: Iterable[Evaluation] = ()) -> VersionInfo:
+        return cls.model_validate({**version.to_dict(), "evaluations": [e.to_dict() for e in evaluations]})
 
     def to_version(self) -> Version:
         from adapterhub.registry import Version

@@ -61,6 +61,7 @@ ERROR_TABLE: dict[str, tuple[int, str]] = {
     "version_exists": (409, "invalid_request_error"),
     "corrupt_adapter": (500, "server_error"),
     "registry_conflict": (409, "invalid_request_error"),
+    "gate_failed": (409, "invalid_request_error"),
     "capacity_exceeded": (429, "rate_limit_error"),
     "base_unavailable": (503, "service_unavailable"),
     "engine_unavailable": (503, "service_unavailable"),

@@ -540,6 +540,9 @@ class ModelCard(BaseModel):
     max_model_len: int | None = None
     """Longest prompt + completion the server accepts."""
 
+    evaluations: dict[str, float] = Field(default_factory=dict)
+    """The version's newest recorded evaluations, ``task:metric`` -> value (``adapterhub eval``)."""
+
 
 class ModelList(BaseModel):
     object: Literal["list"] = "list"

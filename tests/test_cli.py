@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -98,3 +99,32 @@ def test_adapter_for_another_base_is_refused(
     assert result.returncode == 1
     assert "does not fit this base" in result.stderr
     assert "is 64->64 in the base but the adapter is 96->96" in result.stderr
+
+
+def test_eval_records_results_that_list_show_and_gated_tags_read(
+    inited: Path, lora_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = str(inited)
+    capitals = str(Path(__file__).resolve().parents[1] / "recipes" / "evals" / "capitals")
+    main(["import", str(lora_dir), "--name", "pirate", "--home", home])
+    capsys.readouterr()
+    main(["eval", "pirate", "--task", capitals, "--limit", "3", "--compute-dtype", "float32", "--json",
+          "--home", home])
+    measured = {e["metric"]: e["value"] for e in json.loads(capsys.readouterr().out)}
+    assert set(measured) == {"acc", "acc_norm"}
+
+    main(["list", "--metric", "adapterhub_capitals:acc", "--json", "--home", home])
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["measured"] == {"adapterhub_capitals:acc": measured["acc"]}
+    main(["show", "pirate", "--home", home])
+    shown = json.loads(capsys.readouterr().out)
+    assert [(e["task"], e["metric"], e["samples"]) for e in shown["evaluations"]] == [
+        ("adapterhub_capitals", "acc", 3), ("adapterhub_capitals", "acc_norm", 3)]
+
+    refused = run_cli("tag", "pirate@1", "prod", "--gate", "adapterhub_capitals:acc>1", home=inited)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert f"adapterhub_capitals:acc>1: pirate@1 has {measured['acc']:.4g}, bound 1: fails" in refused.stderr
+    main(["tag", "pirate@1", "prod", "--gate", "adapterhub_capitals:acc>=0", "--home", home])
+    assert "pirate:prod -> pirate@1" in capsys.readouterr().out
+    main(["show", "pirate:prod", "--home", home])
+    assert json.loads(capsys.readouterr().out)["gates"] == {"prod": ["adapterhub_capitals:acc>=0"]}

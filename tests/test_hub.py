@@ -510,3 +510,30 @@ def test_token_from_the_login_file(
     token_file.unlink()
     with pytest.raises(HubAuthError):
         alice.push("pirate@1", _repo("nologin", request))
+
+
+def test_evaluations_travel_with_a_push_in_the_card_and_manifest(
+    hub: HubEnv, alice: Hub, bob: Hub, lora_dir: Path, request: pytest.FixtureRequest
+) -> None:
+    from huggingface_hub import ModelCard
+
+    from adapterhub.registry import Evaluation
+
+    ref = _register(alice, lora_dir)
+    alice.registry.record_evaluations([
+        Evaluation("pirate", 1, "adapterhub_capitals", "acc", 0.25, stderr=0.13, samples=12, harness="lm-eval 0.4.13"),
+        Evaluation("pirate", 1, "adapterhub_capitals", "acc", 0.5, stderr=0.15, samples=12, harness="lm-eval 0.4.13"),
+    ])
+    repo = _repo("evals", request)
+    alice.push(ref, repo)
+
+    card = ModelCard(_read(hub, repo, "README.md").decode())  # huggingface_hub parses the model-index
+    (result,) = card.data.eval_results
+    assert (result.dataset_name, result.metric_type, result.metric_value) == ("adapterhub_capitals", "acc", 0.5)
+    assert result.verified is False
+    assert "| adapterhub_capitals | acc | 0.5 | 0.15 | 12 | lm-eval 0.4.13 |" in card.text
+
+    pulled = bob.pull(repo).version
+    (recorded,) = bob.registry.evaluations(pulled)
+    assert (recorded.subject, recorded.value, recorded.stderr) == ("adapterhub_capitals:acc", 0.5, 0.15)
+    assert recorded.setup["measured_on"] == "pirate@1"

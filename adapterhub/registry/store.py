@@ -1,4 +1,4 @@
-"""The adapter registry: immutable versions, mutable aliases, lineage and metrics.
+"""The adapter registry: immutable versions, mutable aliases, lineage, metrics and evaluations.
 
 Metadata lives in SQLite (WAL mode, so a trainer can write while a server reads); files live in a
 content-addressed :class:`BlobStore`. Publishing a version is two steps: blobs are written and
@@ -6,6 +6,10 @@ fsynced first, then one ``BEGIN IMMEDIATE`` transaction picks the next number an
 A process killed at any point therefore leaves either no version or a whole one; the worst
 leftover is an unreferenced blob. ``BEGIN IMMEDIATE`` also serialises writers across processes,
 so two processes registering the same name at once get distinct numbers.
+
+A version never changes once published; what is learnt about it later is recorded next to it:
+evaluations (:class:`Evaluation`, one row per task and metric, newest wins) and, per alias, the
+promotion gates (:mod:`.gates`) checked in the same transaction that moves the alias.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import sqlite3
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +28,14 @@ from adapterhub.adapters import CONFIG_FILE, WEIGHTS_FILE, LoraAdapter, LoraLimi
 from adapterhub.errors import (
     AdapterNotFoundError,
     ConfigError,
+    GateError,
     IncompatibleAdapterError,
     RegistryError,
     VersionExistsError,
 )
 from adapterhub.refs import AdapterRef, validate_name
 from adapterhub.registry.blobs import BlobStore
+from adapterhub.registry.gates import Gate, GateCheck, parse_gates
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (
@@ -62,7 +68,29 @@ CREATE TABLE IF NOT EXISTS aliases (
     PRIMARY KEY (name, alias),
     FOREIGN KEY (name, number) REFERENCES versions (name, number) ON DELETE CASCADE
 );
+CREATE TABLE IF NOT EXISTS evaluations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    task TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    value REAL NOT NULL,
+    stderr REAL,
+    samples INTEGER,
+    harness TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    setup TEXT NOT NULL DEFAULT '{}',
+    FOREIGN KEY (name, number) REFERENCES versions (name, number) ON DELETE CASCADE
+);
+CREATE TABLE IF NOT EXISTS gates (
+    name TEXT NOT NULL,
+    alias TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    rule TEXT NOT NULL,
+    PRIMARY KEY (name, alias, position)
+);
 CREATE INDEX IF NOT EXISTS files_by_hash ON files (sha256);
+CREATE INDEX IF NOT EXISTS evaluations_by_version ON evaluations (name, number, task, metric);
 CREATE INDEX IF NOT EXISTS versions_by_parent ON versions (parent);
 """
 _SAFE_FILENAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
@@ -106,6 +134,37 @@ class Version:
             "metrics": dict(self.metrics),
             "source": dict(self.source),
             "aliases": list(self.aliases),
+        }
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One measured number of a version: a task's metric, as the evaluation harness reported it."""
+
+    name: str
+    number: int
+    task: str  # the harness's task name, e.g. "adapterhub_capitals"
+    metric: str  # e.g. "acc", or "exact_match,strict-match" for a filtered metric
+    value: float
+    stderr: float | None = None
+    samples: int | None = None  # how many documents were scored
+    harness: str = ""  # e.g. "lm-eval 0.4.13"
+    created_at: float = 0.0
+    setup: Mapping[str, Any] = field(default_factory=dict)  # engine, dtype, limit, task source
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.number}"
+
+    @property
+    def subject(self) -> str:
+        return f"{self.task}:{self.metric}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ref": self.ref, "task": self.task, "metric": self.metric, "value": self.value,
+            "stderr": self.stderr, "samples": self.samples, "harness": self.harness,
+            "created_at": self.created_at, "setup": dict(self.setup),
         }
 
 
@@ -226,6 +285,7 @@ class Registry:
         metrics: Mapping[str, Any] | None = None,
         source: Mapping[str, Any] | None = None,
         number: int | None = None,
+        evaluations: list[Evaluation] | None = None,
     ) -> Version:
         """Publish a new immutable version of ``name`` and return it.
 
@@ -234,6 +294,8 @@ class Registry:
                 ``adapter_config.json`` and ``adapter_model.safetensors``.
             parent: ref of the version this one was trained from (resolved to ``name@N``).
             number: an explicit version number; the next free one when None.
+            evaluations: measured elsewhere (a pulled version's), recorded on the new version in
+                the same transaction; their ``name`` and ``number`` are ignored.
 
         Raises:
             ConfigError: bad name or filenames.
@@ -292,27 +354,163 @@ class Registry:
                 "INSERT INTO files VALUES (?,?,?,?,?)",
                 [(name, number, fn, digest, size) for fn, (digest, size) in stored.items()],
             )
+            self._insert_evaluations(db, [replace(e, name=name, number=number) for e in evaluations or []])
             return self._version(db, name, number)
 
-    def tag(self, ref: str, alias: str) -> Version:
-        """Point ``name:alias`` at the version ``ref`` resolves to (moving it if it exists)."""
+    def tag(self, ref: str, alias: str, *, gates: list[str] | None = None) -> Version:
+        """Point ``name:alias`` at the version ``ref`` resolves to (moving it if it exists).
+
+        An alias with gates moves only to a version that passes every rule, checked in the
+        same transaction that moves it (:mod:`.gates`).
+
+        Args:
+            gates: rules the alias holds from now on, replacing its old ones (``[]`` removes
+                them); None keeps them.
+
+        Raises:
+            GateError: a rule fails or lacks its number; the alias and its rules are unchanged.
+            ConfigError: a bad alias or rule.
+        """
         validate_name(alias, field="alias")
+        rules = parse_gates(gates) if gates is not None else None
         version = self.resolve(ref)
         with self._write() as db:
+            if rules is not None:
+                db.execute("DELETE FROM gates WHERE name=? AND alias=?", (version.name, alias))
+                db.executemany(
+                    "INSERT INTO gates VALUES (?,?,?,?)",
+                    [(version.name, alias, i, str(rule)) for i, rule in enumerate(rules)],
+                )
+            checks = self._check_gates(db, version, self._gates(db, version.name, alias))
+            failed = [c for c in checks if not c.passed]
+            if failed:
+                lines = "\n".join(f"  - {c}" for c in failed)
+                raise GateError(
+                    f"{version.name}:{alias} is gated and {version.ref} does not pass "
+                    f"{len(failed)} of {len(checks)} rule(s); the alias did not move:\n{lines}",
+                    checks=checks,
+                )
             db.execute(
                 "INSERT INTO aliases VALUES (?,?,?) ON CONFLICT (name, alias) DO UPDATE SET number=excluded.number",
                 (version.name, alias, version.number),
             )
             return self._version(db, version.name, version.number)
 
+    def gates(self, name: str, alias: str) -> list[Gate]:
+        """The rules alias ``name:alias`` holds (none for an ungated or unknown alias)."""
+        with self._connect() as db:
+            return self._gates(db, name, alias)
+
+    def check_gates(self, ref: str | Version, gates: list[Gate]) -> list[GateCheck]:
+        """How version ``ref`` fares against ``gates``, without moving anything."""
+        version = ref if isinstance(ref, Version) else self.resolve(ref)
+        with self._connect() as db:
+            return self._check_gates(db, version, gates)
+
+    def _gates(self, db: sqlite3.Connection, name: str, alias: str) -> list[Gate]:
+        rows = db.execute(
+            "SELECT rule FROM gates WHERE name=? AND alias=? ORDER BY position", (name, alias)
+        )
+        return [Gate.parse(r["rule"]) for r in rows]
+
+    def _check_gates(
+        self, db: sqlite3.Connection, version: Version, gates: list[Gate]
+    ) -> list[GateCheck]:
+        parent = None
+        if version.parent and any(g.relative for g in gates):
+            parent = AdapterRef.parse(version.parent)
+        checks = []
+        for gate in gates:
+            value = self._measure(db, version.name, version.number, gate)
+            bound: float | None = gate.number
+            missing = ""
+            if value is None:
+                missing = _missing(gate, version.ref)
+            if gate.relative:
+                if parent is None:
+                    missing = missing or (f"{version.ref} has no parent to compare with; "
+                                          "give this alias a fixed bound instead")
+                else:
+                    parent_value = self._measure(db, parent.name, parent.version or 0, gate)
+                    bound = None if parent_value is None else parent_value + gate.offset
+                    if bound is None:
+                        missing = missing or _missing(gate, version.parent or "")
+            checks.append(GateCheck(gate, version.ref, value, bound, version.parent, missing))
+        return checks
+
+    def _measure(self, db: sqlite3.Connection, name: str, number: int, gate: Gate) -> float | None:
+        """The number a rule reads for one version: its newest evaluation, or a training metric."""
+        if gate.task is None:
+            row = db.execute("SELECT metrics FROM versions WHERE name=? AND number=?", (name, number)).fetchone()
+            value = json.loads(row["metrics"]).get(gate.metric) if row else None
+            return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+        row = db.execute(
+            "SELECT value FROM evaluations WHERE name=? AND number=? AND task=? AND metric=? "
+            "ORDER BY created_at DESC, id DESC LIMIT 1",
+            (name, number, gate.task, gate.metric),
+        ).fetchone()
+        return None if row is None else float(row["value"])
+
+    # ------------------------------------------------------------------ evaluations
+
+    def record_evaluations(self, evaluations: list[Evaluation]) -> list[Evaluation]:
+        """Store evaluations of existing versions, all or none.
+
+        Raises:
+            AdapterNotFoundError: one names a version that does not exist.
+            ConfigError: a value is not a finite number.
+        """
+        with self._write() as db:
+            for e in evaluations:
+                self._version(db, e.name, e.number)  # raises AdapterNotFoundError
+            self._insert_evaluations(db, evaluations)
+        return self.evaluations(evaluations[0].ref) if evaluations else []
+
+    def _insert_evaluations(self, db: sqlite3.Connection, evaluations: list[Evaluation]) -> None:
+        bad = [f"{e.subject}={e.value!r}" for e in evaluations if not _finite(e.value)]
+        if bad:
+            raise ConfigError(f"evaluation values {bad} are not finite numbers; nothing was recorded")
+        db.executemany(
+            "INSERT INTO evaluations (name, number, task, metric, value, stderr, samples, "
+            "harness, created_at, setup) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            [
+                (e.name, e.number, e.task, e.metric, float(e.value),
+                 e.stderr if e.stderr is not None and _finite(e.stderr) else None, e.samples,
+                 e.harness, e.created_at or time.time(), json.dumps(dict(e.setup), sort_keys=True, default=str))
+                for e in evaluations
+            ],
+        )
+
+    def evaluations(self, ref: str | Version, *, latest: bool = False) -> list[Evaluation]:
+        """A version's evaluations, oldest first; with ``latest``, the newest per task and metric."""
+        version = ref if isinstance(ref, Version) else self.resolve(ref)
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT * FROM evaluations WHERE name=? AND number=? ORDER BY created_at, id",
+                (version.name, version.number),
+            ).fetchall()
+        found = [
+            Evaluation(
+                name=r["name"], number=r["number"], task=r["task"], metric=r["metric"],
+                value=r["value"], stderr=r["stderr"], samples=r["samples"], harness=r["harness"],
+                created_at=r["created_at"], setup=json.loads(r["setup"]),
+            )
+            for r in rows
+        ]
+        if latest:
+            newest = {e.subject: e for e in found}  # later rows replace earlier ones
+            found = sorted(newest.values(), key=lambda e: e.subject)
+        return found
+
     def untag(self, name: str, alias: str) -> None:
-        """Remove an alias.
+        """Remove an alias, and its gates.
 
         Raises:
             AdapterNotFoundError: no such alias.
         """
         with self._write() as db:
             cursor = db.execute("DELETE FROM aliases WHERE name=? AND alias=?", (name, alias))
+            db.execute("DELETE FROM gates WHERE name=? AND alias=?", (name, alias))
             if cursor.rowcount == 0:
                 raise AdapterNotFoundError(
                     f"alias {name}:{alias} does not exist", ref=f"{name}:{alias}"
@@ -457,6 +655,17 @@ class Registry:
         for filename in version.files:
             (folder / filename).write_bytes(self.read_file(version, filename))
         return folder
+
+
+def _missing(gate: Gate, ref: str) -> str:
+    if gate.task is None:
+        return f"{ref} has no training metric {gate.metric!r}"
+    return (f"{ref} has no evaluation of {gate.subject}; run "
+            f"`adapterhub eval {ref} --task {gate.task}` (or tag from the library, which runs it)")
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, int | float) and value == value and abs(value) != float("inf")
 
 
 def ensure_compatible(version: Version, base_fingerprint: str, base_template_hash: str) -> None:

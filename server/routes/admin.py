@@ -139,14 +139,24 @@ async def vllm_unload(body: VllmUnloadLoraRequest, _: AdminCaller, service: Read
 @router.get("/admin/versions", response_model=VersionList, summary="Every registered version, oldest first")
 async def versions(_: AdminCaller, service: ReadyService) -> VersionList:
     assert service.hub is not None
-    found = await anyio.to_thread.run_sync(service.hub.registry.list_versions)
-    return VersionList(data=[VersionInfo.from_version(v) for v in found])
+    registry = service.hub.registry
+
+    def read() -> list[VersionInfo]:
+        return [VersionInfo.from_version(v, registry.evaluations(v, latest=True)) for v in registry.list_versions()]
+
+    return VersionList(data=await anyio.to_thread.run_sync(read))
 
 
 @router.get("/admin/versions/{ref}", response_model=VersionInfo, summary="One version's metadata")
 async def version(ref: str, _: AdminCaller, service: ReadyService) -> VersionInfo:
     assert service.hub is not None
-    return VersionInfo.from_version(await anyio.to_thread.run_sync(service.hub.registry.resolve, ref))
+    registry = service.hub.registry
+
+    def read() -> VersionInfo:
+        found = registry.resolve(ref)
+        return VersionInfo.from_version(found, registry.evaluations(found, latest=True))
+
+    return await anyio.to_thread.run_sync(read)
 
 
 @router.get("/admin/versions/{ref}/lineage", response_model=VersionList,
@@ -175,8 +185,13 @@ async def step_log(ref: str, _: AdminCaller, service: ReadyService) -> list[dict
 @router.post("/admin/versions/{ref}/tag", response_model=VersionInfo, summary="Point name:alias at a version")
 async def tag(ref: str, body: TagRequest, _: AdminCaller, service: ReadyService) -> VersionInfo:
     assert service.hub is not None
-    tagged = await anyio.to_thread.run_sync(service.hub.registry.tag, ref, body.alias)
-    return VersionInfo.from_version(tagged)
+    registry = service.hub.registry
+
+    def move() -> VersionInfo:  # the server reads recorded evaluations; it never runs one here
+        tagged = registry.tag(ref, body.alias, gates=body.gates)
+        return VersionInfo.from_version(tagged, registry.evaluations(tagged, latest=True))
+
+    return await anyio.to_thread.run_sync(move)
 
 
 @router.delete("/admin/versions/{ref}", response_model=DeleteResponse,

@@ -30,6 +30,7 @@ from starlette.types import Receive, Scope, Send
 
 from adapterhub.engine.types import GenerationChunk, TokenLogprob
 from adapterhub.errors import AdapterHubError
+from adapterhub.registry import Version
 from adapterhub_server.auth import Caller
 from adapterhub_server.deps import InferenceCaller, ReadyService
 from adapterhub_server.errors import sse_error_event
@@ -119,17 +120,21 @@ async def completions(
 async def list_models(_: InferenceCaller, service: ReadyService) -> ModelList:
     assert service.hub is not None
     registry = service.hub.registry
-    versions = await anyio.to_thread.run_sync(registry.list_versions)
+
+    def read() -> list[tuple[Version, dict[str, float]]]:
+        return [(v, {e.subject: e.value for e in registry.evaluations(v, latest=True)})
+                for v in registry.list_versions()]
+
+    versions = await anyio.to_thread.run_sync(read)
     base, max_len = service.base_name, service.max_model_len
     cards = [ModelCard(id=base, created=int(time.time()), root=base, parent=None, max_model_len=max_len)]
-    latest = {v.name: v for v in versions}  # oldest first, so the last one wins
-    for name in sorted(latest):
-        v = latest[name]
-        cards.append(ModelCard(id=name, created=int(v.created_at), root=base, parent=base, version=v.ref,
-                               aliases=list(v.aliases), method=v.method, max_model_len=max_len))
-    for v in sorted(versions, key=lambda v: (v.name, v.number)):
-        cards.append(ModelCard(id=v.ref, created=int(v.created_at), root=base, parent=base, version=v.ref,
-                               aliases=list(v.aliases), method=v.method, max_model_len=max_len))
+    latest = {v.name: (v, scores) for v, scores in versions}  # oldest first, so the last one wins
+    listed = [(name, *latest[name]) for name in sorted(latest)]
+    listed += [(v.ref, v, scores) for v, scores in sorted(versions, key=lambda pair: (pair[0].name, pair[0].number))]
+    for model_id, v, scores in listed:
+        cards.append(ModelCard(id=model_id, created=int(v.created_at), root=base, parent=base, version=v.ref,
+                               aliases=list(v.aliases), method=v.method, max_model_len=max_len,
+                               evaluations=scores))
     return ModelList(data=cards)
 
 

@@ -174,6 +174,30 @@ def test_registry_routes_for_the_tui(client: TestClient) -> None:
     assert info["precision"] == "fp32" and info["max_model_len"] == 256
 
 
+def test_recorded_evaluations_show_in_models_and_versions_and_gate_the_tag_route(
+    client: TestClient, served_home: Path
+) -> None:
+    from adapterhub.registry import Evaluation, Registry
+
+    Registry(served_home).record_evaluations(
+        [Evaluation("pirate", 1, "adapterhub_capitals", "acc", 0.5, stderr=0.15, samples=12)])
+    by_id = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
+    assert by_id["pirate"]["evaluations"] == by_id["pirate@1"]["evaluations"] == {"adapterhub_capitals:acc": 0.5}
+    assert by_id["json@1"]["evaluations"] == {}
+    (shown,) = client.get("/admin/versions/pirate@1").json()["evaluations"]
+    assert (shown["task"], shown["metric"], shown["value"], shown["samples"]) == ("adapterhub_capitals", "acc", 0.5, 12)
+
+    refused = client.post("/admin/versions/pirate@1/tag", json={"alias": "prod", "gates": ["adapterhub_capitals:acc>0.6"]})
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "gate_failed"
+    assert "pirate@1 has 0.5, bound 0.6: fails" in refused.json()["error"]["message"]
+    missing = client.post("/admin/versions/json@1/tag", json={"alias": "prod", "gates": ["adapterhub_capitals:acc>0.1"]})
+    assert missing.status_code == 409 and "json@1 has no evaluation of adapterhub_capitals:acc" in missing.json()["error"]["message"]
+    bad = client.post("/admin/versions/pirate@1/tag", json={"alias": "prod", "gates": ["acc is good"]})
+    assert bad.status_code == 400 and "is not a rule" in bad.json()["error"]["message"]
+    moved = client.post("/admin/versions/pirate@1/tag", json={"alias": "prod", "gates": ["adapterhub_capitals:acc>=0.5"]})
+    assert moved.status_code == 200 and moved.json()["aliases"] == ["prod"]
+
+
 def test_health_ready_and_metrics(client: TestClient) -> None:
     assert client.get("/health").json() == {"status": "ok"}
     assert client.get("/ready").json()["status"] == "ready"
