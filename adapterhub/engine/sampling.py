@@ -203,7 +203,17 @@ class TextTracker:
             self.stopped = True
 
     def flush(self) -> str:
-        """The text still held back, at the end of the request."""
+        """The text still held back, at the end of the request.
+
+        Tokens held because they end inside a UTF-8 character are decoded now, with the
+        replacement character, as decoding the whole completion at once gives them.
+        """
+        if not self.stopped and self._read < len(self._ids):
+            start = len(self.text)
+            self.text += self._decode(self._ids[self._prefix :])[len(self._decode(self._ids[self._prefix : self._read])) :]
+            self._read = len(self._ids)
+            if self.stop:
+                self._find_stop(max(0, start - self._hold))
         return self._release(final=True)
 
     def _release(self, *, final: bool) -> str:

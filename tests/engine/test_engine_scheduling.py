@@ -187,6 +187,17 @@ def test_text_tracker_holds_back_a_possible_stop_string(tiny_base):
     assert streamed == "hello world the "
 
 
+def test_text_tracker_ends_a_cut_character_as_decoding_the_whole_completion_does(tiny_base):
+    tokenizer = tiny_base.tokenizer
+    ids = tokenizer.encode("sea \N{WATER WAVE}", add_special_tokens=False)
+    whole = tokenizer.decode(ids[:-1], skip_special_tokens=True)  # the wave's last byte is missing
+    assert whole.endswith("\ufffd")
+    tracker = TextTracker(tokenizer, [], stop=())
+    streamed = "".join(tracker.push(t) for t in ids[:-1])
+    assert not streamed.endswith("\ufffd")  # never streamed while the character may still complete
+    assert streamed + tracker.flush() == whole
+
+
 def test_min_tokens_masks_the_end_of_turn(make_engine, tiny_base, prompts):
     import torch
 
