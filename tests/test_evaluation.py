@@ -14,6 +14,7 @@ from adapterhub.errors import ConfigError, GateError
 
 REPO = Path(__file__).resolve().parents[1]
 CAPITALS = REPO / "recipes" / "evals" / "capitals"
+SUMS = REPO / "recipes" / "evals" / "sums"
 TASK = "adapterhub_capitals"
 
 
@@ -58,6 +59,34 @@ def test_in_process_evaluation_matches_lm_evals_hf_model_and_is_recorded(
     base = hub.evaluate(None, [CAPITALS], limit=3)  # the base alone: measured, never recorded
     assert base.ref is None and {e.samples for e in base.evaluations} == {3}
     assert len(hub.registry.evaluations("pirate@1")) == 2
+
+
+@pytest.mark.parametrize("chat", [False, True], ids=["plain", "chat-template"])
+def test_generation_tasks_answer_as_lm_evals_hf_model_does(
+    hub: Hub, tiny_base_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chat: bool
+) -> None:
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    report = hub.evaluate("pirate", [SUMS], chat=chat, log_samples=True)
+    adapter = hub.registry.export("pirate@1", tmp_path / "export")
+    monkeypatch.chdir(SUMS)
+    theirs = lm_eval.simple_evaluate(
+        model="hf", model_args=f"pretrained={tiny_base_dir},peft={adapter},dtype=float32,device=cpu",
+        tasks=["adapterhub_sums"], batch_size=1, task_manager=TaskManager(include_path=str(SUMS)),
+        log_samples=True, apply_chat_template=chat,
+    )
+    ours_text = _answers(report.results)
+    assert ours_text == _answers(theirs) and len(ours_text) == 12
+    assert any(ours_text)  # greedy decoding said something before a stop string
+    assert report.value("adapterhub_sums", "exact_match") == pytest.approx(
+        theirs["results"]["adapterhub_sums"]["exact_match,none"], abs=1e-3)
+    (recorded,) = hub.registry.evaluations("pirate@1")
+    assert recorded.setup["chat"] is chat
+
+
+def _answers(results: Any) -> list[str]:
+    return [sample["resps"][0][0] for sample in results["samples"]["adapterhub_sums"]]
 
 
 def test_bad_tasks_are_named_before_anything_loads(hub: Hub, tmp_path: Path) -> None:
