@@ -13,8 +13,9 @@ Design choices:
 * A backend states what it can do as :class:`Capability` flags; a screen hides or refuses an
   action the backend lacks *before* calling it, with a notification that says why.
 * The values crossing the seam are the library's own: :class:`~adapterhub.registry.Version`,
-  :class:`~adapterhub.progress.ProgressEvent`, :class:`~adapterhub.engine.types.SamplingParams`
-  and :class:`~adapterhub.engine.types.GenerationChunk`. One spelling per idea, whatever the
+  :class:`~adapterhub.registry.Evaluation`, :class:`~adapterhub.progress.ProgressEvent`,
+  :class:`~adapterhub.engine.types.SamplingParams` and
+  :class:`~adapterhub.engine.types.GenerationChunk`. One spelling per idea, whatever the
   transport.
 * Failures are adapterhub errors (``adapterhub.errors``); the app turns them into notifications.
 """
@@ -29,7 +30,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from adapterhub.engine.types import GenerationChunk, SamplingParams
 from adapterhub.progress import CancelToken, ProgressCallback, ProgressEvent
-from adapterhub.registry import Version
+from adapterhub.registry import Evaluation, Version
 
 ChatMessages = Sequence[Mapping[str, str]]
 """A chat as OpenAI writes it: ``[{"role": "user", "content": "..."}]``."""
@@ -41,6 +42,8 @@ class Capability(StrEnum):
     TAG = "tag"
     DELETE = "delete"
     STEP_LOG = "step_log"
+    EVALUATIONS = "evaluations"  # read a version's recorded evaluations
+    GATES = "gates"  # read the rules its aliases hold
     TRAIN = "train"
     PUSH = "push"
     PULL = "pull"
@@ -93,6 +96,26 @@ class Backend(Protocol):
 
     async def step_log(self, ref: str) -> list[ProgressEvent]:
         """The progress events recorded while the version was trained (empty when none)."""
+        ...
+
+    async def evaluations(self, ref: str) -> list[Evaluation]:
+        """The version's newest evaluation per task and metric, sorted by ``task:metric``."""
+        ...
+
+    async def gates(self, ref: str) -> dict[str, list[str]]:
+        """Each gated alias of the version with the text of its rules (ungated ones left out)."""
+        ...
+
+    async def evaluate(
+        self, ref: str, tasks: Sequence[str], *, limit: int | None = None,
+        progress: ProgressCallback,
+    ) -> list[Evaluation]:
+        """Run lm-evaluation-harness on the version, record the numbers and return them.
+
+        ``tasks`` are task folders or YAML files (``recipes/evals/capitals``) or lm-eval task
+        names; ``limit`` scores only the first documents of each. ``progress`` may be called from
+        any thread.
+        """
         ...
 
     async def tag(self, ref: str, alias: str) -> Version:

@@ -15,6 +15,10 @@ Design choices:
   the run is servable at once: the engine resolves refs through the same registry.
 * A base the engine does not support (it has a Llama-family fast path) falls back to the
   library's one-request-at-a-time path, serialised by a lock and delivered as one chunk.
+* Evaluation is :meth:`adapterhub.Hub.evaluate` in a thread: lm-evaluation-harness over an engine
+  of its own on the same loaded base (loaded once, under the lock compare's engine uses), with
+  the hub's engine settings, so what is measured is what compare streams. The numbers are
+  recorded in the registry before the call returns.
 """
 
 from __future__ import annotations
@@ -22,14 +26,14 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adapterhub.engine.types import GenerationChunk, GenerationRequest, SamplingParams, Usage
 from adapterhub.errors import AdapterHubError, ConfigError, EngineError
 from adapterhub.progress import STEP_LOG, CancelToken, ProgressCallback, ProgressEvent
-from adapterhub.registry import Version
+from adapterhub.registry import Evaluation, Version
 from adapterhub_tui.backend import BackendInfo, Capability, ChatMessages, TrainRequest
 
 if TYPE_CHECKING:
@@ -62,7 +66,8 @@ class InProcessBackend:
 
     async def describe(self) -> BackendInfo:
         info = await asyncio.to_thread(lambda: self.hub.base_info)
-        capabilities = {Capability.TAG, Capability.DELETE, Capability.STEP_LOG, Capability.TRAIN}
+        capabilities = {Capability.TAG, Capability.DELETE, Capability.STEP_LOG, Capability.TRAIN,
+                        Capability.EVALUATIONS, Capability.GATES}
         if callable(getattr(self.hub, "push", None)):
             capabilities.add(Capability.PUSH)
         if callable(getattr(self.hub, "pull", None)):
@@ -82,6 +87,18 @@ class InProcessBackend:
                 return []
             text = self.hub.registry.read_file(version, STEP_LOG).decode("utf-8")
             return parse_step_log(text)
+
+        return await asyncio.to_thread(read)
+
+    async def evaluations(self, ref: str) -> list[Evaluation]:
+        return await asyncio.to_thread(self.hub.registry.evaluations, ref, latest=True)
+
+    async def gates(self, ref: str) -> dict[str, list[str]]:
+        def read() -> dict[str, list[str]]:
+            version = self.hub.registry.resolve(ref)
+            rules = {alias: [str(g) for g in self.hub.registry.gates(version.name, alias)]
+                     for alias in version.aliases}
+            return {alias: texts for alias, texts in rules.items() if texts}
 
         return await asyncio.to_thread(read)
 
@@ -124,6 +141,21 @@ class InProcessBackend:
             train, self.hub, _source(request), overrides=dict(request.overrides),
             progress=progress, cancel=cancel,
         )
+
+    # ------------------------------------------------------------------ evaluation
+
+    async def evaluate(
+        self, ref: str, tasks: Sequence[str], *, limit: int | None = None,
+        progress: ProgressCallback,
+    ) -> list[Evaluation]:
+        def run() -> list[Evaluation]:
+            with self._engine_lock:  # compare's engine may be loading the same base right now
+                self.hub.base  # noqa: B018 (loads it once)
+            report = self.hub.evaluate(ref, list(tasks), limit=limit,
+                                       engine_config=self.engine_config, progress=progress)
+            return list(report.evaluations)
+
+        return await asyncio.to_thread(run)
 
     # ------------------------------------------------------------------ generation
 

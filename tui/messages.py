@@ -1,7 +1,7 @@
 """Messages the screens send each other, one small dataclass each (as Toolong does).
 
-Training emits many progress events per second from a worker thread. Posting one message per
-event would flood the queue, so the worker only appends to a buffer and posts
+Training and evaluation emit many progress events per second from a worker thread. Posting one
+message per event would flood the queue, so the worker only appends to a buffer and posts
 :class:`ProgressPending`, which *replaces* an earlier undelivered one (``can_replace``): however
 fast events arrive, the screen handles at most one message per frame and drains the buffer then.
 """
@@ -15,7 +15,7 @@ from textual.message import Message
 
 @dataclass
 class ProgressPending(Message, bubble=False):
-    """New training progress events wait in the screen's buffer."""
+    """New progress events (of a training run, an evaluation) wait in the screen's buffer."""
 
     def can_replace(self, message: Message) -> bool:
         return isinstance(message, ProgressPending)

@@ -14,16 +14,17 @@ Design choices:
   in-process. Transport failures and refused keys become
   :class:`~adapterhub.errors.ServerError` saying what to do. Message text is never parsed.
 * **Capabilities follow the key.** With an admin key the registry screen can tag, delete and
-  read step logs; with an inference key (403 on ``/admin``) it lists adapters from
-  ``/v1/models`` only. Training, push and pull need the in-process backend (the server has no
-  routes for them), and say so.
+  read step logs and recorded evaluations; with an inference key (403 on ``/admin``) it lists
+  adapters from ``/v1/models`` only. Training, push, pull, running an evaluation and reading an
+  alias's gates need the in-process backend (the server has no routes for them), and say so;
+  evaluation answers with the ``adapterhub eval ... --server`` command that runs it from a shell.
 * **Votes stay local.** Compare's preference pairs go to ``home`` on this machine, where
   ``adapterhub train`` can use them.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -33,9 +34,18 @@ import httpx
 from adapterhub.engine.types import GenerationChunk, SamplingParams, Usage
 from adapterhub.errors import AdapterHubError, AdapterNotFoundError, ConfigError, ServerError
 from adapterhub.progress import CancelToken, ProgressCallback, ProgressEvent
-from adapterhub.protocol import ERROR_CODES, DeleteResponse, ServerInfo, VersionInfo, VersionList
-from adapterhub.registry import Version
+from adapterhub.protocol import (
+    ERROR_CODES,
+    DeleteResponse,
+    EvaluationInfo,
+    ServerInfo,
+    VersionInfo,
+    VersionList,
+)
+from adapterhub.refs import AdapterRef
+from adapterhub.registry import Evaluation, Version
 from adapterhub_tui.backend import BackendInfo, Capability, ChatMessages, TrainRequest
+from adapterhub_tui.evaluation import eval_command
 
 
 def library_error(status: int | None, body: Any, url: str) -> AdapterHubError:
@@ -125,7 +135,9 @@ class HttpBackend:
             self._base_name = base
             return BackendInfo(f"{self.url} (inference key)", base, frozenset())
         self._admin, self._base_name = True, info.base_name
-        capabilities = frozenset({Capability.TAG, Capability.DELETE, Capability.STEP_LOG})
+        capabilities = frozenset(
+            {Capability.TAG, Capability.DELETE, Capability.STEP_LOG, Capability.EVALUATIONS}
+        )
         return BackendInfo(self.url, info.base_name, capabilities)
 
     async def list_versions(self) -> list[Version]:
@@ -147,6 +159,28 @@ class HttpBackend:
     async def step_log(self, ref: str) -> list[ProgressEvent]:
         data = await self._call("GET", f"/admin/versions/{self._ref_path(ref)}/step_log")
         return [ProgressEvent.from_dict(item) for item in data if isinstance(item, dict)]
+
+    async def evaluations(self, ref: str) -> list[Evaluation]:
+        data = await self._call("GET", f"/admin/versions/{self._ref_path(ref)}")
+        found = [_evaluation(e) for e in VersionInfo.model_validate(data).evaluations]
+        return sorted(found, key=lambda e: e.subject)
+
+    async def gates(self, ref: str) -> dict[str, list[str]]:
+        raise ConfigError(
+            f"reading an alias's gates is not available through the server at {self.url} yet; "
+            f"`adapterhub show {ref}` on the server's hub home lists them"
+        )
+
+    async def evaluate(
+        self, ref: str, tasks: Sequence[str], *, limit: int | None = None,
+        progress: ProgressCallback,
+    ) -> list[Evaluation]:
+        command = eval_command(ref, tasks, limit, server=self.url)
+        raise ConfigError(
+            f"running an evaluation is not available through the server at {self.url} yet "
+            f"(it has no route for it); run `{command}` from a shell on the server's hub home "
+            "(add --home if it is not the default): the numbers it records show here"
+        )
 
     async def tag(self, ref: str, alias: str) -> Version:
         data = await self._call("POST", f"/admin/versions/{self._ref_path(ref)}/tag",
@@ -242,6 +276,16 @@ class HttpBackend:
 
 def _finish(reason: str | None) -> Any:
     return reason if reason in ("stop", "length", "cancelled", "error") else "stop"
+
+
+def _evaluation(info: EvaluationInfo) -> Evaluation:
+    """The library's record from its wire form (the ref carries name and number)."""
+    ref = AdapterRef.parse(info.ref)
+    return Evaluation(
+        name=ref.name, number=ref.version or 0, task=info.task, metric=info.metric,
+        value=info.value, stderr=info.stderr, samples=info.samples, harness=info.harness,
+        created_at=info.created_at, setup=dict(info.setup),
+    )
 
 
 def _card_version(card: dict[str, Any]) -> Version:

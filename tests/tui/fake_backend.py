@@ -1,16 +1,17 @@
 """A small in-memory backend for the TUI's tests: deterministic, fast, with the real semantics.
 
 It keeps versions in a list and follows the registry's rules (immutable versions, aliases that
-move, deleting a parent refused), trains by emitting scripted progress events *from a worker
-thread* (as the real in-process backend does) and streams canned answers word by word. Knobs let a
-test make any call fail, hold a training run until it is cancelled, or slow streams down.
+move, deleting a parent refused), trains and evaluates by emitting scripted progress events *from
+a worker thread* (as the real in-process backend does) and streams canned answers word by word.
+Knobs let a test make any call fail, hold a training run or an evaluation until it is released,
+or slow streams down.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from adapterhub.engine.types import GenerationChunk, SamplingParams, Usage
 from adapterhub.errors import AdapterNotFoundError, ConfigError, RegistryError, TrainingCancelled
 from adapterhub.progress import CancelToken, ProgressCallback, ProgressEvent
 from adapterhub.refs import AdapterRef
-from adapterhub.registry import Version
+from adapterhub.registry import Evaluation, Version
 from adapterhub_tui.backend import BackendInfo, Capability, ChatMessages, TrainRequest
 from adapterhub_tui.recipes import get_key
 
@@ -65,6 +66,13 @@ def scripted_events(total: int, method: str = "sft") -> list[ProgressEvent]:
     return events
 
 
+def make_evaluation(ref: str, task: str, metric: str, value: float, **fields: Any) -> Evaluation:
+    name, _, number = ref.partition("@")
+    fields.setdefault("created_at", T0 + 86_400)
+    fields.setdefault("harness", "lm-eval 0.4.13")
+    return Evaluation(name, int(number), task, metric, value, **fields)
+
+
 def _recipe(request: TrainRequest) -> dict[str, Any]:
     if isinstance(request.recipe, Mapping):
         return dict(request.recipe)
@@ -96,6 +104,19 @@ class FakeBackend:
             "pirate@2": "Arr, Paris be the capital, matey!",
             "json-answers@1": '{"answer": "Paris", "confidence": 0.9}',
         }
+        self.recorded: dict[str, list[Evaluation]] = {  # ref -> evaluations, oldest first
+            "pirate@2": [
+                make_evaluation("pirate@2", "adapterhub_capitals", "acc", 0.5833, stderr=0.1486,
+                                samples=12),
+                make_evaluation("pirate@2", "adapterhub_capitals", "acc_norm", 0.5, stderr=0.1508,
+                                samples=12),
+            ],
+        }
+        self.alias_gates: dict[tuple[str, str], list[str]] = {
+            ("pirate", "prod"): ["adapterhub_capitals:acc>=parent"],
+        }
+        self.evaluated: list[tuple[str, tuple[str, ...], int | None]] = []
+        self.hold_evaluation: threading.Event | None = None  # set() to let a held run finish
         self.fail: dict[str, BaseException] = {}  # method name -> error to raise
         self.train_steps = 6
         self.hold_training: threading.Event | None = None  # set() to let a held run finish
@@ -141,6 +162,43 @@ class FakeBackend:
 
     async def step_log(self, ref: str) -> list[ProgressEvent]:
         return list(self.step_logs.get(self.resolve(ref).ref, []))
+
+    async def evaluations(self, ref: str) -> list[Evaluation]:
+        self._maybe_fail("evaluations")
+        newest = {e.subject: e for e in self.recorded.get(self.resolve(ref).ref, [])}
+        return sorted(newest.values(), key=lambda e: e.subject)
+
+    async def gates(self, ref: str) -> dict[str, list[str]]:
+        self._maybe_fail("gates")
+        version = self.resolve(ref)
+        return {alias: list(self.alias_gates[(version.name, alias)]) for alias in version.aliases
+                if self.alias_gates.get((version.name, alias))}
+
+    async def evaluate(
+        self, ref: str, tasks: Sequence[str], *, limit: int | None = None,
+        progress: ProgressCallback,
+    ) -> list[Evaluation]:
+        self._maybe_fail("evaluate")
+        version = self.resolve(ref)
+        self.evaluated.append((version.ref, tuple(tasks), limit))
+        names = [f"adapterhub_{Path(t).name}" for t in tasks]
+        total = 4 * len(tasks)
+
+        def run() -> None:  # on a worker thread, like lm-eval over the real engine
+            progress(ProgressEvent("start", message=f"evaluating {version.ref} on {', '.join(names)}"))
+            for step in range(1, total + 1):
+                progress(ProgressEvent("step", step=step, total_steps=total, message="loglikelihood"))
+                if step == 1 and self.hold_evaluation is not None:
+                    self.hold_evaluation.wait(30)
+
+        await asyncio.to_thread(run)
+        found = [make_evaluation(version.ref, name, "acc", 0.25 * (i + 1), stderr=0.2,
+                                 samples=limit or 12, created_at=T0 + 2 * 86_400)
+                 for i, name in enumerate(names)]
+        self.recorded.setdefault(version.ref, []).extend(found)
+        progress(ProgressEvent("done", message=", ".join(f"{e.subject}={e.value:.4g}" for e in found),
+                               metrics={e.subject: e.value for e in found}, version_ref=version.ref))
+        return found
 
     async def tag(self, ref: str, alias: str) -> Version:
         self._maybe_fail("tag")

@@ -1,7 +1,8 @@
-"""The TUI over the real in-process backend on the tiny model: registry, training, compare.
+"""The TUI over the real in-process backend on the tiny model: registry, training, compare, eval.
 
 Nothing is faked here: a real hub home with the tiny base, real imported adapters, the real
-training runner (a few SFT steps) and the real engine streaming the compare columns.
+training runner (a few SFT steps), the real engine streaming the compare columns and
+lm-evaluation-harness over it scoring a bundled task.
 """
 
 from __future__ import annotations
@@ -10,26 +11,34 @@ import json
 from pathlib import Path
 
 import pytest
-from textual.widgets import DataTable, Input, Static
+from textual.widgets import DataTable, Input, ProgressBar, Static
 from tui_testing import notices, settle
 
 from adapterhub_tui import make_app
 from adapterhub_tui.local import InProcessBackend
 from adapterhub_tui.preferences import PreferenceStore
 from adapterhub_tui.screens.compare import CompareScreen
+from adapterhub_tui.screens.dialogs import EvaluateDialog
 from adapterhub_tui.screens.registry import RegistryScreen
 from adapterhub_tui.screens.training import TrainingScreen
 from adapterhub_tui.widgets.answer import AnswerColumn
 from adapterhub_tui.widgets.curves import Curves
 
+CAPITALS = Path(__file__).resolve().parents[2] / "recipes" / "evals" / "capitals"
+
 
 @pytest.fixture
 def hub(home: Path, tiny_base_dir: Path, tmp_path: Path, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    return _tiny_hub(home, tiny_base_dir, tmp_path)
+
+
+def _tiny_hub(home: Path, tiny_base_dir: Path, tmp_path: Path, **options: str):  # type: ignore[no-untyped-def]
+    """A home on the tiny base with ``pirate@1`` (alias ``prod``) and ``json@1``."""
     from tinymodels import make_lora_folder
 
     from adapterhub import Hub
 
-    hub = Hub(home)
+    hub = Hub(home, **options)
     hub.init(str(tiny_base_dir), precision="fp32")
     hub.import_adapter(make_lora_folder(tiny_base_dir, tmp_path / "a", seed=1), "pirate")
     hub.import_adapter(make_lora_folder(tiny_base_dir, tmp_path / "b", seed=2), "json")
@@ -203,3 +212,51 @@ async def test_the_loop_closes_compare_vote_dpo(app, hub) -> None:  # type: igno
         version = hub.resolve("json-dpo")
         assert (version.method, version.parent) == ("dpo", "json@1")
         assert any(k.startswith("train/rewards/") for k in version.metrics)
+
+
+async def test_evaluate_from_the_registry_and_see_the_numbers(  # type: ignore[no-untyped-def]
+    home: Path, tiny_base_dir: Path, tmp_path: Path, sft_recipe: Path
+) -> None:
+    """``e`` runs lm-eval over the engine on a bundled task; the details show what was recorded."""
+    hub = _tiny_hub(home, tiny_base_dir, tmp_path, compute_dtype="float32")
+    app = make_app(InProcessBackend(hub), recipe_dirs=[sft_recipe])
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        screen = app.screen
+        await pilot.press("slash", *"prod", "enter")
+        await settle(pilot)
+        assert screen.selected_ref == "pirate@1"
+        assert "evaluations  none yet" in str(screen.query_one("#detail-evals", Static).render())
+        await pilot.press("e")
+        await pilot.pause()
+        dialog = app.screen
+        assert isinstance(dialog, EvaluateDialog)
+        dialog.query_one("#eval-tasks", Input).value = str(CAPITALS)
+        dialog.query_one("#eval-limit", Input).value = "2"
+        await pilot.pause()
+        await pilot.press("enter")
+        await settle(pilot)
+
+        assert app.screen is screen and not screen.query_one("#eval-run").display
+        recorded = hub.registry.evaluations("pirate@1", latest=True)
+        assert [(e.subject, e.samples) for e in recorded] == [
+            ("adapterhub_capitals:acc", 2), ("adapterhub_capitals:acc_norm", 2)]
+        assert all(e.setup["limit"] == 2 and e.setup["compute_dtype"] == "float32" for e in recorded)
+        steps = [e for e in screen.eval_events if e.kind == "step"]
+        assert screen.eval_events[0].kind == "start" and screen.eval_events[-1].kind == "done"
+        assert steps and steps[-1].step == steps[-1].total_steps == 8  # 2 questions x 4 choices
+        assert screen.query_one("#eval-progress", ProgressBar).progress == 8
+        text = str(screen.query_one("#detail-evals", Static).render())
+        assert "adapterhub_capitals  n=2" in text
+        for e in recorded:
+            shown = f"{e.value:.4g}"
+            assert f"  {e.metric:<8}  {shown:<6} ± {e.stderr:.3g}" in text
+        acc = recorded[0]
+        assert any(f"adapterhub_capitals:acc {acc.value:.4g}" in n for n in notices(app))
+
+        # A gate on an alias shows under the numbers it reads.
+        hub.tag("pirate@1", "gated", gates=["adapterhub_capitals:acc>=0"])
+        await pilot.press("r")
+        await settle(pilot)
+        assert "gates of gated\n  adapterhub_capitals:acc>=0" in str(
+            screen.query_one("#detail-evals", Static).render())

@@ -154,7 +154,8 @@ async def test_every_action_is_in_the_command_palette(fake_app, fake) -> None:
         await settle(pilot)
         titles = {c.title for c in app.get_system_commands(app.screen)}
         assert {"Registry", "Train", "Compare", "DPO on votes", "Alias version", "Delete version",
-                "Open in compare", "Train from version", "Push version", "Pull adapter"} <= titles
+                "Open in compare", "Train from version", "Evaluate version", "Push version",
+                "Pull adapter"} <= titles
         await pilot.press("ctrl+p", *"Delete version")
         await pilot.pause(0.3)
         await pilot.press("enter")

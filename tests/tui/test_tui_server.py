@@ -23,6 +23,7 @@ from adapterhub_tui import make_app
 from adapterhub_tui.preferences import PreferenceStore
 from adapterhub_tui.remote import HttpBackend
 from adapterhub_tui.screens.compare import CompareScreen
+from adapterhub_tui.screens.dialogs import EvaluateDialog
 from adapterhub_tui.widgets.answer import AnswerColumn
 
 ADMIN_KEY = "tui-admin-key-0123456789abcdef"
@@ -76,7 +77,12 @@ def served(home: Path, tiny_base_dir: Path, tmp_path: Path, request: pytest.Fixt
 
 async def test_tui_drives_a_real_server(served: str, home: Path, tmp_path: Path) -> None:
     from adapterhub import Hub
+    from adapterhub.registry import Evaluation
 
+    Hub(home).registry.record_evaluations([  # as `adapterhub eval` on the server's home records them
+        Evaluation("pirate", 1, "adapterhub_capitals", "acc", 0.75, stderr=0.25, samples=4,
+                   harness="lm-eval 0.4.13", setup={"limit": 4}),
+    ])
     local = tmp_path / "local-home"
     app = make_app(HttpBackend(served, home=local, api_key=ADMIN_KEY), recipe_dirs=[])
     async with app.run_test(size=(120, 30)) as pilot:
@@ -90,6 +96,22 @@ async def test_tui_drives_a_real_server(served: str, home: Path, tmp_path: Path)
         assert Hub(home).resolve("pirate:prod").ref == "pirate@1"
         summary = str(app.screen.query_one("#detail-summary", Static).render())
         assert "pirate@1  (prod)" in summary and "lineage  pirate@1" in summary
+        # Recorded evaluations come through GET /admin/versions/{ref}.
+        evals = str(app.screen.query_one("#detail-evals", Static).render())
+        assert evals.splitlines() == ["evaluations", "adapterhub_capitals  n=4", "  acc  0.75   ± 0.25",
+                                      "harness  lm-eval 0.4.13"]  # and no gates: no route reads them
+        # Running one has no route yet: the dialog's answer is the shell command that does it.
+        await pilot.press("e")
+        await pilot.pause()
+        assert isinstance(app.screen, EvaluateDialog)
+        app.screen.query_one("#eval-tasks", Input).value = "arc_easy"
+        app.screen.query_one("#eval-limit", Input).value = "2"
+        await pilot.press("enter")
+        await settle(pilot)
+        assert any(f"running an evaluation is not available through the server at {served}" in n
+                   and f"`adapterhub eval pirate@1 --task arc_easy --limit 2 --server {served}`" in n
+                   for n in notices(app)), notices(app)
+        assert len(Hub(home).registry.evaluations("pirate@1")) == 1
 
         # Compare streams over SSE with the same sampling, resolved versions from the header.
         await pilot.press("c")
@@ -134,6 +156,7 @@ async def test_inference_key_lists_but_cannot_tag(served: str, tmp_path: Path) -
         assert app.sub_title == f"{served} (inference key)"
         table = app.screen.query_one(DataTable)
         assert sorted(table.get_row_at(i)[0] for i in range(table.row_count)) == ["json@1", "pirate@1"]
+        assert not app.screen.query_one("#detail-evals", Static).display  # /admin is refused
         await pilot.press("a")
         await pilot.pause()
         assert any("tagging is not available" in n for n in notices(app))

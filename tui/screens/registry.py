@@ -1,17 +1,24 @@
 """The registry screen (the one the app opens on): every version, filtered as you type.
 
 Left, a table of versions (ref, method, aliases, created, metrics, base); right, the highlighted
-version's details: its lineage (the parent chain), its metrics, the curves of its stored step log
-and its recipe. Actions act on the highlighted row: alias, delete (after a confirmation), push,
-pull, open in compare, train from it.
+version's details: its lineage (the parent chain), its metrics, its newest evaluations (task,
+metric, value ± stderr, documents scored) and the gates of its aliases, the curves of its stored
+step log and its recipe. Actions act on the highlighted row: alias, delete (after a confirmation),
+evaluate, push, pull, open in compare, train from it.
 
 Loading details goes through one exclusive worker, so scrolling fast through the table cancels
 the loads of rows already left behind instead of queueing them.
+
+Evaluate (``e``) asks for the tasks and a document limit, then runs ``Backend.evaluate`` in a
+worker of its own, one evaluation at a time, with a progress bar under the table; the user may keep
+browsing meanwhile. As on the training screen, progress arrives on the evaluation's thread and
+only fills a buffer; :class:`~adapterhub_tui.messages.ProgressPending` has the screen drain it at
+most once per frame.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, cast
 
@@ -21,13 +28,15 @@ from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Input, Static
+from textual.widgets import DataTable, Footer, Header, Input, ProgressBar, Static
 
 from adapterhub.progress import ProgressEvent
 from adapterhub.refs import AdapterRef, validate_name
-from adapterhub.registry import Version
+from adapterhub.registry import Evaluation, Version
 from adapterhub_tui.backend import Capability
-from adapterhub_tui.screens.dialogs import AskDialog, ConfirmDialog
+from adapterhub_tui.evaluation import EvaluationForm, default_tasks
+from adapterhub_tui.messages import ProgressPending
+from adapterhub_tui.screens.dialogs import AskDialog, ConfirmDialog, EvaluateDialog
 from adapterhub_tui.widgets.curves import Curves
 
 if TYPE_CHECKING:
@@ -41,6 +50,46 @@ def short_metrics(metrics: dict[str, object], limit: int = 2) -> str:
     numeric = {k: v for k, v in metrics.items() if isinstance(v, int | float) and k not in ("r", "alpha")}
     keys = sorted(numeric, key=lambda k: (0 if "loss" in k else 1 if "ppl" in k or "perplex" in k else 2, k))
     return " ".join(f"{k} {numeric[k]:.3g}" for k in keys[:limit])
+
+
+def evaluation_lines(evaluations: Sequence[Evaluation]) -> list[str]:
+    """The details' evaluations: a heading per task (with the documents scored), a line per metric.
+
+    ``acc       0.5833 ± 0.149``; a metric's document count is shown on its own line only when
+    the metrics of one task were scored on different numbers of documents. Narrow enough for the
+    details pane of an 80-column terminal.
+    """
+    if not evaluations:
+        return ["evaluations  none yet (e runs one)"]
+    lines = ["evaluations"]
+    by_task: dict[str, list[Evaluation]] = {}
+    for e in evaluations:
+        by_task.setdefault(e.task, []).append(e)
+    for task, rows in sorted(by_task.items()):
+        counts = {e.samples for e in rows}
+        shared = rows[0].samples if len(counts) == 1 else None
+        lines.append(task + (f"  n={shared}" if shared else ""))
+        width = max(len(e.metric) for e in rows)
+        for e in sorted(rows, key=lambda e: e.metric):
+            value = f"{e.value:.4g}"
+            if e.stderr is not None:
+                value = f"{value:<6} ± {e.stderr:.3g}"
+            text = f"  {e.metric:<{width}}  {value}"
+            if shared is None and e.samples:
+                text += f"  n={e.samples}"
+            lines.append(text)
+    harnesses = sorted({e.harness for e in evaluations if e.harness})
+    if harnesses:
+        lines.append(f"harness  {', '.join(harnesses)}")
+    return lines
+
+
+def gate_lines(gates: Mapping[str, Sequence[str]]) -> list[str]:
+    """``gates of prod`` over its rules (``  adapterhub_capitals:acc>=parent``), per gated alias."""
+    lines = []
+    for alias, rules in sorted(gates.items()):
+        lines += [f"gates of {alias}", *(f"  {rule}" for rule in rules)]
+    return lines
 
 
 def row_text(version: Version) -> str:
@@ -66,6 +115,7 @@ class RegistryScreen(Screen[None]):
         Binding("d,delete", "delete", "Delete"),
         Binding("c", "compare", "→Compare"),
         Binding("t", "train_from", "→Train"),
+        Binding("e", "evaluate", "Eval"),
         Binding("p", "push", "Push", show=False),
         Binding("P", "pull", "Pull", show=False),
         Binding("r", "reload", "Reload", show=False),
@@ -75,6 +125,9 @@ class RegistryScreen(Screen[None]):
         super().__init__()
         self.versions: list[Version] = []
         self.shown: list[Version] = []
+        self.evaluating: str | None = None  # the ref being evaluated, one at a time
+        self.eval_events: list[ProgressEvent] = []  # the running (or last) evaluation's progress
+        self._pending: list[ProgressEvent] = []  # filled on the evaluation's thread
         self._ready = False
 
     @property
@@ -88,8 +141,12 @@ class RegistryScreen(Screen[None]):
             yield DataTable(id="versions", cursor_type="row", zebra_stripes=True)
             with VerticalScroll(id="details"):
                 yield Static("no version selected", id="detail-summary", markup=False)
+                yield Static("", id="detail-evals", markup=False)
                 yield Curves("step log: loss", id="detail-curves")
                 yield Static("", id="detail-recipe", markup=False)
+        with Horizontal(id="eval-run"):
+            yield Static("", id="eval-status", markup=False)
+            yield ProgressBar(id="eval-progress", show_eta=False)
         yield Footer()
 
     def on_mount(self) -> None:
@@ -173,26 +230,36 @@ class RegistryScreen(Screen[None]):
 
     @work(exclusive=True, group="registry-details")
     async def load_details(self, ref: str) -> None:
-        """Load ``ref``'s lineage and step log into the details pane."""
+        """Load ``ref``'s lineage, step log, evaluations and gates into the details pane."""
         backend = self.hub.backend
         info = await self.hub.info()
         try:
             chain = await backend.lineage(ref)
             events = await backend.step_log(ref) if info.can(Capability.STEP_LOG) else []
+            evaluations = await backend.evaluations(ref) if info.can(Capability.EVALUATIONS) else None
+            gates = await backend.gates(ref) if info.can(Capability.GATES) else {}
         except Exception as e:
             self.hub.report(e, f"loading {ref}")
             return
-        self._show_details(chain[0] if chain else None, chain, events)
+        self._show_details(chain[0] if chain else None, chain, events, evaluations, gates)
 
     def _show_details(
-        self, version: Version | None, chain: list[Version], events: list[ProgressEvent]
+        self,
+        version: Version | None,
+        chain: list[Version],
+        events: list[ProgressEvent],
+        evaluations: Sequence[Evaluation] | None = None,
+        gates: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
+        """Fill the details pane; ``evaluations`` None: the backend cannot read them (not shown)."""
         summary = self.query_one("#detail-summary", Static)
+        evals = self.query_one("#detail-evals", Static)
         curves = self.query_one("#detail-curves", Curves)
         recipe = self.query_one("#detail-recipe", Static)
         curves.clear()
         if version is None:
             summary.update("no versions match" if self.versions else "no adapters yet: train one (f2)")
+            evals.display = False
             recipe.update("")
             return
         lines = [
@@ -210,6 +277,10 @@ class RegistryScreen(Screen[None]):
             shown = f"{value:.4g}" if isinstance(value, float) else str(value)
             lines.append(f"{key:<16} {shown}")
         summary.update("\n".join(lines))
+        evaluated = [*(evaluation_lines(evaluations) if evaluations is not None else []),
+                     *gate_lines(gates or {})]
+        evals.update("\n".join(evaluated))
+        evals.display = bool(evaluated)
         curves.add_events(events)
         curves.display = bool(events)
         recipe.update(
@@ -314,6 +385,71 @@ class RegistryScreen(Screen[None]):
         self.notify(f"pulled {repo} as {version.ref}")
         self.reload(select=version.ref)
 
+    @work(group="registry-eval")
+    async def action_evaluate(self) -> None:
+        version = self._need_selection()
+        if version is None or self._busy_evaluating():
+            return
+        form = await self.app.push_screen_wait(EvaluateDialog(version.ref, default_tasks()))
+        if form is None or self._busy_evaluating():
+            return
+        await self._evaluate(version.ref, form)
+
+    def _busy_evaluating(self) -> bool:
+        if self.evaluating is None:
+            return False
+        self.notify(f"an evaluation of {self.evaluating} is running; wait for it to finish",
+                    severity="warning")
+        return True
+
+    async def _evaluate(self, ref: str, form: EvaluationForm) -> None:
+        """Run one evaluation with a live progress bar, then show its numbers."""
+        self.evaluating = ref
+        self.eval_events.clear()
+        self._pending.clear()
+        self.query_one("#eval-progress", ProgressBar).update(total=None, progress=0)
+        self.query_one("#eval-status", Static).update(f"evaluating {ref}…")
+        self.query_one("#eval-run").display = True
+        try:
+            found = await self.hub.backend.evaluate(
+                ref, form.tasks, limit=form.limit, progress=self._on_progress
+            )
+        except Exception as e:
+            self.hub.report(e, f"evaluating {ref}")
+        else:
+            self._drain()
+            numbers = ", ".join(f"{e.subject} {e.value:.4g}" for e in found) or "no numbers measured"
+            self.notify(numbers, title=f"evaluated {ref}", markup=False)
+            if self.selected_ref == ref:
+                self.load_details(ref)
+        finally:
+            self.evaluating = None
+            self._pending.clear()
+            self.query_one("#eval-run").display = False
+
+    def _on_progress(self, event: ProgressEvent) -> None:
+        """The backend's progress callback; may run on any thread."""
+        self._pending.append(event)  # list.append is atomic; drained on the UI thread
+        self.post_message(ProgressPending())
+
+    def on_progress_pending(self, _message: ProgressPending) -> None:
+        self._drain()
+
+    def _drain(self) -> None:
+        if not self._pending or self.evaluating is None:  # nothing new, or a late event of a run that ended
+            return
+        batch, self._pending = self._pending, []
+        self.eval_events.extend(batch)
+        status = self.query_one("#eval-status", Static)
+        step = next((e for e in reversed(batch) if e.kind == "step"), None)
+        if step is not None:
+            self.query_one("#eval-progress", ProgressBar).update(
+                total=step.total_steps or None, progress=step.step
+            )
+            status.update(f"evaluating {self.evaluating}: {step.message} {step.step}/{step.total_steps}")
+        elif batch[-1].message:
+            status.update(batch[-1].message)
+
     async def action_compare(self) -> None:
         version = self._need_selection()
         if version is not None:
@@ -334,6 +470,9 @@ class RegistryScreen(Screen[None]):
                             self.action_compare)
         yield SystemCommand("Train from version", "Train with the selected version as parent (t)",
                             self.action_train_from)
+        yield SystemCommand("Evaluate version",
+                            "Run lm-evaluation-harness on the selected version and record it (e)",
+                            self.action_evaluate)
         yield SystemCommand("Push version", "Push the selected version to the Hub (p)",
                             self.action_push)
         yield SystemCommand("Pull adapter", "Pull an adapter repo from the Hub (P)",
