@@ -132,7 +132,7 @@ class LoadedBase:
         return f"base {self.info.name}: {how}; {self.platform.summary()}"
 
     def render_chat(
-        self, messages: list[dict[str, str]], *, add_generation_prompt: bool = True,
+        self, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True,
         tools: list[dict[str, Any]] | None = None,
     ) -> list[int]:
         """Token ids of ``messages`` through the base's own chat template (``tools``, OpenAI's

@@ -18,6 +18,7 @@ Design choices:
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -49,22 +50,82 @@ class TextPart(_Strict):
     """The text."""
 
 
+class CalledFunction(_Strict):
+    """The function an earlier assistant turn called, as the client sends it back."""
+
+    name: str = Field(min_length=1, max_length=64)
+    arguments: str = Field(max_length=1_000_000)
+    """The arguments as the JSON string the call gave."""
+
+    def for_template(self) -> dict[str, Any]:
+        """``{"name", "arguments"}`` with the arguments parsed when they are a JSON object, as
+        Hugging Face chat templates expect them (they write ``arguments | tojson``)."""
+        try:
+            parsed = json.loads(self.arguments)
+        except ValueError:
+            parsed = None
+        return {"name": self.name, "arguments": parsed if isinstance(parsed, dict) else self.arguments}
+
+
+class SentToolCall(_Strict):
+    """A tool call of an earlier assistant turn."""
+
+    id: str = Field(min_length=1, max_length=256)
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
 class ChatMessage(_Strict):
-    """One chat message."""
+    """One chat message: a turn of the conversation, or a tool's result."""
 
-    role: Literal["system", "developer", "user", "assistant"]
-    """Who speaks; ``developer`` is treated as ``system``."""
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    """Who speaks; ``developer`` is treated as ``system``; ``tool`` carries a call's result."""
 
-    content: Annotated[str, Field(max_length=4_000_000)] | Annotated[list[TextPart], Field(max_length=1024)]
-    """The message text, or a list of text parts that are joined."""
+    content: Annotated[str, Field(max_length=4_000_000)] | Annotated[list[TextPart], Field(max_length=1024)] | None = None
+    """The message text, or a list of text parts that are joined; only an assistant turn that
+    calls tools may leave it out."""
 
     name: str | None = Field(default=None, max_length=64)
     """Accepted for compatibility; not shown to the model."""
 
+    tool_calls: list[SentToolCall] | None = Field(default=None, min_length=1, max_length=128)
+    """An assistant turn's calls, sent back so the model sees what it asked for."""
+
+    tool_call_id: str | None = Field(default=None, min_length=1, max_length=256)
+    """The call a ``tool`` message answers."""
+
+    @model_validator(mode="after")
+    def _fields_of_the_role(self) -> ChatMessage:
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError(f"tool_calls: only an assistant message carries them, not a {self.role!r} "
+                             "one; move them to the assistant turn that made the calls")
+        if self.role == "tool" and self.tool_call_id is None:
+            raise ValueError("tool_call_id: a tool message must name the call it answers "
+                             "(the id of one of the assistant's tool_calls)")
+        if self.role != "tool" and self.tool_call_id is not None:
+            raise ValueError(f"tool_call_id: only a tool message answers a call, not a {self.role!r} one")
+        if self.content is None and self.tool_calls is None:
+            raise ValueError(f"content: a {self.role!r} message needs content (only an assistant "
+                             "turn with tool_calls may leave it out)")
+        return self
+
     def text(self) -> str:
+        if self.content is None:
+            return ""
         if isinstance(self.content, str):
             return self.content
         return "".join(part.text for part in self.content)
+
+    def for_template(self) -> dict[str, Any]:
+        """The message as Hugging Face chat templates read it."""
+        message: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role,
+                                   "content": self.text()}
+        if self.tool_calls:
+            message["tool_calls"] = [{"id": c.id, "type": c.type, "function": c.function.for_template()}
+                                     for c in self.tool_calls]
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
+        return message
 
 
 class MixEntry(_Strict):

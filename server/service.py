@@ -230,10 +230,7 @@ class InferenceService:
         import jinja2
 
         assert self.hub is not None
-        messages = [
-            {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-            for m in body.messages
-        ]
+        messages = [m.for_template() for m in body.messages]
         tools = [tool.model_dump(exclude_none=True) for tool in body.tools] if body.tools else None
         try:
             ids = self.hub.base.render_chat(messages, tools=tools)

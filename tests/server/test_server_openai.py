@@ -233,3 +233,46 @@ def test_a_request_resolves_its_ref_once_off_the_event_loop(client: TestClient, 
     assert len(reply.json()["choices"]) == 4
     assert len(calls) == 1, calls
     assert calls[0] != "MainThread" and not calls[0].startswith("adapterhub-")  # a worker, not the loop
+
+
+TIDE_CALL = {"id": "call_1", "type": "function",
+             "function": {"name": "get_tide", "arguments": '{"port": "Brest"}'}}
+TOOL_TURNS = [
+    {"role": "user", "content": "When is high tide in Brest?"},
+    {"role": "assistant", "content": None, "tool_calls": [TIDE_CALL]},
+    {"role": "tool", "tool_call_id": "call_1", "content": "high tide at 14:02"},
+]
+
+
+def test_tool_results_continue_the_conversation(client: TestClient, tiny_base_dir: Path) -> None:
+    """The assistant's tool_calls and the tool's answer, sent back as OpenAI clients send them,
+    reach the chat template as Hugging Face templates read them (arguments as an object)."""
+    from transformers import AutoTokenizer
+
+    from adapterhub_server.schemas import ChatMessage
+
+    reply = client.post("/v1/chat/completions", json={"model": "pirate", "messages": TOOL_TURNS,
+                                                      "max_tokens": 4, "temperature": 0})
+    assert reply.status_code == 200, reply.text
+    templated = [
+        {"role": "user", "content": "When is high tide in Brest?"},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_tide", "arguments": {"port": "Brest"}}}]},
+        {"role": "tool", "content": "high tide at 14:02", "tool_call_id": "call_1"},
+    ]
+    assert [ChatMessage.model_validate(m).for_template() for m in TOOL_TURNS] == templated
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base_dir)
+    expected = tokenizer.apply_chat_template(templated, add_generation_prompt=True, tokenize=True)
+    expected = expected["input_ids"] if hasattr(expected, "keys") else expected
+    assert reply.json()["usage"]["prompt_tokens"] == len(expected)
+    # A template that renders calls (as Qwen's and Mistral's do) writes the arguments as JSON.
+    calls = ("{% for m in messages %}{% for c in m.tool_calls or [] %}"
+             "<call>{{ c.function.name }} {{ c.function.arguments | tojson }}</call>{% endfor %}"
+             "{% if m.role == 'tool' %}<result {{ m.tool_call_id }}>{{ m.content }}</result>{% endif %}"
+             "{% endfor %}")
+    assert tokenizer.apply_chat_template(templated, chat_template=calls, tokenize=False) == (
+        '<call>get_tide {"port": "Brest"}</call><result call_1>high tide at 14:02</result>')
+    # Arguments that are not a JSON object reach the template as the string the call gave.
+    odd = {**TIDE_CALL, "function": {"name": "get_tide", "arguments": "Brest"}}
+    message = ChatMessage.model_validate({"role": "assistant", "content": "", "tool_calls": [odd]})
+    assert message.for_template()["tool_calls"][0]["function"]["arguments"] == "Brest"

@@ -223,6 +223,14 @@ def test_tool_choice_required_and_named_answer_with_tool_calls(server: RunningSe
     assert [(d.function.name, d.function.arguments) for d in calls] == [("get_tide", call.function.arguments)]
     assert streamed[-1].finish_reason == "stop"
 
+    # The call's result goes back as clients send it: the assistant message object itself, then
+    # a tool message answering its call; the conversation goes on.
+    result = {"role": "tool", "tool_call_id": call.id, "content": '{"high_tide": "14:02"}'}
+    follow = client.chat.completions.create(
+        model="pirate", messages=[*ask["messages"], answer.choices[0].message, result], max_tokens=8,
+        temperature=0)
+    assert follow.choices[0].message.content is not None and follow.usage.prompt_tokens > 10
+
     with pytest.raises(openai.BadRequestError, match="tool_choice 'auto'"):
         client.chat.completions.create(**ask)
 
