@@ -5,6 +5,7 @@
     .venv/bin/python bench/serve_bench.py --threads 1 --lora-dtype base --skip-peft
     .venv/bin/python bench/serve_bench.py --base .tmp/family-bases/qwen3 --only-mixed  # (c), (e)
     .venv/bin/python bench/serve_bench.py --only-mixed --schema   # and (g): every row constrained
+    .venv/bin/python bench/serve_bench.py --only-mixed --prefix   # and (h): a shared system prompt
 
 Per family, on the tiny-but-realistic bases of ``bench/family_bases.py`` (one line each):
 
@@ -25,6 +26,11 @@ non-zero A and B (PEFT ``init_lora_weights=False``), request i uses adapter i % 
         cache: the 32 requests name 32 adapters none of which is resident or cached, so every
         one is loaded from the registry and evicts another while the batch decodes
     cold load: registry -> resident in a slot, for r=16 adapters never loaded before
+    (h) with ``--prefix``: 32 requests sharing a new ~300-token system prompt, each with its own
+        question, all submitted at once, with prefix caching and without (``prefix_cache_mib=0``),
+        for one adapter and for 8 mixed (each adapter computes the prefix once: its keys are its
+        own); time to first token p50 and tokens/s, cached over uncached. The system prompt is new
+        in every run, so the figure is the first wave's, not a warm cache's.
 
 tokens/s is completion tokens over wall time from submitting the 32 requests to the last token
 (prefill included). The ratios are the issue's targets. Every figure comes from this one
@@ -94,6 +100,8 @@ def parse_args() -> argparse.Namespace:
                         help="only (c) and (e), and one summary line 'mixed ...' with (e)/(c)")
     parser.add_argument("--schema", action="store_true",
                         help="also (g): (e) with every row held to a JSON schema, and (g)/(e)")
+    parser.add_argument("--prefix", action="store_true",
+                        help="also (h): a shared 300-token system prompt with and without prefix caching")
     return parser.parse_args()
 
 
@@ -247,6 +255,30 @@ def run_engine(
     return clock.rates(sum(r.usage.completion_tokens for r in results))
 
 
+def shared_prefix_prompts(base: Any, count: int, run: int, length: int = 300) -> list[list[int]]:
+    """``count`` chat prompts whose system prompt (about ``length`` tokens, new for each ``run``)
+    is the same, each with its own question."""
+    rules = [f"You answer for harbour office {run}.", "Keep every answer short and kind.",
+             "Name the tide when it matters.", "Never guess a ship's cargo.", "Use plain words."]
+    words: list[str] = []
+    while len(base.tokenizer(" ".join(words))["input_ids"]) < length:
+        words += rules[len(words) % len(rules)].split()
+    system = " ".join(words)
+    return [base.render_chat([{"role": "system", "content": system},
+                              {"role": "user", "content": f"Tell me a short story about {TOPICS[i % 8]}, number {i}."}])
+            for i in range(count)]
+
+
+def run_shared_prefix(engine: Engine, prompts: list[list[int]], adapters: list[str | None], tokens: int
+                      ) -> tuple[float, float]:
+    """(time to first token p50 in seconds, tokens/s wall) of one batch submitted at once."""
+    before = engine.stats().ttft_count
+    wall, _ = run_engine(engine, prompts, adapters, tokens)
+    stats = engine.stats()
+    assert stats.ttft_count - before == len(prompts)
+    return statistics.median(stats.ttft_seconds[-len(prompts):]), wall
+
+
 def best_of(repeats: int, fn: Any) -> tuple[float, float]:
     runs = [fn() for _ in range(repeats)]
     return max(r[0] for r in runs), max(r[1] for r in runs)
@@ -324,6 +356,8 @@ def main() -> None:
                 wall, cpu = (figures["g"][i] / figures["e_same"][i] for i in (0, 1))
                 print(f"structured {args.requests}x<={args.tokens} {args.precision} {threads}t  (g) {figures['g'][0]:7.1f} "
                       f"tok/s  (g)/(e, same lengths) {wall:.2f} wall, {cpu:.2f} CPU-time  (target >= 0.85)")
+            if args.prefix:  # two engines of its own; this one idles meanwhile
+                prefix_case(base, registry, config, mixed, args, threads)
             if args.only_mixed:
                 report_mixed(figures, args, threads, base.model.config.model_type, base_path.name)
                 return
@@ -353,6 +387,32 @@ def main() -> None:
         report(figures, args, threads)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def prefix_case(base: Any, registry: Registry, config: EngineConfig, mixed: list[str | None],
+                args: argparse.Namespace, threads: int) -> None:
+    """(h): one adapter and 8 mixed, each with prefix caching and without, in alternating runs."""
+    plain = config.model_copy(update={"prefix_cache_mib": 0})
+    with Engine(base, registry, config) as cached, Engine(base, registry, plain) as uncached:
+        for engine in (cached, uncached):  # warm-up: loads the adapters, first kernels, and
+            run_engine(engine, prompts_for(base, 8), mixed, 8)  # grows the KV cache to length once
+            run_engine(engine, shared_prefix_prompts(base, args.requests, run=-1), [None], 1)
+        for label, adapters in (("one adapter", mixed[:1]), (f"{len(mixed)} mixed", mixed)):
+            say(f"(h) engine, {args.requests} requests sharing a 300-token system prompt, {label} ...")
+            runs: dict[str, list[tuple[float, float]]] = {"on": [], "off": []}
+            for repeat in range(args.repeats):
+                prompts = shared_prefix_prompts(base, args.requests, run=repeat + 100 * len(adapters))
+                for key, engine in (("on", cached), ("off", uncached))[:: 1 if repeat % 2 == 0 else -1]:
+                    runs[key].append(run_shared_prefix(engine, prompts, adapters, args.tokens))
+            ttft = {k: statistics.median(r[0] for r in v) for k, v in runs.items()}
+            rate = {k: max(r[1] for r in v) for k, v in runs.items()}
+            hits = cached.stats()
+            say(f"    TTFT p50 {ttft['on'] * 1000:.0f} ms cached, {ttft['off'] * 1000:.0f} ms not; "
+                f"prompt tokens reused {hits.prefix_cache_hit_tokens} of {hits.prefix_cache_queried_tokens}")
+            print(f"prefix {label:12s} {args.requests}x(~{len(prompts[0])} prompt + {args.tokens}) {args.precision} "
+                  f"{threads}t  (h) TTFT p50 {ttft['on'] * 1000:6.0f} ms vs {ttft['off'] * 1000:6.0f} ms "
+                  f"uncached: {ttft['on'] / ttft['off']:.2f} (target <= 0.3)  tok/s {rate['on']:6.1f} vs "
+                  f"{rate['off']:6.1f}: {rate['on'] / rate['off']:.2f} (target >= 1.0)", flush=True)
 
 
 def report_mixed(f: dict[str, Any], args: argparse.Namespace, threads: int, kind: str, name: str) -> None:

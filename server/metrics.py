@@ -117,6 +117,8 @@ class _EngineCollector(Collector):
             "slots_used": ("Adapter slots holding an adapter.", len(stats.resident)),
             "cached_adapters": ("Prepared adapters in the LRU cache behind the slots.", stats.cached_adapters),
             "adapter_loads_in_flight": ("Adapters being read from the registry now.", stats.loads_in_flight),
+            "prefix_cache_blocks": ("Blocks of prompt prefixes kept for reuse.", stats.prefix_cache_blocks),
+            "prefix_cache_bytes": ("Memory of the kept prefix blocks.", stats.prefix_cache_bytes),
         }
         for name, (doc, value) in gauges.items():
             family = GaugeMetricFamily(f"adapterhub_engine_{name}", doc)
@@ -132,6 +134,10 @@ class _EngineCollector(Collector):
         counters = {
             "cache_hits": ("Adapter acquisitions served from a slot or the cache.", stats.cache_hits),
             "cache_misses": ("Adapter acquisitions that read the registry.", stats.cache_misses),
+            "prefix_cache_queries": ("Prompt tokens looked up in the prefix cache.",
+                                     stats.prefix_cache_queried_tokens),
+            "prefix_cache_hits": ("Prompt tokens reused from the prefix cache, not prefilled.",
+                                  stats.prefix_cache_hit_tokens),
             "requests_finished": ("Requests the engine finished.", stats.requests_finished),
             "prompt_tokens": ("Prompt tokens the engine prefilled.", stats.prompt_tokens),
             "completion_tokens": ("Tokens the engine generated.", stats.completion_tokens),

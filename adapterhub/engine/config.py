@@ -57,6 +57,11 @@ class EngineConfig(BaseModel):
     """After waiting this many steps, the oldest request stops everything younger from jumping
     ahead of it; it is then served once rows already running for the busy slots finish."""
 
+    prefix_cache_mib: int = Field(default=256, ge=0, le=1_000_000)
+    """Memory for the keys and values of prompt prefixes kept for reuse (a shared system prompt
+    is prefilled once; :mod:`adapterhub.engine.prefix_cache`), least recently used dropped first;
+    0 turns prefix caching off."""
+
     num_threads: int | None = Field(default=None, ge=1, le=1024)
     """torch intra-op threads of the engine's decode thread; ``None`` takes the constructing
     thread's setting (``torch.get_num_threads()``)."""

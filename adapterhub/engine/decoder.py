@@ -111,6 +111,20 @@ class KvCache:
         grown[:, :, :, :, : self.capacity].copy_(self.data)
         self.data = grown
 
+    def block(self, row: int, start: int, end: int) -> torch.Tensor:
+        """A view of row ``row``'s positions ``start .. end``: ``[layers, 2, kv_heads, n, head_dim]``."""
+        return self.data[:, :, row, :, start:end]
+
+    def write(self, row: int, start: int, blocks: Sequence[torch.Tensor]) -> int:
+        """Copy ``blocks`` (as :meth:`block` gives them) into row ``row`` from ``start`` on;
+        return the position after them."""
+        self.reserve(start + sum(b.shape[3] for b in blocks))
+        for block in blocks:  # one copy each (a torch.cat first would copy them twice)
+            end = start + block.shape[3]
+            self.data[:, :, row, :, start:end] = block
+            start = end
+        return start
+
     def move_row(self, src: int, dst: int, length: int) -> None:
         """Copy row ``src``'s first ``length`` positions into row ``dst``."""
         if src != dst and length > 0:
@@ -274,15 +288,19 @@ class DecoderRunner:
         row_start: int,
         row_slots: Sequence[Mapping[int, float]],
         every_position: Collection[int] = (),
+        starts: Sequence[int] | None = None,
     ) -> torch.Tensor:
-        """Run new prompts into cache rows ``row_start ..``; return their next-token logits.
+        """Run new prompt tokens into cache rows ``row_start ..``; return their next-token logits.
 
         Args:
-            prompts: token ids of each new request.
-            row_start: the first free cache row; prompt i goes to row ``row_start + i``.
-            row_slots: each new row's slots and mix weights (empty for the base).
+            prompts: token ids of each row still to run (the whole prompt, or what follows
+                its cached prefix).
+            row_start: the first row; prompt i goes to row ``row_start + i``.
+            row_slots: each row's slots and mix weights (empty for the base).
             every_position: indices into ``prompts`` whose every position goes through the LM
                 head too; their ``[len, vocab]`` logits are in :attr:`prompt_logits` afterwards.
+            starts: tokens already in each row's cache (a reused prefix, written there by the
+                caller); the new tokens follow them. None: every row starts empty.
 
         Returns:
             ``[len(prompts), vocab]`` float32 logits at each prompt's last position.
@@ -290,14 +308,18 @@ class DecoderRunner:
         count = len(prompts)
         widths = [len(p) for p in prompts]
         width = max(widths)
-        self.cache.reserve(width)
+        offsets = list(starts) if starts is not None and any(starts) else None
+        # keys a query may see: the longest row's, cached prefix and new tokens
+        span = max(s + n for s, n in zip(offsets, widths, strict=True)) if offsets else width
+        self.cache.reserve(span)
         ids = torch.zeros(count, width, dtype=torch.long)
         for i, prompt in enumerate(prompts):
             ids[i, : len(prompt)] = torch.tensor(prompt, dtype=torch.long)
         ids = ids.to(self.device)
         lengths = torch.tensor(widths, device=self.device)
-        positions = torch.arange(width, device=self.device).expand(count, width)
-        masks = self._prefill_masks(positions, lengths, padded=min(widths) < width)
+        begin = torch.tensor(offsets or [0] * count, device=self.device)
+        positions = begin[:, None] + torch.arange(width, device=self.device)
+        masks = self._prefill_masks(positions, begin + lengths, span, padded=offsets is not None or min(widths) < width)
         token_mix = self.slots.row_mix(row_slots, tokens_per_row=width)
         x = self.model.model.embed_tokens(ids.view(-1))  # [count*width, hidden]
         ropes = self._rope_tables(positions, widths)  # kind -> [count, 1, width, rotary dim]
@@ -310,8 +332,15 @@ class DecoderRunner:
             v = v.float().reshape(count, width, kv_heads, dim).transpose(1, 2)
             cos, sin = ropes[layer.rope]
             q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-            self.cache.data[index, 0, rows, :, :width] = k
-            self.cache.data[index, 1, rows, :, :width] = v
+            cache = self.cache.data[index]
+            if offsets is None:
+                cache[0, rows, :, :width] = k
+                cache[1, rows, :, :width] = v
+            else:  # each row's new tokens after its own prefix; attend over prefix + new
+                for i, (start, n) in enumerate(zip(offsets, widths, strict=True)):
+                    cache[0, row_start + i, :, start : start + n] = k[i, :, :n]
+                    cache[1, row_start + i, :, start : start + n] = v[i, :, :n]
+                k, v = cache[0, rows, :, :span], cache[1, rows, :, :span]
             mask = masks.get(layer.window)
             if self.attention_softcap is not None:
                 out = self._math_attention(q, k, v, mask if mask is not None else masks["causal"])
@@ -400,18 +429,21 @@ class DecoderRunner:
             tables[kind] = (cos[:, None], sin[:, None])
         return tables
 
-    def _prefill_masks(self, positions: torch.Tensor, lengths: torch.Tensor, *, padded: bool) -> dict[Any, torch.Tensor | None]:
-        """``window -> [count, 1, width, width]`` boolean masks (True: attend); None means
-        plain causal (SDPA's ``is_causal``). ``"causal"`` is the full mask written out."""
-        width = positions.shape[1]
-        query = torch.arange(width, device=self.device)[:, None]
-        allowed = (positions[:, None, :] <= query) & (positions < lengths[:, None])[:, None, :]
-        # a padding query sees itself, so that no row of its softmax is empty (NaN would reach
+    def _prefill_masks(self, positions: torch.Tensor, ends: torch.Tensor, span: int, *,
+                       padded: bool) -> dict[Any, torch.Tensor | None]:
+        """``window -> [count, 1, width, span]`` boolean masks (True: attend) of queries at
+        ``positions`` over keys ``0 .. span``, a row's keys ending at ``ends``; None means plain
+        causal (SDPA's ``is_causal``). ``"causal"`` is the full mask written out."""
+        keys = torch.arange(span, device=self.device)[None, None, :]
+        query = positions[:, :, None]  # [count, width, 1]
+        real = query < ends[:, None, None]
+        allowed = (keys <= query) & (keys < ends[:, None, None])
+        # a padding query sees key 0, so that no row of its softmax is empty (NaN would reach
         # the cache, and 0 * NaN is NaN in the next layer's products)
-        allowed = (allowed | torch.eye(width, dtype=torch.bool, device=self.device))[:, None]
+        allowed = (allowed | (~real & (keys == 0)))[:, None]
         masks: dict[Any, torch.Tensor | None] = {None: allowed if padded else None, "causal": allowed}
         for window in self.windows:
-            masks[window] = allowed & (positions[:, None, :] > query - window)[:, None]
+            masks[window] = allowed & ((keys > query - window) | (~real & (keys == 0)))[:, None]
         return masks
 
     def _decode_biases(self, lengths: torch.Tensor, span: int) -> dict[int | None, torch.Tensor]:
@@ -431,14 +463,14 @@ class DecoderRunner:
         return biases
 
     def _math_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-        """Attention written out, for soft-capped logits: q ``[c, heads, w, d]``, k/v ``[c, kv, w, d]``."""
+        """Attention written out, for soft-capped logits: q ``[c, heads, w, d]``, k/v ``[c, kv, span, d]``."""
         count, _, width, dim = q.shape
-        kv_heads = k.shape[1]
+        kv_heads, span = k.shape[1], k.shape[2]
         grouped = q.reshape(count, kv_heads, self.group * width, dim)  # a KV head's query heads
-        scores = torch.matmul(grouped, k.transpose(-1, -2)).view(count, kv_heads, self.group, width, width)
+        scores = torch.matmul(grouped, k.transpose(-1, -2)).view(count, kv_heads, self.group, width, span)
         scores = _softcap(scores.mul_(self.scale), self.attention_softcap)
         scores.masked_fill_(~allowed[:, :, None], float("-inf"))
-        probs = torch.softmax(scores, dim=-1).view(count, kv_heads, self.group * width, width)
+        probs = torch.softmax(scores, dim=-1).view(count, kv_heads, self.group * width, span)
         return torch.matmul(probs, v).view(count, self.num_heads, width, dim)
 
     # ------------------------------------------------------------------ shared body

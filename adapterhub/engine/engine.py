@@ -30,7 +30,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -40,6 +40,7 @@ from adapterhub.engine.config import EngineConfig
 from adapterhub.engine.decoder import DecoderRunner, compute_dtype
 from adapterhub.engine.grammar import Grammars
 from adapterhub.engine.lora import LoraSlots, RowMix
+from adapterhub.engine.prefix_cache import BLOCK_TOKENS, PrefixCache, adapter_key, block_hashes
 from adapterhub.engine.residency import AdapterResidency, AdapterSource
 from adapterhub.engine.sampling import (
     RowSampler,
@@ -136,6 +137,10 @@ class Engine:
         self._itl: deque[float] = deque(maxlen=samples)
         self._itl_total = [0, 0.0]
         self._mix_cache: tuple[tuple[Any, ...], RowMix | None] | None = None
+        # a prefix's keys depend on the whole prompt's length under LongRoPE: nothing to reuse
+        budget = self.config.prefix_cache_mib << 20
+        self._prefix = PrefixCache(budget) if budget and not self._runner.rope_per_row else None
+        self._computing: set[bytes] = set()  # blocks the prefills admitted this step compute
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="adapterhub-engine", daemon=True)
         self._thread.start()
@@ -178,6 +183,8 @@ class Engine:
                                matcher=self._grammars.matcher(params.grammar) if params.grammar else None),
             text=TextTracker(self.tokenizer, request.prompt_ids, params.stop),
         )
+        if self._prefix is not None:  # hashed here, on the caller's thread
+            job.block_names = block_hashes(adapter_key(adapters, versions), request.prompt_ids)
         with self._lock:
             if request_id in self._active_ids:
                 raise ConfigError(f"request_id {request_id!r} is already running; use a unique id")
@@ -321,7 +328,7 @@ class Engine:
                 self._finished, self._prompt_tokens, self._completion_tokens
             )
             queued = self._queued
-        residency = self._residency
+        residency, prefix = self._residency, self._prefix
         return EngineStats(
             steps=self._sched.step,
             queue_depth=queued,
@@ -333,6 +340,10 @@ class Engine:
             loads_in_flight=residency.loads_in_flight,
             cache_hits=residency.hits,
             cache_misses=residency.misses,
+            prefix_cache_blocks=len(prefix) if prefix is not None else 0,
+            prefix_cache_bytes=prefix.bytes if prefix is not None else 0,
+            prefix_cache_queried_tokens=prefix.queried_tokens if prefix is not None else 0,
+            prefix_cache_hit_tokens=prefix.hit_tokens if prefix is not None else 0,
             requests_finished=finished,
             prompt_tokens=prompt,
             completion_tokens=completion,
@@ -428,7 +439,8 @@ class Engine:
                     if not self._drain_inbox():
                         break
                     self._handle_loads()
-                    admitted = self._sched.admit(self._try_start)
+                    self._computing.clear()
+                    admitted = self._sched.admit(self._try_start, self._prefill_cost)
                     with self._lock:
                         self._queued -= len(admitted)
                     if admitted:
@@ -498,37 +510,85 @@ class Engine:
                 future.set_result(described)
 
     def _try_start(self, job: Job) -> bool:
-        if not job.adapters:
-            return True
-        placed = self._residency.acquire(job.versions)
-        if placed is None:
+        if self._waits_for_a_sibling(job):
             return False
-        job.slots = {placed[key]: weight for key, weight in job.adapters.items()}
+        if job.adapters:
+            placed = self._residency.acquire(job.versions)
+            if placed is None:
+                return False
+            job.slots = {placed[key]: weight for key, weight in job.adapters.items()}
+        self._computing.update(job.block_names)
         return True
 
+    def _reuses_prefix(self, job: Job) -> bool:
+        return self._prefix is not None and job.request.sampling.prompt_logprobs is None
+
+    def _waits_for_a_sibling(self, job: Job) -> bool:
+        """Whether a prompt admitted this step computes the block this job would reuse next:
+        the job then joins the step after, reusing it, instead of computing it again."""
+        if self._prefix is None or not self._reuses_prefix(job):
+            return False
+        names = job.block_names[: (job.prompt_len - 1) // BLOCK_TOKENS]
+        cached = self._prefix.cached_blocks(names)
+        return cached < len(names) and names[cached] in self._computing
+
+    def _prefill_cost(self, job: Job) -> int:
+        """The prompt tokens ``job``'s prefill computes (what the prefix cache lacks)."""
+        if self._prefix is None or not self._reuses_prefix(job):
+            return job.prompt_len
+        names = job.block_names[: (job.prompt_len - 1) // BLOCK_TOKENS]
+        return job.prompt_len - self._prefix.cached_blocks(names) * BLOCK_TOKENS
+
     def _prefill(self, jobs: list[Job]) -> None:
+        """Run the admitted prompts into the rows after the running ones.
+
+        A prompt's cached prefix is copied into its row first, so only the rest runs. Rows run
+        longest first in groups of similar length: a short prompt padded to a long one's width
+        (a cached prefix beside a new prompt, a question beside a document) would cost the long
+        one's time.
+        """
+        reused = [self._prefix.lookup(job.block_names, job.prompt_len)
+                  if self._prefix is not None and self._reuses_prefix(job) else [] for job in jobs]
+        ranked = sorted(zip(jobs, reused, strict=True),
+                        key=lambda pair: pair[0].prompt_len - len(pair[1]) * BLOCK_TOKENS, reverse=True)
+        jobs = [job for job, _ in ranked]
+        starts = [len(blocks) * BLOCK_TOKENS for _, blocks in ranked]
         row_start = len(self._sched.running)
         self._sched.running.extend(jobs)
-        scored = [i for i, job in enumerate(jobs) if job.request.sampling.prompt_logprobs is not None]
-        logits = self._runner.prefill(
-            [job.request.prompt_ids for job in jobs], row_start, [job.slots for job in jobs], every_position=scored
-        )
-        for i in scored:
-            job = jobs[i]
-            job.prompt_logprobs = prompt_token_logprobs(
-                self._runner.prompt_logits[i], job.request.prompt_ids, job.request.sampling.prompt_logprobs or 0
-            )
-            if job.request.sampling.max_tokens == 0:  # a prompt to score only: done at prefill
-                job.finished = True
-                _send(job.sink, GenerationChunk(
-                    job.request_id, "", (), finish_reason="length", usage=Usage(job.prompt_len, 0),
-                    adapter_version=job.adapter_version, prompt_logprobs=job.prompt_logprobs,
-                ))
+        cache = self._runner.cache
+        for row, (_, blocks) in enumerate(ranked, start=row_start):
+            if blocks:
+                cache.write(row, 0, blocks)
+        logits = []
+        for lo, hi in _length_groups([job.prompt_len - start for job, start in zip(jobs, starts, strict=True)]):
+            scored = [i for i in range(lo, hi) if jobs[i].request.sampling.prompt_logprobs is not None]
+            logits.append(self._runner.prefill(
+                [job.request.prompt_ids[start:] for job, start in zip(jobs[lo:hi], starts[lo:hi], strict=True)],
+                row_start + lo, [job.slots for job in jobs[lo:hi]], every_position=[i - lo for i in scored],
+                starts=starts[lo:hi],
+            ))
+            for i in scored:
+                self._score_prompt(jobs[i], self._runner.prompt_logits[i - lo])
+        if self._prefix is not None:
+            for row, job in enumerate(jobs, start=row_start):
+                self._prefix.store(job.block_names, lambda start, end, row=row: cache.block(row, start, end))
         for job in jobs:
             job.cache_len = job.prompt_len
         with self._lock:
             self._prompt_tokens += sum(job.prompt_len for job in jobs)
-        self._accept(jobs, logits)
+        self._accept(jobs, torch.cat(logits))
+
+    def _score_prompt(self, job: Job, logits: torch.Tensor) -> None:
+        """Keep the prompt's log-probabilities for the first chunk; a prompt scored only ends here."""
+        job.prompt_logprobs = prompt_token_logprobs(
+            logits, job.request.prompt_ids, job.request.sampling.prompt_logprobs or 0
+        )
+        if job.request.sampling.max_tokens == 0:
+            job.finished = True
+            _send(job.sink, GenerationChunk(
+                job.request_id, "", (), finish_reason="length", usage=Usage(job.prompt_len, 0),
+                adapter_version=job.adapter_version, prompt_logprobs=job.prompt_logprobs,
+            ))
 
     def _decode(self) -> None:
         jobs = list(self._sched.running)
@@ -719,6 +779,17 @@ class Engine:
                 future = payload[-1] if kind == "goal" else payload[1]
                 if not future.done():
                     future.set_exception(closed)
+
+
+def _length_groups(widths: Sequence[int], slack: int = 64) -> Iterator[tuple[int, int]]:
+    """Cut ``widths`` (longest first) into runs ``[lo, hi)`` run by one prefill each: a row
+    starts a new run when padding it to the run's first would more than double it and cost more
+    than ``slack`` tokens (below that, one more call costs more than the padding)."""
+    lo = 0
+    for i in range(1, len(widths) + 1):
+        if i == len(widths) or (widths[lo] > 2 * widths[i] and widths[lo] - widths[i] > slack):
+            yield lo, i
+            lo = i
 
 
 def _send(sink: Sink, item: GenerationChunk | BaseException) -> None:

@@ -12,8 +12,9 @@ Design choices:
   younger request may be admitted ahead of it. The rows that keep its slot busy then finish
   within their ``max_tokens`` and are not replaced, so it is served within
   ``max_wait_steps + max_tokens`` steps (plus its adapter's load), whatever floods the queue.
-* **A prefill budget.** At most ``max_prefill_tokens`` prompt tokens join per step (a longer
-  prompt joins alone), bounding the stall a burst of prompts causes to decoding rows.
+* **A prefill budget.** At most ``max_prefill_tokens`` prompt tokens to compute join per step
+  (a longer prompt joins alone), bounding the stall a burst of prompts causes to decoding rows;
+  a prefix that comes from the prefix cache costs nothing.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class Job:
     slots: dict[int, float] = field(default_factory=dict)
     generated: list[int] = field(default_factory=list)
     cache_len: int = 0  # tokens in this row's KV cache
+    block_names: tuple[bytes, ...] = ()  # the prompt's full blocks, named for the prefix cache
     first_token_at: float | None = None
     last_token_at: float | None = None
     finished: bool = False
@@ -81,12 +83,13 @@ class Scheduler:
         job.enqueued_step = self.step
         self.waiting.append(job)
 
-    def admit(self, try_start: Callable[[Job], bool]) -> list[Job]:
+    def admit(self, try_start: Callable[[Job], bool], cost: Callable[[Job], int] | None = None) -> list[Job]:
         """Take the requests that join the batch this step, oldest first.
 
         Args:
             try_start: makes a job's adapters resident and returns True, or returns False when
                 they cannot be yet (the job stays queued).
+            cost: the prompt tokens a job's prefill computes (its whole prompt when None).
 
         Returns:
             The admitted jobs, in the order their rows follow the running ones.
@@ -97,14 +100,15 @@ class Scheduler:
         for job in list(self.waiting):
             if free <= 0:
                 break
-            if admitted and job.prompt_len > budget:
+            tokens = job.prompt_len if cost is None else cost(job)
+            if admitted and tokens > budget:
                 if self._is_starving(job):
                     break
                 continue
             if try_start(job):
                 self.waiting.remove(job)
                 admitted.append(job)
-                budget -= job.prompt_len
+                budget -= tokens
                 free -= 1
             elif self._is_starving(job):
                 break  # nobody younger may take what it waits for

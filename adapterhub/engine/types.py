@@ -220,6 +220,10 @@ class EngineStats:
     loads_in_flight: int
     cache_hits: int
     cache_misses: int
+    prefix_cache_blocks: int  # blocks of prompt prefixes kept (adapterhub.engine.prefix_cache)
+    prefix_cache_bytes: int
+    prefix_cache_queried_tokens: int  # prompt tokens looked up in the prefix cache
+    prefix_cache_hit_tokens: int  # of them, reused instead of prefilled
     requests_finished: int
     prompt_tokens: int
     completion_tokens: int

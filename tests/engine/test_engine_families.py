@@ -113,6 +113,32 @@ def test_mixed_batch_with_a_late_joiner_equals_peft_alone(case: Case) -> None:
     assert got[0] != case.reference.cached_greedy(plan[0][0], None, GREEDY.max_tokens)[0]  # adapters bite
 
 
+def test_a_cached_prefix_gives_what_prefilling_it_gives(case: Case) -> None:
+    """Prompts sharing a system prompt far past the sliding window: rows that reuse its cached
+    keys and values (beside a row that computes its own, in one prefill) get PEFT's tokens and
+    the log-probabilities of an engine without the cache. Under LongRoPE nothing is reused."""
+    system = "The capital of France is Paris. The capital of Italy is Rome. Arr matey! " * 2
+    prompts = [case.base.render_chat([{"role": "system", "content": system}, {"role": "user", "content": t}])
+               for t in TEXTS]
+    sampling = SamplingParams(max_tokens=6, ignore_eos=True, logprobs=3)
+    plan = [(prompts[1], None), (prompts[2], "attn"), (prompts[3], None), (prompts[0], "attn")]
+    requests = [GenerationRequest(tuple(p), adapter=a, sampling=sampling) for p, a in plan]
+    with Engine(case.base, case.registry, EngineConfig(max_slots=3)) as cached, \
+            Engine(case.base, case.registry, EngineConfig(max_slots=3, prefix_cache_mib=0)) as plain:
+        cached.generate_many([GenerationRequest(tuple(prompts[0]), adapter=a, sampling=sampling)
+                              for a in (None, "attn")])  # the warm-up: the prefix is cached
+        results, hits = cached.generate_many(requests), cached.stats().prefix_cache_hit_tokens
+        uncached = plain.generate_many(requests)
+    for (prompt, adapter), got, want in zip(plan, results, uncached, strict=True):
+        assert list(got.token_ids) == case.reference.cached_greedy(prompt, adapter, 6)[0], (case.model_type, adapter)
+        for mine, theirs in zip(got.logprobs, want.logprobs, strict=True):
+            torch.testing.assert_close(dict(mine.top), dict(theirs.top), atol=1e-4, rtol=1e-4)
+    if case.model_type == "phi3-longrope":
+        assert hits == 0
+    else:
+        assert hits >= len(plan) * 2 * 16, (case.model_type, hits)
+
+
 @torch.inference_mode()
 def test_prefill_and_decode_logits_match_peft(case: Case) -> None:
     names = list(case.folders)
