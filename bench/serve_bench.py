@@ -6,6 +6,7 @@
     .venv/bin/python bench/serve_bench.py --base .tmp/family-bases/qwen3 --only-mixed  # (c), (e)
     .venv/bin/python bench/serve_bench.py --only-mixed --schema   # and (g): every row constrained
     .venv/bin/python bench/serve_bench.py --only-mixed --prefix   # and (h): a shared system prompt
+    .venv/bin/python bench/serve_bench.py --only-mixed --chunked  # and (i): long prompts join decoding rows
 
 Per family, on the tiny-but-realistic bases of ``bench/family_bases.py`` (one line each):
 
@@ -31,6 +32,10 @@ non-zero A and B (PEFT ``init_lora_weights=False``), request i uses adapter i % 
         for one adapter and for 8 mixed (each adapter computes the prefix once: its keys are its
         own); time to first token p50 and tokens/s, cached over uncached. The system prompt is new
         in every run, so the figure is the first wave's, not a warm cache's.
+    (i) with ``--chunked``: 28 rows decoding (8 adapters mixed), then 4 requests with ~1,950-token
+        prompts join; the decoding rows' inter-token latency p50 and p95 from the joiners' arrival
+        to their first tokens, with chunked prefill (``max_prefill_tokens`` a step) and without
+        (each long prompt prefilled at once), one engine at a time (prefix caching off in both).
 
 tokens/s is completion tokens over wall time from submitting the 32 requests to the last token
 (prefill included). The ratios are the issue's targets. Every figure comes from this one
@@ -100,6 +105,10 @@ def parse_args() -> argparse.Namespace:
                         help="only (c) and (e), and one summary line 'mixed ...' with (e)/(c)")
     parser.add_argument("--schema", action="store_true",
                         help="also (g): (e) with every row held to a JSON schema, and (g)/(e)")
+    parser.add_argument("--chunked", action="store_true",
+                        help="also (i): 4 long prompts joining 28 decoding rows, chunked prefill on and off")
+    parser.add_argument("--prefill-budget", type=int, default=None,
+                        help="EngineConfig.max_prefill_tokens (default: the engine's)")
     parser.add_argument("--prefix", action="store_true",
                         help="also (h): a shared 300-token system prompt with and without prefix caching")
     return parser.parse_args()
@@ -328,6 +337,7 @@ def main() -> None:
         config = EngineConfig(
             max_rows=args.requests, max_slots=max(args.adapters, args.requests),
             max_cpu_adapters=16, lora_dtype=args.lora_dtype, num_threads=threads,
+            **({"max_prefill_tokens": args.prefill_budget} if args.prefill_budget else {}),
         )
         mixed: list[str | None] = list(refs[: args.adapters])
         with Engine(base, registry, config) as engine:
@@ -358,6 +368,8 @@ def main() -> None:
                       f"tok/s  (g)/(e, same lengths) {wall:.2f} wall, {cpu:.2f} CPU-time  (target >= 0.85)")
             if args.prefix:  # two engines of its own; this one idles meanwhile
                 prefix_case(base, registry, config, mixed, args, threads)
+            if args.chunked:
+                chunked_case(base, registry, config, mixed, args, threads)
             if args.only_mixed:
                 report_mixed(figures, args, threads, base.model.config.model_type, base_path.name)
                 return
@@ -413,6 +425,84 @@ def prefix_case(base: Any, registry: Registry, config: EngineConfig, mixed: list
                   f"{threads}t  (h) TTFT p50 {ttft['on'] * 1000:6.0f} ms vs {ttft['off'] * 1000:6.0f} ms "
                   f"uncached: {ttft['on'] / ttft['off']:.2f} (target <= 0.3)  tok/s {rate['on']:6.1f} vs "
                   f"{rate['off']:6.1f}: {rate['on'] / rate['off']:.2f} (target >= 1.0)", flush=True)
+
+
+def long_prompts(base: Any, count: int, length: int = 1950) -> list[list[int]]:
+    """``count`` different chat prompts of about ``length`` tokens (a document, then a question)."""
+    out = []
+    for i in range(count):
+        words, text = [], ""
+        while True:
+            words += f"Log entry {i}-{len(words)}: the {TOPICS[len(words) % 8]} was calm and the tide was low.".split()
+            text = " ".join(words)
+            if len(base.tokenizer(text)["input_ids"]) >= length - 40:
+                break
+        out.append(base.render_chat([{"role": "user", "content": f"{text}\nSummarise the log in one line."}]))
+    return out
+
+
+def run_long_joiners(engine: Engine, decoding: list[list[int]], joiners: list[list[int]],
+                     adapters: list[str | None]) -> tuple[list[float], list[float]]:
+    """Start ``decoding`` rows, then submit ``joiners`` once every row decodes; the decoding rows'
+    gaps between tokens from then until every joiner's first token, and the joiners' TTFTs."""
+    marks: dict[int, list[float]] = {i: [] for i in range(len(decoding))}
+    firsts: dict[int, float] = {}
+    done = threading.Semaphore(0)
+    everyone = threading.Event()
+
+    def decoding_sink(i: int) -> Any:
+        def sink(chunk: Any) -> None:
+            marks[i].append(time.perf_counter())
+            if all(marks.values()):
+                everyone.set()
+            if getattr(chunk, "finish_reason", None) or isinstance(chunk, BaseException):
+                done.release()
+        return sink
+
+    def joiner_sink(i: int) -> Any:
+        def sink(chunk: Any) -> None:
+            firsts.setdefault(i, time.perf_counter())
+            if getattr(chunk, "finish_reason", None) or isinstance(chunk, BaseException):
+                done.release()
+        return sink
+
+    for i, prompt in enumerate(decoding):
+        engine.submit(GenerationRequest(tuple(prompt), adapter=adapters[i % len(adapters)],
+                                        sampling=SamplingParams(max_tokens=400, ignore_eos=True)), decoding_sink(i))
+    assert everyone.wait(120)
+    arrived = time.perf_counter()
+    for i, prompt in enumerate(joiners):
+        engine.submit(GenerationRequest(tuple(prompt), adapter=adapters[i % len(adapters)],
+                                        sampling=SamplingParams(max_tokens=16, ignore_eos=True)), joiner_sink(i))
+    for _ in range(len(decoding) + len(joiners)):
+        assert done.acquire(timeout=600)
+    last = max(firsts.values())
+    gaps = [b - a for times in marks.values() for a, b in zip(times, times[1:], strict=False) if arrived <= b <= last]
+    return gaps, [firsts[i] - arrived for i in sorted(firsts)]
+
+
+def chunked_case(base: Any, registry: Registry, config: EngineConfig, mixed: list[str | None],
+                 args: argparse.Namespace, threads: int) -> None:
+    """(i): the decoding rows' inter-token p50 / p95 while long prompts join, chunked and not."""
+    decoding, joiners = prompts_for(base, 28), long_prompts(base, 4)
+    say(f"(i) engine, 4 prompts of ~{len(joiners[0])} tokens join 28 decoding rows, "
+        f"max_prefill_tokens={config.max_prefill_tokens} ...")
+    figures = {}
+    for key, chunked in (("chunked", True), ("whole", False)):
+        settings = config.model_copy(update={"chunked_prefill": chunked, "prefix_cache_mib": 0})
+        with Engine(base, registry, settings) as engine:
+            run_engine(engine, prompts_for(base, 8), mixed, 8)  # warm-up: adapters, kernels,
+            run_engine(engine, long_prompts(base, 1), [None], 1)  # the KV cache grown to length
+            gaps, ttft = run_long_joiners(engine, decoding, joiners, mixed)
+        q = statistics.quantiles(gaps, n=20)
+        figures[key] = (statistics.median(gaps), q[18], max(ttft))
+        say(f"    {key}: inter-token p50 {figures[key][0] * 1000:.0f} ms, p95 {figures[key][1] * 1000:.0f} ms "
+            f"({len(gaps)} gaps); joiners' last first token {figures[key][2]:.1f} s")
+    for key in ("chunked", "whole"):
+        p50, p95, ttft = figures[key]
+        print(f"chunked {key:8s} 28 decoding + 4x{len(joiners[0])} {args.precision} {threads}t budget "
+              f"{config.max_prefill_tokens}  (i) inter-token p50 {p50 * 1000:5.0f} ms p95 {p95 * 1000:6.0f} ms: "
+              f"p95/p50 {p95 / p50:.2f} (target <= 2)  joiners' TTFT max {ttft:.1f} s", flush=True)
 
 
 def report_mixed(f: dict[str, Any], args: argparse.Namespace, threads: int, kind: str, name: str) -> None:

@@ -148,6 +148,8 @@ def describe_request_errors(error: RequestValidationError) -> tuple[str, str | N
     problems, params = [], []
     for item in error.errors():
         loc = [str(p) for p in item.get("loc", ()) if p != "body"]
+        if item.get("type") in ("union_tag_invalid", "union_tag_not_found"):  # a message's role
+            loc.append(str(item.get("ctx", {}).get("discriminator", "")).strip("'"))
         where = ".".join(loc) or "body"
         params.append(where)
         got = item.get("input")

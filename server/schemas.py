@@ -75,39 +75,17 @@ class SentToolCall(_Strict):
     function: CalledFunction
 
 
-class ChatMessage(_Strict):
-    """One chat message: a turn of the conversation, or a tool's result."""
+Content = Annotated[str, Field(max_length=4_000_000)] | Annotated[list[TextPart], Field(max_length=1024)]
+"""A message's text, or a list of text parts that are joined."""
 
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    """Who speaks; ``developer`` is treated as ``system``; ``tool`` carries a call's result."""
 
-    content: Annotated[str, Field(max_length=4_000_000)] | Annotated[list[TextPart], Field(max_length=1024)] | None = None
-    """The message text, or a list of text parts that are joined; only an assistant turn that
-    calls tools may leave it out."""
+class _Message(_Strict):
+    """What every message has; one model per role below, told apart by ``role`` (as OpenAI's
+    own schema does), so the schema states which fields each role needs."""
 
+    content: Content | None
     name: str | None = Field(default=None, max_length=64)
     """Accepted for compatibility; not shown to the model."""
-
-    tool_calls: list[SentToolCall] | None = Field(default=None, min_length=1, max_length=128)
-    """An assistant turn's calls, sent back so the model sees what it asked for."""
-
-    tool_call_id: str | None = Field(default=None, min_length=1, max_length=256)
-    """The call a ``tool`` message answers."""
-
-    @model_validator(mode="after")
-    def _fields_of_the_role(self) -> ChatMessage:
-        if self.tool_calls is not None and self.role != "assistant":
-            raise ValueError(f"tool_calls: only an assistant message carries them, not a {self.role!r} "
-                             "one; move them to the assistant turn that made the calls")
-        if self.role == "tool" and self.tool_call_id is None:
-            raise ValueError("tool_call_id: a tool message must name the call it answers "
-                             "(the id of one of the assistant's tool_calls)")
-        if self.role != "tool" and self.tool_call_id is not None:
-            raise ValueError(f"tool_call_id: only a tool message answers a call, not a {self.role!r} one")
-        if self.content is None and self.tool_calls is None:
-            raise ValueError(f"content: a {self.role!r} message needs content (only an assistant "
-                             "turn with tool_calls may leave it out)")
-        return self
 
     def text(self) -> str:
         if self.content is None:
@@ -118,14 +96,51 @@ class ChatMessage(_Strict):
 
     def for_template(self) -> dict[str, Any]:
         """The message as Hugging Face chat templates read it."""
-        message: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role,
-                                   "content": self.text()}
+        role = getattr(self, "role")  # noqa: B009 (each subclass declares its own)
+        return {"role": "system" if role == "developer" else role, "content": self.text()}
+
+
+class SystemMessage(_Message):
+    role: Literal["system", "developer"]
+    """``developer`` is treated as ``system``."""
+    content: Content
+
+
+class UserMessage(_Message):
+    role: Literal["user"]
+    content: Content
+
+
+class AssistantMessage(_Message):
+    """An earlier assistant turn: its text, or the tools it called (content then may be null)."""
+
+    role: Literal["assistant"]
+    content: Content | None = None
+    tool_calls: list[SentToolCall] | None = Field(default=None, min_length=1, max_length=128)
+    """The turn's calls, sent back so the model sees what it asked for."""
+
+    def for_template(self) -> dict[str, Any]:
+        message = super().for_template()
         if self.tool_calls:
             message["tool_calls"] = [{"id": c.id, "type": c.type, "function": c.function.for_template()}
                                      for c in self.tool_calls]
-        if self.tool_call_id is not None:
-            message["tool_call_id"] = self.tool_call_id
         return message
+
+
+class ToolMessage(_Message):
+    """A tool's result, answering one of an assistant turn's calls."""
+
+    role: Literal["tool"]
+    content: Content
+    tool_call_id: str = Field(min_length=1, max_length=256)
+    """The id of the call it answers."""
+
+    def for_template(self) -> dict[str, Any]:
+        return {**super().for_template(), "tool_call_id": self.tool_call_id}
+
+
+ChatMessage = Annotated[SystemMessage | UserMessage | AssistantMessage | ToolMessage, Field(discriminator="role")]
+"""One chat message: a turn of the conversation, or a tool's result."""
 
 
 class MixEntry(_Strict):

@@ -49,9 +49,16 @@ class EngineConfig(BaseModel):
     max_seq_len: int | None = Field(default=None, ge=8, le=1_000_000)
     """Longest prompt plus completion; ``None`` takes the base's ``max_position_embeddings``."""
 
-    max_prefill_tokens: int = Field(default=2048, ge=1, le=1_000_000)
-    """Prompt tokens admitted in one step. Decoding rows wait while a prefill runs, so this
-    bounds the stall a burst of long prompts causes. A longer prompt is still admitted alone."""
+    max_prefill_tokens: int = Field(default=512, ge=1, le=1_000_000)
+    """Prompt tokens prefilled in one step. Decoding rows wait while a prefill runs, so this
+    bounds the stall a burst of long prompts causes; a longer prompt is prefilled this many
+    tokens a step (chunked prefill), between the decoding rows' steps. 512 keeps a step near a
+    few decode steps' time on a small CPU; a GPU prefills 2048 or more in that time."""
+
+    chunked_prefill: bool = True
+    """Prefill a prompt longer than ``max_prefill_tokens`` in chunks across steps (off: it is
+    admitted alone and prefilled at once, every decoding row waiting for it). Bases with LongRoPE
+    and prompts scored for log-probabilities are never chunked."""
 
     max_wait_steps: int = Field(default=64, ge=1, le=1_000_000)
     """After waiting this many steps, the oldest request stops everything younger from jumping

@@ -141,6 +141,8 @@ class Engine:
         budget = self.config.prefix_cache_mib << 20
         self._prefix = PrefixCache(budget) if budget and not self._runner.rope_per_row else None
         self._computing: set[bytes] = set()  # blocks the prefills admitted this step compute
+        # LongRoPE picks its factors by the whole prompt's length: no chunks there either
+        self._chunked = self.config.chunked_prefill and not self._runner.rope_per_row
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="adapterhub-engine", daemon=True)
         self._thread.start()
@@ -440,9 +442,12 @@ class Engine:
                         break
                     self._handle_loads()
                     self._computing.clear()
-                    admitted = self._sched.admit(self._try_start, self._prefill_cost)
+                    partial = self._sched.partial
+                    admitted = self._sched.admit(self._try_start, self._prefill_cost, self._chunkable)
                     with self._lock:
-                        self._queued -= len(admitted)
+                        self._queued -= len(admitted) + (partial is None and self._sched.partial is not None)
+                    if self._sched.partial is not None:
+                        self._prefill_chunk(self._sched.partial)
                     if admitted:
                         self._prefill(admitted)
                     if self._sched.running:
@@ -538,6 +543,33 @@ class Engine:
             return job.prompt_len
         names = job.block_names[: (job.prompt_len - 1) // BLOCK_TOKENS]
         return job.prompt_len - self._prefix.cached_blocks(names) * BLOCK_TOKENS
+
+    def _chunkable(self, job: Job) -> bool:
+        return self._chunked and job.request.sampling.prompt_logprobs is None
+
+    def _prefill_chunk(self, job: Job) -> None:
+        """Run the partial job's next ``max_prefill_tokens`` prompt tokens into its row; once
+        its prompt is in, move the row after the running ones, where it decodes with them."""
+        cache, row = self._runner.cache, self._sched.partial_row
+        if job.cache_len == 0 and self._prefix is not None:
+            blocks = self._prefix.lookup(job.block_names, job.prompt_len)
+            if blocks:
+                job.cache_len = cache.write(row, 0, blocks)
+        end = min(job.cache_len + self.config.max_prefill_tokens, job.prompt_len)
+        logits = self._runner.prefill([job.request.prompt_ids[job.cache_len : end]], row, [job.slots],
+                                      starts=[job.cache_len])
+        job.cache_len = end
+        if end < job.prompt_len:
+            return
+        self._sched.partial = None
+        joined = len(self._sched.running)
+        cache.move_row(row, joined, job.prompt_len)
+        self._sched.running.append(job)
+        if self._prefix is not None:
+            self._prefix.store(job.block_names, lambda start, stop: cache.block(joined, start, stop))
+        with self._lock:
+            self._prompt_tokens += job.prompt_len
+        self._accept([job], logits)
 
     def _prefill(self, jobs: list[Job]) -> None:
         """Run the admitted prompts into the rows after the running ones.
@@ -730,6 +762,9 @@ class Engine:
             with self._lock:
                 self._queued -= 1
             self._end(job, reason="cancelled")
+        elif job is self._sched.partial:
+            self._drop_partial(job)
+            self._end(job, reason="cancelled")
         else:
             job.finished = True
             self._retire(job)
@@ -753,8 +788,17 @@ class Engine:
                 usage=Usage(job.prompt_len, 0), adapter_version=job.adapter_version,
             ))
 
+    def _drop_partial(self, job: Job) -> None:
+        """Free the partial job's row and slots (it has sent nothing yet)."""
+        self._sched.partial = None
+        self._residency.release(job.slots)
+
     def _fail_running(self, error: EngineError, cause: BaseException) -> None:
         error.__cause__ = cause
+        partial = self._sched.partial
+        if partial is not None:
+            self._drop_partial(partial)
+            self._end(partial, error=error)
         for job in list(self._sched.running):
             job.finished = True
             self._retire(job)

@@ -139,6 +139,23 @@ def test_a_cached_prefix_gives_what_prefilling_it_gives(case: Case) -> None:
         assert hits >= len(plan) * 2 * 16, (case.model_type, hits)
 
 
+def test_prompts_prefilled_in_chunks_equal_peft(case: Case) -> None:
+    """A step budget of 8 tokens, under the prompts' lengths and past the window: every prompt
+    fills its row in chunks (sliding windows and soft-caps across chunk edges) and the rows get
+    PEFT's tokens and a whole prefill's log-probabilities. (LongRoPE is never chunked.)"""
+    sampling = SamplingParams(max_tokens=6, ignore_eos=True, logprobs=3)
+    plan = [(case.prompts[3], "patterned"), (case.prompts[0], None), (case.prompts[1], "all")]
+    requests = [GenerationRequest(tuple(p), adapter=a, sampling=sampling) for p, a in plan]
+    settings = {"max_slots": 3, "max_prefill_tokens": 8, "prefix_cache_mib": 0}
+    with Engine(case.base, case.registry, EngineConfig(**settings)) as chunked, \
+            Engine(case.base, case.registry, EngineConfig(**settings, chunked_prefill=False)) as whole:
+        results, expected = chunked.generate_many(requests), whole.generate_many(requests)
+    for (prompt, adapter), got, want in zip(plan, results, expected, strict=True):
+        assert list(got.token_ids) == case.reference.cached_greedy(prompt, adapter, 6)[0], (case.model_type, adapter)
+        for mine, theirs in zip(got.logprobs, want.logprobs, strict=True):
+            torch.testing.assert_close(dict(mine.top), dict(theirs.top), atol=1e-4, rtol=1e-4)
+
+
 @torch.inference_mode()
 def test_prefill_and_decode_logits_match_peft(case: Case) -> None:
     names = list(case.folders)

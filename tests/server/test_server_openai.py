@@ -247,9 +247,12 @@ TOOL_TURNS = [
 def test_tool_results_continue_the_conversation(client: TestClient, tiny_base_dir: Path) -> None:
     """The assistant's tool_calls and the tool's answer, sent back as OpenAI clients send them,
     reach the chat template as Hugging Face templates read them (arguments as an object)."""
+    from pydantic import TypeAdapter
     from transformers import AutoTokenizer
 
     from adapterhub_server.schemas import ChatMessage
+
+    messages = TypeAdapter(list[ChatMessage])
 
     reply = client.post("/v1/chat/completions", json={"model": "pirate", "messages": TOOL_TURNS,
                                                       "max_tokens": 4, "temperature": 0})
@@ -260,7 +263,7 @@ def test_tool_results_continue_the_conversation(client: TestClient, tiny_base_di
             {"id": "call_1", "type": "function", "function": {"name": "get_tide", "arguments": {"port": "Brest"}}}]},
         {"role": "tool", "content": "high tide at 14:02", "tool_call_id": "call_1"},
     ]
-    assert [ChatMessage.model_validate(m).for_template() for m in TOOL_TURNS] == templated
+    assert [m.for_template() for m in messages.validate_python(TOOL_TURNS)] == templated
     tokenizer = AutoTokenizer.from_pretrained(tiny_base_dir)
     expected = tokenizer.apply_chat_template(templated, add_generation_prompt=True, tokenize=True)
     expected = expected["input_ids"] if hasattr(expected, "keys") else expected
@@ -274,5 +277,5 @@ def test_tool_results_continue_the_conversation(client: TestClient, tiny_base_di
         '<call>get_tide {"port": "Brest"}</call><result call_1>high tide at 14:02</result>')
     # Arguments that are not a JSON object reach the template as the string the call gave.
     odd = {**TIDE_CALL, "function": {"name": "get_tide", "arguments": "Brest"}}
-    message = ChatMessage.model_validate({"role": "assistant", "content": "", "tool_calls": [odd]})
+    (message,) = messages.validate_python([{"role": "assistant", "content": "", "tool_calls": [odd]}])
     assert message.for_template()["tool_calls"][0]["function"]["arguments"] == "Brest"
