@@ -35,7 +35,7 @@ from adapterhub.refs import AdapterRef, validate_name
 from adapterhub.registry import Evaluation, Version
 from adapterhub_tui.backend import Capability
 from adapterhub_tui.evaluation import EvaluationForm, default_tasks
-from adapterhub_tui.messages import ProgressPending
+from adapterhub_tui.messages import ProgressInbox, ProgressPending
 from adapterhub_tui.screens.dialogs import AskDialog, ConfirmDialog, EvaluateDialog
 from adapterhub_tui.widgets.curves import Curves
 
@@ -127,7 +127,7 @@ class RegistryScreen(Screen[None]):
         self.shown: list[Version] = []
         self.evaluating: str | None = None  # the ref being evaluated, one at a time
         self.eval_events: list[ProgressEvent] = []  # the running (or last) evaluation's progress
-        self._pending: list[ProgressEvent] = []  # filled on the evaluation's thread
+        self._inbox = ProgressInbox(self)  # filled on the evaluation's thread
         self._ready = False
 
     @property
@@ -406,13 +406,13 @@ class RegistryScreen(Screen[None]):
         """Run one evaluation with a live progress bar, then show its numbers."""
         self.evaluating = ref
         self.eval_events.clear()
-        self._pending.clear()
+        self._inbox.clear()
         self.query_one("#eval-progress", ProgressBar).update(total=None, progress=0)
         self.query_one("#eval-status", Static).update(f"evaluating {ref}…")
         self.query_one("#eval-run").display = True
         try:
             found = await self.hub.backend.evaluate(
-                ref, form.tasks, limit=form.limit, progress=self._on_progress
+                ref, form.tasks, limit=form.limit, progress=self._inbox
             )
         except Exception as e:
             self.hub.report(e, f"evaluating {ref}")
@@ -424,21 +424,16 @@ class RegistryScreen(Screen[None]):
                 self.load_details(ref)
         finally:
             self.evaluating = None
-            self._pending.clear()
+            self._inbox.clear()
             self.query_one("#eval-run").display = False
-
-    def _on_progress(self, event: ProgressEvent) -> None:
-        """The backend's progress callback; may run on any thread."""
-        self._pending.append(event)  # list.append is atomic; drained on the UI thread
-        self.post_message(ProgressPending())
 
     def on_progress_pending(self, _message: ProgressPending) -> None:
         self._drain()
 
     def _drain(self) -> None:
-        if not self._pending or self.evaluating is None:  # nothing new, or a late event of a run that ended
+        batch = self._inbox.take()
+        if not batch or self.evaluating is None:  # nothing new, or a late event of a run that ended
             return
-        batch, self._pending = self._pending, []
         self.eval_events.extend(batch)
         status = self.query_one("#eval-status", Static)
         step = next((e for e in reversed(batch) if e.kind == "step"), None)

@@ -41,7 +41,7 @@ from adapterhub.errors import AdapterHubError, TrainingCancelled
 from adapterhub.progress import CancelToken, ProgressEvent
 from adapterhub.refs import AdapterRef
 from adapterhub_tui.backend import Capability, TrainRequest
-from adapterhub_tui.messages import ProgressPending
+from adapterhub_tui.messages import ProgressInbox, ProgressPending
 from adapterhub_tui.recipes import (
     FORM_FIELDS,
     METHODS,
@@ -127,7 +127,7 @@ class TrainingScreen(Screen[None]):
         self.form: TrainingForm | None = None
         self.cancel_token: CancelToken | None = None
         self.events: list[ProgressEvent] = []  # every event of the current run
-        self._pending: list[ProgressEvent] = []  # filled on the training thread
+        self._inbox = ProgressInbox(self)  # filled on the training thread
         self._filling = False
 
     @property
@@ -356,7 +356,7 @@ class TrainingScreen(Screen[None]):
         token = CancelToken()
         self._begin_run(token)
         try:
-            version = await backend.train(request, progress=self._on_progress, cancel=token)
+            version = await backend.train(request, progress=self._inbox, cancel=token)
         except TrainingCancelled as e:
             self._log(f"cancelled: {e}")
             self.notify("training cancelled; nothing was registered", severity="warning")
@@ -378,7 +378,7 @@ class TrainingScreen(Screen[None]):
     def _begin_run(self, token: CancelToken) -> None:
         self.cancel_token = token
         self.events.clear()
-        self._pending.clear()
+        self._inbox.clear()
         for curves in self.query(Curves):
             curves.clear()
         self.query_one("#progress", ProgressBar).update(total=None, progress=0)
@@ -395,18 +395,13 @@ class TrainingScreen(Screen[None]):
             widget.disabled = False
         self._validate()
 
-    def _on_progress(self, event: ProgressEvent) -> None:
-        """The backend's progress callback; may run on any thread."""
-        self._pending.append(event)  # list.append is atomic; drained on the UI thread
-        self.post_message(ProgressPending())
-
     def on_progress_pending(self, _message: ProgressPending) -> None:
         self._drain()
 
     def _drain(self) -> None:
-        if not self._pending:
+        batch = self._inbox.take()
+        if not batch:
             return
-        batch, self._pending = self._pending, []
         self.events.extend(batch)
         last_step = next((e for e in reversed(batch) if e.kind == "step"), None)
         if last_step is not None:
