@@ -447,7 +447,7 @@ def run_long_joiners(engine: Engine, decoding: list[list[int]], joiners: list[li
     gaps between tokens from then until every joiner's first token, and the joiners' TTFTs."""
     marks: dict[int, list[float]] = {i: [] for i in range(len(decoding))}
     firsts: dict[int, float] = {}
-    done = threading.Semaphore(0)
+    done, joined = threading.Semaphore(0), threading.Semaphore(0)
     everyone = threading.Event()
 
     def decoding_sink(i: int) -> Any:
@@ -463,18 +463,22 @@ def run_long_joiners(engine: Engine, decoding: list[list[int]], joiners: list[li
         def sink(chunk: Any) -> None:
             firsts.setdefault(i, time.perf_counter())
             if getattr(chunk, "finish_reason", None) or isinstance(chunk, BaseException):
-                done.release()
+                joined.release()
         return sink
 
-    for i, prompt in enumerate(decoding):
-        engine.submit(GenerationRequest(tuple(prompt), adapter=adapters[i % len(adapters)],
-                                        sampling=SamplingParams(max_tokens=400, ignore_eos=True)), decoding_sink(i))
+    ids = [engine.submit(GenerationRequest(tuple(prompt), adapter=adapters[i % len(adapters)],
+                                           sampling=SamplingParams(max_tokens=400, ignore_eos=True)), decoding_sink(i))
+           for i, prompt in enumerate(decoding)]
     assert everyone.wait(120)
     arrived = time.perf_counter()
     for i, prompt in enumerate(joiners):
         engine.submit(GenerationRequest(tuple(prompt), adapter=adapters[i % len(adapters)],
                                         sampling=SamplingParams(max_tokens=16, ignore_eos=True)), joiner_sink(i))
-    for _ in range(len(decoding) + len(joiners)):
+    for _ in joiners:
+        assert joined.acquire(timeout=600)
+    for request_id in ids:  # measured: the rest of their tokens would only cost time
+        engine.cancel(request_id)
+    for _ in decoding:
         assert done.acquire(timeout=600)
     last = max(firsts.values())
     gaps = [b - a for times in marks.values() for a, b in zip(times, times[1:], strict=False) if arrived <= b <= last]
