@@ -83,6 +83,7 @@ class _Message(_Strict):
     """What every message has; one model per role below, told apart by ``role`` (as OpenAI's
     own schema does), so the schema states which fields each role needs."""
 
+    role: str
     content: Content | None
     name: str | None = Field(default=None, max_length=64)
     """Accepted for compatibility; not shown to the model."""
@@ -96,8 +97,7 @@ class _Message(_Strict):
 
     def for_template(self) -> dict[str, Any]:
         """The message as Hugging Face chat templates read it."""
-        role = getattr(self, "role")  # noqa: B009 (each subclass declares its own)
-        return {"role": "system" if role == "developer" else role, "content": self.text()}
+        return {"role": "system" if self.role == "developer" else self.role, "content": self.text()}
 
 
 class SystemMessage(_Message):

@@ -40,7 +40,13 @@ from adapterhub.engine.config import EngineConfig
 from adapterhub.engine.decoder import DecoderRunner, compute_dtype
 from adapterhub.engine.grammar import Grammars
 from adapterhub.engine.lora import LoraSlots, RowMix
-from adapterhub.engine.prefix_cache import BLOCK_TOKENS, PrefixCache, adapter_key, block_hashes
+from adapterhub.engine.prefix_cache import (
+    BLOCK_TOKENS,
+    PrefixCache,
+    adapter_key,
+    block_hashes,
+    reusable,
+)
 from adapterhub.engine.residency import AdapterResidency, AdapterSource
 from adapterhub.engine.sampling import (
     RowSampler,
@@ -444,8 +450,8 @@ class Engine:
                     self._computing.clear()
                     partial = self._sched.partial
                     admitted = self._sched.admit(self._try_start, self._prefill_cost, self._chunkable)
-                    with self._lock:
-                        self._queued -= len(admitted) + (partial is None and self._sched.partial is not None)
+                    with self._lock:  # and one more when a partial job started
+                        self._queued -= len(admitted) + (self._sched.partial is not partial)
                     if self._sched.partial is not None:
                         self._prefill_chunk(self._sched.partial)
                     if admitted:
@@ -525,24 +531,34 @@ class Engine:
         self._computing.update(job.block_names)
         return True
 
-    def _reuses_prefix(self, job: Job) -> bool:
+    def _reusable_names(self, job: Job) -> Sequence[bytes]:
+        """The blocks ``job`` may take from the prefix cache; none without a cache, or for a
+        prompt scored for log-probabilities (every position must run)."""
+        return reusable(job.block_names, job.prompt_len) if self._may_reuse(job) else ()
+
+    def _may_reuse(self, job: Job) -> bool:
         return self._prefix is not None and job.request.sampling.prompt_logprobs is None
+
+    def _cached_blocks(self, job: Job) -> int:
+        """How many of ``job``'s leading blocks the prefix cache holds for it now."""
+        names = self._reusable_names(job)
+        return self._prefix.cached_blocks(names) if names and self._prefix is not None else 0
 
     def _waits_for_a_sibling(self, job: Job) -> bool:
         """Whether a prompt admitted this step computes the block this job would reuse next:
         the job then joins the step after, reusing it, instead of computing it again."""
-        if self._prefix is None or not self._reuses_prefix(job):
-            return False
-        names = job.block_names[: (job.prompt_len - 1) // BLOCK_TOKENS]
-        cached = self._prefix.cached_blocks(names)
+        names, cached = self._reusable_names(job), self._cached_blocks(job)
         return cached < len(names) and names[cached] in self._computing
 
     def _prefill_cost(self, job: Job) -> int:
         """The prompt tokens ``job``'s prefill computes (what the prefix cache lacks)."""
-        if self._prefix is None or not self._reuses_prefix(job):
-            return job.prompt_len
-        names = job.block_names[: (job.prompt_len - 1) // BLOCK_TOKENS]
-        return job.prompt_len - self._prefix.cached_blocks(names) * BLOCK_TOKENS
+        return job.prompt_len - self._cached_blocks(job) * BLOCK_TOKENS
+
+    def _lookup_prefix(self, job: Job) -> list[torch.Tensor]:
+        """The cached blocks ``job`` reuses (refreshed and counted), none where it may not."""
+        if self._prefix is None or not self._may_reuse(job):
+            return []
+        return self._prefix.lookup(job.block_names, job.prompt_len)
 
     def _chunkable(self, job: Job) -> bool:
         return self._chunked and job.request.sampling.prompt_logprobs is None
@@ -551,8 +567,8 @@ class Engine:
         """Run the partial job's next ``max_prefill_tokens`` prompt tokens into its row; once
         its prompt is in, move the row after the running ones, where it decodes with them."""
         cache, row = self._runner.cache, self._sched.partial_row
-        if job.cache_len == 0 and self._prefix is not None:
-            blocks = self._prefix.lookup(job.block_names, job.prompt_len)
+        if job.cache_len == 0:
+            blocks = self._lookup_prefix(job)
             if blocks:
                 job.cache_len = cache.write(row, 0, blocks)
         end = min(job.cache_len + self.config.max_prefill_tokens, job.prompt_len)
@@ -562,14 +578,9 @@ class Engine:
         if end < job.prompt_len:
             return
         self._sched.partial = None
-        joined = len(self._sched.running)
-        cache.move_row(row, joined, job.prompt_len)
+        cache.move_row(row, len(self._sched.running), job.prompt_len)
         self._sched.running.append(job)
-        if self._prefix is not None:
-            self._prefix.store(job.block_names, lambda start, stop: cache.block(joined, start, stop))
-        with self._lock:
-            self._prompt_tokens += job.prompt_len
-        self._accept([job], logits)
+        self._join([job], logits)
 
     def _prefill(self, jobs: list[Job]) -> None:
         """Run the admitted prompts into the rows after the running ones.
@@ -579,14 +590,13 @@ class Engine:
         (a cached prefix beside a new prompt, a question beside a document) would cost the long
         one's time.
         """
-        reused = [self._prefix.lookup(job.block_names, job.prompt_len)
-                  if self._prefix is not None and self._reuses_prefix(job) else [] for job in jobs]
+        reused = [self._lookup_prefix(job) for job in jobs]
         ranked = sorted(zip(jobs, reused, strict=True),
                         key=lambda pair: pair[0].prompt_len - len(pair[1]) * BLOCK_TOKENS, reverse=True)
         jobs = [job for job, _ in ranked]
         starts = [len(blocks) * BLOCK_TOKENS for _, blocks in ranked]
         row_start = len(self._sched.running)
-        self._sched.running.extend(jobs)
+        self._sched.running.extend(jobs)  # before anything can fail: a failed step ends them
         cache = self._runner.cache
         for row, (_, blocks) in enumerate(ranked, start=row_start):
             if blocks:
@@ -601,14 +611,20 @@ class Engine:
             ))
             for i in scored:
                 self._score_prompt(jobs[i], self._runner.prompt_logits[i - lo])
-        if self._prefix is not None:
-            for row, job in enumerate(jobs, start=row_start):
-                self._prefix.store(job.block_names, lambda start, end, row=row: cache.block(row, start, end))
-        for job in jobs:
+        self._join(jobs, torch.cat(logits))
+
+    def _join(self, jobs: list[Job], logits: torch.Tensor) -> None:
+        """The last running rows, just prefilled, start decoding: their prompts' blocks go to
+        the prefix cache and their first tokens are sampled from ``logits``."""
+        row_start = len(self._sched.running) - len(jobs)
+        cache = self._runner.cache
+        for row, job in enumerate(jobs, start=row_start):
             job.cache_len = job.prompt_len
+            if self._prefix is not None:
+                self._prefix.store(job.block_names, lambda start, end, row=row: cache.block(row, start, end))
         with self._lock:
             self._prompt_tokens += sum(job.prompt_len for job in jobs)
-        self._accept(jobs, torch.cat(logits))
+        self._accept(jobs, logits)
 
     def _score_prompt(self, job: Job, logits: torch.Tensor) -> None:
         """Keep the prompt's log-probabilities for the first chunk; a prompt scored only ends here."""

@@ -63,6 +63,12 @@ def block_hashes(key: bytes, tokens: Sequence[int]) -> tuple[bytes, ...]:
     return tuple(names)
 
 
+def reusable(names: Sequence[bytes], prompt_len: int) -> Sequence[bytes]:
+    """The names of the blocks a prompt of ``prompt_len`` tokens may reuse: all but the block
+    that would hold its last token, whose position must run for its logits."""
+    return names[: (prompt_len - 1) // BLOCK_TOKENS]
+
+
 class PrefixCache:
     """Blocks of keys and values by name, least recently used evicted first past ``max_bytes``."""
 
@@ -88,7 +94,7 @@ class PrefixCache:
     def lookup(self, names: Sequence[bytes], prompt_len: int) -> list[torch.Tensor]:
         """The cached leading blocks of a prompt of ``prompt_len`` tokens named ``names``,
         refreshed, stopping short of the prompt's last token."""
-        usable = names[: (prompt_len - 1) // BLOCK_TOKENS]
+        usable = reusable(names, prompt_len)
         found = [self._blocks[name] for name in usable[: self.cached_blocks(usable)]]
         for name in usable[: len(found)]:
             self._blocks.move_to_end(name)
@@ -112,7 +118,3 @@ class PrefixCache:
             while self.bytes > self.max_bytes:
                 _, evicted = self._blocks.popitem(last=False)
                 self.bytes -= evicted.numel() * evicted.element_size()
-
-    def clear(self) -> None:
-        self._blocks.clear()
-        self.bytes = 0
