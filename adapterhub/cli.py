@@ -20,8 +20,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from adapterhub.core.progress import ProgressEvent
 from adapterhub.errors import AdapterHubError, ConfigError
-from adapterhub.progress import ProgressEvent
 
 app = typer.Typer(
     name="adapterhub",
@@ -335,7 +335,7 @@ def _run_training(hub, recipe: Path, overrides: list[str] | None, resume: bool):
         TimeRemainingColumn,
     )
 
-    from adapterhub.progress import CancelToken
+    from adapterhub.core.progress import CancelToken
 
     cancel = CancelToken()
 
@@ -484,8 +484,8 @@ def doctor(
 
     Exit 1 if registry problems remain.
     """
+    from adapterhub.core.hardware import detect_platform
     from adapterhub.facade import default_home
-    from adapterhub.hardware import detect_platform
     from adapterhub.registry.doctor import diagnose
 
     quiet_libraries()

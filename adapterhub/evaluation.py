@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from adapterhub.core.progress import ProgressCallback, ProgressEvent, no_progress
 from adapterhub.errors import ConfigError
-from adapterhub.progress import ProgressCallback, ProgressEvent, no_progress
 from adapterhub.registry import Evaluation, Version
 
 if TYPE_CHECKING:

@@ -12,8 +12,12 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adapterhub.adapters import CONFIG_FILE, WEIGHTS_FILE, check_fits, load_lora_folder
-from adapterhub.base import (
+from adapterhub.core.hardware import Platform, detect_platform
+from adapterhub.core.progress import ProgressCallback, no_progress
+from adapterhub.core.refs import validate_name
+from adapterhub.errors import BaseModelError, ConfigError
+from adapterhub.models.adapters import CONFIG_FILE, WEIGHTS_FILE, check_fits, load_lora_folder
+from adapterhub.models.base import (
     BaseInfo,
     LoadedBase,
     Progress,
@@ -21,20 +25,16 @@ from adapterhub.base import (
     load_skeleton,
     materialize_base,
 )
-from adapterhub.errors import BaseModelError, ConfigError
-from adapterhub.hardware import Platform, detect_platform
-from adapterhub.progress import ProgressCallback, no_progress
-from adapterhub.refs import validate_name
 from adapterhub.registry import Gate, Registry, Version, parse_gates
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from adapterhub.core.progress import CancelToken
     from adapterhub.engine.config import EngineConfig
     from adapterhub.engine.types import SamplingParams
     from adapterhub.evaluation import EvaluationReport
-    from adapterhub.hub import PullResult, PushResult
-    from adapterhub.progress import CancelToken
+    from adapterhub.hfhub import PullResult, PushResult
     from adapterhub.training.recipe import RecipeBase
 
 HOME_ENV = "ADAPTERHUB_HOME"
@@ -55,7 +55,7 @@ class Hub:
             precision chosen at ``init`` when None.
         device: ``cpu``, ``cuda`` or ``cuda:N``; CUDA when torch sees one, else the CPU.
         compute_dtype: ``bfloat16``, ``float16`` or ``float32``; the hardware's best when None
-            (see :mod:`adapterhub.hardware`).
+            (see :mod:`adapterhub.core.hardware`).
     """
 
     def __init__(
@@ -87,7 +87,7 @@ class Hub:
         progress: Progress | None = None,
     ) -> BaseInfo:
         """Materialise a base into this home (once) and make it the current base."""
-        from adapterhub.base import PRECISIONS
+        from adapterhub.models.base import PRECISIONS
 
         if precision not in PRECISIONS:
             raise ConfigError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
@@ -118,7 +118,7 @@ class Hub:
 
     @property
     def platform(self) -> Platform:
-        """Where and in which dtype this hub runs models (detected once; see :mod:`adapterhub.hardware`)."""
+        """Where and in which dtype this hub runs models (detected once; see :mod:`adapterhub.core.hardware`)."""
         if self._platform is None:
             self._platform = detect_platform(device=self._device, compute_dtype=self._compute_dtype)
         return self._platform
@@ -278,9 +278,9 @@ class Hub:
     ) -> PushResult:
         """Push version ``ref`` to Hub repo ``repo_id``: one commit on ``revision``, tagged ``vN``.
 
-        Pushing a version that is already there is a no-op. See :func:`adapterhub.hub.push_version`.
+        Pushing a version that is already there is a no-op. See :func:`adapterhub.hfhub.push_version`.
         """
-        from adapterhub.hub import HubSettings, push_version
+        from adapterhub.hfhub import HubSettings, push_version
 
         try:
             base: BaseInfo | None = self.base_info
@@ -310,9 +310,9 @@ class Hub:
         """Pull a PEFT LoRA repo at ``revision`` (branch, tag or sha) and register it.
 
         Pulling a commit already registered returns that version. See
-        :func:`adapterhub.hub.pull_version`.
+        :func:`adapterhub.hfhub.pull_version`.
         """
-        from adapterhub.hub import HubSettings, pull_version
+        from adapterhub.hfhub import HubSettings, pull_version
 
         return pull_version(
             self.registry,
@@ -339,7 +339,7 @@ class Hub:
 
         Args:
             recipe: a recipe YAML path, a mapping, or a recipe object.
-            progress: receives every :class:`~adapterhub.progress.ProgressEvent`.
+            progress: receives every :class:`~adapterhub.core.progress.ProgressEvent`.
             cancel: set it from another thread to stop at the next step (nothing is registered).
             resume: continue this recipe's interrupted run from its last checkpoint.
             **overrides: recipe fields to override, nested (``training={"max_steps": 20}``) or

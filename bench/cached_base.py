@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 def hub_on_cached_base(root: Path, precision: str) -> Any:
     """An ``adapterhub.Hub`` in ``root / "home"`` whose base is a link to the cached one."""
     from adapterhub import Hub
-    from adapterhub.base import DEFAULT_BASE, base_slug
+    from adapterhub.models.base import DEFAULT_BASE, base_slug
 
     cache = Path(os.environ.get("ADAPTERHUB_TEST_CACHE", REPO / ".tmp" / "test-home"))
     cached = cache / "bases" / base_slug(DEFAULT_BASE)

@@ -24,10 +24,10 @@ import torch
 from header import auto_precision, print_header
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from adapterhub.base import load_base, materialize_base
+from adapterhub.core.hardware import detect_platform
 from adapterhub.engine.decoder import DecoderRunner
 from adapterhub.engine.lora import LoraSlots, PreparedAdapter
-from adapterhub.hardware import detect_platform
+from adapterhub.models.base import load_base, materialize_base
 
 REPO = Path(__file__).resolve().parent.parent
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")

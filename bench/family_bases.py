@@ -50,7 +50,7 @@ from typing import Any
 import torch
 from header import print_header
 
-from adapterhub.hardware import detect_platform
+from adapterhub.core.hardware import detect_platform
 
 REPO = Path(__file__).resolve().parent.parent
 VOCAB_CAP = 32768

@@ -86,8 +86,8 @@ def check_equality(hub: Any, platform: Any, precision: str, folders: dict[str, P
     import torch
     from peft import PeftModel
 
-    from adapterhub.base import load_base
     from adapterhub.engine import Engine, EngineConfig, GenerationRequest, SamplingParams
+    from adapterhub.models.base import load_base
 
     if precision == "nf4" and not _importable("bitsandbytes"):
         return [(f"engine == PEFT, {precision}", "skipped", "bitsandbytes not installed")]
@@ -145,8 +145,8 @@ def check_equality(hub: Any, platform: Any, precision: str, folders: dict[str, P
 
 def check_throughput(hub: Any, platform: Any, precision: str, refs: list[str], requests: int,
                      tokens: int) -> list[tuple[str, str, str]]:
-    from adapterhub.base import load_base
     from adapterhub.engine import Engine, EngineConfig, GenerationRequest, SamplingParams
+    from adapterhub.models.base import load_base
 
     base = load_base(hub.base_info.path, precision, platform=platform)
     prompts = [base.render_chat([{"role": "user", "content": f"Tell me a story, number {i}."}])
@@ -217,7 +217,7 @@ def main() -> None:
     from header import auto_precision, print_header
 
     from adapterhub import Hub
-    from adapterhub.hardware import detect_platform
+    from adapterhub.core.hardware import detect_platform
 
     platform = detect_platform(device=args.device)
     dense = auto_precision(platform)

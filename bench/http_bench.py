@@ -300,8 +300,8 @@ def main() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     import torch
 
+    from adapterhub.core.hardware import detect_platform
     from adapterhub.engine.threads import single_threaded
-    from adapterhub.hardware import detect_platform
 
     threads = torch.get_num_threads()
     single_threaded()  # as the server does: only the engine's decode thread runs multi-threaded

@@ -73,12 +73,12 @@ from typing import Any
 import torch
 from header import auto_precision, print_header
 
-from adapterhub.base import load_base, materialize_base
+from adapterhub.core.hardware import detect_platform
 from adapterhub.engine import Engine, EngineConfig, GenerationRequest, SamplingParams
 from adapterhub.engine.families import family_of
 from adapterhub.engine.grammar import json_schema_grammar
 from adapterhub.engine.threads import single_threaded, use_threads
-from adapterhub.hardware import detect_platform
+from adapterhub.models.base import load_base, materialize_base
 from adapterhub.registry import Registry
 
 REPO = Path(__file__).resolve().parent.parent

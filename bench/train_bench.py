@@ -5,7 +5,7 @@ same data, model, precision and batch shape, in one process; prints the ratio (t
     .venv/bin/python bench/train_bench.py --steps 4 --precision bf16 --repeat 1
 
 Both sides train the same LoRA (r=16, alpha=32, q/k/v/o, dropout 0.05) over the same frozen base
-loaded the same way (``adapterhub.base.load_base``), with the same optimizer settings, seed,
+loaded the same way (``adapterhub.models.base.load_base``), with the same optimizer settings, seed,
 ``max_steps`` and per-step batch of ``--batch-size`` examples from ``recipes/data/json_train.jsonl``
 (both samplers are seeded alike, so they draw the same examples: the token counts printed agree), gradient checkpointing off on
 both (``--trl-defaults`` adds a third run with TRL's own defaults, which turn it on):
@@ -15,7 +15,7 @@ both (``--trl-defaults`` adds a third run with TRL's own defaults, which turn it
 * **plain TRL**: ``trl.SFTTrainer(model, peft_config=LoraConfig(...), args=SFTConfig(...))`` over
   bitsandbytes' own NF4 layers in TRL's best dtype on this machine (bf16 autocast where bf16 is
   native, fp32 elsewhere; adapterhub may instead dequantize NF4 once where bitsandbytes has no
-  fast kernel, see ``adapterhub.hardware``), on the
+  fast kernel, see ``adapterhub.core.hardware``), on the
   same conversations (TRL applies the same chat template; loss on the whole sequence; batches
   padded to their longest example).
 
@@ -98,7 +98,7 @@ def run_plain_trl(hub: Any, args: argparse.Namespace, rows: list[dict[str, Any]]
     import trl
     from transformers.trainer_callback import PrinterCallback
 
-    from adapterhub.base import load_base
+    from adapterhub.models.base import load_base
 
     # What a TRL user gets: bitsandbytes' own NF4 layers (no dense copy), in TRL's best dtype here
     # (bf16 autocast where bf16 is native, else fp32: emulated bf16 is an order of magnitude slower)
@@ -147,7 +147,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     warnings.filterwarnings("ignore")
     rows = [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()]
-    from adapterhub.hardware import detect_platform
+    from adapterhub.core.hardware import detect_platform
 
     platform = detect_platform()
     print_header("train_bench", platform, base=args.precision, compute=platform.compute_dtype, lora="float32")

@@ -35,7 +35,7 @@ def _offline_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempP
 @pytest.fixture(scope="session")
 def tiny_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A materialised tiny base folder (built once per session)."""
-    from adapterhub.base import materialize_base
+    from adapterhub.models.base import materialize_base
 
     src = build_tiny_llama_folder(tmp_path_factory.mktemp("tiny-src"))
     home = tmp_path_factory.mktemp("tiny-home")
@@ -45,7 +45,7 @@ def tiny_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def other_tiny_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A second tiny base, wider and with other weights, for compatibility tests."""
-    from adapterhub.base import materialize_base
+    from adapterhub.models.base import materialize_base
 
     src = build_tiny_llama_folder(
         tmp_path_factory.mktemp("other-src") / "tiny-other", seed=1, hidden=96
@@ -57,7 +57,7 @@ def other_tiny_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_base(tiny_base_dir: Path):  # type: ignore[no-untyped-def]
     """The tiny base loaded in fp32 (shared; tests must not modify it)."""
-    from adapterhub.base import load_base
+    from adapterhub.models.base import load_base
 
     return load_base(tiny_base_dir, "fp32")
 
@@ -93,7 +93,7 @@ def lora_dir(tiny_base_dir: Path, tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def real_base_dir() -> Path:
     """The real default base, materialised once through the offline path and cached."""
-    from adapterhub.base import materialize_base
+    from adapterhub.models.base import materialize_base
 
     cache = Path(os.environ.get("ADAPTERHUB_TEST_CACHE", REPO / ".tmp" / "test-home"))
     return materialize_base(cache, progress=lambda msg: print(msg, file=sys.stderr)).path

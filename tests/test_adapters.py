@@ -10,14 +10,14 @@ import pytest
 import torch
 from safetensors.torch import save
 
-from adapterhub.adapters import (
+from adapterhub.errors import IncompatibleAdapterError, UnsafeAdapterError
+from adapterhub.models.adapters import (
     LoraLimits,
     check_fits,
     load_lora_bytes,
     load_lora_folder,
 )
-from adapterhub.base import load_skeleton
-from adapterhub.errors import IncompatibleAdapterError, UnsafeAdapterError
+from adapterhub.models.base import load_skeleton
 
 KEY = "base_model.model.model.layers.0.self_attn.q_proj"
 CONFIG = json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8}).encode()

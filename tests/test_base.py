@@ -8,9 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from adapterhub.base import BaseInfo, fingerprint_folder, load_base, materialize_base, template_hash
+from adapterhub.core.hardware import detect_platform
 from adapterhub.errors import BaseModelError, ConfigError
-from adapterhub.hardware import detect_platform
+from adapterhub.models.base import (
+    BaseInfo,
+    fingerprint_folder,
+    load_base,
+    materialize_base,
+    template_hash,
+)
 
 
 def test_materialise_records_fingerprints(tiny_base_dir: Path) -> None:

@@ -1,4 +1,4 @@
-"""One place decides device, compute dtype and NF4 handling (adapterhub.hardware)."""
+"""One place decides device, compute dtype and NF4 handling (adapterhub.core.hardware)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import sys
 import pytest
 import torch
 
+from adapterhub.core.hardware import detect_platform
 from adapterhub.errors import ConfigError
-from adapterhub.hardware import detect_platform
 
-_PROBE = "import json; from adapterhub.hardware import detect_platform; print(json.dumps(detect_platform().as_dict()))"
+_PROBE = "import json; from adapterhub.core.hardware import detect_platform; print(json.dumps(detect_platform().as_dict()))"
 
 
 def _probe(**env: str) -> dict[str, object]:

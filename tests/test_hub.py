@@ -19,7 +19,7 @@ from huggingface_hub import HfApi, hf_hub_download
 from tinymodels import build_tiny_llama_folder, make_lora_folder
 
 from adapterhub import Hub
-from adapterhub.adapters import CONFIG_FILE, WEIGHTS_FILE
+from adapterhub.core.progress import ProgressEvent
 from adapterhub.errors import (
     BaseMismatchWarning,
     ConfigError,
@@ -29,8 +29,8 @@ from adapterhub.errors import (
     IncompatibleAdapterError,
     UnsafeAdapterError,
 )
-from adapterhub.hub import MANIFEST_FILE, HubManifest
-from adapterhub.progress import ProgressEvent
+from adapterhub.hfhub import MANIFEST_FILE, HubManifest
+from adapterhub.models.adapters import CONFIG_FILE, WEIGHTS_FILE
 
 PROMPT = "What is two plus two?"
 METRICS = {"train_loss": 1.25, "general_ppl_base": 31.5, "general_ppl_adapter": 33.0}
@@ -432,7 +432,7 @@ def test_card_names_a_hub_base_and_passes_the_hub_metadata_check(
 
     from huggingface_hub import ModelCard
 
-    from adapterhub.hub import HubSettings, push_version
+    from adapterhub.hfhub import HubSettings, push_version
 
     hub_id = "HuggingFaceTB/SmolLM2-135M-Instruct"
     base = replace(alice.base_info, name=hub_id, source=f"hub:{hub_id}")

@@ -15,7 +15,7 @@ import pytest
 from tinymodels import make_lora_folder
 
 from adapterhub import Hub
-from adapterhub.adapters import WEIGHTS_FILE
+from adapterhub.models.adapters import WEIGHTS_FILE
 
 TOKEN = os.environ.get("ADAPTERHUB_LIVE_HUB_TOKEN")
 ENDPOINT = os.environ.get("ADAPTERHUB_LIVE_HUB_ENDPOINT", "https://huggingface.co")

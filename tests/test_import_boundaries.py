@@ -6,7 +6,7 @@ import sys
 
 def test_import_adapterhub_pulls_in_no_server_or_ui() -> None:
     code = (
-        "import sys, adapterhub, adapterhub.cli, adapterhub.registry, adapterhub.base;"
+        "import sys, adapterhub, adapterhub.cli, adapterhub.registry, adapterhub.models.base;"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
         "{'fastapi', 'starlette', 'textual', 'uvicorn', 'adapterhub_server', 'adapterhub_tui'});"
         "print(','.join(bad))"

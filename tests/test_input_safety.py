@@ -16,10 +16,10 @@ import pytest
 from huggingface_hub import HfApi
 
 from adapterhub import Hub
-from adapterhub.adapters import CONFIG_FILE, WEIGHTS_FILE
+from adapterhub.core.refs import AdapterRef, validate_name
 from adapterhub.errors import AdapterNotFoundError, ConfigError, UnsafeAdapterError
-from adapterhub.hub import MANIFEST_FILE
-from adapterhub.refs import AdapterRef, validate_name
+from adapterhub.hfhub import MANIFEST_FILE
+from adapterhub.models.adapters import CONFIG_FILE, WEIGHTS_FILE
 from adapterhub.registry import Registry
 
 LOOKS_FINE = ["pirate\n", "pirate\r", "pirate\t", "pirate\u00a0", "pira\u0074e\u200b", "pirate\x00"]

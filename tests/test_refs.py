@@ -1,7 +1,7 @@
 import pytest
 
+from adapterhub.core.refs import AdapterRef, validate_name
 from adapterhub.errors import ConfigError
-from adapterhub.refs import AdapterRef, validate_name
 
 
 @pytest.mark.parametrize(

@@ -182,7 +182,7 @@ class PeftReference:
                  platform: Any = None) -> None:
         from peft import PeftModel
 
-        from adapterhub.base import load_base
+        from adapterhub.models.base import load_base
 
         self.base = load_base(base_dir, precision, platform=platform)
         names = list(folders)

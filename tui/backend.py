@@ -13,7 +13,7 @@ Design choices:
 * A backend states what it can do as :class:`Capability` flags; a screen hides or refuses an
   action the backend lacks *before* calling it, with a notification that says why.
 * The values crossing the seam are the library's own: :class:`~adapterhub.registry.Version`,
-  :class:`~adapterhub.registry.Evaluation`, :class:`~adapterhub.progress.ProgressEvent`,
+  :class:`~adapterhub.registry.Evaluation`, :class:`~adapterhub.core.progress.ProgressEvent`,
   :class:`~adapterhub.engine.types.SamplingParams` and
   :class:`~adapterhub.engine.types.GenerationChunk`. One spelling per idea, whatever the
   transport.
@@ -28,8 +28,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from adapterhub.core.progress import CancelToken, ProgressCallback, ProgressEvent
 from adapterhub.engine.types import GenerationChunk, SamplingParams
-from adapterhub.progress import CancelToken, ProgressCallback, ProgressEvent
 from adapterhub.registry import Evaluation, Version
 
 ChatMessages = Sequence[Mapping[str, str]]

@@ -30,9 +30,9 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from adapterhub.core.progress import STEP_LOG, CancelToken, ProgressCallback, ProgressEvent
 from adapterhub.engine.types import GenerationChunk, GenerationRequest, SamplingParams, Usage
 from adapterhub.errors import AdapterHubError, ConfigError, EngineError
-from adapterhub.progress import STEP_LOG, CancelToken, ProgressCallback, ProgressEvent
 from adapterhub.registry import Evaluation, Version
 from adapterhub_tui.backend import BackendInfo, Capability, ChatMessages, TrainRequest
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from textual.message import Message
 from textual.message_pump import MessagePump
 
-from adapterhub.progress import ProgressEvent
+from adapterhub.core.progress import ProgressEvent
 
 
 @dataclass

@@ -29,8 +29,8 @@ from pydantic import (
     field_validator,
 )
 
+from adapterhub.core.refs import AdapterRef, validate_name
 from adapterhub.errors import ConfigError
-from adapterhub.refs import AdapterRef, validate_name
 
 Method = Literal["sft", "dpo", "orpo", "simpo", "grpo", "reward", "ppo"]
 METHODS: tuple[str, ...] = ("sft", "dpo", "orpo", "simpo", "grpo", "reward", "ppo")

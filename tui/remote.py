@@ -31,9 +31,10 @@ from urllib.parse import quote
 
 import httpx
 
+from adapterhub.core.progress import CancelToken, ProgressCallback, ProgressEvent
+from adapterhub.core.refs import AdapterRef
 from adapterhub.engine.types import GenerationChunk, SamplingParams, Usage
 from adapterhub.errors import AdapterHubError, AdapterNotFoundError, ConfigError, ServerError
-from adapterhub.progress import CancelToken, ProgressCallback, ProgressEvent
 from adapterhub.protocol import (
     ERROR_CODES,
     DeleteResponse,
@@ -42,7 +43,6 @@ from adapterhub.protocol import (
     VersionInfo,
     VersionList,
 )
-from adapterhub.refs import AdapterRef
 from adapterhub.registry import Evaluation, Version
 from adapterhub_tui.backend import BackendInfo, Capability, ChatMessages, TrainRequest
 from adapterhub_tui.evaluation import eval_command

@@ -91,7 +91,7 @@ class Engine:
         """Start the engine thread.
 
         Args:
-            base: a :class:`~adapterhub.base.LoadedBase` (a family of :mod:`.families`, any precision).
+            base: a :class:`~adapterhub.models.base.LoadedBase` (a family of :mod:`.families`, any precision).
             registry: where adapter refs resolve and load from; None serves the base only.
             config: capacity and scheduling settings.
 

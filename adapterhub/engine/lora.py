@@ -41,9 +41,9 @@ from typing import Any
 
 import torch
 
-from adapterhub.adapters import LoraAdapter
 from adapterhub.engine.families import family_of, projection_dims, unwrapped
 from adapterhub.errors import IncompatibleAdapterError
+from adapterhub.models.adapters import LoraAdapter
 
 _MODULE = re.compile(r"^model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)$")
 # PEFT variants whose forward is not B @ A x: served by no batched kernel here, so refused

@@ -30,11 +30,11 @@ from typing import Any, Protocol
 
 import torch
 
-from adapterhub.adapters import LoraAdapter
 from adapterhub.engine.lora import LoraSlots, PreparedAdapter, prepare_adapter
 from adapterhub.engine.threads import single_threaded
 from adapterhub.engine.types import ResidentAdapter
 from adapterhub.errors import AdapterNotFoundError, CapacityError
+from adapterhub.models.adapters import LoraAdapter
 from adapterhub.registry.store import Version, ensure_compatible
 
 
@@ -70,7 +70,7 @@ class AdapterResidency:
     ) -> None:
         """Args:
         source: the registry (None: the engine serves the base only).
-        base: the :class:`~adapterhub.base.LoadedBase`.
+        base: the :class:`~adapterhub.models.base.LoadedBase`.
         slots: the stacked buffers adapters are installed into.
         max_cpu_adapters: entries of the LRU cache behind the slots.
         on_loaded: called on the loader thread when a load finishes (wakes the engine).

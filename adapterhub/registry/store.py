@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from adapterhub.adapters import CONFIG_FILE, WEIGHTS_FILE, LoraAdapter, LoraLimits, load_lora_bytes
+from adapterhub.core.refs import AdapterRef, validate_name
 from adapterhub.errors import (
     AdapterNotFoundError,
     ConfigError,
@@ -33,7 +33,13 @@ from adapterhub.errors import (
     RegistryError,
     VersionExistsError,
 )
-from adapterhub.refs import AdapterRef, validate_name
+from adapterhub.models.adapters import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    LoraAdapter,
+    LoraLimits,
+    load_lora_bytes,
+)
 from adapterhub.registry.blobs import BlobStore
 from adapterhub.registry.gates import Gate, GateCheck, parse_gates
 

@@ -2,9 +2,9 @@
 
 Every TRL trainer (and our own loops, which subclass ``transformers.Trainer``) reports through
 ``TrainerCallback`` hooks. :class:`ProgressBridge` is the one callback the runner adds: it turns
-each log into a :class:`~adapterhub.progress.ProgressEvent` for the caller (CLI bar, TUI curves,
+each log into a :class:`~adapterhub.core.progress.ProgressEvent` for the caller (CLI bar, TUI curves,
 server stream), appends the same event to the step log (JSONL), and checks the
-:class:`~adapterhub.progress.CancelToken` after every optimizer step.
+:class:`~adapterhub.core.progress.CancelToken` after every optimizer step.
 
 Design choices:
 
@@ -26,7 +26,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from adapterhub.progress import CancelToken, ProgressCallback, ProgressEvent
+from adapterhub.core.progress import CancelToken, ProgressCallback, ProgressEvent
 
 _LIFTED = {"loss", "learning_rate", "epoch", "grad_norm"}
 _SKIPPED = {

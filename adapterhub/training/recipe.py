@@ -32,8 +32,8 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from adapterhub.core.refs import AdapterRef, validate_name
 from adapterhub.errors import ConfigError
-from adapterhub.refs import AdapterRef, validate_name
 
 MethodName = Literal["sft", "dpo", "orpo", "simpo", "grpo", "reward", "ppo"]
 METHOD_NAMES: tuple[str, ...] = get_args(MethodName)

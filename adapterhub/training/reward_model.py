@@ -3,7 +3,7 @@
 A reward model is trained by the ``reward`` method (TRL's ``RewardTrainer`` over
 ``AutoModelForSequenceClassification`` with ``num_labels=1``); its version holds the LoRA weights
 and, in the same ``adapter_model.safetensors``, the score head (``...score.weight``, ``[1, hidden]``),
-which :class:`~adapterhub.adapters.LoraAdapter` keeps in ``extra_tensors``.
+which :class:`~adapterhub.models.adapters.LoraAdapter` keeps in ``extra_tensors``.
 
 :func:`load_reward_scorer` loads that version *into the model already in memory* as one more named
 LoRA adapter, so scoring costs no second copy of the base: GRPO and PPO switch to the reward
@@ -138,7 +138,7 @@ def attach_score_lora(causal_lm: Any, lora: RecipeLora, *, parent_dir: Path | No
     from peft import LoraConfig, TaskType, get_peft_model
     from safetensors.torch import load_file
 
-    from adapterhub.adapters import WEIGHTS_FILE
+    from adapterhub.models.adapters import WEIGHTS_FILE
 
     model = get_peft_model(
         score_model_over(causal_lm),

@@ -38,9 +38,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adapterhub.adapters import CONFIG_FILE, WEIGHTS_FILE
+from adapterhub.core.progress import (
+    STEP_LOG,
+    CancelToken,
+    ProgressCallback,
+    ProgressEvent,
+    no_progress,
+)
 from adapterhub.errors import AdapterHubError, ConfigError, TrainingCancelled, TrainingError
-from adapterhub.progress import STEP_LOG, CancelToken, ProgressCallback, ProgressEvent, no_progress
+from adapterhub.models.adapters import CONFIG_FILE, WEIGHTS_FILE
 from adapterhub.registry import Version, ensure_compatible
 from adapterhub.training.datasets import TrainingData, load_training_data
 from adapterhub.training.methods import Method, MethodContext, PrepareContext, get_method
@@ -55,8 +61,8 @@ from adapterhub.training.templates import (
 )
 
 if TYPE_CHECKING:
+    from adapterhub.core.hardware import Platform
     from adapterhub.facade import Hub
-    from adapterhub.hardware import Platform
 
 RecipeSource = str | Path | Mapping[str, Any] | RecipeBase
 
@@ -161,7 +167,7 @@ def train(
         hub: the hub whose base, registry and home are used.
         recipe: a recipe path, mapping or recipe object.
         overrides: ``--set`` style overrides (see :func:`adapterhub.training.recipe.load_recipe`).
-        progress: receives every :class:`~adapterhub.progress.ProgressEvent`.
+        progress: receives every :class:`~adapterhub.core.progress.ProgressEvent`.
         cancel: set it (from any thread) to stop at the next step boundary.
         resume: continue from this recipe's latest checkpoint if an earlier run left one.
 
@@ -335,7 +341,7 @@ def _load_model(hub: Hub, plan: RunPlan) -> tuple[Any, Any]:
         prepare_model_for_kbit_training,
     )
 
-    from adapterhub.base import load_base
+    from adapterhub.models.base import load_base
 
     recipe = plan.recipe
     torch.manual_seed(recipe.seed)
@@ -402,8 +408,8 @@ def _with_base_targets(recipe: RecipeBase, base_path: Path) -> RecipeBase:
     """
     import torch
 
-    from adapterhub.base import load_skeleton
     from adapterhub.engine.families import FAMILIES, Family
+    from adapterhub.models.base import load_skeleton
 
     skeleton = load_skeleton(base_path)
     linear = {

@@ -18,8 +18,9 @@ from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
 
 import adapterhub
+from adapterhub.core.progress import STEP_LOG
+from adapterhub.core.refs import validate_name
 from adapterhub.errors import AdapterNotFoundError, ConfigError
-from adapterhub.progress import STEP_LOG
 from adapterhub.protocol import (
     DeleteResponse,
     LoadAdapterRequest,
@@ -35,7 +36,6 @@ from adapterhub.protocol import (
     VllmLoadLoraRequest,
     VllmUnloadLoraRequest,
 )
-from adapterhub.refs import validate_name
 from adapterhub_server.deps import AdminCaller, ReadyService
 from adapterhub_server.schemas import ERROR_RESPONSES, json_error_responses
 from adapterhub_server.service import InferenceService

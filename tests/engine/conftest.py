@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from tinymodels import PeftReference, save_lora
 
-from adapterhub.base import load_base
+from adapterhub.core.hardware import detect_platform
 from adapterhub.engine import Engine, EngineConfig
-from adapterhub.hardware import detect_platform
+from adapterhub.models.base import load_base
 
 ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 ALL = (*ATTN, "gate_proj", "up_proj", "down_proj")

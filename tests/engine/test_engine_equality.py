@@ -91,8 +91,8 @@ def test_quantized_base_mixed_batch_equals_peft(precision, tiny_base_dir, adapte
     two continuations legitimately diverge. Most steps are far from a tie, so most tokens are
     compared; the test demands at least half of them.
     """
-    from adapterhub.base import load_base
     from adapterhub.engine import Engine, EngineConfig
+    from adapterhub.models.base import load_base
 
     tie = 0.02
     reference = make_peft_ref(precision)
@@ -118,8 +118,8 @@ def test_peft_adapters_injected_into_the_shared_base_do_not_leak(tiny_base_dir, 
     with an active PEFT adapter, before or after the engine starts: base rows stay the base."""
     from peft import PeftModel
 
-    from adapterhub.base import load_base
     from adapterhub.engine import Engine
+    from adapterhub.models.base import load_base
 
     base = load_base(tiny_base_dir, "fp32")
     request = GenerationRequest(tuple(prompts[0]), sampling=GREEDY)

@@ -19,12 +19,12 @@ import pytest
 import torch
 from tinymodels import FAMILY_CONFIGS, PeftReference, build_tiny_folder, save_lora
 
-from adapterhub.base import load_base, materialize_base
 from adapterhub.engine import Engine, EngineConfig, GenerationRequest, SamplingParams
 from adapterhub.engine.decoder import DecoderRunner
 from adapterhub.engine.families import Family, family_of
 from adapterhub.engine.lora import LoraSlots, prepare_adapter
 from adapterhub.errors import EngineError, IncompatibleAdapterError
+from adapterhub.models.base import load_base, materialize_base
 from adapterhub.registry import Registry
 
 GREEDY = SamplingParams(max_tokens=10, ignore_eos=True)

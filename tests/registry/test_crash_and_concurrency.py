@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from adapterhub.adapters import CONFIG_FILE, WEIGHTS_FILE
+from adapterhub.models.adapters import CONFIG_FILE, WEIGHTS_FILE
 from adapterhub.registry import Registry
 
 # A writer that registers, tags and deletes versions forever, printing after each commit.

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from adapterhub.adapters import CONFIG_FILE, WEIGHTS_FILE
 from adapterhub.errors import RegistryError
+from adapterhub.models.adapters import CONFIG_FILE, WEIGHTS_FILE
 from adapterhub.registry import Registry
 from adapterhub.registry import store as store_module
 from adapterhub.registry.doctor import diagnose

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from adapterhub.adapters import CONFIG_FILE, WEIGHTS_FILE
 from adapterhub.cli import main
 from adapterhub.errors import RegistryError
+from adapterhub.models.adapters import CONFIG_FILE, WEIGHTS_FILE
 from adapterhub.registry import Registry
 from adapterhub.registry.doctor import diagnose
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from adapterhub.adapters import CONFIG_FILE, WEIGHTS_FILE
 from adapterhub.errors import AdapterNotFoundError, ConfigError, GateError
+from adapterhub.models.adapters import CONFIG_FILE, WEIGHTS_FILE
 from adapterhub.registry import Evaluation, Gate, Registry
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from test_crash_and_concurrency import _WRITER, _check_consistent
 
-from adapterhub.adapters import CONFIG_FILE
+from adapterhub.models.adapters import CONFIG_FILE
 from adapterhub.registry import Registry
 from adapterhub.registry.doctor import diagnose
 

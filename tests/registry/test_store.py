@@ -4,7 +4,6 @@ from pathlib import Path
 
 import pytest
 
-from adapterhub.adapters import CONFIG_FILE, WEIGHTS_FILE
 from adapterhub.errors import (
     AdapterNotFoundError,
     ConfigError,
@@ -13,6 +12,7 @@ from adapterhub.errors import (
     RegistryError,
     VersionExistsError,
 )
+from adapterhub.models.adapters import CONFIG_FILE, WEIGHTS_FILE
 from adapterhub.registry import Registry, ensure_compatible
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from adapterhub.core.progress import ProgressEvent
 from adapterhub.errors import ConfigError
-from adapterhub.progress import ProgressEvent
 from adapterhub.training.run import train
 
 PAIR = {
@@ -57,7 +57,7 @@ def parent_logp(tiny_base_dir: Path, hub, parent_ref: str) -> tuple[float, float
     import torch
     from peft import PeftModel
 
-    from adapterhub.base import load_base
+    from adapterhub.models.base import load_base
 
     base = load_base(tiny_base_dir, "fp32")
     tok = base.tokenizer

@@ -11,10 +11,10 @@ import pytest
 from tinymodels import FAMILY_CONFIGS, PeftReference, build_tiny_folder
 
 from adapterhub import Hub
-from adapterhub.base import load_base
 from adapterhub.engine import Engine, GenerationRequest, SamplingParams
 from adapterhub.engine.families import FAMILIES
 from adapterhub.errors import IncompatibleAdapterError
+from adapterhub.models.base import load_base
 
 GREEDY = SamplingParams(max_tokens=8, ignore_eos=True)
 

@@ -1,5 +1,5 @@
 """A base loaded for training stays differentiable after an eval-mode pass (bitsandbytes' CPU
-repacking, see :func:`adapterhub.base.keep_4bit_differentiable`).
+repacking, see :func:`adapterhub.models.base.keep_4bit_differentiable`).
 
 PPO samples and scores in eval mode between updates, and every run may evaluate mid-training, so
 the gradients of a training step must not depend on whether such a pass came first.
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from adapterhub.base import load_base
-from adapterhub.hardware import detect_platform
+from adapterhub.core.hardware import detect_platform
+from adapterhub.models.base import load_base
 
 
 def lora_gradients(base_dir: Path, *, for_training: bool, eval_pass_first: bool) -> dict[str, torch.Tensor]:

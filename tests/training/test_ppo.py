@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from adapterhub.core.progress import CancelToken, ProgressEvent
 from adapterhub.errors import ConfigError, TrainingCancelled
-from adapterhub.progress import CancelToken, ProgressEvent
 from adapterhub.training.run import train
 
 QUESTIONS = [f"Question number {i}?" for i in range(10)]

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from adapterhub import Hub
+from adapterhub.core.progress import ProgressEvent
 from adapterhub.errors import ConfigError
-from adapterhub.progress import ProgressEvent
 from adapterhub.training.run import train
 
 PAIR = {

@@ -42,7 +42,7 @@ def fresh_peft_model(tiny_base_dir: Path):  # type: ignore[no-untyped-def]
     """A private fp32 copy of the tiny base wrapped by PEFT (a policy adapter named default)."""
     from peft import LoraConfig, get_peft_model
 
-    from adapterhub.base import load_base
+    from adapterhub.models.base import load_base
 
     base = load_base(tiny_base_dir, "fp32")
     return base, get_peft_model(base.model, LoraConfig(r=2, target_modules=["q_proj"]))
@@ -88,7 +88,7 @@ def test_scorer_equals_the_trained_sequence_classifier(
     import torch
     from peft import PeftModel
 
-    from adapterhub.base import load_base
+    from adapterhub.models.base import load_base
     from adapterhub.training.reward_model import load_reward_scorer, score_model_over
 
     folder = hub.registry.export(reward_version, tmp_path / "rm")

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from adapterhub import Hub
-from adapterhub.adapters import CONFIG_FILE, WEIGHTS_FILE
+from adapterhub.core.progress import CancelToken, ProgressEvent
 from adapterhub.errors import ConfigError, TrainingCancelled, TrainingError
-from adapterhub.progress import CancelToken, ProgressEvent
+from adapterhub.models.adapters import CONFIG_FILE, WEIGHTS_FILE
 from adapterhub.training.run import STEP_LOG, show_example
 
 ANSWERS = ["Paris.", "Rome.", "Madrid.", "Berlin.", "Lisbon.", "Vienna."]
@@ -85,7 +85,7 @@ def sharp_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from safetensors.torch import load_file, save_file
     from tinymodels import build_tiny_llama_folder
 
-    from adapterhub.base import materialize_base
+    from adapterhub.models.base import materialize_base
 
     src = build_tiny_llama_folder(tmp_path_factory.mktemp("sharp-src") / "tiny-sharp")
     weights = load_file(src / "model.safetensors")

@@ -18,10 +18,10 @@ from typing import Any
 
 import yaml
 
+from adapterhub.core.progress import CancelToken, ProgressCallback, ProgressEvent
+from adapterhub.core.refs import AdapterRef
 from adapterhub.engine.types import GenerationChunk, SamplingParams, Usage
 from adapterhub.errors import AdapterNotFoundError, ConfigError, RegistryError, TrainingCancelled
-from adapterhub.progress import CancelToken, ProgressCallback, ProgressEvent
-from adapterhub.refs import AdapterRef
 from adapterhub.registry import Evaluation, Version
 from adapterhub_tui.backend import BackendInfo, Capability, ChatMessages, TrainRequest
 from adapterhub_tui.recipes import get_key

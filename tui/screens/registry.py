@@ -30,8 +30,8 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, ProgressBar, Static
 
-from adapterhub.progress import ProgressEvent
-from adapterhub.refs import AdapterRef, validate_name
+from adapterhub.core.progress import ProgressEvent
+from adapterhub.core.refs import AdapterRef, validate_name
 from adapterhub.registry import Evaluation, Version
 from adapterhub_tui.backend import Capability
 from adapterhub_tui.evaluation import EvaluationForm, default_tasks

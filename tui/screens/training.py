@@ -37,9 +37,9 @@ from textual.widgets import (
     Static,
 )
 
+from adapterhub.core.progress import CancelToken, ProgressEvent
+from adapterhub.core.refs import AdapterRef
 from adapterhub.errors import AdapterHubError, TrainingCancelled
-from adapterhub.progress import CancelToken, ProgressEvent
-from adapterhub.refs import AdapterRef
 from adapterhub_tui.backend import Capability, TrainRequest
 from adapterhub_tui.messages import ProgressInbox, ProgressPending
 from adapterhub_tui.recipes import (

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 
 from textual_plotext import PlotextPlot
 
-from adapterhub.progress import ProgressEvent
+from adapterhub.core.progress import ProgressEvent
 
 _PREFERRED = ("margin", "reward", "kl", "accura", "score")
 

@@ -64,8 +64,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from adapterhub.errors import ConfigError, TrainingError
 
 if TYPE_CHECKING:
-    from adapterhub.base import LoadedBase
-    from adapterhub.progress import ProgressCallback
+    from adapterhub.core.progress import ProgressCallback
+    from adapterhub.models.base import LoadedBase
     from adapterhub.registry import Registry, Version
     from adapterhub.training.datasets import DatasetFormat, TrainingData
     from adapterhub.training.recipe import RecipeBase

@@ -58,7 +58,7 @@ from typing import Any
 import torch
 from transformers import Trainer
 
-from adapterhub.adapters import WEIGHTS_FILE
+from adapterhub.models.adapters import WEIGHTS_FILE
 from adapterhub.training.ppo.losses import (
     clipped_policy_loss,
     clipped_value_loss,

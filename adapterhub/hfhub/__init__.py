@@ -24,7 +24,7 @@ Design choices:
 * **Tokens and endpoint** come from the usual places: an explicit argument, else ``HF_TOKEN`` or
   the ``hf auth login`` token (huggingface_hub reads them per request); an explicit endpoint, else
   ``HF_ENDPOINT`` read at call time, else huggingface.co. Byte progress of downloads goes to the
-  caller's :data:`~adapterhub.progress.ProgressCallback`.
+  caller's :data:`~adapterhub.core.progress.ProgressCallback`.
 """
 
 from __future__ import annotations
@@ -43,15 +43,8 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from adapterhub.adapters import (
-    CONFIG_FILE,
-    WEIGHTS_FILE,
-    LoraLimits,
-    check_fits,
-    load_lora_bytes,
-    refuse_pickles,
-)
-from adapterhub.base import BaseInfo, load_skeleton
+from adapterhub.core.progress import ProgressCallback, ProgressEvent, no_progress
+from adapterhub.core.refs import validate_name
 from adapterhub.errors import (
     BaseMismatchWarning,
     ConfigError,
@@ -62,9 +55,16 @@ from adapterhub.errors import (
     IncompatibleAdapterError,
     UnsafeAdapterError,
 )
-from adapterhub.model_card import HUB_ID, MANIFEST_FILE, render_model_card
-from adapterhub.progress import ProgressCallback, ProgressEvent, no_progress
-from adapterhub.refs import validate_name
+from adapterhub.hfhub.card import HUB_ID, MANIFEST_FILE, render_model_card
+from adapterhub.models.adapters import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    LoraLimits,
+    check_fits,
+    load_lora_bytes,
+    refuse_pickles,
+)
+from adapterhub.models.base import BaseInfo, load_skeleton
 from adapterhub.registry import Evaluation, Registry, Version
 
 MANIFEST_FORMAT: Final = "adapterhub.manifest/1"

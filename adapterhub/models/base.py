@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 from urllib.parse import urlparse
 
+from adapterhub.core.hardware import Platform, bitsandbytes_backend, detect_platform
 from adapterhub.errors import BaseModelError, ConfigError
-from adapterhub.hardware import Platform, bitsandbytes_backend, detect_platform
 
 Precision = Literal["nf4", "int8", "bf16", "fp32"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
