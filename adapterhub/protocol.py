@@ -238,15 +238,12 @@ class VersionInfo(_Response):
         return cls.model_validate({**version.to_dict(), "evaluations": [e.to_dict() for e in evaluations]})
 
     def to_version(self) -> Version:
+        from dataclasses import fields
+
         from adapterhub.registry import Version
 
-        return Version(
-            name=self.name, number=self.number, created_at=self.created_at, method=self.method,
-            base_fingerprint=self.base_fingerprint, template_hash=self.template_hash,
-            files=dict(self.files), recipe=dict(self.recipe),
-            dataset_fingerprint=self.dataset_fingerprint, parent=self.parent,
-            metrics=dict(self.metrics), source=dict(self.source), aliases=tuple(self.aliases),
-        )
+        data = self.model_dump(include={f.name for f in fields(Version)})
+        return Version(**{**data, "aliases": tuple(self.aliases)})
 
 
 class VersionList(_Response):

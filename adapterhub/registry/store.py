@@ -20,7 +20,7 @@ import sqlite3
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -125,22 +125,16 @@ class Version:
         return f"{self.name}@{self.number}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "ref": self.ref,
-            "name": self.name,
-            "number": self.number,
-            "created_at": self.created_at,
-            "method": self.method,
-            "base_fingerprint": self.base_fingerprint,
-            "template_hash": self.template_hash,
-            "files": dict(self.files),
-            "recipe": dict(self.recipe),
-            "dataset_fingerprint": self.dataset_fingerprint,
-            "parent": self.parent,
-            "metrics": dict(self.metrics),
-            "source": dict(self.source),
-            "aliases": list(self.aliases),
-        }
+        """Plain JSON-ready data: ``ref`` and every field (mappings as dicts, aliases as a list)."""
+        data: dict[str, Any] = {"ref": self.ref}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            data[f.name] = dict(value) if isinstance(value, Mapping) else list(value) if isinstance(value, tuple) else value
+        return data
+
+
+_VERSION_FIELDS = frozenset(f.name for f in fields(Version))
+_JSON_COLUMNS = ("recipe", "metrics", "source")  # stored as JSON text in the versions table
 
 
 @dataclass(frozen=True)
@@ -259,21 +253,9 @@ class Registry:
                 "SELECT alias FROM aliases WHERE name=? AND number=? ORDER BY alias", (name, number)
             )
         )
-        return Version(
-            name=row["name"],
-            number=row["number"],
-            created_at=row["created_at"],
-            method=row["method"],
-            base_fingerprint=row["base_fingerprint"],
-            template_hash=row["template_hash"],
-            files=files,
-            recipe=json.loads(row["recipe"]),
-            dataset_fingerprint=row["dataset_fingerprint"],
-            parent=row["parent"],
-            metrics=json.loads(row["metrics"]),
-            source=json.loads(row["source"]),
-            aliases=aliases,
-        )
+        columns = {key: row[key] for key in _VERSION_FIELDS.intersection(row.keys())}
+        columns.update({key: json.loads(row[key]) for key in _JSON_COLUMNS})
+        return Version(**columns, files=files, aliases=aliases)
 
     # ------------------------------------------------------------------ write
 

@@ -118,3 +118,19 @@ def test_export_writes_a_peft_folder(registry: Registry, lora_dir: Path, tmp_pat
     _register(registry, "a", lora_dir)
     out = registry.export("a", tmp_path / "out")
     assert (out / WEIGHTS_FILE).read_bytes() == (lora_dir / WEIGHTS_FILE).read_bytes()
+
+
+def test_a_version_survives_the_wire(registry: Registry, lora_dir: Path) -> None:
+    """The admin routes' ``VersionInfo`` carries every field of a ``Version`` and gives it back."""
+    from dataclasses import fields
+
+    from adapterhub.protocol import VersionInfo
+
+    _register(registry, "wire", lora_dir)
+    version = _register(registry, "wire", lora_dir, parent="wire@1", metrics={"loss": 0.5},
+                        recipe={"method": "sft"}, source={"path": "/x"})
+    registry.tag(version.ref, "prod")
+    version = registry.resolve("wire:prod")
+    assert set(VersionInfo.model_fields) == {f.name for f in fields(version)} | {"ref", "evaluations"}
+    assert VersionInfo.from_version(version).to_version() == version
+    assert version.aliases == ("prod",) and version.to_dict()["aliases"] == ["prod"]
