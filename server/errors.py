@@ -37,7 +37,7 @@ from adapterhub.errors import (
     CapacityError,
     IncompatibleAdapterError,
 )
-from adapterhub_server.settings import short_repr
+from adapterhub_server.settings import describe_validation_error
 
 log = logging.getLogger("adapterhub.server")
 
@@ -102,19 +102,10 @@ def http_error_response(status: int, message: str, *, param: str | None = None,
 
 def describe_request_errors(error: RequestValidationError) -> tuple[str, str | None]:
     """Every problem of an invalid body in one message, and the first field's path as ``param``."""
-    problems, params = [], []
-    for item in error.errors():
-        loc = [str(p) for p in item.get("loc", ()) if p != "body"]
-        if item.get("type") in ("union_tag_invalid", "union_tag_not_found"):  # a message's role
-            loc.append(str(item.get("ctx", {}).get("discriminator", "")).strip("'"))
-        where = ".".join(loc) or "body"
-        params.append(where)
-        got = item.get("input")
-        shown = "" if item.get("type") == "missing" or got is None or isinstance(got, dict) \
-            else f" (got {short_repr(got)})"
-        problems.append(f"{where}: {item.get('msg', 'invalid')}{shown}")
+    described = describe_validation_error(error.errors(), root="body")
+    problems = [line for _, line in described]
     message = problems[0] if len(problems) == 1 else f"{len(problems)} problems: " + "; ".join(problems)
-    return message, params[0] if params else None
+    return message, described[0][0] if described else None
 
 
 def _unexpected_body(error: BaseException) -> dict[str, Any]:
