@@ -27,16 +27,27 @@ The tree::
     └── BaseMismatchWarning                  pulled adapter names another base
 
 A message says what failed, shows the offending value with ``!r`` and says how to fix it.
-The server maps these *types* to HTTP statuses in one table; it never reads message text.
+
+Each class states how it travels over HTTP, in one place, as three class attributes: ``code``
+(the wire code a client maps back with :func:`error_class`), ``http_status`` and ``openai_type``
+(OpenAI's error ``type``). A class that states none answers as its parent (``HubAuthError`` is
+``hub_unavailable``); one that states a code states all three, and no two classes share a code.
+The server answers with them and never reads message text; the TUI's HTTP backend turns a code
+back into the class.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import ClassVar
 
 
 class AdapterHubError(Exception):
-    """Root of every error adapterhub raises on purpose."""
+    """Root of every error adapterhub raises on purpose; answered as an internal error."""
+
+    code: ClassVar[str] = "internal_error"
+    http_status: ClassVar[int] = 500
+    openai_type: ClassVar[str] = "server_error"
 
 
 class ConfigError(AdapterHubError, ValueError):
@@ -44,6 +55,10 @@ class ConfigError(AdapterHubError, ValueError):
 
     Carries every problem found, so a user fixes them all in one go.
     """
+
+    code = "invalid_value"
+    http_status = 400
+    openai_type = "invalid_request_error"
 
     def __init__(self, problems: str | Iterable[str], *, source: str | None = None) -> None:
         self.problems = [problems] if isinstance(problems, str) else list(problems)
@@ -60,9 +75,17 @@ class ConfigError(AdapterHubError, ValueError):
 class RegistryError(AdapterHubError):
     """The adapter registry cannot do what was asked."""
 
+    code = "registry_conflict"
+    http_status = 409
+    openai_type = "invalid_request_error"
+
 
 class AdapterNotFoundError(RegistryError, LookupError):
     """A ref names no adapter, version or alias."""
+
+    code = "model_not_found"
+    http_status = 404
+    openai_type = "not_found_error"
 
     def __init__(self, message: str, *, ref: str = "", close_matches: Iterable[str] = ()) -> None:
         self.ref = ref
@@ -75,13 +98,25 @@ class AdapterNotFoundError(RegistryError, LookupError):
 class VersionExistsError(RegistryError):
     """A version with this name and number is already registered; versions are immutable."""
 
+    code = "version_exists"
+    http_status = 409
+    openai_type = "invalid_request_error"
+
 
 class IncompatibleAdapterError(RegistryError):
     """An adapter was trained for another base, chat template or shape."""
 
+    code = "incompatible_adapter"
+    http_status = 409
+    openai_type = "invalid_request_error"
+
 
 class CorruptBlobError(RegistryError):
     """A stored file no longer matches the checksum recorded at registration."""
+
+    code = "corrupt_adapter"
+    http_status = 500
+    openai_type = "server_error"
 
 
 class GateError(RegistryError):
@@ -89,6 +124,10 @@ class GateError(RegistryError):
 
     ``checks`` holds every rule's outcome (:class:`adapterhub.registry.gates.GateCheck`).
     """
+
+    code = "gate_failed"
+    http_status = 409
+    openai_type = "invalid_request_error"
 
     def __init__(self, message: str, *, checks: Iterable[object] = ()) -> None:
         super().__init__(message)
@@ -98,13 +137,25 @@ class GateError(RegistryError):
 class UnsafeAdapterError(RegistryError):
     """Adapter files are refused: pickles, non-finite weights, lying headers, over the limits."""
 
+    code = "unsafe_adapter"
+    http_status = 422
+    openai_type = "invalid_request_error"
+
 
 class BaseModelError(AdapterHubError, OSError):
     """The base model cannot be materialised or loaded."""
 
+    code = "base_unavailable"
+    http_status = 503
+    openai_type = "service_unavailable"
+
 
 class HubError(AdapterHubError, OSError):
     """Talking to the Hugging Face Hub failed; raised ``from`` the huggingface_hub error."""
+
+    code = "hub_unavailable"
+    http_status = 502
+    openai_type = "server_error"
 
 
 class HubAuthError(HubError, PermissionError):
@@ -128,6 +179,10 @@ class ServerError(AdapterHubError, OSError):
 class TrainingError(AdapterHubError, RuntimeError):
     """A training run failed; nothing was registered."""
 
+    code = "training_failed"
+    http_status = 500
+    openai_type = "server_error"
+
 
 class TrainingCancelled(TrainingError):
     """A training run was cancelled; nothing was registered."""
@@ -136,17 +191,47 @@ class TrainingCancelled(TrainingError):
 class EngineError(AdapterHubError, RuntimeError):
     """The inference engine cannot serve a request."""
 
+    code = "engine_unavailable"
+    http_status = 503
+    openai_type = "service_unavailable"
+
 
 class PromptTooLongError(EngineError, ValueError):
     """The prompt plus ``max_tokens`` does not fit the base's context."""
+
+    code = "context_length_exceeded"
+    http_status = 400
+    openai_type = "invalid_request_error"
 
 
 class CapacityError(AdapterHubError):
     """No free adapter slot or the request queue is full; try again later."""
 
+    code = "capacity_exceeded"
+    http_status = 429
+    openai_type = "rate_limit_error"
+
     def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
         self.retry_after = retry_after
         super().__init__(message)
+
+
+def error_class(code: str) -> type[AdapterHubError] | None:
+    """The class that declares wire ``code``, so a client raises what the server raised.
+
+    None for the root's ``internal_error`` (no library type to raise) and for a code this
+    version does not know.
+    """
+    for cls in _subclasses(AdapterHubError):
+        if cls.__dict__.get("code") == code:
+            return cls
+    return None
+
+
+def _subclasses(cls: type[AdapterHubError]) -> Iterator[type[AdapterHubError]]:
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _subclasses(sub)
 
 
 class AdapterHubWarning(UserWarning):

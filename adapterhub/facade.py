@@ -13,7 +13,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adapterhub.core.hardware import Platform, detect_platform
-from adapterhub.core.progress import ProgressCallback, no_progress
+from adapterhub.core.progress import (
+    STEP_LOG,
+    ProgressCallback,
+    ProgressEvent,
+    no_progress,
+    parse_step_log,
+)
 from adapterhub.core.refs import validate_name
 from adapterhub.errors import BaseModelError, ConfigError
 from adapterhub.models.adapters import CONFIG_FILE, WEIGHTS_FILE, check_fits, load_lora_folder
@@ -25,7 +31,7 @@ from adapterhub.models.base import (
     load_skeleton,
     materialize_base,
 )
-from adapterhub.registry import Gate, Registry, Version, parse_gates
+from adapterhub.registry import Evaluation, Gate, Registry, Version, parse_gates
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -383,3 +389,26 @@ class Hub:
         from adapterhub.engine.simple import generate_with_peft
 
         return generate_with_peft(self, ref, prompt_ids, sampling)
+
+    # ---- registry views
+
+    def lineage(self, ref: str) -> list[Version]:
+        """Version ``ref`` and its parent chain, newest first."""
+        return self.registry.lineage(ref)
+
+    def evaluations(self, ref: str | Version, *, latest: bool = False) -> list[Evaluation]:
+        """A version's recorded evaluations, oldest first; with ``latest``, the newest per task
+        and metric."""
+        return self.registry.evaluations(ref, latest=latest)
+
+    def gates(self, name: str, alias: str) -> list[Gate]:
+        """The rules alias ``name:alias`` holds (none for an ungated or unknown alias)."""
+        return self.registry.gates(name, alias)
+
+    def step_log(self, ref: str) -> list[ProgressEvent]:
+        """The progress events recorded while version ``ref`` trained (none for an imported or
+        pulled version that has no :data:`~adapterhub.core.progress.STEP_LOG`)."""
+        version = self.registry.resolve(ref)
+        if STEP_LOG not in version.files:
+            return []
+        return parse_step_log(self.registry.read_file(version, STEP_LOG).decode("utf-8"))

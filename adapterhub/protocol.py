@@ -11,8 +11,9 @@ Design choices:
   fields they do not know, so an older TUI keeps working against a newer server.
 * Library values convert in one place: :meth:`VersionInfo.from_version` /
   :meth:`VersionInfo.to_version`, :meth:`ResidentAdapterInfo.from_resident`.
-* Errors travel as a ``code`` per library error type (:data:`ERROR_CODES`): the server answers
-  with :func:`error_code`, a client raises ``ERROR_CODES[code]``, so an unknown adapter is an
+* Errors travel as the ``code`` each library error class declares
+  (:class:`~adapterhub.errors.AdapterHubError`): the server answers with it and a client raises
+  :func:`~adapterhub.errors.error_class` of it, so an unknown adapter is an
   :class:`~adapterhub.errors.AdapterNotFoundError` on both sides of the wire.
 * Pure pydantic: importing this module imports neither torch nor any web framework.
 """
@@ -24,59 +25,11 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from adapterhub.errors import (
-    AdapterHubError,
-    AdapterNotFoundError,
-    BaseModelError,
-    CapacityError,
-    ConfigError,
-    CorruptBlobError,
-    EngineError,
-    GateError,
-    HubError,
-    IncompatibleAdapterError,
-    PromptTooLongError,
-    RegistryError,
-    TrainingError,
-    UnsafeAdapterError,
-    VersionExistsError,
-)
-
 if TYPE_CHECKING:
     from adapterhub.engine.types import ResidentAdapter
     from adapterhub.registry import Evaluation, Version
 
 _REF = Field(min_length=1, max_length=200)
-
-ERROR_CODES: dict[str, type[AdapterHubError]] = {
-    "model_not_found": AdapterNotFoundError,
-    "context_length_exceeded": PromptTooLongError,
-    "invalid_value": ConfigError,
-    "incompatible_adapter": IncompatibleAdapterError,
-    "unsafe_adapter": UnsafeAdapterError,
-    "version_exists": VersionExistsError,
-    "corrupt_adapter": CorruptBlobError,
-    "registry_conflict": RegistryError,
-    "capacity_exceeded": CapacityError,
-    "base_unavailable": BaseModelError,
-    "engine_unavailable": EngineError,
-    "hub_unavailable": HubError,
-    "training_failed": TrainingError,
-    "gate_failed": GateError,
-}
-"""The ``code`` of an error answer -> the library error type it was raised as. Anything else is
-``internal_error``."""
-
-_CODE_OF: dict[type[AdapterHubError], str] = {kind: code for code, kind in ERROR_CODES.items()}
-
-
-def error_code(error: BaseException) -> str:
-    """The wire code of ``error``: that of its most specific class in :data:`ERROR_CODES`."""
-    for cls in type(error).__mro__:
-        code = _CODE_OF.get(cls)
-        if code is not None:
-            return code
-    return "internal_error"
 
 
 class _Request(BaseModel):

@@ -116,7 +116,6 @@ class BodyLimit:
             413,
             f"the request body is {size} bytes or more, over this server's max_body_bytes="
             f"{self.max_bytes}; send less (or raise ADAPTERHUB_MAX_BODY_BYTES)",
-            code="request_too_large",
             headers={"Connection": "close"},
         )
         await response(scope, receive, send)

@@ -1,8 +1,10 @@
-"""FastAPI dependencies as ``Annotated`` aliases: the service, the caller, the ready engine.
+"""FastAPI dependencies as ``Annotated`` aliases: the service, the caller, the ready hub.
 
 Routes declare what they need (``caller: InferenceCaller``, ``admin: AdminCaller``,
-``service: ReadyService``) and never read ``app.state`` or headers themselves. Tests may swap any
-of them with ``app.dependency_overrides``.
+``service: ReadyService``, ``hub: HubDep``) and never read ``app.state`` or headers themselves.
+The ready ones resolve only once the base and engine are up (503 ``not_ready`` before), so a
+route never checks for a missing hub. Tests may swap any of them with
+``app.dependency_overrides``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from adapterhub.facade import Hub
 from adapterhub_server.auth import Caller, KeyTable
 from adapterhub_server.service import InferenceService
 
@@ -65,8 +68,16 @@ AdminCaller = Annotated[Caller, Depends(get_admin)]
 
 def get_ready_service(service: ServiceDep) -> InferenceService:
     """The service once its engine is up; 503 while loading, after a failed load or stopping."""
-    service.ready_engine()
+    service.ready()
     return service
 
 
 ReadyService = Annotated[InferenceService, Depends(get_ready_service)]
+
+
+def get_hub(service: ServiceDep) -> Hub:
+    """The hub, its base loaded; 503 while loading, after a failed load or stopping."""
+    return service.ready().hub
+
+
+HubDep = Annotated[Hub, Depends(get_hub)]

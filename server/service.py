@@ -47,6 +47,7 @@ from adapterhub_server.settings import ServerSettings
 if TYPE_CHECKING:
     from adapterhub.engine import Engine, RequestStream
     from adapterhub.facade import Hub
+    from adapterhub.models.base import LoadedBase
     from adapterhub.registry import Version
 
 log = logging.getLogger("adapterhub.server")
@@ -58,6 +59,14 @@ class Phase(StrEnum):
     READY = "ready"
     FAILED = "failed"
     STOPPING = "stopping"
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """What a successful load made: the hub, its base in memory, and the engine over that base."""
+
+    hub: Hub
+    engine: Engine
 
 
 @dataclass(frozen=True)
@@ -98,8 +107,7 @@ class InferenceService:
         self.settings = settings
         self.phase = Phase.STARTING
         self.failure: str | None = None
-        self.hub: Hub | None = None
-        self.engine: Engine | None = None
+        self._loaded: Loaded | None = None  # kept once set: a draining request still needs the base
         self.budget = RequestBudget(settings.max_streams_per_key)
         self.metrics = ServerMetrics(self._engine_stats)
         self._loader: asyncio.Task[None] | None = None
@@ -122,8 +130,7 @@ class InferenceService:
         single_threaded()
         try:
             hub = await anyio.to_thread.run_sync(self._load_base)
-            self.engine = self._start_engine(hub, threads)
-            self.hub = hub
+            self._loaded = Loaded(hub, self._start_engine(hub, threads))
         except Exception as error:  # reported by /ready and every 503; the log has the trace
             self.phase = Phase.FAILED
             self.failure = f"{type(error).__name__}: {error}"
@@ -172,35 +179,53 @@ class InferenceService:
         self.phase = Phase.STOPPING
         if self._loader is not None and not self._loader.done():
             await asyncio.shield(self._loader)  # a half-built engine would leak its thread
-        engine, self.engine = self.engine, None
-        if engine is not None:
-            await anyio.to_thread.run_sync(engine.close)
+        if self._loaded is not None:
+            await anyio.to_thread.run_sync(self._loaded.engine.close)  # a second close is a no-op
 
-    def ready_engine(self) -> Engine:
-        """The engine, or a 503 saying why it is not available."""
-        if self.phase is Phase.READY and self.engine is not None:
-            return self.engine
+    def ready(self) -> Loaded:
+        """Hub and engine for a new request, or a 503 saying why they are not available."""
+        if self.phase is Phase.READY and self._loaded is not None:
+            return self._loaded
+        raise self._unavailable()
+
+    @property
+    def loaded(self) -> Loaded:
+        """Hub and engine for a request already admitted: also while draining, when :meth:`ready`
+        refuses new ones; a 503 before the load ends."""
+        if self._loaded is None:
+            raise self._unavailable()
+        return self._loaded
+
+    @property
+    def engine(self) -> Engine | None:
+        """The engine once loaded (closed after shutdown), else None."""
+        return self._loaded.engine if self._loaded is not None else None
+
+    def _unavailable(self) -> HTTPException:
         reasons = {
             Phase.STARTING: "the server is still loading the base model; retry shortly",
             Phase.STOPPING: "the server is shutting down",
             Phase.FAILED: f"the server could not load its model ({self.failure}); see its log",
         }
-        raise HTTPException(503, reasons[self.phase], headers={"Retry-After": "2"})
+        return HTTPException(503, reasons[self.phase], headers={"Retry-After": "2"})
 
     def _engine_stats(self) -> Any:
-        return self.engine.stats() if self.engine is not None and self.phase is Phase.READY else None
+        loaded = self._loaded if self.phase is Phase.READY else None
+        return loaded.engine.stats() if loaded is not None else None
 
     # ------------------------------------------------------------------ identity
 
     @property
+    def base(self) -> LoadedBase:
+        return self.loaded.hub.base
+
+    @property
     def base_name(self) -> str:
-        assert self.hub is not None, "base_name read before the service was ready"
-        return self.hub.base.info.name
+        return self.base.info.name
 
     @property
     def max_model_len(self) -> int:
-        assert self.engine is not None
-        return int(self.engine.max_seq_len)
+        return int(self.loaded.engine.max_seq_len)
 
     # ------------------------------------------------------------------ request -> rows
 
@@ -229,11 +254,10 @@ class InferenceService:
         """
         import jinja2
 
-        assert self.hub is not None
         messages = [m.for_template() for m in body.messages]
         tools = [tool.model_dump(exclude_none=True) for tool in body.tools] if body.tools else None
         try:
-            ids = self.hub.base.render_chat(messages, tools=tools)
+            ids = self.base.render_chat(messages, tools=tools)
         except jinja2.TemplateError as e:
             raise ConfigError(
                 f"messages: the base's chat template refused this conversation ({e}); check the "
@@ -244,16 +268,10 @@ class InferenceService:
 
     def completion_prompts(self, body: CompletionRequest) -> list[list[int]]:
         """Token ids of each prompt of a text completion (no chat template)."""
-        assert self.hub is not None
         prompt = body.prompt
-        if isinstance(prompt, str):
-            texts: list[str] | None = [prompt]
-        elif prompt and isinstance(prompt[0], str):
-            texts = [str(p) for p in prompt]
-        else:
-            texts = None
+        texts = _prompt_strings(body)
         if texts is not None:
-            tokenizer = self.hub.base.tokenizer
+            tokenizer = self.base.tokenizer
             prompts = [list(tokenizer(text)["input_ids"]) for text in texts]
         elif prompt and isinstance(prompt[0], list):
             prompts = [list(p) for p in prompt]  # type: ignore[arg-type]
@@ -272,13 +290,10 @@ class InferenceService:
 
     def prompt_texts(self, body: CompletionRequest, prompts: Sequence[Sequence[int]]) -> list[str]:
         """Each prompt as text, for ``echo``: the strings sent, or token ids decoded."""
-        prompt = body.prompt
-        if isinstance(prompt, str):
-            return [prompt]
-        if prompt and isinstance(prompt[0], str):
-            return [str(p) for p in prompt]
-        assert self.hub is not None
-        return [str(self.hub.base.tokenizer.decode(ids, skip_special_tokens=True)) for ids in prompts]
+        texts = _prompt_strings(body)
+        if texts is not None:
+            return texts
+        return [str(self.base.tokenizer.decode(ids, skip_special_tokens=True)) for ids in prompts]
 
     def _check_prompt(self, length: int) -> None:
         limit = min(self.settings.max_prompt_tokens, self.max_model_len - 1)
@@ -307,7 +322,7 @@ class InferenceService:
             )
         grammar = _grammar(body)
         bias = body.bias_pairs()
-        vocab = len(self.hub.base.tokenizer)
+        vocab = len(self.base.tokenizer)
         out_of_range = [token for token, _ in bias if token >= vocab]
         if out_of_range:
             problems.append(f"logit_bias names token ids {out_of_range[:3]!r}, over this base's vocabulary of {vocab}")
@@ -351,7 +366,7 @@ class InferenceService:
             AdapterHubError: admission errors from the engine, or an error that a row met
                 before its first token (every other row is then cancelled).
         """
-        engine = self.ready_engine()
+        engine = self.ready().engine
         started = time.perf_counter()
         target = await anyio.to_thread.run_sync(self._resolved, engine, target)
         grammar = _grammar(body)
@@ -401,16 +416,20 @@ class InferenceService:
         Errors of a row after its first chunk are raised here; the caller cancels the rest.
         """
         last = [time.perf_counter()] * len(opened.streams)
+
+        def timed(row: int, chunk: GenerationChunk) -> tuple[int, GenerationChunk]:
+            now = time.perf_counter()
+            self.metrics.token_gap(now - last[row], len(chunk.token_ids))
+            last[row] = now
+            return row, chunk
+
         for row, chunk in enumerate(opened.first):
             yield row, chunk
         live = [row for row, chunk in enumerate(opened.first) if chunk.finish_reason is None]
         if len(live) == 1:
             row = live[0]
             async for chunk in opened.streams[row]:
-                now = time.perf_counter()
-                self.metrics.token_gap(now - last[row], len(chunk.token_ids))
-                last[row] = now
-                yield row, chunk
+                yield timed(row, chunk)
             return
         queue: asyncio.Queue[tuple[int, GenerationChunk | BaseException | None]] = asyncio.Queue()
 
@@ -433,10 +452,7 @@ class InferenceService:
                     continue
                 if isinstance(item, BaseException):
                     raise item
-                now = time.perf_counter()
-                self.metrics.token_gap(now - last[row], len(item.token_ids))
-                last[row] = now
-                yield row, item
+                yield timed(row, item)
         finally:
             for task in tasks:
                 task.cancel()
@@ -452,6 +468,16 @@ class InferenceService:
     def count_refused(self, endpoint: str, error: BaseException) -> None:
         kind = type(error).__name__ if isinstance(error, AdapterHubError | HTTPException) else "internal"
         self.metrics.refused(endpoint, kind)
+
+
+def _prompt_strings(body: CompletionRequest) -> list[str] | None:
+    """The prompts of a text completion when sent as strings; None when sent as token ids."""
+    prompt = body.prompt
+    if isinstance(prompt, str):
+        return [prompt]
+    if prompt and isinstance(prompt[0], str):
+        return [str(p) for p in prompt]
+    return None
 
 
 def _logprobs(body: ChatCompletionRequest | CompletionRequest) -> int | None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -193,17 +194,26 @@ def _read_keys_file(path: Path) -> KeysFile:
     try:
         return KeysFile.model_validate(data or {})
     except ValidationError as e:
-        raise ConfigError(describe_validation_error(e), source=f"keys_file {str(path)!r}") from e
+        problems = describe_validation_error(e.errors(include_url=False), root="keys_file")
+        raise ConfigError([line for _, line in problems], source=f"keys_file {str(path)!r}") from e
 
 
-def describe_validation_error(error: ValidationError) -> list[str]:
-    """One line per problem: ``field.path: message (got value)`` — never the secret values."""
-    problems = []
-    for item in error.errors(include_url=False):
-        where = ".".join(str(p) for p in item["loc"]) or "settings"
-        shown = "" if "key" in where or "input" not in item else f" (got {short_repr(item['input'])})"
-        problems.append(f"{where}: {item['msg']}{shown}")
-    return problems
+def describe_validation_error(problems: Iterable[Mapping[str, Any]], *, root: str) -> list[tuple[str, str]]:
+    """``(field path, "path: message (got value)")`` for each of pydantic's problems (``errors()``
+    of a ``ValidationError`` or a request's), the path without ``root`` or ``root`` itself when
+    empty. The value is left out when it is no help (missing, null, a whole object) or may be a
+    secret (any path naming a key)."""
+    described = []
+    for item in problems:
+        loc = [str(p) for p in item.get("loc", ()) if p != root]
+        if item.get("type") in ("union_tag_invalid", "union_tag_not_found"):  # e.g. a message's role
+            loc.append(str(item.get("ctx", {}).get("discriminator", "")).strip("'"))
+        where = ".".join(loc) or root
+        got = item.get("input")
+        hidden = item.get("type") == "missing" or got is None or isinstance(got, dict) or "key" in where
+        shown = "" if hidden else f" (got {short_repr(got)})"
+        described.append((where, f"{where}: {item.get('msg', 'invalid')}{shown}"))
+    return described
 
 
 def short_repr(value: Any) -> str:
@@ -222,7 +232,8 @@ def load_settings(**overrides: Any) -> ServerSettings:
     try:
         return ServerSettings(**given)
     except ValidationError as e:
-        raise ConfigError(describe_validation_error(e), source="server settings") from e
+        problems = describe_validation_error(e.errors(include_url=False), root="settings")
+        raise ConfigError([line for _, line in problems], source="server settings") from e
 
 
 def is_loopback(host: str) -> bool:

@@ -24,13 +24,12 @@ Design choices:
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adapterhub.core.progress import STEP_LOG, CancelToken, ProgressCallback, ProgressEvent
+from adapterhub.core.progress import CancelToken, ProgressCallback, ProgressEvent
 from adapterhub.engine.types import GenerationChunk, GenerationRequest, SamplingParams, Usage
 from adapterhub.errors import AdapterHubError, ConfigError, EngineError
 from adapterhub.registry import Evaluation, Version
@@ -75,28 +74,21 @@ class InProcessBackend:
         return BackendInfo(f"in-process {self.hub.home}", info.name, frozenset(capabilities))
 
     async def list_versions(self) -> list[Version]:
-        return await asyncio.to_thread(self.hub.registry.list_versions)
+        return await asyncio.to_thread(self.hub.list)
 
     async def lineage(self, ref: str) -> list[Version]:
-        return await asyncio.to_thread(self.hub.registry.lineage, ref)
+        return await asyncio.to_thread(self.hub.lineage, ref)
 
     async def step_log(self, ref: str) -> list[ProgressEvent]:
-        def read() -> list[ProgressEvent]:
-            version = self.hub.registry.resolve(ref)
-            if STEP_LOG not in version.files:
-                return []
-            text = self.hub.registry.read_file(version, STEP_LOG).decode("utf-8")
-            return parse_step_log(text)
-
-        return await asyncio.to_thread(read)
+        return await asyncio.to_thread(self.hub.step_log, ref)
 
     async def evaluations(self, ref: str) -> list[Evaluation]:
-        return await asyncio.to_thread(self.hub.registry.evaluations, ref, latest=True)
+        return await asyncio.to_thread(self.hub.evaluations, ref, latest=True)
 
     async def gates(self, ref: str) -> dict[str, list[str]]:
         def read() -> dict[str, list[str]]:
-            version = self.hub.registry.resolve(ref)
-            rules = {alias: [str(g) for g in self.hub.registry.gates(version.name, alias)]
+            version = self.hub.resolve(ref)
+            rules = {alias: [str(g) for g in self.hub.gates(version.name, alias)]
                      for alias in version.aliases}
             return {alias: texts for alias, texts in rules.items() if texts}
 
@@ -189,7 +181,7 @@ class InProcessBackend:
         self, ref: str | None, chat: list[dict[str, str]], sampling: SamplingParams
     ) -> GenerationChunk:
         with self._generate_lock:  # the reference path switches adapters on one shared model
-            resolved = self.hub.registry.resolve(ref).ref if ref is not None else None
+            resolved = self.hub.resolve(ref).ref if ref is not None else None
             text = self.hub.generate(ref, chat, sampling)
             completion = len(self.hub.base.tokenizer.encode(text, add_special_tokens=False))
             prompt = len(self.hub.base.render_chat(chat))
@@ -203,17 +195,6 @@ class InProcessBackend:
         engine, self._engine = self._engine, None
         if engine is not None:
             await asyncio.to_thread(engine.close)
-
-
-def parse_step_log(text: str) -> list[ProgressEvent]:
-    """Progress events from a ``step_log.jsonl`` text (lines that do not parse are skipped)."""
-    events = []
-    for line in text.splitlines():
-        try:
-            events.append(ProgressEvent.from_dict(json.loads(line)))
-        except (ValueError, TypeError):
-            continue
-    return events
 
 
 def _source(request: TrainRequest) -> Path | Mapping[str, Any]:

@@ -8,8 +8,8 @@ server package: the wire is the only contract.
 
 Design choices:
 
-* **Errors come back as the library's types.** The server answers OpenAI's error shape with a
-  ``code`` drawn from one table of library error types; :data:`adapterhub.protocol.ERROR_CODES` maps each code back,
+* **Errors come back as the library's types.** The server answers OpenAI's error shape with the
+  ``code`` its library error class declares; :func:`adapterhub.errors.error_class` maps it back,
   so an unknown adapter is an :class:`~adapterhub.errors.AdapterNotFoundError` here exactly as
   in-process. Transport failures and refused keys become
   :class:`~adapterhub.errors.ServerError` saying what to do. Message text is never parsed.
@@ -34,9 +34,14 @@ import httpx
 from adapterhub.core.progress import CancelToken, ProgressCallback, ProgressEvent
 from adapterhub.core.refs import AdapterRef
 from adapterhub.engine.types import GenerationChunk, SamplingParams, Usage
-from adapterhub.errors import AdapterHubError, AdapterNotFoundError, ConfigError, ServerError
+from adapterhub.errors import (
+    AdapterHubError,
+    AdapterNotFoundError,
+    ConfigError,
+    ServerError,
+    error_class,
+)
 from adapterhub.protocol import (
-    ERROR_CODES,
     DeleteResponse,
     EvaluationInfo,
     ServerInfo,
@@ -54,7 +59,7 @@ def library_error(status: int | None, body: Any, url: str) -> AdapterHubError:
     detail = detail if isinstance(detail, dict) else {}
     message = str(detail.get("message") or body or f"HTTP {status}")
     code = str(detail.get("code") or "")
-    kind = ERROR_CODES.get(code)
+    kind = error_class(code)
     if kind is not None:
         return kind(message)
     if status in (401, 403):

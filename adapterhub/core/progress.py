@@ -7,6 +7,7 @@ travels the other way, through a :class:`CancelToken` the worker checks between 
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -46,6 +47,20 @@ class ProgressEvent:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ProgressEvent:
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+def parse_step_log(text: str) -> list[ProgressEvent]:
+    """The events of a :data:`STEP_LOG` text; a line that does not parse is skipped, so a log cut
+    short by a crash still shows the run up to there."""
+    events = []
+    for line in text.splitlines():
+        try:
+            data = json.loads(line)
+            if isinstance(data, dict):
+                events.append(ProgressEvent.from_dict(data))
+        except (ValueError, TypeError):
+            continue
+    return events
 
 
 ProgressCallback = Callable[[ProgressEvent], None]

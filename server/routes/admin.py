@@ -9,7 +9,6 @@ answering plain text as vLLM does.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,6 @@ from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
 
 import adapterhub
-from adapterhub.core.progress import STEP_LOG
 from adapterhub.core.refs import validate_name
 from adapterhub.errors import AdapterNotFoundError, ConfigError
 from adapterhub.protocol import (
@@ -36,9 +34,8 @@ from adapterhub.protocol import (
     VllmLoadLoraRequest,
     VllmUnloadLoraRequest,
 )
-from adapterhub_server.deps import AdminCaller, ReadyService
+from adapterhub_server.deps import AdminCaller, HubDep, ReadyService
 from adapterhub_server.schemas import ERROR_RESPONSES, json_error_responses
-from adapterhub_server.service import InferenceService
 
 router = APIRouter(tags=["admin"], responses={**ERROR_RESPONSES, 403: ERROR_RESPONSES[401] | {
     "description": "An inference key on an admin route"}})
@@ -46,25 +43,20 @@ router = APIRouter(tags=["admin"], responses={**ERROR_RESPONSES, 403: ERROR_RESP
 _PLAIN_TEXT_ROUTE_ERRORS = json_error_responses({s: r["description"] for s, r in router.responses.items()})
 
 
-def _engine(service: InferenceService) -> Any:
-    return service.ready_engine()
-
-
 @router.get("/admin/info", response_model=ServerInfo, summary="The base this server serves")
-async def info(_: AdminCaller, service: ReadyService) -> ServerInfo:
-    assert service.hub is not None
-    base = service.hub.base
+async def info(_: AdminCaller, service: ReadyService, hub: HubDep) -> ServerInfo:
+    base = hub.base
     return ServerInfo(
         base_name=base.info.name, base_fingerprint=base.info.fingerprint,
         template_hash=base.info.template_hash, precision=base.precision,
-        max_model_len=service.max_model_len, home=str(service.hub.home), version=adapterhub.__version__,
+        max_model_len=service.max_model_len, home=str(hub.home), version=adapterhub.__version__,
     )
 
 
 @router.get("/admin/adapters", response_model=ResidencyResponse,
             summary="Adapters in slots, cache counters, queue")
 async def residency(_: AdminCaller, service: ReadyService) -> ResidencyResponse:
-    stats = await anyio.to_thread.run_sync(_engine(service).stats)
+    stats = await anyio.to_thread.run_sync(service.ready().engine.stats)
     return ResidencyResponse(
         max_slots=stats.max_slots, slots_used=len(stats.resident),
         resident=[ResidentAdapterInfo.from_resident(r) for r in stats.resident],
@@ -77,7 +69,7 @@ async def residency(_: AdminCaller, service: ReadyService) -> ResidencyResponse:
 @router.post("/admin/adapters/load", response_model=ResidentAdapterInfo,
              summary="Warm an adapter into a slot (optionally pinned)")
 async def load(body: LoadAdapterRequest, _: AdminCaller, service: ReadyService) -> ResidentAdapterInfo:
-    engine = _engine(service)
+    engine = service.ready().engine
     resident = await anyio.to_thread.run_sync(lambda: engine.load_adapter(body.ref, pin=body.pin))
     return ResidentAdapterInfo.from_resident(resident)
 
@@ -85,7 +77,7 @@ async def load(body: LoadAdapterRequest, _: AdminCaller, service: ReadyService) 
 @router.post("/admin/adapters/pin", response_model=ResidentAdapterInfo,
              summary="Pin (loading if needed) or unpin an adapter")
 async def pin(body: PinAdapterRequest, _: AdminCaller, service: ReadyService) -> ResidentAdapterInfo:
-    engine = _engine(service)
+    engine = service.ready().engine
     resident = await anyio.to_thread.run_sync(lambda: engine.pin_adapter(body.ref, body.pinned))
     return ResidentAdapterInfo.from_resident(resident)
 
@@ -93,7 +85,7 @@ async def pin(body: PinAdapterRequest, _: AdminCaller, service: ReadyService) ->
 @router.post("/admin/adapters/unload", response_model=UnloadResponse,
              summary="Drop an adapter from its slot and the cache")
 async def unload(body: UnloadAdapterRequest, _: AdminCaller, service: ReadyService) -> UnloadResponse:
-    engine = _engine(service)
+    engine = service.ready().engine
     version = await anyio.to_thread.run_sync(engine.resolve, body.ref)  # once, off the event loop
     unloaded = await anyio.to_thread.run_sync(engine.unload_adapter, version)
     return UnloadResponse(ref=version.ref, unloaded=unloaded)
@@ -104,10 +96,8 @@ async def unload(body: UnloadAdapterRequest, _: AdminCaller, service: ReadyServi
 
 @router.post("/v1/load_lora_adapter", response_class=PlainTextResponse, responses=_PLAIN_TEXT_ROUTE_ERRORS,
              summary="vLLM-compatible: load a registered ref, or import a local PEFT folder and load it")
-async def vllm_load(body: VllmLoadLoraRequest, _: AdminCaller, service: ReadyService) -> str:
-    engine = _engine(service)
-    hub = service.hub
-    assert hub is not None
+async def vllm_load(body: VllmLoadLoraRequest, _: AdminCaller, service: ReadyService, hub: HubDep) -> str:
+    engine = service.ready().engine
     ref = body.lora_name
     if body.lora_path is not None:
         name = validate_name(body.lora_name, field="lora_name")
@@ -123,7 +113,7 @@ async def vllm_load(body: VllmLoadLoraRequest, _: AdminCaller, service: ReadySer
 @router.post("/v1/unload_lora_adapter", response_class=PlainTextResponse, responses=_PLAIN_TEXT_ROUTE_ERRORS,
              summary="vLLM-compatible: unload an adapter")
 async def vllm_unload(body: VllmUnloadLoraRequest, _: AdminCaller, service: ReadyService) -> str:
-    engine = _engine(service)
+    engine = service.ready().engine
     unloaded = await anyio.to_thread.run_sync(lambda: engine.unload_adapter(body.lora_name))
     if not unloaded:
         raise AdapterNotFoundError(
@@ -137,66 +127,46 @@ async def vllm_unload(body: VllmUnloadLoraRequest, _: AdminCaller, service: Read
 
 
 @router.get("/admin/versions", response_model=VersionList, summary="Every registered version, oldest first")
-async def versions(_: AdminCaller, service: ReadyService) -> VersionList:
-    assert service.hub is not None
-    registry = service.hub.registry
-
+async def versions(_: AdminCaller, hub: HubDep) -> VersionList:
     def read() -> list[VersionInfo]:
-        return [VersionInfo.from_version(v, registry.evaluations(v, latest=True)) for v in registry.list_versions()]
+        return [VersionInfo.from_version(v, hub.evaluations(v, latest=True)) for v in hub.list()]
 
     return VersionList(data=await anyio.to_thread.run_sync(read))
 
 
 @router.get("/admin/versions/{ref}", response_model=VersionInfo, summary="One version's metadata")
-async def version(ref: str, _: AdminCaller, service: ReadyService) -> VersionInfo:
-    assert service.hub is not None
-    registry = service.hub.registry
-
+async def version(ref: str, _: AdminCaller, hub: HubDep) -> VersionInfo:
     def read() -> VersionInfo:
-        found = registry.resolve(ref)
-        return VersionInfo.from_version(found, registry.evaluations(found, latest=True))
+        found = hub.resolve(ref)
+        return VersionInfo.from_version(found, hub.evaluations(found, latest=True))
 
     return await anyio.to_thread.run_sync(read)
 
 
 @router.get("/admin/versions/{ref}/lineage", response_model=VersionList,
             summary="A version and its parent chain, newest first")
-async def lineage(ref: str, _: AdminCaller, service: ReadyService) -> VersionList:
-    assert service.hub is not None
-    chain = await anyio.to_thread.run_sync(service.hub.registry.lineage, ref)
+async def lineage(ref: str, _: AdminCaller, hub: HubDep) -> VersionList:
+    chain = await anyio.to_thread.run_sync(hub.lineage, ref)
     return VersionList(data=[VersionInfo.from_version(v) for v in chain])
 
 
 @router.get("/admin/versions/{ref}/step_log", summary="Progress events recorded while the version trained")
-async def step_log(ref: str, _: AdminCaller, service: ReadyService) -> list[dict[str, Any]]:
-    hub = service.hub
-    assert hub is not None
-
-    def read() -> list[dict[str, Any]]:
-        found = hub.registry.resolve(ref)
-        if STEP_LOG not in found.files:
-            return []
-        lines = hub.registry.read_file(found, STEP_LOG).decode().splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
-
-    return await anyio.to_thread.run_sync(read)
+async def step_log(ref: str, _: AdminCaller, hub: HubDep) -> list[dict[str, Any]]:
+    events = await anyio.to_thread.run_sync(hub.step_log, ref)
+    return [event.to_dict() for event in events]
 
 
 @router.post("/admin/versions/{ref}/tag", response_model=VersionInfo, summary="Point name:alias at a version")
-async def tag(ref: str, body: TagRequest, _: AdminCaller, service: ReadyService) -> VersionInfo:
-    assert service.hub is not None
-    registry = service.hub.registry
-
+async def tag(ref: str, body: TagRequest, _: AdminCaller, hub: HubDep) -> VersionInfo:
     def move() -> VersionInfo:  # the server reads recorded evaluations; it never runs one here
-        tagged = registry.tag(ref, body.alias, gates=body.gates)
-        return VersionInfo.from_version(tagged, registry.evaluations(tagged, latest=True))
+        tagged = hub.tag(ref, body.alias, gates=body.gates, evaluate_missing=False)
+        return VersionInfo.from_version(tagged, hub.evaluations(tagged, latest=True))
 
     return await anyio.to_thread.run_sync(move)
 
 
 @router.delete("/admin/versions/{ref}", response_model=DeleteResponse,
                summary="Delete a version (refused while another names it as parent)")
-async def delete(ref: str, _: AdminCaller, service: ReadyService) -> DeleteResponse:
-    assert service.hub is not None
-    gone = await anyio.to_thread.run_sync(service.hub.registry.delete, ref)
+async def delete(ref: str, _: AdminCaller, hub: HubDep) -> DeleteResponse:
+    gone = await anyio.to_thread.run_sync(hub.delete, ref)
     return DeleteResponse(deleted=[v.ref for v in gone])

@@ -32,7 +32,7 @@ from adapterhub.engine.types import GenerationChunk, TokenLogprob
 from adapterhub.errors import AdapterHubError
 from adapterhub.registry import Version
 from adapterhub_server.auth import Caller
-from adapterhub_server.deps import InferenceCaller, ReadyService
+from adapterhub_server.deps import HubDep, InferenceCaller, ReadyService
 from adapterhub_server.errors import sse_error_event
 from adapterhub_server.schemas import (
     ERROR_RESPONSES,
@@ -117,13 +117,9 @@ async def completions(
 
 @router.get("/v1/models", response_model=ModelList, responses=ERROR_RESPONSES,
             summary="The base and every registered adapter version")
-async def list_models(_: InferenceCaller, service: ReadyService) -> ModelList:
-    assert service.hub is not None
-    registry = service.hub.registry
-
+async def list_models(_: InferenceCaller, service: ReadyService, hub: HubDep) -> ModelList:
     def read() -> list[tuple[Version, dict[str, float]]]:
-        return [(v, {e.subject: e.value for e in registry.evaluations(v, latest=True)})
-                for v in registry.list_versions()]
+        return [(v, {e.subject: e.value for e in hub.evaluations(v, latest=True)}) for v in hub.list()]
 
     versions = await anyio.to_thread.run_sync(read)
     base, max_len = service.base_name, service.max_model_len
@@ -238,7 +234,7 @@ async def _collect(service: InferenceService, opened: OpenRequest, reply: _Reply
         opened.cancel()
         service.finish(opened, reply.kind, outcome, sum(tokens))
     usage = _usage(opened, reply, sum(tokens))
-    words = _TokenWords(service.hub.base.tokenizer)
+    words = _TokenWords(service.base.tokenizer)
     if reply.kind == "chat":
         return ChatCompletionResponse(
             id=reply.id, created=reply.created, model=reply.model, usage=usage,
@@ -301,7 +297,7 @@ async def _events(service: InferenceService, opened: OpenRequest, reply: _Reply)
     tokens = 0
     outcome = "cancelled"
     finished: dict[int, str] = {}
-    words = _TokenWords(service.hub.base.tokenizer)
+    words = _TokenWords(service.base.tokenizer)
     offsets = [0] * len(opened.streams)  # characters of each row's completion streamed so far
     echoing = set(range(len(opened.streams))) if reply.echo else set()  # rows whose prompt is still to send
     held: dict[int, str] = {}  # forced calls: each row's text until it ends
@@ -332,10 +328,7 @@ async def _events(service: InferenceService, opened: OpenRequest, reply: _Reply)
         if reply.include_usage:
             yield _usage_event(reply, _usage(opened, reply, tokens))
         outcome = finished[0]
-    except AdapterHubError as error:
-        outcome = "error"
-        yield sse_error_event(error)
-    except Exception as error:  # never a traceback to the client; logged with an id
+    except Exception as error:  # a library error in its own shape; anything else logged with an id
         outcome = "error"
         yield sse_error_event(error)
     finally:

@@ -174,6 +174,25 @@ def test_registry_routes_for_the_tui(client: TestClient) -> None:
     assert info["precision"] == "fp32" and info["max_model_len"] == 256
 
 
+def test_step_log_route_answers_the_recorded_events_and_skips_broken_lines(
+    client: TestClient, served_home: Path, server_loras: dict[str, Path], tmp_path: Path
+) -> None:
+    from adapterhub import Hub
+    from adapterhub.core.progress import STEP_LOG, ProgressEvent
+
+    events = [ProgressEvent("start", total_steps=2), ProgressEvent("done", step=2, total_steps=2, loss=0.5)]
+    log = tmp_path / STEP_LOG
+    log.write_text("\n".join([json.dumps(events[0].to_dict()), "{cut short", "[1]",
+                               json.dumps(events[1].to_dict())]))
+    hub = Hub(served_home)
+    pirate = hub.resolve("pirate@1")
+    files = {f.name: f for f in server_loras["pirate"].iterdir() if f.suffix in (".json", ".safetensors")}
+    hub.registry.register("logged", {**files, STEP_LOG: log}, base_fingerprint=pirate.base_fingerprint,
+                          template_hash=pirate.template_hash, method="sft")
+    answered = client.get("/admin/versions/logged@1/step_log").json()
+    assert [ProgressEvent.from_dict(e) for e in answered] == events == hub.step_log("logged")
+
+
 def test_recorded_evaluations_show_in_models_and_versions_and_gate_the_tag_route(
     client: TestClient, served_home: Path
 ) -> None:
