@@ -1,8 +1,10 @@
 """Progress of long work, from one source: a callback that receives :class:`ProgressEvent` s.
 
-Training emits them; the CLI draws a bar, the TUI draws live curves, the server streams them.
-The same events are written as JSONL (``step_log.jsonl``) beside a trained version. Cancellation
-travels the other way, through a :class:`CancelToken` the worker checks between steps.
+Training, evaluation and Hub transfers emit them; the CLI draws a bar and the TUI live curves.
+A training run's events are also kept as JSONL (``step_log.jsonl``) in the version it registers;
+the server does not stream progress, it serves that file (``/admin/versions/{ref}/step_log``)
+once the run is over. Cancellation travels the other way, through a :class:`CancelToken` the
+worker checks between steps.
 """
 
 from __future__ import annotations

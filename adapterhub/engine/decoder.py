@@ -16,10 +16,11 @@ Design choices:
 * **Attention in float32, with our own kernels for decode.** The KV cache is float32 and a
   decode step's attention is two ``bmm`` calls over a ``[rows * kv_heads, span, head_dim]`` view
   of it (no copy, no ``repeat_kv``: the query heads of one KV head are a ``[group, head_dim]``
-  matrix). On a CPU, ``scaled_dot_product_attention`` in bf16 with a mask was about 10x slower
-  than this; on CUDA decode goes through ``scaled_dot_product_attention`` (its fused kernels)
-  unless the family soft-caps attention logits, which no fused kernel does. The projections stay
-  in the base's dtype. Every buffer lives on the base's device.
+  matrix). On a CPU, ``scaled_dot_product_attention`` in bf16 with a mask was far slower than
+  this (measured: see bench/README.md, "Figures behind design choices"); on CUDA decode goes
+  through ``scaled_dot_product_attention`` (its fused kernels) unless the family soft-caps
+  attention logits, which no fused kernel does. The projections stay in the base's dtype. Every
+  buffer lives on the base's device.
 * **Sliding windows are masks.** A layer with a window sees the keys less than ``window``
   positions behind the query (transformers' convention); the cache still keeps every position,
   so memory is that of full attention (a rolling per-layer cache is left for later).
@@ -261,7 +262,7 @@ class DecoderRunner:
         self.scale = float(scalar) ** -0.5
         self.attention_softcap = getattr(config, "attn_logit_softcapping", None)
         self.final_softcap = getattr(config, "final_logit_softcapping", None)
-        # CPU: our two-bmm decode kernel (SDPA with a mask was ~10x slower there); CUDA: SDPA,
+        # CPU: our two-bmm decode kernel (SDPA with a mask is far slower there); CUDA: SDPA,
         # whose fused kernels do not soft-cap
         self.sdpa_decode = self.device.type == "cuda" and self.attention_softcap is None
         self.cache = KvCache(

@@ -211,8 +211,8 @@ class Engine:
 
     def check_grammar(self, grammar: str) -> None:
         """Compile ``grammar`` against the base's tokenizer, as :meth:`submit` will for each row
-        (the first call also builds the tokenizer's view, about a second on a real vocabulary:
-        callers on an event loop run this in a worker thread first).
+        (the first call also builds the tokenizer's view, slow on a real vocabulary: callers on an
+        event loop run this in a worker thread first).
 
         Raises:
             ConfigError: the grammar does not compile.

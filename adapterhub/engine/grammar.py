@@ -4,10 +4,11 @@ llguidance (the grammar engine behind vLLM's and SGLang's ``guidance`` backends,
 structured outputs) does the work; we keep three things here:
 
 * **One tokenizer view per engine.** ``llguidance.hf.from_tokenizer`` walks the vocabulary
-  (about a second on a real one), so it is built once, on first use, and shared by every row.
+  (slow on a real one), so it is built once, on first use, and shared by every row.
 * **A matcher per row.** Each constrained request gets its own ``LLMatcher``, built on the
-  caller's thread at submit (grammar compilation can take 100 ms or more, never on the engine
-  thread); a schema the library cannot compile is a :class:`ConfigError` with its message.
+  caller's thread at submit, since compiling a grammar is too slow for the engine thread
+  (measured: see bench/README.md, "Figures behind design choices"); a schema the library cannot
+  compile is a :class:`ConfigError` with its message.
 * **Masks as logits.** Each step, a constrained row's allowed tokens (llguidance's bitmask, one
   bit per token) set every other logit to ``-inf`` before the row chooses; rows without a
   grammar are not touched.

@@ -14,12 +14,11 @@ rows at once and per group of projections::
 Design choices:
 
 * **Grouped, exact products.** Every row multiplies only by its own adapters' A and B: the
-  LoRA cost is ``rows * r * (in + out)``, whatever the number of resident slots. Two
-  alternatives were measured on this 2-core CPU (32 rows, 8 adapters, r=16, 576 wide):
-  Punica-style per-row gathers of A and B cost ~3x the base matmul (the gather copies
-  ``rows * r * (in + out)`` weights per projection); multiplying every row by all slots and
-  masking (one GEMM, no gather) grows with the slots and added 20-30 % to a decode step.
-  Grouping gathers activations (``rows * in``), not weights.
+  LoRA cost is ``rows * r * (in + out)``, whatever the number of resident slots. Both
+  alternatives were slower (measured: see bench/README.md, "Figures behind design choices"):
+  Punica-style per-row gathers of A and B copy ``rows * r * (in + out)`` weights per
+  projection; multiplying every row by all slots and masking (one GEMM, no gather) grows with
+  the slots. Grouping gathers activations (``rows * in``), not weights.
 * **One A product per shared input.** q, k and v read the same normalised hidden state, so
   their A matrices sit side by side and one ``bmm`` serves all three (likewise gate and up);
   their deltas land in the fused q|k|v output of :mod:`.decoder`. (A block-diagonal B, one
@@ -89,7 +88,7 @@ def prepare_adapter(
     """Check an adapter against the base and lay its weights out for a slot.
 
     Runs on the loader thread, so the shape checks are against the projection sizes rather
-    than a walk of the model's modules (which took ~20 ms of a cold load).
+    than a walk of the model's modules (a visible share of a cold load; see bench/README.md).
 
     Args:
         adapter: weights as the registry loaded them.
@@ -265,8 +264,8 @@ class LoraSlots:
 
     def clear(self, slot: int) -> None:
         """Zero ``slot`` so that a stale adapter can never leak into a row."""
-        # per layer: [layer, slot] is contiguous, and zero_() on the strided [:, slot] view
-        # was measured at 20 ms per buffer against well under 1 ms this way
+        # per layer: [layer, slot] is contiguous, and zero_() on the strided [:, slot] view is
+        # far slower (see bench/README.md)
         for group in {self._group_of[t] for t in self._slot_targets[slot]}:
             for layer in range(self.num_layers):
                 self._a[group][layer, slot].zero_()
@@ -338,7 +337,7 @@ class LoraSlots:
         if mix.weight is not None:
             h.mul_(mix.weight)
         used, width, _ = h.shape
-        # bmm is ~4x slower on a strided column slice: give each target a contiguous [used, g, R]
+        # bmm is slow on a strided column slice: give each target a contiguous [used, g, R]
         parts = h.view(used, width, len(targets), self.rank).permute(2, 0, 1, 3).contiguous()
         for index, target in enumerate(targets):
             if target not in mix.targets:

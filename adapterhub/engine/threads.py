@@ -3,10 +3,9 @@
 torch's CPU ops fork onto a GNU OpenMP team per calling thread, and a thread that has once used
 more than one intra-op thread keeps its team for life. When the process holds more team threads
 than CPUs, libgomp stops spin-waiting between parallel regions, so each of the hundreds of small
-ops in a decode step pays a sleep and a wake-up. Measured on this 2-core box (32 rows, 8
-adapters, one decode step): 40 ms when the decode thread's team is the only one, 77 ms when the
-thread that loaded the base keeps an idle team of its own; end to end, `bench/serve_bench.py`
-went from 309 to 589 tok/s for 8 mixed adapters and `bench/http_bench.py` from 342 to 566 tok/s.
+ops in a decode step pays a sleep and a wake-up: an idle team, kept by the thread that loaded
+the base, slows every decode step (measured: see bench/README.md, "Figures behind design
+choices").
 
 So the engine gives its decode thread ``EngineConfig.num_threads`` (default: the constructing
 thread's count), its adapter loaders run on one, and a process that serves (``adapterhub

@@ -16,7 +16,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-MANIFEST_FILE = "adapterhub.json"
+from adapterhub.hfhub.manifest import MANIFEST_FILE
+
+README_FILE = "README.md"
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # vLLM accepts only these values for --max-lora-rank.
 _VLLM_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)

@@ -426,8 +426,8 @@ def load_base(
     dequantized = 0
     if precision == "nf4":
         # Training keeps NF4 layers unless asked: at training batch sizes the per-forward
-        # dequantization is a small share of the matmuls (fp32 on an AVX2 CPU, 8 x 100 tokens:
-        # 239 tok/s with NF4 layers, 232 with a dense copy), and QLoRA's memory saving stays.
+        # dequantization is a small share of the matmuls (bench/README.md, "NF4 on a CPU without
+        # a fast 4-bit kernel"), and QLoRA's memory saving stays.
         dense_bytes = _dense_nf4_bytes(model, compute)
         if platform.nf4 == "dequantize" or (not for_training and platform.should_dequantize_nf4(dense_bytes)):
             dequantize_nf4(model, compute)
