@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from adapterhub.errors import ConfigError
-from adapterhub.training.recipe import DatasetConfig, resolve_data_path
+from adapterhub.training.recipe import DatasetConfig
 
 if TYPE_CHECKING:
     import datasets
@@ -170,6 +170,13 @@ def load_training_data(
         fingerprint=digest.hexdigest(),
         source=source,
     )
+
+
+def resolve_data_path(path: str, root: Path) -> Path:
+    """A dataset path from a recipe, resolved against the recipe's folder."""
+    candidate = Path(path).expanduser()
+    return candidate if candidate.is_absolute() else (root / candidate)
+
 
 
 def read_jsonl(path: Path, *, field: str = "dataset.path") -> list[dict[str, Any]]:

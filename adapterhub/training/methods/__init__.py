@@ -10,7 +10,7 @@ How a method plugs in
 =====================
 
 1. Write ``adapterhub/training/methods/<name>.py`` (``name`` is one of
-   :data:`adapterhub.training.recipe.METHOD_NAMES`). It defines:
+   the keys of :data:`_MODULES` below). It defines:
 
    * a section model ``<Name>Config(RecipeSection)`` (pydantic, ``extra="forbid"``, a docstring under each
      field, ``Field`` limits) with the method's own knobs, e.g. DPO's ``beta``;
