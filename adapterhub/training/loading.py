@@ -1,7 +1,7 @@
 """Loading a recipe: read the YAML, apply overrides, validate it against its method's recipe class.
 
-``method:`` is the discriminator: :func:`parse_recipe` reads it first, looks the method up in the
-methods registry (:mod:`adapterhub.training.methods`) and validates the whole document against
+``method:`` is the discriminator: :func:`parse_recipe` reads it first, looks the method up in
+:data:`adapterhub.training.methods.METHODS` and validates the whole document against
 that method's recipe class (the schema is :mod:`adapterhub.training.recipe`). This module sits
 above the schema and the methods; the runner and the CLI call it.
 
@@ -30,7 +30,7 @@ from pydantic import BaseModel, ValidationError
 
 from adapterhub.errors import ConfigError
 from adapterhub.training.datasets import resolve_data_path
-from adapterhub.training.methods import available_methods, get_method
+from adapterhub.training.methods import METHODS
 from adapterhub.training.recipe import RecipeBase
 
 
@@ -141,15 +141,12 @@ def parse_recipe(data: Mapping[str, Any], *, root: Path | None = None, label: st
     """
     method = data.get("method")
     if method is None:
+        raise ConfigError(f"field 'method' is missing; add method: one of {', '.join(METHODS)}", source=label)
+    if not isinstance(method, str) or method not in METHODS:  # YAML may give a list: not hashable
         raise ConfigError(
-            f"field 'method' is missing; add method: one of {', '.join(available_methods())}", source=label
+            f"method {method!r} is unknown; use one of {', '.join(METHODS)} (field 'method')", source=label
         )
-    if method not in available_methods():
-        raise ConfigError(
-            f"method {method!r} is unknown; use one of {', '.join(available_methods())} (field 'method')",
-            source=label,
-        )
-    recipe_cls = get_method(method).recipe
+    recipe_cls = METHODS[method].recipe
     problems: list[str] = []
     recipe: RecipeBase | None = None
     try:

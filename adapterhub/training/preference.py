@@ -20,7 +20,7 @@ from adapterhub.training.templates import RenderedExample, check_content, render
 if TYPE_CHECKING:
     import datasets
 
-    from adapterhub.training.methods import PrepareContext
+    from adapterhub.training.methods.interface import PrepareContext
 
 PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
 

@@ -176,7 +176,7 @@ class RecipeBase(RecipeSection):
     its own section (see :class:`adapterhub.training.methods.sft.SFTRecipe`)."""
 
     method: str
-    """The training method, a name in :mod:`adapterhub.training.methods`' registry; each method's
+    """The training method, a name in :data:`adapterhub.training.methods.METHODS`; each method's
     recipe class narrows it to its own name."""
     name: str
     """Adapter name in the registry; each run registers the next version of it."""

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from adapterhub.training.methods import Method, MethodContext
+from adapterhub.training.methods.interface import Method, MethodContext
 from adapterhub.training.preference import PreparedPreference, prepare_preference, render_pair
 from adapterhub.training.recipe import RecipeBase, RecipeSection
 

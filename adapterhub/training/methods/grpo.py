@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
-from adapterhub.training.methods import Method, MethodContext, PrepareContext
+from adapterhub.training.methods.interface import Method, MethodContext, PrepareContext
 from adapterhub.training.recipe import RecipeBase, RecipeSection
 from adapterhub.training.rewards import RewardFunctionConfig, build_reward_functions
 from adapterhub.training.templates import check_content

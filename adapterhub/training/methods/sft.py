@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from adapterhub.errors import ConfigError
-from adapterhub.training.methods import Method, MethodContext, PrepareContext
+from adapterhub.training.methods.interface import Method, MethodContext, PrepareContext
 from adapterhub.training.recipe import RecipeBase, RecipeSection
 from adapterhub.training.templates import (
     RenderedExample,
