@@ -15,7 +15,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from adapterhub.training.templates import RenderedExample, check_content, render_with_mask
+from adapterhub.training.templates import (
+    RenderedExample,
+    as_messages,
+    check_content,
+    render_with_mask,
+)
 
 if TYPE_CHECKING:
     import datasets
@@ -33,20 +38,12 @@ class PreparedPreference:
     eval: datasets.Dataset | None
 
 
-def conversational_row(
-    row: Mapping[str, Any], columns: tuple[str, ...] = PREFERENCE_COLUMNS
-) -> dict[str, Any]:
-    """A row with string columns turned into chat messages (prompt: user, others: assistant)."""
-    out: dict[str, Any] = {}
-    for column in columns:
-        value = row[column]
-        role = "user" if column == "prompt" else "assistant"
-        out[column] = (
-            [{"role": role, "content": value}]
-            if isinstance(value, str)
-            else [{"role": m["role"], "content": m["content"]} for m in value]
-        )
-    return out
+def conversational_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A pair with string columns turned into chat messages (prompt: user, answers: assistant)."""
+    return {
+        column: as_messages(row[column], "user" if column == "prompt" else "assistant")
+        for column in PREFERENCE_COLUMNS
+    }
 
 
 def render_pair(

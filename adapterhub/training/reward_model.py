@@ -25,14 +25,13 @@ from typing import TYPE_CHECKING, Any
 
 from adapterhub.errors import ConfigError, IncompatibleAdapterError
 from adapterhub.registry import Registry, ensure_compatible
+from adapterhub.training.templates import as_messages, chat_token_ids
 
 if TYPE_CHECKING:
     from adapterhub.training.recipe import LoraConfig as RecipeLora
 
 REWARD_METHOD = "reward"
 SCORE_HEAD_SUFFIX = "score.weight"
-
-Messages = list[dict[str, str]]
 
 
 @contextmanager
@@ -85,13 +84,6 @@ def backbone_of(model: Any) -> Any:
     """The transformer trunk (``LlamaModel`` for Llama) under a PeftModel or a plain model."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     return getattr(inner, inner.base_model_prefix)
-
-
-def as_messages(value: str | Sequence[Mapping[str, str]], role: str) -> Messages:
-    """A prompt or completion as chat messages (a plain string becomes one turn of ``role``)."""
-    if isinstance(value, str):
-        return [{"role": role, "content": value}]
-    return [{"role": m["role"], "content": m["content"]} for m in value]
 
 
 def score_model_over(causal_lm: Any) -> Any:
@@ -194,10 +186,7 @@ class RewardScorer:
     ) -> list[int]:
         """Token ids of one pair, rendered as the reward model saw its training pairs."""
         messages = as_messages(prompt, "user") + as_messages(completion, "assistant")
-        ids = self.tokenizer.apply_chat_template(messages, tokenize=True)
-        if hasattr(ids, "keys"):
-            ids = ids["input_ids"]
-        return list(ids)[-self.max_length :]
+        return chat_token_ids(self.tokenizer, messages)[-self.max_length :]
 
     def score(
         self,

@@ -28,7 +28,7 @@ from pydantic import Field
 from adapterhub.training.methods.interface import Method, MethodContext, PrepareContext
 from adapterhub.training.recipe import RecipeBase, RecipeSection
 from adapterhub.training.rewards import RewardFunctionConfig, build_reward_functions
-from adapterhub.training.templates import check_content
+from adapterhub.training.templates import as_messages, check_content
 
 if TYPE_CHECKING:
     import datasets
@@ -82,14 +82,9 @@ def conversational_prompts(part: datasets.Dataset, tokenizer: Any, label: str) -
 
     rows = []
     for index, row in enumerate(part):
-        prompt = row["prompt"]
-        messages = (
-            [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-        )
+        messages = as_messages(row["prompt"], "user")
         check_content(tokenizer, messages, where=f"{label} prompt {index + 1}")
-        rows.append(
-            {**row, "prompt": [{"role": m["role"], "content": m["content"]} for m in messages]}
-        )
+        rows.append({**row, "prompt": messages})
     return datasets.Dataset.from_list(rows)
 
 

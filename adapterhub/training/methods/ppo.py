@@ -24,7 +24,7 @@ from pydantic import Field
 from adapterhub.errors import ConfigError
 from adapterhub.training.methods.interface import Method, MethodContext, PrepareContext
 from adapterhub.training.recipe import RecipeBase, RecipeSection
-from adapterhub.training.templates import check_content
+from adapterhub.training.templates import as_messages, chat_token_ids, check_content
 
 if TYPE_CHECKING:
     import datasets
@@ -99,18 +99,10 @@ def prepare(ctx: PrepareContext) -> PreparedPPO:
     def tokenize(part: datasets.Dataset, label: str) -> datasets.Dataset:
         rows = []
         for index, row in enumerate(part):
-            prompt = row["prompt"]
-            messages = (
-                [{"role": "user", "content": prompt}]
-                if isinstance(prompt, str)
-                else [{"role": m["role"], "content": m["content"]} for m in prompt]
-            )
+            messages = as_messages(row["prompt"], "user")
             where = f"{label} prompt {index + 1}"
             check_content(ctx.tokenizer, messages, where=where)
-            ids = ctx.tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=True
-            )
-            ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+            ids = chat_token_ids(ctx.tokenizer, messages, add_generation_prompt=True)
             if len(ids) > room:
                 raise ConfigError(
                     f"dataset {where}: {len(ids)} prompt tokens leave no room for "
