@@ -12,7 +12,6 @@ mis-render the answer fails before the model is loaded.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from adapterhub.training.templates import (
@@ -25,17 +24,10 @@ from adapterhub.training.templates import (
 if TYPE_CHECKING:
     import datasets
 
+    from adapterhub.training.datasets import PreparedData
     from adapterhub.training.methods.interface import PrepareContext
 
 PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
-
-
-@dataclass(frozen=True)
-class PreparedPreference:
-    """Conversational preference data, ready for a TRL preference trainer."""
-
-    train: datasets.Dataset
-    eval: datasets.Dataset | None
 
 
 def conversational_row(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -63,7 +55,7 @@ def render_pair(
     )
 
 
-def prepare_preference(ctx: PrepareContext) -> PreparedPreference:
+def prepare_preference(ctx: PrepareContext) -> PreparedData:
     """Gate every pair and make every row conversational.
 
     Raises:
@@ -78,6 +70,4 @@ def prepare_preference(ctx: PrepareContext) -> PreparedPreference:
             rows.append(conversational_row(row))
         return datasets.Dataset.from_list(rows)
 
-    train = convert(ctx.data.train, "train")
-    eval_ = convert(ctx.data.eval, "eval") if ctx.data.eval is not None else None
-    return PreparedPreference(train=train, eval=eval_)
+    return ctx.data.map_splits(convert)

@@ -80,10 +80,14 @@ def as_messages(value: str | Sequence[Message], role: str) -> list[dict[str, str
     return [{"role": m["role"], "content": m["content"]} for m in value]
 
 
-def chat_token_ids(tokenizer: Any, messages: Sequence[Message], *, add_generation_prompt: bool = False) -> list[int]:
-    """``messages`` tokenized by the base's chat template (``apply_chat_template(tokenize=True)``)."""
-    ids = tokenizer.apply_chat_template(list(messages), add_generation_prompt=add_generation_prompt, tokenize=True)
-    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)  # a BatchEncoding since transformers 5
+def chat_token_ids(
+    tokenizer: Any, messages: Sequence[Message], *, add_generation_prompt: bool = False
+) -> list[int]:
+    """``messages`` tokenized by the base's chat template (``apply_chat_template``)."""
+    ids = tokenizer.apply_chat_template(
+        list(messages), add_generation_prompt=add_generation_prompt, tokenize=True
+    )
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)  # a BatchEncoding since v5
 
 
 def to_conversation(row: Mapping[str, Any], fmt: str) -> tuple[list[dict[str, str]], int]:

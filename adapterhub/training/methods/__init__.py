@@ -68,12 +68,9 @@ from adapterhub.training.methods.interface import Method, MethodContext, Prepare
 __all__ = ["METHODS", "Method", "MethodContext", "PrepareContext", "get_method"]
 
 METHODS: Mapping[str, Method] = MappingProxyType(
-    {
-        method.name: method
-        for method in (sft.METHOD, dpo.METHOD, orpo.METHOD, simpo.METHOD, reward.METHOD, grpo.METHOD, ppo.METHOD)
-    }
+    {module.METHOD.name: module.METHOD for module in (sft, dpo, orpo, simpo, reward, grpo, ppo)}
 )
-"""Every training method by name, SFT first (messages list them in this order); built once, on import."""
+"""Every training method by name, SFT first (messages list them in this order); built on import."""
 
 
 def get_method(name: str) -> Method:
@@ -85,4 +82,6 @@ def get_method(name: str) -> Method:
     try:
         return METHODS[name]
     except KeyError:
-        raise ConfigError(f"method {name!r} is not available; use one of {', '.join(METHODS)}") from None
+        raise ConfigError(
+            f"method {name!r} is not available; use one of {', '.join(METHODS)}"
+        ) from None

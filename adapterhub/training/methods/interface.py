@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from adapterhub.core.progress import ProgressCallback
     from adapterhub.models.base import LoadedBase
     from adapterhub.registry import Registry, Version
-    from adapterhub.training.datasets import DatasetFormat, TrainingData
+    from adapterhub.training.datasets import DatasetFormat, PreparedData, TrainingData
     from adapterhub.training.recipe import RecipeBase
     from adapterhub.training.templates import RenderedExample
 
@@ -43,7 +43,7 @@ class MethodContext:
     tokenizer: Any
     base: LoadedBase  # the frozen base as loaded for this run (its info, precision, eos ids)
     data: TrainingData
-    prepared: Any  # what Method.prepare returned (None when the method has no prepare)
+    prepared: PreparedData | None  # what Method.prepare returned (None when the method has none)
     args: Mapping[str, Any]  # common transformers.TrainingArguments keywords
     callbacks: tuple[Any, ...]  # transformers TrainerCallbacks: progress, cancel, step log
     registry: Registry
@@ -73,7 +73,7 @@ class Method:
     recipe: type[RecipeBase]
     formats: tuple[DatasetFormat, ...]
     build_trainer: Callable[[MethodContext], Any]  # -> transformers.Trainer (not yet trained)
-    prepare: Callable[[PrepareContext], Any] | None = None
+    prepare: Callable[[PrepareContext], PreparedData] | None = None
     render_example: Callable[[PrepareContext, Mapping[str, Any]], RenderedExample] | None = None
     task_type: Literal["CAUSAL_LM", "SEQ_CLS"] = "CAUSAL_LM"
     description: str = field(default="")

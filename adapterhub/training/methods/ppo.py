@@ -16,7 +16,6 @@ prompts, then ``ppo.ppo_epochs`` passes over ``ppo.num_minibatches`` minibatches
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
@@ -28,6 +27,8 @@ from adapterhub.training.templates import as_messages, chat_token_ids, check_con
 
 if TYPE_CHECKING:
     import datasets
+
+    from adapterhub.training.datasets import PreparedData
 
 REFERENCE = "reference"
 
@@ -75,16 +76,9 @@ class PPORecipe(RecipeBase):
     """PPO settings (``reward_model`` is required)."""
 
 
-@dataclass(frozen=True)
-class PreparedPPO:
-    """Prompts tokenised with the generation prompt (``prompt_ids``) beside their messages."""
-
-    train: datasets.Dataset
-    eval: datasets.Dataset | None
-
-
-def prepare(ctx: PrepareContext) -> PreparedPPO:
-    """Render every prompt with the base's template and generation prompt.
+def prepare(ctx: PrepareContext) -> PreparedData:
+    """Render every prompt with the base's template and generation prompt: ``prompt_ids`` beside
+    the ``prompt`` messages.
 
     Raises:
         ConfigError: a prompt holds special tokens, or leaves no room for a response within
@@ -112,9 +106,7 @@ def prepare(ctx: PrepareContext) -> PreparedPPO:
             rows.append({"prompt": messages, "prompt_ids": ids})
         return datasets.Dataset.from_list(rows)
 
-    train = tokenize(ctx.data.train, "train")
-    eval_ = tokenize(ctx.data.eval, "eval") if ctx.data.eval is not None else None
-    return PreparedPPO(train=train, eval=eval_)
+    return ctx.data.map_splits(tokenize)
 
 
 def add_value_adapter(model: Any, registry: Any, reward_ref: str) -> Any:
@@ -157,7 +149,7 @@ def build_trainer(ctx: MethodContext) -> Any:
     from adapterhub.training.reward_model import load_reward_scorer
 
     recipe = ctx.recipe
-    assert isinstance(recipe, PPORecipe) and isinstance(ctx.prepared, PreparedPPO)
+    assert isinstance(recipe, PPORecipe) and ctx.prepared is not None
     p = recipe.ppo
     model = ctx.model
     scorer = load_reward_scorer(
