@@ -28,6 +28,7 @@ from adapterhub.registry import Registry, ensure_compatible
 from adapterhub.training.templates import as_messages, chat_token_ids
 
 if TYPE_CHECKING:
+    from adapterhub.models.adapters import LoraAdapter
     from adapterhub.training.recipe import LoraConfig as RecipeLora
 
 REWARD_METHOD = "reward"
@@ -78,6 +79,27 @@ def load_lora_weights(
             f"{where}: {len(unexpected)} saved tensors fit no module of adapter {adapter_name!r} "
             f"(e.g. {unexpected[0]!r}); was it trained on another base or with another shape?"
         )
+
+
+def add_saved_lora(model: Any, adapter: LoraAdapter, name: str, *, where: str) -> None:
+    """Add a registered adapter's LoRA to ``model`` as adapter ``name``, in its saved shape
+    (no dropout), with its saved weights.
+
+    Raises:
+        IncompatibleAdapterError: some tensors match no module of the adapter.
+    """
+    from peft import LoraConfig
+
+    config = LoraConfig(
+        r=adapter.r,
+        lora_alpha=adapter.alpha,
+        target_modules=list(adapter.target_modules),
+        lora_dropout=0.0,
+        use_rslora=bool(adapter.config.get("use_rslora", False)),
+        bias="none",
+    )
+    model.add_adapter(name, config)
+    load_lora_weights(model, adapter.tensors, name, where=where)
 
 
 def backbone_of(model: Any) -> Any:
@@ -252,7 +274,6 @@ def load_reward_scorer(
         AdapterNotFoundError: ``ref`` does not resolve.
     """
     import torch
-    from peft import LoraConfig
 
     version = registry.resolve(ref)
     if version.method != REWARD_METHOD:
@@ -275,22 +296,12 @@ def load_reward_scorer(
         raise IncompatibleAdapterError(
             f"{version.ref}'s score head has shape {tuple(head.shape)}; this base needs (1, {hidden})"
         )
-    config = adapter.config
-    lora_config = LoraConfig(
-        r=adapter.r,
-        lora_alpha=adapter.alpha,
-        target_modules=list(adapter.target_modules),
-        lora_dropout=0.0,
-        use_rslora=bool(config.get("use_rslora", False)),
-        bias="none",
-    )
     flags = [(p, p.requires_grad) for p in model.parameters()]
     if adapter_name in model.peft_config:
         raise ConfigError(
             f"adapter name {adapter_name!r} is already in use on this model; pick another"
         )
-    model.add_adapter(adapter_name, lora_config)
-    load_lora_weights(model, adapter.tensors, adapter_name, where=version.ref)
+    add_saved_lora(model, adapter, adapter_name, where=version.ref)
     for param, flag in flags:
         param.requires_grad_(flag)
     for name, param in model.named_parameters():

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     import datasets
 
     from adapterhub.training.datasets import PreparedData
+    from adapterhub.training.reward_model import RewardScorer
 
 REFERENCE = "reference"
 
@@ -109,35 +110,23 @@ def prepare(ctx: PrepareContext) -> PreparedData:
     return ctx.data.map_splits(tokenize)
 
 
-def add_value_adapter(model: Any, registry: Any, reward_ref: str) -> Any:
+def add_value_adapter(model: Any, registry: Any, scorer: RewardScorer) -> Any:
     """Add the trainable ``value`` adapter and head, both copied from the reward model.
 
     Returns:
         The value head, ``Linear(hidden, 1)`` in float32.
     """
     import torch
-    from peft import LoraConfig
 
     from adapterhub.training.ppo.trainer import VALUE
-    from adapterhub.training.reward_model import SCORE_HEAD_SUFFIX, load_lora_weights
+    from adapterhub.training.reward_model import add_saved_lora
 
+    reward_ref = scorer.version_ref
     adapter = registry.load_adapter(reward_ref)
-    model.add_adapter(
-        VALUE,
-        LoraConfig(
-            r=adapter.r,
-            lora_alpha=adapter.alpha,
-            target_modules=list(adapter.target_modules),
-            lora_dropout=0.0,
-            use_rslora=bool(adapter.config.get("use_rslora", False)),
-            bias="none",
-        ),
-    )
-    load_lora_weights(model, adapter.tensors, VALUE, where=f"value model from {reward_ref}")
-    (head,) = [t for k, t in adapter.extra_tensors.items() if k.endswith(SCORE_HEAD_SUFFIX)]
-    value_head = torch.nn.Linear(head.shape[1], 1, bias=False, dtype=torch.float32)
+    add_saved_lora(model, adapter, VALUE, where=f"value model from {reward_ref}")
+    value_head = torch.nn.Linear(scorer.head.shape[1], 1, bias=False, dtype=torch.float32)
     with torch.no_grad():
-        value_head.weight.copy_(head.float())
+        value_head.weight.copy_(scorer.head)
     return value_head
 
 
@@ -170,7 +159,7 @@ def build_trainer(ctx: MethodContext) -> Any:
             "ppo: no parent given, so the KL reference is the bare base; name an SFT version as "
             "parent: for the usual SFT -> reward -> PPO chain"
         )
-    value_head = add_value_adapter(model, ctx.registry, scorer.version_ref)
+    value_head = add_value_adapter(model, ctx.registry, scorer)
     model.set_adapter("default")
     args = TrainingArguments(
         **{
