@@ -382,7 +382,7 @@ def _run_training(hub, recipe: Path, overrides: list[str] | None, resume: bool):
 
 def _overrides_mapping(overrides: list[str] | None) -> dict[str, object]:
     """``--set a.b=1`` pairs as the ``a__b=1`` keywords ``Hub.train`` takes (values parsed as YAML)."""
-    from adapterhub.training.recipe import apply_overrides
+    from adapterhub.training.loading import apply_overrides
 
     nested = apply_overrides({}, overrides or [])
     flat: dict[str, object] = {}

@@ -32,13 +32,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from adapterhub.errors import ConfigError
-from adapterhub.training.recipe import DatasetConfig, resolve_data_path
+from adapterhub.training.recipe import DatasetConfig
 
 if TYPE_CHECKING:
     import datasets
@@ -80,6 +80,24 @@ class TrainingData:
             "train_examples": len(self.train),
             "eval_examples": len(self.eval) if self.eval is not None else 0,
         }
+
+    def map_splits(
+        self, convert: Callable[[datasets.Dataset, str], datasets.Dataset]
+    ) -> PreparedData:
+        """``convert`` applied to the train set and the eval set (when there is one), each with its
+        label (``"train"``, ``"eval"``) for messages."""
+        return PreparedData(
+            train=convert(self.train, "train"),
+            eval=convert(self.eval, "eval") if self.eval is not None else None,
+        )
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """A method's train and eval sets after its ``prepare`` (tokenized, or made conversational)."""
+
+    train: datasets.Dataset
+    eval: datasets.Dataset | None
 
 
 def detect_format(columns: Iterable[str]) -> DatasetFormat | None:
@@ -170,6 +188,13 @@ def load_training_data(
         fingerprint=digest.hexdigest(),
         source=source,
     )
+
+
+def resolve_data_path(path: str, root: Path) -> Path:
+    """A dataset path from a recipe, resolved against the recipe's folder."""
+    candidate = Path(path).expanduser()
+    return candidate if candidate.is_absolute() else (root / candidate)
+
 
 
 def read_jsonl(path: Path, *, field: str = "dataset.path") -> list[dict[str, Any]]:

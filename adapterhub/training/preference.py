@@ -12,41 +12,30 @@ mis-render the answer fails before the model is loaded.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from adapterhub.training.templates import RenderedExample, check_content, render_with_mask
+from adapterhub.training.templates import (
+    RenderedExample,
+    as_messages,
+    check_content,
+    render_with_mask,
+)
 
 if TYPE_CHECKING:
     import datasets
 
-    from adapterhub.training.methods import PrepareContext
+    from adapterhub.training.datasets import PreparedData
+    from adapterhub.training.methods.interface import PrepareContext
 
 PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
 
 
-@dataclass(frozen=True)
-class PreparedPreference:
-    """Conversational preference data, ready for a TRL preference trainer."""
-
-    train: datasets.Dataset
-    eval: datasets.Dataset | None
-
-
-def conversational_row(
-    row: Mapping[str, Any], columns: tuple[str, ...] = PREFERENCE_COLUMNS
-) -> dict[str, Any]:
-    """A row with string columns turned into chat messages (prompt: user, others: assistant)."""
-    out: dict[str, Any] = {}
-    for column in columns:
-        value = row[column]
-        role = "user" if column == "prompt" else "assistant"
-        out[column] = (
-            [{"role": role, "content": value}]
-            if isinstance(value, str)
-            else [{"role": m["role"], "content": m["content"]} for m in value]
-        )
-    return out
+def conversational_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A pair with string columns turned into chat messages (prompt: user, answers: assistant)."""
+    return {
+        column: as_messages(row[column], "user" if column == "prompt" else "assistant")
+        for column in PREFERENCE_COLUMNS
+    }
 
 
 def render_pair(
@@ -66,7 +55,7 @@ def render_pair(
     )
 
 
-def prepare_preference(ctx: PrepareContext) -> PreparedPreference:
+def prepare_preference(ctx: PrepareContext) -> PreparedData:
     """Gate every pair and make every row conversational.
 
     Raises:
@@ -81,6 +70,4 @@ def prepare_preference(ctx: PrepareContext) -> PreparedPreference:
             rows.append(conversational_row(row))
         return datasets.Dataset.from_list(rows)
 
-    train = convert(ctx.data.train, "train")
-    eval_ = convert(ctx.data.eval, "eval") if ctx.data.eval is not None else None
-    return PreparedPreference(train=train, eval=eval_)
+    return ctx.data.map_splits(convert)

@@ -1,42 +1,32 @@
-"""Training recipes: the YAML a user writes, validated into pydantic models.
+"""Training recipes: the YAML a user writes, as pydantic models (the schema, nothing else).
 
 A recipe has a common part (adapter name, dataset, LoRA shape, trainer settings, optional parent)
-that every method shares, and one section named after its method (``sft:``, ``dpo:`` …) for that
-method's own knobs. ``method:`` is the discriminator: :func:`parse_recipe` reads it first, looks the
-method up in :mod:`adapterhub.training.methods`, and validates the whole document against that
-method's recipe class, so an ``sft`` recipe with a ``dpo:`` section is an unknown field.
+that every method shares, :class:`RecipeBase`, and one section named after its method (``sft:``,
+``dpo:`` …) for that method's own knobs. Each method subclasses :class:`RecipeBase` in
+``methods/<name>.py`` with ``method: Literal["<name>"]`` and its section, so an ``sft`` recipe with
+a ``dpo:`` section is an unknown field. Reading a file, overrides, choosing the method's class and
+turning validation errors into one message are :mod:`adapterhub.training.loading`'s job.
 
 Design choices:
 
-* **Every problem at once.** Pydantic collects all errors of a document; :func:`parse_recipe`
-  turns them into one :class:`~adapterhub.errors.ConfigError` whose lines each name the field
-  (``training.learning_rate``), show the value with ``!r`` and say how to fix it (with a
-  "did you mean" for misspelt fields). Checks that need the file system (does the dataset file
-  exist?) run in the same pass and join the same list.
 * **``extra="forbid"`` everywhere**: a typo is an error, never a silently ignored setting.
-* **Overrides are applied to the raw document** before validation (``--set training.max_steps=20``
-  on the CLI, ``training={"max_steps": 20}`` or ``training__max_steps=20`` in Python), so an
-  override is validated exactly like the file.
+* **Only checks that need the data alone** (one dataset source, plain layer names, valid names
+  and refs) live here; checks against the file system or the list of methods are the loader's.
+  So this module imports no other training module: it is the bottom of the training package.
 * **No TRL or PEFT here.** These models are the public contract; methods translate them into
   TRL/PEFT objects in one place each (``methods/<name>.py``).
 """
 
 from __future__ import annotations
 
-import copy
-import difflib
-from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any, Literal, get_args
+from collections.abc import Sequence
+from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from adapterhub.core.refs import AdapterRef, validate_name
 from adapterhub.errors import ConfigError
 
-MethodName = Literal["sft", "dpo", "orpo", "simpo", "grpo", "reward", "ppo"]
-METHOD_NAMES: tuple[str, ...] = get_args(MethodName)
 ALL_LINEAR = "all-linear"
 
 
@@ -186,7 +176,8 @@ class RecipeBase(RecipeSection):
     its own section (see :class:`adapterhub.training.methods.sft.SFTRecipe`)."""
 
     method: str
-    """The training method: sft, dpo, orpo, simpo, grpo, reward or ppo."""
+    """The training method, a name in :data:`adapterhub.training.methods.METHODS`; each method's
+    recipe class narrows it to its own name."""
     name: str
     """Adapter name in the registry; each run registers the next version of it."""
     description: str = Field(default="", max_length=2000)
@@ -230,206 +221,3 @@ class RecipeBase(RecipeSection):
     def resolved(self) -> dict[str, Any]:
         """Every field with its effective value, as stored with the version."""
         return self.model_dump(mode="json")
-
-
-# --------------------------------------------------------------------------- parsing
-
-
-def load_recipe(
-    source: str | Path | Mapping[str, Any] | RecipeBase,
-    overrides: Mapping[str, Any] | list[str] | None = None,
-) -> tuple[RecipeBase, Path]:
-    """Read, override and validate a recipe.
-
-    Args:
-        source: a YAML path, an already-parsed mapping, or a recipe (returned as is, with overrides
-            applied when given).
-        overrides: ``["training.max_steps=20", ...]`` (CLI ``--set``), or a mapping whose keys are
-            dotted or ``__``-joined paths, or nested mappings (``{"training": {"max_steps": 20}}``).
-
-    Returns:
-        The recipe and the folder its relative dataset paths are resolved against.
-
-    Raises:
-        ConfigError: lists every problem found, each naming field, value and fix.
-    """
-    if isinstance(source, RecipeBase):
-        root = Path.cwd()
-        data: dict[str, Any] = source.model_dump(mode="json", exclude_unset=True)
-        label = f"recipe {source.name!r}"
-    elif isinstance(source, Mapping):
-        root, data, label = Path.cwd(), copy.deepcopy(dict(source)), "recipe"
-    else:
-        path = Path(source).expanduser()
-        label = str(path)
-        try:
-            text = path.read_text()
-        except FileNotFoundError:
-            raise ConfigError(f"recipe file {str(path)!r} does not exist; check the path") from None
-        except OSError as e:
-            raise ConfigError(f"recipe file {str(path)!r} cannot be read ({e})") from e
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{label} is not valid YAML: {e}") from e
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{label} must be a YAML mapping of fields, got {type(loaded).__name__}")
-        root, data = path.resolve().parent, loaded
-    if overrides:
-        data = apply_overrides(data, overrides)
-    return parse_recipe(data, root=root, label=label), root
-
-
-def apply_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any] | list[str]) -> dict[str, Any]:
-    """A copy of ``data`` with overrides set at their paths (see :func:`load_recipe`).
-
-    Raises:
-        ConfigError: an override is not ``key=value`` or walks into a non-mapping.
-    """
-    out = copy.deepcopy(dict(data))
-    pairs: list[tuple[str, Any]] = []
-    problems: list[str] = []
-    if isinstance(overrides, Mapping):
-        pairs = [(k.replace("__", "."), v) for k, v in _flatten(overrides)]
-    else:
-        for item in overrides:
-            key, sep, raw = item.partition("=")
-            if not sep or not key.strip():
-                problems.append(f"override {item!r} is not KEY=VALUE; write e.g. training.max_steps=20")
-                continue
-            try:
-                value = yaml.safe_load(raw) if raw.strip() else ""
-            except yaml.YAMLError:
-                value = raw
-            pairs.append((key.strip(), value))
-    for key, value in pairs:
-        node: dict[str, Any] = out
-        parts = key.split(".")
-        for depth, part in enumerate(parts[:-1]):
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                where = ".".join(parts[: depth + 1])
-                problems.append(f"override {key!r}: {where!r} is {child!r}, not a section")
-                break
-            node = child
-        else:
-            node[parts[-1]] = value
-    if problems:
-        raise ConfigError(problems)
-    return out
-
-
-def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    items: list[tuple[str, Any]] = []
-    for key, value in mapping.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            items.extend(_flatten(value, path + "."))
-        else:
-            items.append((path, value))
-    return items
-
-
-def parse_recipe(data: Mapping[str, Any], *, root: Path | None = None, label: str = "recipe") -> RecipeBase:
-    """Validate a recipe mapping against its method's recipe class.
-
-    Args:
-        root: folder that relative dataset paths are resolved against (checked to exist).
-        label: names the recipe in the error message (usually its path).
-
-    Raises:
-        ConfigError: every problem at once.
-    """
-    from adapterhub.training.methods import available_methods, get_method
-
-    method = data.get("method")
-    if method is None:
-        raise ConfigError(
-            f"field 'method' is missing; add method: one of {', '.join(available_methods())}", source=label
-        )
-    if method not in available_methods():
-        hint = (
-            f"method {method!r} is not built yet"
-            if method in METHOD_NAMES
-            else f"method {method!r} is unknown"
-        )
-        raise ConfigError(
-            f"{hint}; use one of {', '.join(available_methods())} (field 'method')", source=label
-        )
-    recipe_cls = get_method(method).recipe
-    problems: list[str] = []
-    recipe: RecipeBase | None = None
-    try:
-        recipe = recipe_cls.model_validate(dict(data))
-    except ValidationError as e:
-        problems.extend(_describe(error, recipe_cls) for error in e.errors())
-    problems.extend(_check_files(data, root or Path.cwd()))
-    if problems or recipe is None:
-        raise ConfigError(list(dict.fromkeys(problems)), source=label)
-    return recipe
-
-
-def resolve_data_path(path: str, root: Path) -> Path:
-    """A dataset path from a recipe, resolved against the recipe's folder."""
-    candidate = Path(path).expanduser()
-    return candidate if candidate.is_absolute() else (root / candidate)
-
-
-def _check_files(data: Mapping[str, Any], root: Path) -> list[str]:
-    dataset = data.get("dataset")
-    if not isinstance(dataset, Mapping):
-        return []
-    problems = []
-    for key in ("path", "eval_path"):
-        value = dataset.get(key)
-        if isinstance(value, str) and not resolve_data_path(value, root).is_file():
-            problems.append(
-                f"dataset.{key}: file {value!r} does not exist (looked at "
-                f"{str(resolve_data_path(value, root))!r}); relative paths are relative to the recipe file"
-            )
-    return problems
-
-
-_FIXES = {
-    "missing": "add it",
-    "int_type": "give a whole number",
-    "int_parsing": "give a whole number",
-    "int_from_float": "give a whole number",
-    "float_type": "give a number",
-    "float_parsing": "give a number",
-    "bool_type": "write true or false",
-    "bool_parsing": "write true or false",
-    "string_type": "give a text value",
-    "list_type": "give a list, e.g. [q_proj, v_proj]",
-    "dict_type": "give a section of fields",
-    "model_type": "give a section of fields",
-    "literal_error": "use one of the listed values",
-}
-
-
-def _describe(error: Mapping[str, Any], recipe_cls: type[BaseModel]) -> str:
-    loc = [str(p) for p in error.get("loc", ())]
-    field = ".".join(loc) or "recipe"
-    kind = error.get("type", "")
-    message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
-    if kind == "extra_forbidden":
-        known = _known_fields(recipe_cls, loc[:-1])
-        close = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.6)
-        hint = f"did you mean {close[0]!r}?" if close else f"known fields here: {', '.join(known)}"
-        return f"{field}: unknown field (value {error.get('input')!r}); {hint}"
-    if kind == "missing":
-        return f"{field}: required field is missing; add it"
-    fix = _FIXES.get(kind, "")
-    value = error.get("input")
-    shown = f" (got {value!r})" if not isinstance(value, Mapping) else ""
-    return f"{field}: {message}{shown}" + (f"; {fix}" if fix else "")
-
-
-def _known_fields(model: type[BaseModel], path: list[str]) -> list[str]:
-    for part in path:
-        field = model.model_fields.get(part)
-        annotation = getattr(field, "annotation", None)
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return []
-        model = annotation
-    return sorted(model.model_fields)

@@ -25,14 +25,14 @@ from typing import TYPE_CHECKING, Any
 
 from adapterhub.errors import ConfigError, IncompatibleAdapterError
 from adapterhub.registry import Registry, ensure_compatible
+from adapterhub.training.templates import as_messages, chat_token_ids
 
 if TYPE_CHECKING:
+    from adapterhub.models.adapters import LoraAdapter
     from adapterhub.training.recipe import LoraConfig as RecipeLora
 
 REWARD_METHOD = "reward"
 SCORE_HEAD_SUFFIX = "score.weight"
-
-Messages = list[dict[str, str]]
 
 
 @contextmanager
@@ -81,17 +81,31 @@ def load_lora_weights(
         )
 
 
+def add_saved_lora(model: Any, adapter: LoraAdapter, name: str, *, where: str) -> None:
+    """Add a registered adapter's LoRA to ``model`` as adapter ``name``, in its saved shape
+    (no dropout), with its saved weights.
+
+    Raises:
+        IncompatibleAdapterError: some tensors match no module of the adapter.
+    """
+    from peft import LoraConfig
+
+    config = LoraConfig(
+        r=adapter.r,
+        lora_alpha=adapter.alpha,
+        target_modules=list(adapter.target_modules),
+        lora_dropout=0.0,
+        use_rslora=bool(adapter.config.get("use_rslora", False)),
+        bias="none",
+    )
+    model.add_adapter(name, config)
+    load_lora_weights(model, adapter.tensors, name, where=where)
+
+
 def backbone_of(model: Any) -> Any:
     """The transformer trunk (``LlamaModel`` for Llama) under a PeftModel or a plain model."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     return getattr(inner, inner.base_model_prefix)
-
-
-def as_messages(value: str | Sequence[Mapping[str, str]], role: str) -> Messages:
-    """A prompt or completion as chat messages (a plain string becomes one turn of ``role``)."""
-    if isinstance(value, str):
-        return [{"role": role, "content": value}]
-    return [{"role": m["role"], "content": m["content"]} for m in value]
 
 
 def score_model_over(causal_lm: Any) -> Any:
@@ -194,10 +208,7 @@ class RewardScorer:
     ) -> list[int]:
         """Token ids of one pair, rendered as the reward model saw its training pairs."""
         messages = as_messages(prompt, "user") + as_messages(completion, "assistant")
-        ids = self.tokenizer.apply_chat_template(messages, tokenize=True)
-        if hasattr(ids, "keys"):
-            ids = ids["input_ids"]
-        return list(ids)[-self.max_length :]
+        return chat_token_ids(self.tokenizer, messages)[-self.max_length :]
 
     def score(
         self,
@@ -263,7 +274,6 @@ def load_reward_scorer(
         AdapterNotFoundError: ``ref`` does not resolve.
     """
     import torch
-    from peft import LoraConfig
 
     version = registry.resolve(ref)
     if version.method != REWARD_METHOD:
@@ -286,22 +296,12 @@ def load_reward_scorer(
         raise IncompatibleAdapterError(
             f"{version.ref}'s score head has shape {tuple(head.shape)}; this base needs (1, {hidden})"
         )
-    config = adapter.config
-    lora_config = LoraConfig(
-        r=adapter.r,
-        lora_alpha=adapter.alpha,
-        target_modules=list(adapter.target_modules),
-        lora_dropout=0.0,
-        use_rslora=bool(config.get("use_rslora", False)),
-        bias="none",
-    )
     flags = [(p, p.requires_grad) for p in model.parameters()]
     if adapter_name in model.peft_config:
         raise ConfigError(
             f"adapter name {adapter_name!r} is already in use on this model; pick another"
         )
-    model.add_adapter(adapter_name, lora_config)
-    load_lora_weights(model, adapter.tensors, adapter_name, where=version.ref)
+    add_saved_lora(model, adapter, adapter_name, where=version.ref)
     for param, flag in flags:
         param.requires_grad_(flag)
     for name, param in model.named_parameters():

@@ -49,9 +49,10 @@ from adapterhub.errors import AdapterHubError, ConfigError, TrainingCancelled, T
 from adapterhub.models.adapters import CONFIG_FILE, WEIGHTS_FILE
 from adapterhub.registry import Version, ensure_compatible
 from adapterhub.training.datasets import TrainingData, load_training_data
+from adapterhub.training.loading import load_recipe
 from adapterhub.training.methods import Method, MethodContext, PrepareContext, get_method
 from adapterhub.training.recipe import LoraConfig as LoraSettings
-from adapterhub.training.recipe import RecipeBase, load_recipe
+from adapterhub.training.recipe import RecipeBase
 from adapterhub.training.templates import (
     RenderedExample,
     check_chat_template,

@@ -72,6 +72,24 @@ def end_of_turn_ids(tokenizer: Any, base_path: Path | None = None) -> tuple[int,
     return tuple(sorted(i for i in ids if i is not None))
 
 
+def as_messages(value: str | Sequence[Message], role: str) -> list[dict[str, str]]:
+    """A prompt or answer as chat messages: a plain string becomes one turn of ``role``; a list
+    keeps each message's role and content only."""
+    if isinstance(value, str):
+        return [{"role": role, "content": value}]
+    return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
+def chat_token_ids(
+    tokenizer: Any, messages: Sequence[Message], *, add_generation_prompt: bool = False
+) -> list[int]:
+    """``messages`` tokenized by the base's chat template (``apply_chat_template``)."""
+    ids = tokenizer.apply_chat_template(
+        list(messages), add_generation_prompt=add_generation_prompt, tokenize=True
+    )
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)  # a BatchEncoding since v5
+
+
 def to_conversation(row: Mapping[str, Any], fmt: str) -> tuple[list[dict[str, str]], int]:
     """A dataset row as chat messages, plus the index of the first message that may carry loss.
 
@@ -79,17 +97,11 @@ def to_conversation(row: Mapping[str, Any], fmt: str) -> tuple[list[dict[str, st
     """
     if fmt == "messages":
         return [dict(m) for m in row["messages"]], 0
-    prompt = row["prompt"]
-    prompt_msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
+    prompt_msgs = as_messages(row["prompt"], "user")
     if fmt == "prompt_only":
         return prompt_msgs, len(prompt_msgs)
     completion = row["completion"] if fmt == "prompt_completion" else row["chosen"]
-    completion_msgs = (
-        [{"role": "assistant", "content": completion}]
-        if isinstance(completion, str)
-        else [dict(m) for m in completion]
-    )
-    return prompt_msgs + completion_msgs, len(prompt_msgs)
+    return prompt_msgs + as_messages(completion, "assistant"), len(prompt_msgs)
 
 
 def _render(tokenizer: Any, messages: Sequence[Message], *, add_generation_prompt: bool) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from adapterhub.training.datasets import load_training_data
-from adapterhub.training.recipe import load_recipe
+from adapterhub.training.loading import load_recipe
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 ALIGNMENT = [

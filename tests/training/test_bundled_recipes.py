@@ -10,8 +10,8 @@ import pytest
 from test_alignment_recipes import ALIGNMENT
 
 from adapterhub.training.datasets import load_training_data
+from adapterhub.training.loading import load_recipe
 from adapterhub.training.methods import get_method
-from adapterhub.training.recipe import load_recipe
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 ALL = sorted(RECIPES.glob("*.yaml"))

@@ -9,7 +9,7 @@ import pytest
 
 from adapterhub.errors import ConfigError
 from adapterhub.training.datasets import check_rows, detect_format, load_training_data
-from adapterhub.training.recipe import apply_overrides, load_recipe
+from adapterhub.training.loading import apply_overrides, load_recipe
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
 

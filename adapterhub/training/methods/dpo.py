@@ -19,8 +19,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from adapterhub.training.methods import Method, MethodContext
-from adapterhub.training.preference import PreparedPreference, prepare_preference, render_pair
+from adapterhub.training.methods.interface import Method, MethodContext
+from adapterhub.training.preference import prepare_preference, render_pair
 from adapterhub.training.recipe import RecipeBase, RecipeSection
 
 DPOLossType = Literal[
@@ -57,7 +57,7 @@ def build_trainer(ctx: MethodContext) -> Any:
     import trl
 
     recipe = ctx.recipe
-    assert isinstance(recipe, DPORecipe) and isinstance(ctx.prepared, PreparedPreference)
+    assert isinstance(recipe, DPORecipe) and ctx.prepared is not None
     if ctx.parent is None:
         ctx.say(
             "dpo: no parent given, so the reference policy is the bare base; name an SFT version "

@@ -20,18 +20,19 @@ Design choices:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
-from adapterhub.training.methods import Method, MethodContext, PrepareContext
+from adapterhub.training.methods.interface import Method, MethodContext, PrepareContext
 from adapterhub.training.recipe import RecipeBase, RecipeSection
 from adapterhub.training.rewards import RewardFunctionConfig, build_reward_functions
-from adapterhub.training.templates import check_content
+from adapterhub.training.templates import as_messages, check_content
 
 if TYPE_CHECKING:
     import datasets
+
+    from adapterhub.training.datasets import PreparedData
 
 
 class GRPOConfig(RecipeSection):
@@ -68,33 +69,20 @@ class GRPORecipe(RecipeBase):
     """GRPO settings (``rewards`` is required)."""
 
 
-@dataclass(frozen=True)
-class PreparedPrompts:
-    """Prompt-only data with conversational prompts and any extra columns kept."""
-
-    train: datasets.Dataset
-    eval: datasets.Dataset | None
-
-
 def conversational_prompts(part: datasets.Dataset, tokenizer: Any, label: str) -> datasets.Dataset:
     """Prompts as chat messages (a string is one user turn), checked for pre-rendered tokens."""
     import datasets
 
     rows = []
     for index, row in enumerate(part):
-        prompt = row["prompt"]
-        messages = (
-            [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-        )
+        messages = as_messages(row["prompt"], "user")
         check_content(tokenizer, messages, where=f"{label} prompt {index + 1}")
-        rows.append(
-            {**row, "prompt": [{"role": m["role"], "content": m["content"]} for m in messages]}
-        )
+        rows.append({**row, "prompt": messages})
     return datasets.Dataset.from_list(rows)
 
 
-def prepare(ctx: PrepareContext) -> PreparedPrompts:
-    """Make prompts conversational; check the reward functions' python paths import.
+def prepare(ctx: PrepareContext) -> PreparedData:
+    """Make prompts conversational (other columns kept); check that python rewards import.
 
     Raises:
         ConfigError: a prompt holds special tokens, or a python reward cannot be imported.
@@ -102,13 +90,9 @@ def prepare(ctx: PrepareContext) -> PreparedPrompts:
     recipe = ctx.recipe
     assert isinstance(recipe, GRPORecipe)
     build_reward_functions([r for r in recipe.grpo.rewards if r.type != "reward_model"])
-    train = conversational_prompts(ctx.data.train, ctx.tokenizer, "train")
-    eval_ = (
-        conversational_prompts(ctx.data.eval, ctx.tokenizer, "eval")
-        if ctx.data.eval is not None
-        else None
+    return ctx.data.map_splits(
+        lambda part, label: conversational_prompts(part, ctx.tokenizer, label)
     )
-    return PreparedPrompts(train=train, eval=eval_)
 
 
 def build_trainer(ctx: MethodContext) -> Any:
@@ -118,7 +102,7 @@ def build_trainer(ctx: MethodContext) -> Any:
     from adapterhub.training.reward_model import load_reward_scorer
 
     recipe = ctx.recipe
-    assert isinstance(recipe, GRPORecipe) and isinstance(ctx.prepared, PreparedPrompts)
+    assert isinstance(recipe, GRPORecipe) and ctx.prepared is not None
     g = recipe.grpo
     loaded: list[str] = []
 

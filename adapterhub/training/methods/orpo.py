@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from adapterhub.training.methods import Method, MethodContext
-from adapterhub.training.preference import PreparedPreference, prepare_preference, render_pair
+from adapterhub.training.methods.interface import Method, MethodContext
+from adapterhub.training.preference import prepare_preference, render_pair
 from adapterhub.training.recipe import RecipeBase, RecipeSection
 
 
@@ -44,7 +44,7 @@ def build_trainer(ctx: MethodContext) -> Any:
     from trl.experimental.orpo import ORPOTrainer
 
     recipe = ctx.recipe
-    assert isinstance(recipe, ORPORecipe) and isinstance(ctx.prepared, PreparedPreference)
+    assert isinstance(recipe, ORPORecipe) and ctx.prepared is not None
     config = TRLORPOConfig(
         **ctx.args,
         beta=recipe.orpo.beta,

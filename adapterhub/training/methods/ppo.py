@@ -16,18 +16,20 @@ prompts, then ``ppo.ppo_epochs`` passes over ``ppo.num_minibatches`` minibatches
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
 from adapterhub.errors import ConfigError
-from adapterhub.training.methods import Method, MethodContext, PrepareContext
+from adapterhub.training.methods.interface import Method, MethodContext, PrepareContext
 from adapterhub.training.recipe import RecipeBase, RecipeSection
-from adapterhub.training.templates import check_content
+from adapterhub.training.templates import as_messages, chat_token_ids, check_content
 
 if TYPE_CHECKING:
     import datasets
+
+    from adapterhub.training.datasets import PreparedData
+    from adapterhub.training.reward_model import RewardScorer
 
 REFERENCE = "reference"
 
@@ -75,16 +77,9 @@ class PPORecipe(RecipeBase):
     """PPO settings (``reward_model`` is required)."""
 
 
-@dataclass(frozen=True)
-class PreparedPPO:
-    """Prompts tokenised with the generation prompt (``prompt_ids``) beside their messages."""
-
-    train: datasets.Dataset
-    eval: datasets.Dataset | None
-
-
-def prepare(ctx: PrepareContext) -> PreparedPPO:
-    """Render every prompt with the base's template and generation prompt.
+def prepare(ctx: PrepareContext) -> PreparedData:
+    """Render every prompt with the base's template and generation prompt: ``prompt_ids`` beside
+    the ``prompt`` messages.
 
     Raises:
         ConfigError: a prompt holds special tokens, or leaves no room for a response within
@@ -99,18 +94,10 @@ def prepare(ctx: PrepareContext) -> PreparedPPO:
     def tokenize(part: datasets.Dataset, label: str) -> datasets.Dataset:
         rows = []
         for index, row in enumerate(part):
-            prompt = row["prompt"]
-            messages = (
-                [{"role": "user", "content": prompt}]
-                if isinstance(prompt, str)
-                else [{"role": m["role"], "content": m["content"]} for m in prompt]
-            )
+            messages = as_messages(row["prompt"], "user")
             where = f"{label} prompt {index + 1}"
             check_content(ctx.tokenizer, messages, where=where)
-            ids = ctx.tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=True
-            )
-            ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+            ids = chat_token_ids(ctx.tokenizer, messages, add_generation_prompt=True)
             if len(ids) > room:
                 raise ConfigError(
                     f"dataset {where}: {len(ids)} prompt tokens leave no room for "
@@ -120,40 +107,26 @@ def prepare(ctx: PrepareContext) -> PreparedPPO:
             rows.append({"prompt": messages, "prompt_ids": ids})
         return datasets.Dataset.from_list(rows)
 
-    train = tokenize(ctx.data.train, "train")
-    eval_ = tokenize(ctx.data.eval, "eval") if ctx.data.eval is not None else None
-    return PreparedPPO(train=train, eval=eval_)
+    return ctx.data.map_splits(tokenize)
 
 
-def add_value_adapter(model: Any, registry: Any, reward_ref: str) -> Any:
+def add_value_adapter(model: Any, registry: Any, scorer: RewardScorer) -> Any:
     """Add the trainable ``value`` adapter and head, both copied from the reward model.
 
     Returns:
         The value head, ``Linear(hidden, 1)`` in float32.
     """
     import torch
-    from peft import LoraConfig
 
     from adapterhub.training.ppo.trainer import VALUE
-    from adapterhub.training.reward_model import SCORE_HEAD_SUFFIX, load_lora_weights
+    from adapterhub.training.reward_model import add_saved_lora
 
+    reward_ref = scorer.version_ref
     adapter = registry.load_adapter(reward_ref)
-    model.add_adapter(
-        VALUE,
-        LoraConfig(
-            r=adapter.r,
-            lora_alpha=adapter.alpha,
-            target_modules=list(adapter.target_modules),
-            lora_dropout=0.0,
-            use_rslora=bool(adapter.config.get("use_rslora", False)),
-            bias="none",
-        ),
-    )
-    load_lora_weights(model, adapter.tensors, VALUE, where=f"value model from {reward_ref}")
-    (head,) = [t for k, t in adapter.extra_tensors.items() if k.endswith(SCORE_HEAD_SUFFIX)]
-    value_head = torch.nn.Linear(head.shape[1], 1, bias=False, dtype=torch.float32)
+    add_saved_lora(model, adapter, VALUE, where=f"value model from {reward_ref}")
+    value_head = torch.nn.Linear(scorer.head.shape[1], 1, bias=False, dtype=torch.float32)
     with torch.no_grad():
-        value_head.weight.copy_(head.float())
+        value_head.weight.copy_(scorer.head)
     return value_head
 
 
@@ -165,7 +138,7 @@ def build_trainer(ctx: MethodContext) -> Any:
     from adapterhub.training.reward_model import load_reward_scorer
 
     recipe = ctx.recipe
-    assert isinstance(recipe, PPORecipe) and isinstance(ctx.prepared, PreparedPPO)
+    assert isinstance(recipe, PPORecipe) and ctx.prepared is not None
     p = recipe.ppo
     model = ctx.model
     scorer = load_reward_scorer(
@@ -186,7 +159,7 @@ def build_trainer(ctx: MethodContext) -> Any:
             "ppo: no parent given, so the KL reference is the bare base; name an SFT version as "
             "parent: for the usual SFT -> reward -> PPO chain"
         )
-    value_head = add_value_adapter(model, ctx.registry, scorer.version_ref)
+    value_head = add_value_adapter(model, ctx.registry, scorer)
     model.set_adapter("default")
     args = TrainingArguments(
         **{

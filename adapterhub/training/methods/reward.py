@@ -20,8 +20,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from adapterhub.training.methods import Method, MethodContext
-from adapterhub.training.preference import PreparedPreference, prepare_preference, render_pair
+from adapterhub.training.methods.interface import Method, MethodContext
+from adapterhub.training.preference import prepare_preference, render_pair
 from adapterhub.training.recipe import RecipeBase, RecipeSection
 
 
@@ -47,7 +47,7 @@ def build_trainer(ctx: MethodContext) -> Any:
     import trl
 
     recipe = ctx.recipe
-    assert isinstance(recipe, RewardRecipe) and isinstance(ctx.prepared, PreparedPreference)
+    assert isinstance(recipe, RewardRecipe) and ctx.prepared is not None
     config = trl.RewardConfig(
         **ctx.args,
         max_length=recipe.training.max_length,

@@ -10,13 +10,12 @@ and the training loop. TRL objects are built in :func:`build_trainer` and nowher
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
 from adapterhub.errors import ConfigError
-from adapterhub.training.methods import Method, MethodContext, PrepareContext
+from adapterhub.training.methods.interface import Method, MethodContext, PrepareContext
 from adapterhub.training.recipe import RecipeBase, RecipeSection
 from adapterhub.training.templates import (
     RenderedExample,
@@ -27,6 +26,8 @@ from adapterhub.training.templates import (
 
 if TYPE_CHECKING:
     import datasets
+
+    from adapterhub.training.datasets import PreparedData
 
 
 class SFTConfig(RecipeSection):
@@ -49,15 +50,6 @@ class SFTRecipe(RecipeBase):
     """SFT settings."""
 
 
-@dataclass(frozen=True)
-class PreparedSFT:
-    """Tokenized, gated SFT data (``input_ids`` and ``labels`` columns)."""
-
-    train: datasets.Dataset
-    eval: datasets.Dataset | None
-    stats: Mapping[str, int]
-
-
 def render_example(ctx: PrepareContext, row: Mapping[str, Any], where: str = "example") -> RenderedExample:
     """One dataset row rendered with the base's template and its loss mask (all gates applied)."""
     recipe = ctx.recipe
@@ -75,27 +67,21 @@ def render_example(ctx: PrepareContext, row: Mapping[str, Any], where: str = "ex
     )
 
 
-def prepare(ctx: PrepareContext) -> PreparedSFT:
-    """Tokenize and gate every example; drop those left without loss tokens by truncation.
+def prepare(ctx: PrepareContext) -> PreparedData:
+    """Tokenize and gate every example into ``input_ids`` and ``labels``; drop those left without
+    loss tokens by truncation.
 
     Raises:
         ConfigError: a gate failed (the message names the example), or truncation left nothing.
     """
     import datasets
 
-    stats = {"truncated": 0, "dropped": 0, "train_tokens": 0, "train_loss_tokens": 0}
-
     def tokenize(part: datasets.Dataset, label: str) -> datasets.Dataset:
         rows = []
         for index, row in enumerate(part):
             example = render_example(ctx, row, where=f"{label} example {index + 1}")
-            stats["truncated"] += example.truncated
             if example.num_loss_tokens == 0:
-                stats["dropped"] += 1
                 continue
-            if label == "train":
-                stats["train_tokens"] += len(example.input_ids)
-                stats["train_loss_tokens"] += example.num_loss_tokens
             rows.append({"input_ids": list(example.input_ids), "labels": example.labels})
         if not rows:
             raise ConfigError(
@@ -104,9 +90,7 @@ def prepare(ctx: PrepareContext) -> PreparedSFT:
             )
         return datasets.Dataset.from_list(rows)
 
-    train = tokenize(ctx.data.train, "train")
-    eval_ = tokenize(ctx.data.eval, "eval") if ctx.data.eval is not None else None
-    return PreparedSFT(train=train, eval=eval_, stats=stats)
+    return ctx.data.map_splits(tokenize)
 
 
 def build_trainer(ctx: MethodContext) -> Any:
@@ -114,7 +98,7 @@ def build_trainer(ctx: MethodContext) -> Any:
     import trl
 
     recipe = ctx.recipe
-    assert isinstance(recipe, SFTRecipe) and isinstance(ctx.prepared, PreparedSFT)
+    assert isinstance(recipe, SFTRecipe) and ctx.prepared is not None
     args = dict(ctx.args)
     if recipe.training.packing:  # padding-free rows hold no pad tokens: every input token is real
         args["include_num_input_tokens_seen"] = "all"

@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from adapterhub.training.methods import Method, MethodContext
-from adapterhub.training.preference import PreparedPreference, prepare_preference, render_pair
+from adapterhub.training.methods.interface import Method, MethodContext
+from adapterhub.training.preference import prepare_preference, render_pair
 from adapterhub.training.recipe import RecipeBase, RecipeSection
 
 
@@ -48,7 +48,7 @@ def build_trainer(ctx: MethodContext) -> Any:
     from trl.experimental.cpo import CPOConfig, CPOTrainer
 
     recipe = ctx.recipe
-    assert isinstance(recipe, SimPORecipe) and isinstance(ctx.prepared, PreparedPreference)
+    assert isinstance(recipe, SimPORecipe) and ctx.prepared is not None
     config = CPOConfig(
         **ctx.args,
         loss_type="simpo",
