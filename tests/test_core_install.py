@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 import sysconfig
-from importlib.metadata import Distribution, PackageNotFoundError, distribution
+from importlib.metadata import Distribution, distributions
 from pathlib import Path
 
 import pytest
@@ -22,17 +22,17 @@ from packaging.utils import canonicalize_name
 EXTRA_ONLY = {"fastapi", "uvicorn", "starlette", "textual", "prometheus-client", "lm-eval", "openai"}
 
 
-def _core_closure() -> list[Distribution]:
-    """adapterhub and everything its core install pulls in (markers evaluated with no extra)."""
+def _core_closure(site: Path) -> list[Distribution]:
+    """adapterhub and everything its core install pulls in (markers evaluated with no extra), as
+    installed in ``site`` (not an ``adapterhub.egg-info`` a build left in the working directory)."""
     seen: dict[str, Distribution] = {}
     todo = ["adapterhub"]
     while todo:
         name = canonicalize_name(todo.pop())
         if name in seen:
             continue
-        try:
-            dist = distribution(name)
-        except PackageNotFoundError:
+        dist = next(iter(distributions(name=name, path=[str(site)])), None)
+        if dist is None:
             continue  # an optional platform dependency this machine does not have
         seen[name] = dist
         for line in dist.requires or []:
@@ -56,7 +56,7 @@ def core_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
         capture_output=True, text=True, check=True).stdout.strip())
     here = Path(sysconfig.get_paths()["purelib"])
-    dists = _core_closure()
+    dists = _core_closure(here)
     names = {canonicalize_name(d.metadata["Name"]) for d in dists}
     assert not names & EXTRA_ONLY, f"the core install pulls in an extra's package: {names & EXTRA_ONLY}"
     for dist in dists:
