@@ -34,12 +34,15 @@ Each class states how it travels over HTTP, in one place, as three class attribu
 ``hub_unavailable``); one that states a code states all three, and no two classes share a code.
 The server answers with them and never reads message text; the TUI's HTTP backend turns a code
 back into the class.
+
+pydantic's problems (settings, keys files, request bodies, manifests, forms) become lines through
+one formatter, :func:`describe_validation_error`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from typing import ClassVar
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, ClassVar
 
 
 class AdapterHubError(Exception):
@@ -240,3 +243,28 @@ class AdapterHubWarning(UserWarning):
 
 class BaseMismatchWarning(AdapterHubWarning):
     """An adapter names a different base model than the one loaded, but its shapes fit."""
+
+
+def describe_validation_error(problems: Iterable[Mapping[str, Any]], *, root: str) -> list[tuple[str, str]]:
+    """``(field path, "path: message (got value)")`` for each of pydantic's problems (``errors()``
+    of a ``ValidationError`` or of a request), the path without ``root``, or ``root`` itself when
+    empty. The value is left out when it is no help (missing, null, a whole object) or may be a
+    secret (any path naming a key); pydantic's ``Value error, `` prefix goes."""
+    described = []
+    for item in problems:
+        loc = [str(p) for p in item.get("loc", ()) if p != root]
+        if item.get("type") in ("union_tag_invalid", "union_tag_not_found"):  # e.g. a message's role
+            loc.append(str(item.get("ctx", {}).get("discriminator", "")).strip("'"))
+        where = ".".join(loc) or root
+        message = str(item.get("msg", "invalid")).removeprefix("Value error, ")
+        got = item.get("input")
+        hidden = item.get("type") == "missing" or got is None or isinstance(got, dict) or "key" in where
+        shown = "" if hidden else f" (got {short_repr(got)})"
+        described.append((where, f"{where}: {message}{shown}"))
+    return described
+
+
+def short_repr(value: Any) -> str:
+    """``repr(value)``, cut to 80 characters, for messages that show what was sent."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -36,8 +36,8 @@ from adapterhub.errors import (
     AdapterNotFoundError,
     CapacityError,
     IncompatibleAdapterError,
+    describe_validation_error,
 )
-from adapterhub_server.settings import describe_validation_error
 
 log = logging.getLogger("adapterhub.server")
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -30,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from adapterhub.engine.config import EngineConfig
-from adapterhub.errors import ConfigError
+from adapterhub.errors import ConfigError, describe_validation_error
 
 Role = Literal["inference", "admin"]
 MIN_KEY_LENGTH = 16
@@ -196,30 +195,6 @@ def _read_keys_file(path: Path) -> KeysFile:
     except ValidationError as e:
         problems = describe_validation_error(e.errors(include_url=False), root="keys_file")
         raise ConfigError([line for _, line in problems], source=f"keys_file {str(path)!r}") from e
-
-
-def describe_validation_error(problems: Iterable[Mapping[str, Any]], *, root: str) -> list[tuple[str, str]]:
-    """``(field path, "path: message (got value)")`` for each of pydantic's problems (``errors()``
-    of a ``ValidationError`` or a request's), the path without ``root`` or ``root`` itself when
-    empty. The value is left out when it is no help (missing, null, a whole object) or may be a
-    secret (any path naming a key)."""
-    described = []
-    for item in problems:
-        loc = [str(p) for p in item.get("loc", ()) if p != root]
-        if item.get("type") in ("union_tag_invalid", "union_tag_not_found"):  # e.g. a message's role
-            loc.append(str(item.get("ctx", {}).get("discriminator", "")).strip("'"))
-        where = ".".join(loc) or root
-        got = item.get("input")
-        hidden = item.get("type") == "missing" or got is None or isinstance(got, dict) or "key" in where
-        shown = "" if hidden else f" (got {short_repr(got)})"
-        described.append((where, f"{where}: {item.get('msg', 'invalid')}{shown}"))
-    return described
-
-
-def short_repr(value: Any) -> str:
-    """``repr(value)``, cut to 80 characters, for error messages that show what was sent."""
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def load_settings(**overrides: Any) -> ServerSettings:

@@ -21,9 +21,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic_core import ErrorDetails
 
-from adapterhub.errors import ConfigError
+from adapterhub.errors import ConfigError, describe_validation_error
+
+_LIMIT_HINT = "; a whole number of documents, or blank for all"
 
 EVALS_FOLDER = Path("recipes") / "evals"
 """Where the bundled task folders live (``recipes/evals/capitals``, ``recipes/evals/sums``)."""
@@ -62,7 +63,8 @@ def read_form(tasks: str, limit: str) -> EvaluationForm:
     try:
         return EvaluationForm.model_validate({"tasks": names, "limit": limit.strip() or None})
     except ValidationError as e:
-        raise ConfigError([_problem(error) for error in e.errors()]) from e
+        problems = describe_validation_error(e.errors(include_url=False), root="form")
+        raise ConfigError([line + _LIMIT_HINT * (where == "limit") for where, line in problems]) from e
 
 
 def default_tasks(cwd: Path | None = None) -> list[str]:
@@ -98,11 +100,3 @@ def eval_command(
 
 def _looks_like_path(task: str) -> bool:
     return "/" in task or "\\" in task or task.endswith((".yaml", ".yml"))
-
-
-def _problem(error: ErrorDetails) -> str:
-    where = ".".join(str(p) for p in error["loc"] if not isinstance(p, int)) or "form"
-    message = error["msg"].removeprefix("Value error, ")
-    if where == "limit":
-        message = f"{message} (a whole number of documents, or blank for all)"
-    return f"{where}: {message}"

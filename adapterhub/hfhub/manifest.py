@@ -13,7 +13,7 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from adapterhub.errors import ConfigError, UnsafeAdapterError
+from adapterhub.errors import ConfigError, UnsafeAdapterError, describe_validation_error
 from adapterhub.registry import Evaluation
 
 MANIFEST_FILE = "adapterhub.json"
@@ -137,5 +137,5 @@ def parse_manifest(data: bytes, where: str) -> HubManifest:
     try:
         return HubManifest.model_validate_json(data)
     except ValidationError as e:
-        problems = [f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]
-        raise ConfigError(problems, source=f"{MANIFEST_FILE} in {where}") from None
+        problems = describe_validation_error(e.errors(include_url=False), root=MANIFEST_FILE)
+        raise ConfigError([line for _, line in problems], source=f"{MANIFEST_FILE} in {where}") from None
