@@ -296,9 +296,7 @@ def train(
     if show_example:
         from rich.text import Text
 
-        from adapterhub.training.run import show_example as render
-
-        view = render(hub, recipe, overrides=set_, index=example)
+        view = hub.show_example(recipe, index=example, **_overrides_mapping(set_))
         if out.is_terminal:
             text = Text()
             for chunk, loss in view.segments:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,10 +39,12 @@ if TYPE_CHECKING:
 
     from adapterhub.core.progress import CancelToken
     from adapterhub.engine.config import EngineConfig
+    from adapterhub.engine.simple import ReferencePath
     from adapterhub.engine.types import SamplingParams
     from adapterhub.evaluation import EvaluationReport
     from adapterhub.hfhub import PullResult, PushResult
     from adapterhub.training.recipe import RecipeBase
+    from adapterhub.training.run import ExampleView, RunPlan, TrainingContext
 
 HOME_ENV = "ADAPTERHUB_HOME"
 _SETTINGS_FILE = "hub.json"
@@ -81,6 +84,8 @@ class Hub:
         self._platform: Platform | None = None
         self._base: LoadedBase | None = None
         self._base_info: BaseInfo | None = None
+        self._reference: ReferencePath | None = None
+        self._loading = threading.Lock()  # the base and the reference path load once, whoever asks
 
     # ------------------------------------------------------------------ base
 
@@ -100,7 +105,8 @@ class Hub:
         info = materialize_base(self.home, base, force=force, progress=progress)
         settings = {"base": str(info.path.relative_to(self.home)), "precision": precision}
         (self.home / _SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
-        self._base, self._base_info = None, info
+        with self._loading:
+            self._base, self._base_info, self._reference = None, info, None
         return info
 
     def _settings(self) -> dict[str, str]:
@@ -131,10 +137,11 @@ class Hub:
 
     @property
     def base(self) -> LoadedBase:
-        """The frozen base model, loaded on first use and kept."""
-        if self._base is None:
-            self._base = load_base(self.base_info.path, self.precision, platform=self.platform)
-        return self._base
+        """The frozen base model, loaded on first use (by whichever thread asks first) and kept."""
+        with self._loading:
+            if self._base is None:
+                self._base = load_base(self.base_info.path, self.precision, platform=self.platform)
+            return self._base
 
     # ------------------------------------------------------------------ registry
 
@@ -359,7 +366,34 @@ class Hub:
         """
         from adapterhub.training.run import train
 
-        return train(self, recipe, overrides=overrides or None, progress=progress, cancel=cancel, resume=resume)
+        return train(self._training(), recipe, overrides=overrides or None, progress=progress,
+                     cancel=cancel, resume=resume)
+
+    def plan_run(self, recipe: str | Path | Mapping[str, Any] | RecipeBase, **overrides: Any) -> RunPlan:
+        """Check a recipe against this hub's base, its parent and its data, as :meth:`train`
+        does first; nothing heavy is loaded and nothing is trained.
+
+        Raises:
+            ConfigError: every problem found (``problems`` lists them).
+            AdapterNotFoundError: the parent does not resolve.
+        """
+        from adapterhub.training.run import plan_run
+
+        return plan_run(self._training(), recipe, overrides or None)
+
+    def show_example(
+        self, recipe: str | Path | Mapping[str, Any] | RecipeBase, *, index: int = 0, **overrides: Any
+    ) -> ExampleView:
+        """Training example ``index`` rendered as the trainer will see it, with its loss mask."""
+        from adapterhub.training.run import show_example
+
+        return show_example(self._training(), recipe, overrides=overrides or None, index=index)
+
+    def _training(self) -> TrainingContext:
+        from adapterhub.training.run import TrainingContext
+
+        return TrainingContext(base=self.base_info, registry=self.registry, runs=self.home / "runs",
+                               platform=self.platform)
 
     # ------------------------------------------------------------------ generate
 
@@ -381,14 +415,14 @@ class Hub:
 
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
         sampling = sampling or SamplingParams(**sampling_fields)
-        return self._generate_once(ref, self.base.render_chat(messages), sampling)
+        base = self.base
+        with self._loading:
+            if self._reference is None:
+                from adapterhub.engine.simple import ReferencePath
 
-    def _generate_once(
-        self, ref: str | None, prompt_ids: list[int], sampling: SamplingParams
-    ) -> str:
-        from adapterhub.engine.simple import generate_with_peft
-
-        return generate_with_peft(self, ref, prompt_ids, sampling)
+                self._reference = ReferencePath(base, self.registry)
+            reference = self._reference
+        return reference.generate(ref, base.render_chat(messages), sampling)
 
     # ---- registry views
 

@@ -68,17 +68,11 @@ class Generator:
     """Batched generation on the hub's one base with any registered adapter switched in."""
 
     def __init__(self, hub: Any) -> None:
-        self.hub = hub
+        from adapterhub.engine.simple import ReferencePath
+
         self.base = hub.base
         self.tokenizer = self.base.tokenizer
-
-    def model_for(self, ref: str | None) -> Any:
-        from adapterhub.engine.simple import peft_model_for
-
-        if ref is None:
-            return None
-        model, _ = peft_model_for(self.hub, ref)
-        return model
+        self.reference = ReferencePath(self.base, hub.registry)
 
     def generate(
         self,
@@ -93,9 +87,6 @@ class Generator:
         """(text, prompt ids, response ids) per prompt; greedy unless ``temperature`` > 0."""
         import torch
 
-        model = self.model_for(ref)
-        if model is None:
-            model = self.base.model
         tok = self.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         results = []
@@ -117,12 +108,8 @@ class Generator:
                 kwargs.update(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
             else:
                 kwargs["do_sample"] = False
-            with torch.inference_mode():
-                if ref is None and hasattr(model, "disable_adapter"):
-                    with model.disable_adapter():
-                        out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
-                else:
-                    out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+            with self.reference.activated(ref) as model, torch.inference_mode():
+                out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
             for row, full in zip(rendered, out, strict=True):
                 response = full[width:].tolist()
                 cut = next(
@@ -141,14 +128,9 @@ class Generator:
         """Sum over response tokens of log π(token) at ``temperature``, under ``ref`` (None: base)."""
         import torch
 
-        model = self.model_for(ref) or self.base.model
         ids = torch.tensor([prompt + response])
-        with torch.inference_mode():
-            if ref is None and hasattr(model, "disable_adapter"):
-                with model.disable_adapter():
-                    logits = model(input_ids=ids).logits
-            else:
-                logits = model(input_ids=ids).logits
+        with self.reference.activated(ref) as model, torch.inference_mode():
+            logits = model(input_ids=ids).logits
         logits = logits[0, len(prompt) - 1 : -1].float() / temperature
         logp = torch.log_softmax(logits, -1).gather(1, torch.tensor(response)[:, None])
         return float(logp.sum())

@@ -378,7 +378,7 @@ def test_pushed_repo_loads_in_plain_peft_with_the_same_logits(
     import torch
 
     from adapterhub.engine import Engine, GenerationRequest, SamplingParams
-    from adapterhub.engine.simple import peft_model_for
+    from adapterhub.engine.simple import ReferencePath
 
     repo = _repo("peft", request)
     ref = _register(alice, lora_dir)
@@ -418,8 +418,7 @@ def test_pushed_repo_loads_in_plain_peft_with_the_same_logits(
     assert list(result.token_ids) == theirs["greedy"]
     assert list(plain.token_ids) != theirs["greedy"]  # the adapter changes the answer
 
-    model, _ = peft_model_for(alice, ref)
-    with torch.no_grad():
+    with ReferencePath(alice.base, alice.registry).activated(ref) as model, torch.no_grad():
         ours = model(torch.tensor([ids])).logits
     torch.testing.assert_close(theirs["logits"], ours, rtol=1e-5, atol=1e-5)
 

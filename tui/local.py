@@ -10,15 +10,14 @@ Design choices:
 
 * Heavy imports (torch, the engine, training) happen on first use, not at import, so the app
   opens at once even on a large base.
-* Training runs through the library's runner with the overrides as ``--set`` keys; it loads its
+* Training is :meth:`adapterhub.Hub.train` with the overrides as ``--set`` keys; it loads its
   own private base copy, so the engine keeps serving while a run trains. A version registered by
   the run is servable at once: the engine resolves refs through the same registry.
-* A base the engine does not support (it has a Llama-family fast path) falls back to the
-  library's one-request-at-a-time path, serialised by a lock and delivered as one chunk.
+* A base the engine does not serve falls back to :meth:`adapterhub.Hub.generate`, the library's
+  one-request-at-a-time path, delivered as one chunk.
 * Evaluation is :meth:`adapterhub.Hub.evaluate` in a thread: lm-evaluation-harness over an engine
-  of its own on the same loaded base (loaded once, under the lock compare's engine uses), with
-  the hub's engine settings, so what is measured is what compare streams. The numbers are
-  recorded in the registry before the call returns.
+  of its own on the same loaded base, with the hub's engine settings, so what is measured is what
+  compare streams. The numbers are recorded in the registry before the call returns.
 """
 
 from __future__ import annotations
@@ -54,8 +53,7 @@ class InProcessBackend:
         self.engine_config = engine_config
         self._engine: Engine | None = None
         self._engine_failed: BaseException | None = None
-        self._engine_lock = threading.Lock()
-        self._generate_lock = threading.Lock()
+        self._engine_lock = threading.Lock()  # one engine, whichever column asks first
 
     @property
     def home(self) -> Path:
@@ -65,13 +63,7 @@ class InProcessBackend:
 
     async def describe(self) -> BackendInfo:
         info = await asyncio.to_thread(lambda: self.hub.base_info)
-        capabilities = {Capability.TAG, Capability.DELETE, Capability.STEP_LOG, Capability.TRAIN,
-                        Capability.EVALUATIONS, Capability.GATES}
-        if callable(getattr(self.hub, "push", None)):
-            capabilities.add(Capability.PUSH)
-        if callable(getattr(self.hub, "pull", None)):
-            capabilities.add(Capability.PULL)
-        return BackendInfo(f"in-process {self.hub.home}", info.name, frozenset(capabilities))
+        return BackendInfo(f"in-process {self.hub.home}", info.name, frozenset(Capability))  # a Hub does all
 
     async def list_versions(self) -> list[Version]:
         return await asyncio.to_thread(self.hub.list)
@@ -101,23 +93,21 @@ class InProcessBackend:
         return await asyncio.to_thread(self.hub.delete, ref)
 
     async def push(self, ref: str, repo_id: str) -> str:
-        result = await asyncio.to_thread(self.hub.push, ref, repo_id)  # type: ignore[attr-defined]
+        result = await asyncio.to_thread(self.hub.push, ref, repo_id)
         return f"{result.url} ({result.tag}, {result.commit[:10]})"
 
     async def pull(self, repo_id: str, name: str | None = None) -> Version:
         repo, _, revision = repo_id.partition("@")
         result = await asyncio.to_thread(
-            self.hub.pull, repo, revision=revision or None, name=name  # type: ignore[attr-defined]
+            self.hub.pull, repo, revision=revision or None, name=name
         )
-        return result.version  # type: ignore[no-any-return]
+        return result.version
 
     # ------------------------------------------------------------------ training
 
     async def check_training(self, request: TrainRequest) -> list[str]:
-        from adapterhub.training.run import plan_run
-
         try:
-            await asyncio.to_thread(plan_run, self.hub, _source(request), dict(request.overrides))
+            await asyncio.to_thread(self.hub.plan_run, _source(request), **request.overrides)
         except ConfigError as e:
             return list(e.problems)
         except AdapterHubError as e:  # e.g. the parent does not resolve
@@ -127,11 +117,8 @@ class InProcessBackend:
     async def train(
         self, request: TrainRequest, *, progress: ProgressCallback, cancel: CancelToken
     ) -> Version:
-        from adapterhub.training.run import train
-
         return await asyncio.to_thread(
-            train, self.hub, _source(request), overrides=dict(request.overrides),
-            progress=progress, cancel=cancel,
+            self.hub.train, _source(request), progress=progress, cancel=cancel, **request.overrides
         )
 
     # ------------------------------------------------------------------ evaluation
@@ -141,8 +128,6 @@ class InProcessBackend:
         progress: ProgressCallback,
     ) -> list[Evaluation]:
         def run() -> list[Evaluation]:
-            with self._engine_lock:  # compare's engine may be loading the same base right now
-                self.hub.base  # noqa: B018 (loads it once)
             report = self.hub.evaluate(ref, list(tasks), limit=limit,
                                        engine_config=self.engine_config, progress=progress)
             return list(report.evaluations)
@@ -180,11 +165,10 @@ class InProcessBackend:
     def _generate_alone(
         self, ref: str | None, chat: list[dict[str, str]], sampling: SamplingParams
     ) -> GenerationChunk:
-        with self._generate_lock:  # the reference path switches adapters on one shared model
-            resolved = self.hub.resolve(ref).ref if ref is not None else None
-            text = self.hub.generate(ref, chat, sampling)
-            completion = len(self.hub.base.tokenizer.encode(text, add_special_tokens=False))
-            prompt = len(self.hub.base.render_chat(chat))
+        resolved = self.hub.resolve(ref).ref if ref is not None else None
+        text = self.hub.generate(ref, chat, sampling)
+        completion = len(self.hub.base.tokenizer.encode(text, add_special_tokens=False))
+        prompt = len(self.hub.base.render_chat(chat))
         return GenerationChunk(
             "local", text, (), finish_reason="stop",
             usage=Usage(prompt_tokens=prompt, completion_tokens=completion),

@@ -52,7 +52,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from adapterhub.engine.families import Family, family_of, layer_windows, unwrapped
+from adapterhub.engine.families import Family, family_of, layer_windows
 from adapterhub.engine.lora import LoraSlots, RowMix
 from adapterhub.errors import EngineError
 
@@ -132,15 +132,6 @@ class KvCache:
             self.data[:, :, dst, :, :length] = self.data[:, :, src, :, :length]
 
 
-def _frozen(module: Any) -> Any:
-    """The base layer under a PEFT wrapper, if someone injected adapters into the shared base.
-
-    The engine adds its own deltas; a PEFT ``LoraLayer`` left active in the base by another user
-    of the same model (``Hub.generate``'s reference path, a trainer) must not add its own.
-    """
-    return getattr(module, "base_layer", module)
-
-
 class _Fused:
     """Several projections of one input as one output ``[tokens, sum(out)]``."""
 
@@ -174,7 +165,7 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 
 @dataclass(frozen=True)
 class _Layer:
-    """One decoder layer as the runner calls it: the base's modules, unwrapped, and its switches."""
+    """One decoder layer as the runner calls it: the base's modules and its switches."""
 
     qkv: _Fused
     o_proj: Any
@@ -195,11 +186,10 @@ def _layer(layer: Any, family: Family, window: int | None, rope: str | None) -> 
     attn, mlp, groups = layer.self_attn, layer.mlp, family.groups
     sandwich = family.sandwich_norms
     return _Layer(
-        # references taken now, unwrapped: later PEFT injection into the base cannot reach us
-        qkv=_Fused([_frozen(getattr(attn, name)) for name in groups["qkv"]]),
-        o_proj=_frozen(getattr(attn, groups["o"][0])),
-        gate_up=_Fused([_frozen(getattr(mlp, name)) for name in groups["gate_up"]]),
-        down_proj=_frozen(getattr(mlp, groups["down"][0])),
+        qkv=_Fused([getattr(attn, name) for name in groups["qkv"]]),
+        o_proj=getattr(attn, groups["o"][0]),
+        gate_up=_Fused([getattr(mlp, name) for name in groups["gate_up"]]),
+        down_proj=getattr(mlp, groups["down"][0]),
         act=getattr(mlp, "act_fn", None) or mlp.activation_fn,
         input_norm=layer.input_layernorm,
         attention_out_norm=layer.post_attention_layernorm if sandwich else None,
@@ -235,7 +225,6 @@ class DecoderRunner:
         Raises:
             EngineError: the base's family, or a switch in its config, is not served.
         """
-        model = unwrapped(model)
         family = family_of(model)
         config = model.config
         self.model = model

@@ -96,13 +96,6 @@ FAMILIES: Mapping[str, Family] = {
 """``config.model_type -> Family`` for every base the engine serves."""
 
 
-def unwrapped(model: Any) -> Any:
-    """The causal LM itself, under a PEFT wrapper that another user of the shared base put on it
-    (``Hub.generate``'s PEFT path, a trainer); its injected layers are unwrapped per module."""
-    from_peft = getattr(model, "get_base_model", None)
-    return from_peft() if callable(from_peft) else model
-
-
 def family_of(model: Any) -> Family:
     """The family of a loaded causal LM, checked for switches the engine does not honour.
 

@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from adapterhub.engine.families import family_of, projection_dims, unwrapped
+from adapterhub.engine.families import family_of, projection_dims
 from adapterhub.errors import IncompatibleAdapterError
 from adapterhub.models.adapters import LoraAdapter
 
@@ -221,7 +221,6 @@ class LoraSlots:
     @classmethod
     def for_model(cls, model: Any, *, num_slots: int, rank: int, dtype: torch.dtype) -> LoraSlots:
         """Slots laid out for a loaded base: its family's targets and groups, on its device."""
-        model = unwrapped(model)
         family = family_of(model)
         return cls(
             projection_dims(model, family), family.groups,

@@ -1,6 +1,7 @@
 """The method-independent training runner: recipe in, registered version out.
 
-:func:`train` does, in order (everything that can fail cheaply fails before the model is loaded):
+:func:`train` does, in order (everything that can fail cheaply fails before the model is loaded),
+with only what its :class:`TrainingContext` gives it (base, registry, runs folder, platform):
 
 1. **Plan** (:func:`plan_run`): validate the recipe; check it names this hub's base; load the base's
    tokenizer; gate its chat template; load, check and fingerprint the data; check LoRA targets
@@ -63,9 +64,24 @@ from adapterhub.training.templates import (
 
 if TYPE_CHECKING:
     from adapterhub.core.hardware import Platform
-    from adapterhub.facade import Hub
+    from adapterhub.models.base import BaseInfo
+    from adapterhub.registry import Registry
 
 RecipeSource = str | Path | Mapping[str, Any] | RecipeBase
+
+
+@dataclass(frozen=True)
+class TrainingContext:
+    """What a run uses of its hub; :class:`adapterhub.Hub` builds one for each run."""
+
+    base: BaseInfo
+    """The base trained on (its files, name, fingerprint and template hash)."""
+    registry: Registry
+    """Where the parent comes from and the trained version goes."""
+    runs: Path
+    """The folder of run folders (checkpoints, step log) until a run registers."""
+    platform: Platform
+    """Where and in which dtype to train, before the recipe's ``device``/``compute_dtype``."""
 
 
 @dataclass(frozen=True)
@@ -94,7 +110,7 @@ class ExampleView:
 
 
 def plan_run(
-    hub: Hub, recipe: RecipeSource, overrides: Mapping[str, Any] | list[str] | None = None
+    context: TrainingContext, recipe: RecipeSource, overrides: Mapping[str, Any] | list[str] | None = None
 ) -> RunPlan:
     """Validate a recipe against this hub and its data; load nothing heavy.
 
@@ -106,7 +122,7 @@ def plan_run(
 
     parsed, root = load_recipe(recipe, overrides)
     method = get_method(parsed.method)
-    info = hub.base_info
+    info = context.base
     if parsed.base is not None and parsed.base not in (info.name, info.fingerprint):
         raise ConfigError(
             f"base: the recipe is written for {parsed.base!r} but this hub's base is {info.name!r}; "
@@ -115,9 +131,9 @@ def plan_run(
     targeted = _with_base_targets(parsed, info.path)
     parent = None
     if parsed.parent is not None:
-        parent = hub.registry.resolve(parsed.parent)
+        parent = context.registry.resolve(parsed.parent)
         ensure_compatible(parent, info.fingerprint, info.template_hash)
-        parsed = _with_parent_lora(parsed, targeted.lora, hub, parent)
+        parsed = _with_parent_lora(parsed, targeted.lora, context, parent)
     else:
         parsed = targeted
     tokenizer = AutoTokenizer.from_pretrained(info.path, local_files_only=True)
@@ -132,19 +148,19 @@ def plan_run(
             sort_keys=True,
         ).encode()
     ).hexdigest()[:12]
-    run_dir = hub.home / "runs" / f"{parsed.name}-{key}"
+    run_dir = context.runs / f"{parsed.name}-{key}"
     return RunPlan(parsed, method, data, tokenizer, eot, run_dir, parent)
 
 
 def show_example(
-    hub: Hub, recipe: RecipeSource, *, overrides: Mapping[str, Any] | list[str] | None = None, index: int = 0
+    context: TrainingContext, recipe: RecipeSource, *, overrides: Mapping[str, Any] | list[str] | None = None, index: int = 0
 ) -> ExampleView:
     """Render training example ``index`` exactly as the trainer will see it, with its loss mask.
 
     Raises:
         ConfigError: bad recipe/data, a gate failed on this example, or ``index`` is out of range.
     """
-    plan = plan_run(hub, recipe, overrides)
+    plan = plan_run(context, recipe, overrides)
     if plan.method.render_example is None:
         raise ConfigError(f"method {plan.method.name!r} has no example rendering; drop --show-example")
     if not 0 <= index < len(plan.data.train):
@@ -154,7 +170,7 @@ def show_example(
 
 
 def train(
-    hub: Hub,
+    context: TrainingContext,
     recipe: RecipeSource,
     *,
     overrides: Mapping[str, Any] | list[str] | None = None,
@@ -165,9 +181,9 @@ def train(
     """Run a recipe on the hub's base and register the trained adapter as a new version.
 
     Args:
-        hub: the hub whose base, registry and home are used.
+        context: the base, registry, runs folder and platform the run uses.
         recipe: a recipe path, mapping or recipe object.
-        overrides: ``--set`` style overrides (see :func:`adapterhub.training.recipe.load_recipe`).
+        overrides: ``--set`` style overrides (see :func:`adapterhub.training.loading.load_recipe`).
         progress: receives every :class:`~adapterhub.core.progress.ProgressEvent`.
         cancel: set it (from any thread) to stop at the next step boundary.
         resume: continue from this recipe's latest checkpoint if an earlier run left one.
@@ -181,13 +197,13 @@ def train(
         TrainingError: training failed; nothing registered.
     """
     emit = progress or no_progress
-    plan = plan_run(hub, recipe, overrides)
+    plan = plan_run(context, recipe, overrides)
     recipe_obj = plan.recipe
     if cancel is not None and cancel.cancelled:
         raise TrainingCancelled(f"training {recipe_obj.name!r} was cancelled before it started; nothing registered")
     prepared = plan.method.prepare(plan.prepare_context()) if plan.method.prepare else None
     with _exclusive(plan.run_dir):
-        return _execute(hub, plan, prepared, emit, cancel, resume)
+        return _execute(context, plan, prepared, emit, cancel, resume)
 
 
 @contextmanager
@@ -219,7 +235,7 @@ def _exclusive(run_dir: Path) -> Iterator[None]:
 
 
 def _execute(
-    hub: Hub,
+    context: TrainingContext,
     plan: RunPlan,
     prepared: Any,
     emit: ProgressCallback,
@@ -258,7 +274,7 @@ def _execute(
     started = time.monotonic()
     trainer: Any = None
     try:
-        base, model = _load_model(hub, plan)
+        base, model = _load_model(context, plan)
         bridge.message(base.summary())
         ctx = MethodContext(
             recipe=recipe_obj,
@@ -269,7 +285,7 @@ def _execute(
             prepared=prepared,
             args=training_arguments(recipe_obj, checkpoints, base.platform),
             callbacks=(bridge,),
-            registry=hub.registry,
+            registry=context.registry,
             run_dir=plan.run_dir,
             say=bridge.message,
             parent=plan.parent,
@@ -304,7 +320,7 @@ def _execute(
         raise TrainingCancelled(message)
 
     try:
-        version = _finish(hub, plan, trainer, model, output, bridge, started)
+        version = _finish(context, plan, trainer, model, output, bridge, started)
     except AdapterHubError as e:
         bridge.finish(ProgressEvent("failed", message=str(e)))
         raise
@@ -331,7 +347,7 @@ def _quiet(trainer: Any) -> None:
 # --------------------------------------------------------------------------- model
 
 
-def _load_model(hub: Hub, plan: RunPlan) -> tuple[Any, Any]:
+def _load_model(context: TrainingContext, plan: RunPlan) -> tuple[Any, Any]:
     """A private frozen base in the recipe's precision with the adapter attached, trainable."""
     import torch
     from peft import (
@@ -347,7 +363,7 @@ def _load_model(hub: Hub, plan: RunPlan) -> tuple[Any, Any]:
     recipe = plan.recipe
     torch.manual_seed(recipe.seed)
     base = load_base(
-        hub.base_info.path, recipe.training.precision, for_training=True, platform=training_platform(recipe, hub)
+        context.base.path, recipe.training.precision, for_training=True, platform=training_platform(recipe, context)
     )
     model = base.model
     if recipe.training.precision in ("nf4", "int8") and not base.dequantized_bytes:
@@ -357,10 +373,10 @@ def _load_model(hub: Hub, plan: RunPlan) -> tuple[Any, Any]:
     if plan.method.task_type == "SEQ_CLS":  # reward model: LoRA + score head over the same trunk
         from adapterhub.training.reward_model import attach_score_lora
 
-        parent_dir = _export_parent(hub, plan) if plan.parent else None
+        parent_dir = _export_parent(context, plan) if plan.parent else None
         return base, attach_score_lora(model, recipe.lora, parent_dir=parent_dir)
     if plan.parent is not None:
-        model = PeftModel.from_pretrained(model, _export_parent(hub, plan), is_trainable=True)
+        model = PeftModel.from_pretrained(model, _export_parent(context, plan), is_trainable=True)
     else:
         lora = recipe.lora
         model = get_peft_model(
@@ -379,7 +395,7 @@ def _load_model(hub: Hub, plan: RunPlan) -> tuple[Any, Any]:
     return base, model
 
 
-def _export_parent(hub: Hub, plan: RunPlan) -> Path:
+def _export_parent(context: TrainingContext, plan: RunPlan) -> Path:
     """The parent version as a PEFT folder in the run folder, pointing at the local base.
 
     The registry stores the base's Hub name in ``base_model_name_or_path``; left there, PEFT looks
@@ -387,8 +403,8 @@ def _export_parent(hub: Hub, plan: RunPlan) -> Path:
     back in :func:`_finish`.
     """
     assert plan.parent is not None
-    folder = hub.registry.export(plan.parent, plan.run_dir / "parent")
-    _name_base(folder, str(hub.base_info.path))
+    folder = context.registry.export(plan.parent, plan.run_dir / "parent")
+    _name_base(folder, str(context.base.path))
     return folder
 
 
@@ -429,12 +445,12 @@ def _with_base_targets(recipe: RecipeBase, base_path: Path) -> RecipeBase:
     return recipe.model_copy(update={"lora": lora})
 
 
-def _with_parent_lora(recipe: RecipeBase, targeted: LoraSettings, hub: Hub, parent: Version) -> RecipeBase:
+def _with_parent_lora(recipe: RecipeBase, targeted: LoraSettings, context: TrainingContext, parent: Version) -> RecipeBase:
     """The recipe with the parent's LoRA shape; refuses an explicit different shape.
 
     ``targeted`` is the recipe's own LoRA with its targets named for the base.
     """
-    config = json.loads(hub.registry.read_file(parent, CONFIG_FILE))
+    config = json.loads(context.registry.read_file(parent, CONFIG_FILE))
     targets = config.get("target_modules") or []
     targets = sorted(targets) if isinstance(targets, list) else [targets]
     parent_lora = {
@@ -464,10 +480,10 @@ def _with_parent_lora(recipe: RecipeBase, targeted: LoraSettings, hub: Hub, pare
 # --------------------------------------------------------------------------- trainer settings
 
 
-def training_platform(recipe: RecipeBase, hub: Hub) -> Platform:
-    """The hub's platform with the recipe's ``device`` and ``compute_dtype`` on top."""
+def training_platform(recipe: RecipeBase, context: TrainingContext) -> Platform:
+    """The context's platform with the recipe's ``device`` and ``compute_dtype`` on top."""
     t = recipe.training
-    return hub.platform.with_overrides(
+    return context.platform.with_overrides(
         device=None if t.device == "auto" else t.device,
         compute_dtype=None if t.compute_dtype == "auto" else t.compute_dtype,
     )
@@ -517,7 +533,7 @@ def training_arguments(recipe: RecipeBase, output_dir: Path, platform: Platform)
 # --------------------------------------------------------------------------- finish
 
 
-def _finish(hub: Hub, plan: RunPlan, trainer: Any, model: Any, output: Any, bridge: Any, started: float) -> Version:
+def _finish(context: TrainingContext, plan: RunPlan, trainer: Any, model: Any, output: Any, bridge: Any, started: float) -> Version:
     """Evaluate, check forgetting, save and register; returns the version."""
     import math
 
@@ -556,9 +572,9 @@ def _finish(hub: Hub, plan: RunPlan, trainer: Any, model: Any, output: Any, brid
 
     adapter_dir = plan.run_dir / "adapter"
     model.save_pretrained(adapter_dir, safe_serialization=True)
-    _name_base(adapter_dir, hub.base_info.name)  # not the local path it was loaded from
-    info = hub.base_info
-    return hub.registry.register(
+    _name_base(adapter_dir, context.base.name)  # not the local path it was loaded from
+    info = context.base
+    return context.registry.register(
         recipe.name,
         {
             CONFIG_FILE: adapter_dir / CONFIG_FILE,

@@ -113,23 +113,27 @@ def test_quantized_base_mixed_batch_equals_peft(precision, tiny_base_dir, adapte
     assert compared >= len(plan) * GREEDY.max_tokens // 2
 
 
-def test_peft_adapters_injected_into_the_shared_base_do_not_leak(tiny_base_dir, adapter_registry, lora_folders, peft_ref, prompts):
-    """Another user of the same base (Hub.generate's PEFT path, a trainer) may wrap its layers
-    with an active PEFT adapter, before or after the engine starts: base rows stay the base."""
-    from peft import PeftModel
-
+def test_the_reference_path_leaves_the_shared_base_alone(tiny_base_dir, adapter_registry, peft_ref, prompts):
+    """Hub.generate's PEFT path puts its adapters on a copy of the module tree that holds the
+    base's own tensors: the base an engine serves is never wrapped, and no weight is copied."""
     from adapterhub.engine import Engine
+    from adapterhub.engine.simple import ReferencePath
     from adapterhub.models.base import load_base
 
     base = load_base(tiny_base_dir, "fp32")
+    modules = [(name, id(module)) for name, module in base.model.named_modules()]
+    reference = ReferencePath(base, adapter_registry)
     request = GenerationRequest(tuple(prompts[0]), sampling=GREEDY)
-    with Engine(base, adapter_registry) as before:
-        PeftModel.from_pretrained(base.model, lora_folders["beta"])  # injected while it runs
-        assert list(before.generate(request).token_ids) == peft_ref.greedy(prompts[0], None, 12)
-    with Engine(base, adapter_registry) as after:  # started on an already wrapped base
-        assert list(after.generate(request).token_ids) == peft_ref.greedy(prompts[0], None, 12)
-        gamma = after.generate(GenerationRequest(tuple(prompts[0]), adapter="gamma", sampling=GREEDY))
-        assert list(gamma.token_ids) == peft_ref.greedy(prompts[0], "gamma", 12)
+    with Engine(base, adapter_registry) as engine:
+        reference.generate("beta", list(prompts[0]), GREEDY)  # while the engine serves the base
+        assert list(engine.generate(request).token_ids) == peft_ref.greedy(prompts[0], None, 12)
+    assert [(name, id(module)) for name, module in base.model.named_modules()] == modules
+    weights = {p.data_ptr() for p in base.model.parameters()}
+    ids = torch.tensor([list(prompts[0])])
+    for ref in ("beta", "gamma", None):
+        with reference.activated(ref) as model, torch.inference_mode():
+            assert {p.data_ptr() for n, p in model.named_parameters() if "lora_" not in n} <= weights
+            torch.testing.assert_close(model(ids).logits[0, -1], peft_ref.logits(prompts[0], ref))
 
 
 @torch.inference_mode()

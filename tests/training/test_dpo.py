@@ -9,7 +9,6 @@ import pytest
 
 from adapterhub.core.progress import ProgressEvent
 from adapterhub.errors import ConfigError
-from adapterhub.training.run import train
 
 PAIR = {
     "prompt": [{"role": "user", "content": "What is the capital of France?"}],
@@ -84,7 +83,7 @@ def parent_logp(tiny_base_dir: Path, hub, parent_ref: str) -> tuple[float, float
 def test_dpo_registers_lineage_and_preference_metrics(hub, parent: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     data = write_jsonl(tmp_path / "pairs.jsonl", [PAIR] * 12)
     events: list[ProgressEvent] = []
-    version = train(hub, recipe(data, parent=parent), progress=events.append)
+    version = hub.train(recipe(data, parent=parent), progress=events.append)
 
     assert version.method == "dpo"
     assert version.parent == parent
@@ -103,7 +102,7 @@ def test_dpo_reference_is_the_parent_not_the_base(
     # beta * (log pi - log pi_ref) is 0 only if the reference equals the parent too.
     data = write_jsonl(tmp_path / "pairs.jsonl", [PAIR] * 12)
     events: list[ProgressEvent] = []
-    train(hub, recipe(data, parent=parent), progress=events.append)
+    hub.train(recipe(data, parent=parent), progress=events.append)
     first = next(e for e in events if e.kind == "step" and e.step == 1).metrics
 
     with_parent, bare = parent_logp(tiny_base_dir, hub, parent)
@@ -118,6 +117,6 @@ def test_dpo_reference_is_the_parent_not_the_base(
 def test_dpo_wrong_data_format_names_expected_columns(hub, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     data = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": "Hi", "completion": "Hello"}] * 4)
     with pytest.raises(ConfigError) as info:
-        train(hub, recipe(data))
+        hub.train(recipe(data))
     message = str(info.value)
     assert "'dpo'" in message and "prompt, chosen, rejected" in message and "completion" in message

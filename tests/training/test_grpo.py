@@ -9,7 +9,6 @@ import pytest
 
 from adapterhub.errors import ConfigError
 from adapterhub.training.rewards import ExactAnswer, LengthTarget, RegexMatch
-from adapterhub.training.run import train
 
 PROMPTS = [
     {"prompt": f"What is {i} + 2? Reply with only 'Answer: ' and the number.", "answer": str(i + 2)}
@@ -71,7 +70,7 @@ def test_grpo_registers_version_with_group_metrics(
         {"type": "python", "function": "my_rewards:brevity"},
     ]
     events = []
-    version = train(hub, recipe(prompts, rewards, parent=parent), progress=events.append)
+    version = hub.train(recipe(prompts, rewards, parent=parent), progress=events.append)
 
     assert version.method == "grpo" and version.parent == parent
     for key in (
@@ -96,8 +95,7 @@ def test_grpo_with_a_reward_model_version(hub, prompts: Path, tmp_path: Path) ->
             for p in PROMPTS
         )
     )
-    rm = train(
-        hub,
+    rm = hub.train(
         {
             "method": "reward",
             "name": "rm",
@@ -106,7 +104,7 @@ def test_grpo_with_a_reward_model_version(hub, prompts: Path, tmp_path: Path) ->
             "training": {"precision": "fp32", "max_steps": 1, "batch_size": 2},
         },
     )
-    version = train(hub, recipe(prompts, [{"type": "reward_model", "ref": rm.ref}]))
+    version = hub.train(recipe(prompts, [{"type": "reward_model", "ref": rm.ref}]))
     name = f"train/rewards/reward_model[{rm.ref}]/mean"
     assert name in version.metrics, sorted(version.metrics)
     # Only the policy is registered: the reward LoRA rode along in memory (r=2, q_proj only).
@@ -115,7 +113,7 @@ def test_grpo_with_a_reward_model_version(hub, prompts: Path, tmp_path: Path) ->
 
 def test_grpo_bad_python_reward_fails_before_training(hub, prompts: Path) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ConfigError, match="no_such_module"):
-        train(hub, recipe(prompts, [{"type": "python", "function": "no_such_module:f"}]))
+        hub.train(recipe(prompts, [{"type": "python", "function": "no_such_module:f"}]))
 
 
 def test_grpo_recipe_errors_listed_at_once(hub, prompts: Path) -> None:  # type: ignore[no-untyped-def]
@@ -123,7 +121,7 @@ def test_grpo_recipe_errors_listed_at_once(hub, prompts: Path) -> None:  # type:
         prompts, [{"type": "regex", "pattern": "("}, {"type": "exact_answer", "pattern": r"\d+"}]
     )
     with pytest.raises(ConfigError) as info:
-        train(hub, bad)
+        hub.train(bad)
     message = str(info.value)
     assert "not a valid regular expression" in message and "capture group" in message
 
@@ -132,4 +130,4 @@ def test_grpo_wrong_data_format_names_expected_columns(hub, tmp_path: Path) -> N
     data = tmp_path / "pairs.jsonl"
     data.write_text(json.dumps({"prompt": "hi", "chosen": "a", "rejected": "b"}) + "\n")
     with pytest.raises(ConfigError, match=r"'prompt_only' \(columns: prompt\)"):
-        train(hub, recipe(data, [{"type": "length", "target_words": 3}]))
+        hub.train(recipe(data, [{"type": "length", "target_words": 3}]))

@@ -12,7 +12,6 @@ import pytest
 
 from adapterhub.core.progress import CancelToken, ProgressEvent
 from adapterhub.errors import ConfigError, TrainingCancelled
-from adapterhub.training.run import train
 
 QUESTIONS = [f"Question number {i}?" for i in range(10)]
 
@@ -29,8 +28,7 @@ def chain(hub, tiny_base_dir: Path, tmp_path: Path) -> dict[str, str]:  # type: 
             for q in QUESTIONS
         )
     )
-    rm = train(
-        hub,
+    rm = hub.train(
         {
             "method": "reward",
             "name": "rm",
@@ -68,7 +66,7 @@ def recipe(chain: dict[str, str], **training: object) -> dict:  # type: ignore[t
 
 def test_ppo_registers_policy_with_lineage_and_metrics(hub, chain: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
     events: list[ProgressEvent] = []
-    version = train(hub, recipe(chain), progress=events.append)
+    version = hub.train(recipe(chain), progress=events.append)
 
     assert version.method == "ppo" and version.parent == chain["parent"]
     for key in (
@@ -106,8 +104,7 @@ def test_ppo_resumes_policy_and_value_from_a_checkpoint(hub, chain: dict[str, st
     # Cancel stops at the step boundary where it is seen (the progress bridge checks after each
     # step and after each logged event) and that step is checkpointed; the rest is left.
     with pytest.raises(TrainingCancelled):
-        train(
-            hub,
+        hub.train(
             recipe(chain, max_steps=3, save_steps=1),
             progress=stop_after_first_step,
             cancel=cancel,
@@ -119,8 +116,8 @@ def test_ppo_resumes_policy_and_value_from_a_checkpoint(hub, chain: dict[str, st
     assert (checkpoint / "value" / "adapter_model.safetensors").is_file()
 
     events: list[ProgressEvent] = []
-    version = train(
-        hub, recipe(chain, max_steps=3, save_steps=1), progress=events.append, resume=True
+    version = hub.train(
+        recipe(chain, max_steps=3, save_steps=1), progress=events.append, resume=True
     )
     assert [e.step for e in events if e.kind == "step"] == list(range(stopped_at + 1, 4))
     assert version.metrics["train_steps"] == 3
@@ -130,7 +127,7 @@ def test_ppo_refuses_a_reward_model_that_is_not_one(hub, chain: dict[str, str]) 
     bad = recipe(chain)
     bad["ppo"]["reward_model"] = chain["parent"]
     with pytest.raises(ConfigError, match="not 'reward'"):
-        train(hub, bad)
+        hub.train(bad)
 
 
 def test_ppo_wrong_data_format_names_expected_columns(
@@ -141,4 +138,4 @@ def test_ppo_wrong_data_format_names_expected_columns(
     bad = recipe(chain)
     bad["dataset"] = {"path": str(data)}
     with pytest.raises(ConfigError, match=r"'ppo' needs 'prompt_only' \(columns: prompt\)"):
-        train(hub, bad)
+        hub.train(bad)

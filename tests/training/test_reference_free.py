@@ -11,7 +11,6 @@ import pytest
 from adapterhub import Hub
 from adapterhub.core.progress import ProgressEvent
 from adapterhub.errors import ConfigError
-from adapterhub.training.run import train
 
 PAIR = {
     "prompt": "What is the capital of France?",
@@ -41,7 +40,7 @@ def test_registers_version_with_preference_metrics(method: str, hub: Hub, tiny_b
     data = tmp_path / "pairs.jsonl"
     data.write_text("\n".join(json.dumps(PAIR) for _ in range(12)) + "\n")  # plain strings
     events: list[ProgressEvent] = []
-    version = train(hub, recipe(method, data, parent=parent), progress=events.append)
+    version = hub.train(recipe(method, data, parent=parent), progress=events.append)
 
     assert version.method == method and version.parent == parent
     for key in ("train/rewards/margins", "train/rewards/accuracies"):
@@ -55,4 +54,4 @@ def test_wrong_data_format_names_expected_columns(method: str, hub: Hub, tmp_pat
     data = tmp_path / "prompts.jsonl"
     data.write_text(json.dumps({"prompt": "Hi"}) + "\n")
     with pytest.raises(ConfigError, match="prompt, chosen, rejected"):
-        train(hub, recipe(method, data))
+        hub.train(recipe(method, data))

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from adapterhub.errors import ConfigError
-from adapterhub.training.run import train
 
 PAIRS = [
     {
@@ -35,7 +34,7 @@ def recipe(data: Path, **extra: object) -> dict:  # type: ignore[type-arg]
 def reward_version(hub, tmp_path: Path):  # type: ignore[no-untyped-def]
     data = tmp_path / "pairs.jsonl"
     data.write_text("\n".join(json.dumps(p) for p in PAIRS) + "\n")
-    return train(hub, recipe(data))
+    return hub.train(recipe(data))
 
 
 def fresh_peft_model(tiny_base_dir: Path):  # type: ignore[no-untyped-def]
@@ -134,4 +133,4 @@ def test_reward_wrong_data_format_names_expected_columns(hub, tmp_path: Path) ->
     data = tmp_path / "chat.jsonl"
     data.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
     with pytest.raises(ConfigError, match="prompt, chosen, rejected"):
-        train(hub, recipe(data))
+        hub.train(recipe(data))

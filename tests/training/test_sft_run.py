@@ -11,7 +11,7 @@ from adapterhub import Hub
 from adapterhub.core.progress import CancelToken, ProgressEvent
 from adapterhub.errors import ConfigError, TrainingCancelled, TrainingError
 from adapterhub.models.adapters import CONFIG_FILE, WEIGHTS_FILE
-from adapterhub.training.run import STEP_LOG, show_example
+from adapterhub.training.run import STEP_LOG
 
 ANSWERS = ["Paris.", "Rome.", "Madrid.", "Berlin.", "Lisbon.", "Vienna."]
 
@@ -118,9 +118,7 @@ def test_padding_free_batches_give_the_same_loss_as_padded_ones(hub: Hub, data: 
 
     from adapterhub.training.methods import PrepareContext
     from adapterhub.training.methods.sft import prepare
-    from adapterhub.training.run import plan_run
-
-    plan = plan_run(hub, recipe(data))
+    plan = hub.plan_run(recipe(data))
     prepared = prepare(PrepareContext(plan.recipe, plan.tokenizer, plan.data, plan.eot_token_ids))
     rows = [prepared.train[i] for i in range(4)]
     assert len({len(r["input_ids"]) for r in rows}) > 1  # different lengths, so padding matters
@@ -196,9 +194,8 @@ def test_cancel_registers_nothing_and_keeps_a_checkpoint(hub: Hub, data: Path) -
 def test_the_same_run_cannot_train_twice_at_once(hub: Hub, data: Path) -> None:
     import fcntl
 
-    from adapterhub.training.run import plan_run
 
-    run_dir = plan_run(hub, recipe(data, max_steps=1)).run_dir
+    run_dir = hub.plan_run(recipe(data, max_steps=1)).run_dir
     run_dir.parent.mkdir(parents=True)
     with open(run_dir.with_name(run_dir.name + ".lock"), "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)  # as a running `adapterhub train` of this recipe holds it
@@ -220,7 +217,7 @@ def test_wrong_format_and_bad_targets_fail_before_training(hub: Hub, tmp_path: P
 
 
 def test_show_example_renders_with_the_mask(hub: Hub, data: Path) -> None:
-    view = show_example(hub, {**recipe(data), "dataset": {"path": str(data), "eval_fraction": 0}}, index=1)
+    view = hub.show_example({**recipe(data), "dataset": {"path": str(data), "eval_fraction": 0}}, index=1)
     assert "⟦Rome.<|im_end|>⟧" in view.text
     assert ("Rome.<|im_end|>", True) in view.segments
 
