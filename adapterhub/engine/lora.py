@@ -6,10 +6,14 @@ Every resident adapter owns a *slot*. For each group of projections that share a
 ``[layers, S, R, out]`` (S slots, R the rank every slot is padded to). A step then runs, for all
 rows at once and per group of projections::
 
-    xg  = x[src]                      # [slots used, g, in]   rows grouped by slot, padded to g
-    h   = bmm(xg, A[layer, used])     # [slots used, g, R * targets]
+    xg  = x[src]                      # [slots, g, in]   rows grouped by slot, padded to g
+    h   = bmm(xg, A[layer, slots])    # [slots, g, R * targets]
     h  *= weight                      # a row's mix weight for that slot (0 on padding)
-    out[:, cols_t].index_add_(0, dst, bmm(h_t, B_t[layer, used]))   # per projection t
+    d   = cat([bmm(h_t, B_t[layer, slots]) for each projection t])   # [slots, g, out]
+    out.index_add_(0, dst, d)         # one scatter-add into the group's fused output
+
+where ``slots`` is the span of slots from the lowest to the highest one the batch uses: a slice,
+so the weights are read where they lie, never copied.
 
 Design choices:
 
@@ -19,10 +23,16 @@ Design choices:
   Punica-style per-row gathers of A and B copy ``rows * r * (in + out)`` weights per
   projection; multiplying every row by all slots and masking (one GEMM, no gather) grows with
   the slots. Grouping gathers activations (``rows * in``), not weights.
+* **Weights are sliced, not gathered.** Slots are taken lowest-free-first
+  (:mod:`.residency`), so the slots a batch uses lie in a short span; the product runs over the
+  whole span as a view (a slot in it that no row uses is a group of padding, weight 0). Indexing
+  ``A[layer, used]`` instead copied every used slot's A and B, every layer of every step. Only a
+  span over twice the slots used (a sparse table) falls back to that gather.
 * **One A product per shared input.** q, k and v read the same normalised hidden state, so
   their A matrices sit side by side and one ``bmm`` serves all three (likewise gate and up);
-  their deltas land in the fused q|k|v output of :mod:`.decoder`. (A block-diagonal B, one
-  ``bmm`` for the whole group, was measured too: no faster, and 3x the memory.)
+  their deltas, side by side, land in the fused q|k|v output of :mod:`.decoder` in one
+  scatter-add. (A block-diagonal B, one ``bmm`` for the whole group, was measured too: no
+  faster than a ``bmm`` per projection and a concatenation, and 3x the memory.)
 * **Mixing is free.** A request-time mix puts a row in several slots' groups, each with its
   weight: ``sum_i w_i * B_i A_i x``. Rows with no adapter are in no group and get no delta.
 * **No adapter costs nothing.** A batch where no row has an adapter skips the LoRA path.
@@ -35,7 +45,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -156,19 +166,27 @@ class RowMix:
     """Which slots each row (or token) of a batch uses, as grouped gather/scatter indices.
 
     Attributes:
-        src: ``[slots used, g]`` row of each group member (padding points at row 0).
-        dst: ``[slots used * g]`` the same rows, flattened, for the scatter-add.
-        weight: ``[slots used, g, 1]`` mix weight of each member (0 on padding), or None
+        src: ``[slots, g]`` row of each group member (padding points at row 0).
+        dst: ``[slots * g]`` the same rows, flattened, for the scatter-add.
+        weight: ``[slots, g, 1]`` mix weight of each member (0 on padding), or None
             when every weight is 1 (no mix, no padding: the multiply is skipped).
-        used: the slots in use, or None when they are all S slots in order (no weight gather).
-        targets: projections that any used slot adapts; the others are skipped.
+        slots: the slots the groups stand for, as an index into the slot dimension: a slice
+            (a view of the buffers) or, for a sparse table, a tensor of the used slots (a copy).
+        targets: projections that any used slot adapts; a group of projections none of them
+            adapts is skipped.
+        weights: ``(group, layer) -> (A, (B per target))`` over :attr:`slots`, filled on first
+            use: a mix lives for as long as its batch's composition, many steps, and indexing
+            the buffers is a visible share of a small model's step.
     """
 
     src: torch.Tensor
     dst: torch.Tensor
     weight: torch.Tensor | None
-    used: torch.Tensor | None
+    slots: slice | torch.Tensor
     targets: frozenset[str]
+    weights: dict[tuple[str, int], tuple[torch.Tensor, tuple[torch.Tensor, ...]]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
 
 class LoraSlots:
@@ -211,10 +229,6 @@ class LoraSlots:
         # target -> B [L, S, R, out]: one bmm per projection on its R columns of the product
         self._a: dict[str, torch.Tensor] = {}
         self._b: dict[str, torch.Tensor] = {}
-        self._columns = {  # target -> its columns in the group's fused output
-            t: (sum(self.dims[u][1] for u in g[: g.index(t)]), self.dims[t][1])
-            for g in self.groups.values() for t in g
-        }
         self._slot_targets: list[frozenset[str]] = [frozenset()] * num_slots
         self.generation = 0  # bumped on every install/clear, so cached mixes know to rebuild
 
@@ -291,23 +305,25 @@ class LoraSlots:
         if not members:
             return None
         used = sorted(members)
+        first, last = used[0], used[-1]
+        dense = last - first + 1 <= 2 * len(used)
+        groups = list(range(first, last + 1)) if dense else used
         width = max(len(m) for m in members.values()) * tokens_per_row
-        src = torch.zeros(len(used), width, dtype=torch.long)
-        weight = torch.zeros(len(used), width, 1, dtype=self.dtype)
+        src = torch.zeros(len(groups), width, dtype=torch.long)
+        weight = torch.zeros(len(groups), width, 1, dtype=self.dtype)
         steps = torch.arange(tokens_per_row)
-        for g, slot in enumerate(used):
-            for j, (index, w) in enumerate(members[slot]):
+        for g, slot in enumerate(groups):
+            for j, (index, w) in enumerate(members.get(slot, ())):
                 lo = j * tokens_per_row
                 src[g, lo : lo + tokens_per_row] = index * tokens_per_row + steps
                 weight[g, lo : lo + tokens_per_row] = w
-        all_slots = used == list(range(self.num_slots))
         targets = frozenset().union(*(self._slot_targets[s] for s in used))
         src = src.to(self.device)
         return RowMix(
             src=src,
             dst=src.view(-1),
             weight=None if bool((weight == 1.0).all()) else weight.to(self.device),
-            used=None if all_slots else torch.tensor(used, device=self.device),
+            slots=slice(first, last + 1) if dense else torch.tensor(used, device=self.device),
             targets=targets,
         )
 
@@ -324,26 +340,27 @@ class LoraSlots:
             out: the group's base outputs side by side (``[tokens, q + k + v]`` for ``qkv``).
         """
         targets = self.groups[group]
-        if mix.targets.isdisjoint(targets):
-            return
-        a = self._a[group][layer]  # [S, in, R * targets]
-        if mix.used is not None:
-            a = a[mix.used]
-        xg = x[mix.src]  # [used, g, in]
+        weights = mix.weights.get((group, layer))
+        if weights is None:
+            if mix.targets.isdisjoint(targets):
+                return
+            weights = mix.weights[(group, layer)] = (
+                self._a[group][layer, mix.slots],  # [slots, in, R * targets]
+                tuple(self._b[target][layer, mix.slots] for target in targets),  # [slots, R, out]
+            )
+        a, bs = weights
+        xg = torch.index_select(x, 0, mix.dst).view(*mix.src.shape, x.shape[-1])  # [slots, g, in]
         if xg.dtype != a.dtype:
             xg = xg.to(a.dtype)
-        h = torch.bmm(xg, a)  # [used, g, R * targets]
+        h = torch.bmm(xg, a)  # [slots, g, R * targets]
         if mix.weight is not None:
             h.mul_(mix.weight)
-        used, width, _ = h.shape
-        # bmm is slow on a strided column slice: give each target a contiguous [used, g, R]
-        parts = h.view(used, width, len(targets), self.rank).permute(2, 0, 1, 3).contiguous()
-        for index, target in enumerate(targets):
-            if target not in mix.targets:
-                continue
-            b = self._b[target][layer]  # [S, R, out]
-            if mix.used is not None:
-                b = b[mix.used]
-            lo, size = self._columns[target]
-            delta = torch.bmm(parts[index], b).view(-1, size)  # [used * g, out]
-            out[:, lo : lo + size].index_add_(0, mix.dst, delta.to(out.dtype))
+        if len(bs) == 1:
+            delta = torch.bmm(h, bs[0])
+        else:
+            # bmm is slow on a strided column slice: give each target a contiguous [slots, g, R];
+            # the targets' products side by side then land in one scatter-add
+            slots, width, _ = h.shape
+            parts = h.view(slots, width, len(bs), self.rank).permute(2, 0, 1, 3).contiguous().unbind(0)
+            delta = torch.cat([torch.bmm(part, b) for part, b in zip(parts, bs, strict=True)], dim=-1)
+        out.index_add_(0, mix.dst, delta.view(len(mix.dst), -1).to(out.dtype))

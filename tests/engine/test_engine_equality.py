@@ -113,6 +113,31 @@ def test_quantized_base_mixed_batch_equals_peft(precision, tiny_base_dir, adapte
     assert compared >= len(plan) * GREEDY.max_tokens // 2
 
 
+@pytest.mark.parametrize("placement", [(2, 3, 4), (0, 2, 3), (0, 3, 7)], ids=["offset", "gaps", "sparse"])
+def test_used_slots_anywhere_in_the_table_give_peft_logits(tiny_base, adapter_registry, peft_ref, prompts, placement):
+    """The LoRA product runs over the span from the lowest to the highest used slot as a view, a
+    slot no row uses in it being padding; a span over twice the slots used gathers them instead."""
+    names = ["alpha", "beta", "gamma"]
+    model = tiny_base.model
+    slots = LoraSlots.for_model(model, num_slots=8, rank=8, dtype=compute_dtype(model))
+    for slot, name in zip(placement, names, strict=True):
+        adapter = adapter_registry.load_adapter(f"{name}@1")
+        slots.install(slot, prepare_adapter(adapter, name, slots.dims, slots.num_layers, max_rank=8, dtype=slots.dtype))
+    runner = DecoderRunner(model, slots, max_rows=8, max_seq_len=128)
+    plan = [(prompts[0], "alpha"), (prompts[1], None), (prompts[2], "gamma"), (prompts[3], "alpha")]
+    row_slots = [{placement[names.index(a)]: 1.0} if a else {} for _, a in plan]
+    mix = slots.row_mix(row_slots)
+    assert isinstance(mix.slots, slice) == (placement != (0, 3, 7))
+    seqs = [list(p) for p, _ in plan]
+    logits = runner.prefill([p for p, _ in plan], 0, row_slots)
+    for _ in range(2):
+        for row, (seq, (_, adapter)) in enumerate(zip(seqs, plan, strict=True)):
+            expected = peft_ref.logits(seq, adapter)
+            torch.testing.assert_close(logits[row], expected, atol=1e-4, rtol=1e-4)
+            seq.append(int(expected.argmax()))
+        logits = runner.decode(torch.tensor([s[-1] for s in seqs]), torch.tensor([len(s) - 1 for s in seqs]), mix)
+
+
 def test_the_reference_path_leaves_the_shared_base_alone(tiny_base_dir, adapter_registry, peft_ref, prompts):
     """Hub.generate's PEFT path puts its adapters on a copy of the module tree that holds the
     base's own tensors: the base an engine serves is never wrapped, and no weight is copied."""
