@@ -28,7 +28,8 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from adapterhub.core.hardware import detect_platform
 from adapterhub.engine.decoder import DecoderRunner, compute_dtype
-from adapterhub.engine.lora import LoraSlots, PreparedAdapter
+from adapterhub.engine.lora import LoraSlots
+from adapterhub.models.adapters import LoraAdapter
 from adapterhub.models.base import load_base, materialize_base
 
 REPO = Path(__file__).resolve().parent.parent
@@ -70,11 +71,14 @@ def main() -> None:
     slots = LoraSlots.for_model(model, num_slots=max(args.slots, args.adapters), rank=16, dtype=lora_dtype)
     dims = slots.dims
     for slot in range(args.adapters):
-        weights = {
-            (layer, t): (torch.randn(16, dims[t][0]) * 0.01, torch.randn(16, dims[t][1]) * 0.01)
-            for layer in range(layers) for t in ATTENTION
-        }
-        slots.install(slot, PreparedAdapter(f"a{slot}", 16, weights, 0))
+        tensors = {}
+        for layer in range(layers):
+            for t in ATTENTION:
+                prefix = f"base_model.model.model.layers.{layer}.self_attn.{t}"
+                tensors[f"{prefix}.lora_A.weight"] = torch.randn(16, dims[t][0]) * 0.01
+                tensors[f"{prefix}.lora_B.weight"] = torch.randn(dims[t][1], 16) * 0.01
+        adapter = LoraAdapter(config={"r": 16, "lora_alpha": 16}, tensors=tensors)
+        slots.install(slot, slots.prepare(adapter, f"a{slot}"))
     runner = DecoderRunner(model, slots, max_rows=args.rows, max_seq_len=4 * args.span)
     runner.prefill([[1 + i] * args.span for i in range(args.rows)], 0, [{}] * args.rows)
     tokens = torch.randint(0, 1000, (args.rows,))

@@ -120,11 +120,10 @@ def check_equality(hub: Any, platform: Any, precision: str, folders: dict[str, P
             agree += out[0, len(prompt):].tolist() == list(result.token_ids)
     # prefill logits of one adapted row, engine vs PEFT
     from adapterhub.engine.decoder import DecoderRunner
-    from adapterhub.engine.lora import LoraSlots, prepare_adapter
+    from adapterhub.engine.lora import LoraSlots
 
     slots = LoraSlots.for_model(base.model, num_slots=1, rank=16, dtype=torch.float32)
-    slots.install(0, prepare_adapter(hub.registry.load_adapter("a0@1"), "a0", slots.dims, slots.num_layers,
-                                     max_rank=16, dtype=torch.float32))
+    slots.install(0, slots.prepare(hub.registry.load_adapter("a0@1"), "a0"))
     runner = DecoderRunner(base.model, slots, max_rows=1, max_seq_len=256)
     with torch.inference_mode():
         ours = runner.prefill([prompts[0]], 0, [{0: 1.0}])[0]

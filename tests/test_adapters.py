@@ -57,6 +57,21 @@ def test_bad_weights_are_refused(weights, message: str) -> None:  # type: ignore
         load_lora_bytes(CONFIG, weights())
 
 
+def test_one_bad_value_among_many_is_found_and_named() -> None:
+    """Finiteness is checked over the file's whole data section at once: one NaN in the last
+    tensor of a bf16 file, or values whose sum overflows (finite, so accepted), are told apart."""
+    a = torch.randn(4, 64, dtype=torch.bfloat16)
+    b = torch.randn(64, 4, dtype=torch.bfloat16)
+    b[63, 3] = float("nan")
+    with pytest.raises(UnsafeAdapterError, match=r"lora_B.weight' holds NaN or Inf"):
+        load_lora_bytes(CONFIG, _weights(a, b))
+    huge = torch.full((4, 64), 3e38)  # finite, but its sum is infinite
+    assert load_lora_bytes(CONFIG, _weights(a=huge)).r == 4
+    mixed = _weights(a=torch.randn(4, 64, dtype=torch.float16), b=torch.full((64, 4), float("-inf")))
+    with pytest.raises(UnsafeAdapterError, match=r"lora_B.weight' holds NaN or Inf"):
+        load_lora_bytes(CONFIG, mixed)
+
+
 def _lying_header() -> bytes:
     """A header that claims more bytes than the file holds."""
     header = json.dumps(

@@ -67,98 +67,26 @@ _UNSERVED = {
 
 @dataclass(frozen=True)
 class PreparedAdapter:
-    """An adapter ready to copy into a slot: per (layer, target), A and scaled B^T.
+    """An adapter laid out as a slot holds it, so installing it is one copy per buffer.
 
     Attributes:
         key: the resolved version ref, e.g. ``pirate@3``.
-        rank: the LoRA rank r.
-        weights: ``(layer, target) -> (A [r, in], Bt [r, out])`` in the engine's dtype.
+        rank: the LoRA rank r (the largest, with ``rank_pattern``).
+        a: ``group -> [layers, in, R * targets]``, the group's A^T side by side, zero where the
+            adapter has no such layer or target, or a rank under R.
+        b: ``target -> [layers, R, out]``, the pre-scaled B^T of each target it adapts.
         num_bytes: memory the tensors take.
     """
 
     key: str
     rank: int
-    weights: Mapping[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]
+    a: Mapping[str, torch.Tensor] = field(repr=False)
+    b: Mapping[str, torch.Tensor] = field(repr=False)
     num_bytes: int
 
     @property
     def targets(self) -> frozenset[str]:
-        return frozenset(target for _, target in self.weights)
-
-
-def prepare_adapter(
-    adapter: LoraAdapter,
-    key: str,
-    dims: Mapping[str, tuple[int, int]],
-    num_layers: int,
-    *,
-    max_rank: int,
-    dtype: torch.dtype,
-) -> PreparedAdapter:
-    """Check an adapter against the base and lay its weights out for a slot.
-
-    Runs on the loader thread, so the shape checks are against the projection sizes rather
-    than a walk of the model's modules (a visible share of a cold load; see bench/README.md).
-
-    Args:
-        adapter: weights as the registry loaded them.
-        key: the resolved ref it is known by.
-        dims: ``target -> (in_features, out_features)`` of the base's projections.
-        num_layers: decoder layers of the base.
-        max_rank: the engine's ``max_lora_rank``.
-        dtype: the dtype of the LoRA product.
-
-    Raises:
-        IncompatibleAdapterError: shapes do not fit, rank is over ``max_rank``, or the adapter
-            uses a LoRA variant the engine does not serve (DoRA, bias, modules_to_save, patterns).
-    """
-    config = adapter.config
-    used = {name: why for name, why in _UNSERVED.items() if config.get(name)}
-    if used:
-        name, why = next(iter(used.items()))
-        raise IncompatibleAdapterError(
-            f"adapter {key!r} sets {name}={config[name]!r} ({why}), which the engine does not serve: "
-            "its batched kernel computes plain LoRA (B @ A x with per-module rank, alpha and rsLoRA). "
-            "Merge the adapter into a base (PeftModel.merge_and_unload) and serve that, or retrain "
-            f"without {name}"
-        )
-    if adapter.extra_tensors:
-        raise IncompatibleAdapterError(
-            f"adapter {key!r} carries tensors beside LoRA's A and B ({sorted(adapter.extra_tensors)[:3]!r}), "
-            "which the engine does not serve; merge them into a base, or retrain without them"
-        )
-    weights: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
-    problems = []
-    for path, (a, b) in adapter.pairs().items():
-        match = _MODULE.match(path)
-        if match is None or match.group(3) not in dims or int(match.group(1)) >= num_layers:
-            problems.append(f"module {path!r} is not a projection of this base's {num_layers} layers")
-            continue
-        target = match.group(3)
-        fan_in, fan_out = dims[target]
-        if (a.shape[1], b.shape[0]) != (fan_in, fan_out):
-            problems.append(
-                f"module {path!r} is {fan_in}->{fan_out} in the base but the adapter is "
-                f"{a.shape[1]}->{b.shape[0]}"
-            )
-            continue
-        if a.shape[0] > max_rank:
-            raise IncompatibleAdapterError(
-                f"adapter {key!r} has rank r={a.shape[0]} on {path!r} but the engine's max_lora_rank is "
-                f"{max_rank}; raise EngineConfig.max_lora_rank to at least {a.shape[0]}"
-            )
-        a_t = a.to(dtype=dtype).contiguous()  # [r, in]
-        bt = (b.to(torch.float32) * adapter.scaling_for(path)).t().to(dtype=dtype).contiguous()  # [r, out]
-        weights[(int(match.group(1)), target)] = (a_t, bt)
-    if problems:
-        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
-        raise IncompatibleAdapterError(
-            f"adapter {key!r} does not fit this base: {shown}. Was it trained on another base? "
-            f"(the engine serves LoRA on {', '.join(dims)})"
-        )
-    size = sum(a.numel() * a.element_size() + b.numel() * b.element_size() for a, b in weights.values())
-    rank = max((a.shape[0] for a, _ in weights.values()), default=0)
-    return PreparedAdapter(key=key, rank=rank, weights=weights, num_bytes=size)
+        return frozenset(self.b)
 
 
 @dataclass(frozen=True)
@@ -262,30 +190,110 @@ class LoraSlots:
                 *shape[:2], self.rank, self.dims[target][1], dtype=self.dtype, device=self.device
             )
 
-    def install(self, slot: int, adapter: PreparedAdapter) -> None:
-        """Copy an adapter into ``slot``, replacing whatever was there."""
-        self.clear(slot)
-        for (layer, target), (a, bt) in adapter.weights.items():
+    def prepare(self, adapter: LoraAdapter, key: str) -> PreparedAdapter:
+        """Check an adapter against the base and lay its weights out as a slot holds them.
+
+        Runs on a loader thread (it reads only the layout, never the buffers), so the work of
+        an install is done here and the decode thread only copies: one copy per buffer. The
+        shape checks are against the projection sizes rather than a walk of the model's
+        modules (a visible share of a cold load; see bench/README.md).
+
+        Args:
+            adapter: weights as the registry loaded them.
+            key: the resolved ref it is known by.
+
+        Raises:
+            IncompatibleAdapterError: shapes do not fit, rank is over the slots' rank (the
+                engine's ``max_lora_rank``), or the adapter uses a LoRA variant the engine does
+                not serve (DoRA, bias, modules_to_save, trainable tokens).
+        """
+        config = adapter.config
+        used = {name: why for name, why in _UNSERVED.items() if config.get(name)}
+        if used:
+            name, why = next(iter(used.items()))
+            raise IncompatibleAdapterError(
+                f"adapter {key!r} sets {name}={config[name]!r} ({why}), which the engine does not serve: "
+                "its batched kernel computes plain LoRA (B @ A x with per-module rank, alpha and rsLoRA). "
+                "Merge the adapter into a base (PeftModel.merge_and_unload) and serve that, or retrain "
+                f"without {name}"
+            )
+        if adapter.extra_tensors:
+            raise IncompatibleAdapterError(
+                f"adapter {key!r} carries tensors beside LoRA's A and B ({sorted(adapter.extra_tensors)[:3]!r}), "
+                "which the engine does not serve; merge them into a base, or retrain without them"
+            )
+        a_parts: dict[str, torch.Tensor] = {}
+        b_parts: dict[str, torch.Tensor] = {}
+        problems = []
+        rank = 0
+        for path, (a, b) in adapter.pairs().items():
+            match = _MODULE.match(path)
+            if match is None or match.group(3) not in self.dims or int(match.group(1)) >= self.num_layers:
+                problems.append(f"module {path!r} is not a projection of this base's {self.num_layers} layers")
+                continue
+            layer, target = int(match.group(1)), match.group(3)
+            fan_in, fan_out = self.dims[target]
+            if (a.shape[1], b.shape[0]) != (fan_in, fan_out):
+                problems.append(
+                    f"module {path!r} is {fan_in}->{fan_out} in the base but the adapter is "
+                    f"{a.shape[1]}->{b.shape[0]}"
+                )
+                continue
+            r = a.shape[0]
+            if r > self.rank:
+                raise IncompatibleAdapterError(
+                    f"adapter {key!r} has rank r={r} on {path!r} but the engine's max_lora_rank is "
+                    f"{self.rank}; raise EngineConfig.max_lora_rank to at least {r}"
+                )
+            rank = max(rank, r)
             group = self._group_of[target]
+            if group not in a_parts:
+                width = self.rank * len(self.groups[group])
+                a_parts[group] = torch.zeros(self.num_layers, fan_in, width, dtype=self.dtype)
+            if target not in b_parts:
+                b_parts[target] = torch.zeros(self.num_layers, self.rank, fan_out, dtype=self.dtype)
+            column = self.groups[group].index(target) * self.rank
+            a_parts[group][layer, :, column : column + r].copy_(a.t())
+            b_parts[target][layer, :r].copy_((b.to(torch.float32) * adapter.scaling_for(path)).t())
+        if problems:
+            shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+            raise IncompatibleAdapterError(
+                f"adapter {key!r} does not fit this base: {shown}. Was it trained on another base? "
+                f"(the engine serves LoRA on {', '.join(self.dims)})"
+            )
+        size = sum(t.numel() * t.element_size() for t in (*a_parts.values(), *b_parts.values()))
+        return PreparedAdapter(key=key, rank=rank, a=a_parts, b=b_parts, num_bytes=size)
+
+    def install(self, slot: int, adapter: PreparedAdapter) -> None:
+        """Copy an adapter into ``slot``, replacing whatever was there: one copy per buffer,
+        and zeros only where the slot's previous adapter had weights this one lacks."""
+        stale = self._slot_targets[slot] - adapter.targets
+        for group in {self._group_of[t] for t in self._slot_targets[slot]} - adapter.a.keys():
+            self._clear(slot, group, self.groups[group])
+        for group, a in adapter.a.items():
             self._alloc(group)
-            row = self.groups[group].index(target) * self.rank
-            r = bt.shape[0]
-            self._a[group][layer, slot, :, row : row + r].copy_(a.t())
-            self._b[target][layer, slot, :r].copy_(bt)
+            self._a[group][:, slot].copy_(a)
+            self._clear(slot, group, [t for t in self.groups[group] if t in stale], a_too=False)
+        for target, b in adapter.b.items():
+            self._b[target][:, slot].copy_(b)
         self._slot_targets[slot] = adapter.targets
         self.generation += 1
 
     def clear(self, slot: int) -> None:
         """Zero ``slot`` so that a stale adapter can never leak into a row."""
-        # per layer: [layer, slot] is contiguous, and zero_() on the strided [:, slot] view is
-        # far slower (see bench/README.md)
         for group in {self._group_of[t] for t in self._slot_targets[slot]}:
-            for layer in range(self.num_layers):
-                self._a[group][layer, slot].zero_()
-                for target in self.groups[group]:
-                    self._b[target][layer, slot].zero_()
+            self._clear(slot, group, self.groups[group])
         self._slot_targets[slot] = frozenset()
         self.generation += 1
+
+    def _clear(self, slot: int, group: str, targets: Sequence[str], *, a_too: bool = True) -> None:
+        # per layer: [layer, slot] is contiguous, and zero_() on the strided [:, slot] view was
+        # far slower on one machine (see bench/README.md)
+        for layer in range(self.num_layers):
+            if a_too:
+                self._a[group][layer, slot].zero_()
+            for target in targets:
+                self._b[target][layer, slot].zero_()
 
     def row_mix(self, rows: Sequence[Mapping[int, float]], tokens_per_row: int = 1) -> RowMix | None:
         """Index a batch whose row i uses ``rows[i]`` (slot -> weight; empty = the base).

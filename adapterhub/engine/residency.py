@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 import torch
 
-from adapterhub.engine.lora import LoraSlots, PreparedAdapter, prepare_adapter
+from adapterhub.engine.lora import LoraSlots, PreparedAdapter
 from adapterhub.engine.threads import single_threaded
 from adapterhub.engine.types import ResidentAdapter
 from adapterhub.errors import AdapterNotFoundError, CapacityError
@@ -164,11 +164,7 @@ class AdapterResidency:
         assert self.source is not None  # resolve() refused refs without a source
         adapter = self.source.load_adapter(version)
         with torch.inference_mode():
-            prepared = prepare_adapter(
-                adapter, version.ref, self.slots.dims, self.slots.num_layers,
-                max_rank=self.slots.rank, dtype=self.slots.dtype,
-            )
-        return prepared
+            return self.slots.prepare(adapter, version.ref)
 
     def poll(self) -> dict[str, BaseException]:
         """Move finished loads into the cache; return the keys whose load failed."""

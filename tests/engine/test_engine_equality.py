@@ -8,7 +8,7 @@ from tinymodels import DEVICES
 
 from adapterhub.engine import GenerationRequest, SamplingParams
 from adapterhub.engine.decoder import DecoderRunner, compute_dtype
-from adapterhub.engine.lora import LoraSlots, prepare_adapter
+from adapterhub.engine.lora import LoraSlots
 
 GREEDY = SamplingParams(max_tokens=12, ignore_eos=True)
 
@@ -36,7 +36,7 @@ def _runner_with(base, adapters, slots_used):
     model = base.model
     slots = LoraSlots.for_model(model, num_slots=len(adapters), rank=8, dtype=compute_dtype(model))
     for slot, (key, adapter) in enumerate(adapters.items()):
-        slots.install(slot, prepare_adapter(adapter, key, slots.dims, slots.num_layers, max_rank=8, dtype=slots.dtype))
+        slots.install(slot, slots.prepare(adapter, key))
     return DecoderRunner(model, slots, max_rows=8, max_seq_len=128), slots
 
 
@@ -122,7 +122,7 @@ def test_used_slots_anywhere_in_the_table_give_peft_logits(tiny_base, adapter_re
     slots = LoraSlots.for_model(model, num_slots=8, rank=8, dtype=compute_dtype(model))
     for slot, name in zip(placement, names, strict=True):
         adapter = adapter_registry.load_adapter(f"{name}@1")
-        slots.install(slot, prepare_adapter(adapter, name, slots.dims, slots.num_layers, max_rank=8, dtype=slots.dtype))
+        slots.install(slot, slots.prepare(adapter, name))
     runner = DecoderRunner(model, slots, max_rows=8, max_seq_len=128)
     plan = [(prompts[0], "alpha"), (prompts[1], None), (prompts[2], "gamma"), (prompts[3], "alpha")]
     row_slots = [{placement[names.index(a)]: 1.0} if a else {} for _, a in plan]
@@ -181,3 +181,21 @@ def test_the_gpu_decode_attention_equals_the_cpu_kernel(tiny_base, adapter_regis
             steps.append(logits)
         outputs.append(torch.stack(steps))
     torch.testing.assert_close(outputs[1], outputs[0], atol=1e-5, rtol=1e-5)
+
+
+@torch.inference_mode()
+def test_a_reused_slot_holds_only_its_new_adapter(tiny_base, adapter_registry, peft_ref, prompts):
+    """Installing over a slot copies the new adapter's buffers and zeros whatever the old one
+    adapted and the new one does not (beta adapts the MLP and k/o at rank 8, gamma only q/v at
+    rank 4). Beta stays in slot 0 beside it, so the MLP's product runs over slot 1 too: stale
+    weights there would show in slot 1's logits."""
+    model = tiny_base.model
+    slots = LoraSlots.for_model(model, num_slots=2, rank=8, dtype=compute_dtype(model))
+    slots.install(0, slots.prepare(adapter_registry.load_adapter("beta@1"), "beta"))
+    runner = DecoderRunner(model, slots, max_rows=3, max_seq_len=128)
+    for name in ("beta", "gamma", "alpha", "beta", "gamma"):
+        slots.install(1, slots.prepare(adapter_registry.load_adapter(f"{name}@1"), name))
+        logits = runner.prefill([prompts[0], prompts[1], prompts[2]], 0, [{1: 1.0}, {0: 1.0}, {}])
+        for row, adapter in enumerate((name, "beta", None)):
+            expected = peft_ref.logits(list(prompts[row]), adapter)
+            torch.testing.assert_close(logits[row], expected, atol=1e-4, rtol=1e-4)

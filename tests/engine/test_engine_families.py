@@ -22,7 +22,7 @@ from tinymodels import FAMILY_CONFIGS, PeftReference, build_tiny_folder, save_lo
 from adapterhub.engine import Engine, EngineConfig, GenerationRequest, SamplingParams
 from adapterhub.engine.decoder import DecoderRunner
 from adapterhub.engine.families import Family, family_of
-from adapterhub.engine.lora import LoraSlots, prepare_adapter
+from adapterhub.engine.lora import LoraSlots
 from adapterhub.errors import EngineError, IncompatibleAdapterError
 from adapterhub.models.base import load_base, materialize_base
 from adapterhub.registry import Registry
@@ -163,7 +163,7 @@ def test_prefill_and_decode_logits_match_peft(case: Case) -> None:
     slots = LoraSlots.for_model(model, num_slots=len(names), rank=8, dtype=torch.float32)
     for slot, name in enumerate(names):
         adapter = case.registry.load_adapter(f"{name}@1")
-        slots.install(slot, prepare_adapter(adapter, name, slots.dims, slots.num_layers, max_rank=8, dtype=slots.dtype))
+        slots.install(slot, slots.prepare(adapter, name))
     runner = DecoderRunner(model, slots, max_rows=4, max_seq_len=128)
     plan = [(case.prompts[0], "patterned"), (case.prompts[1], None), (case.prompts[2], "all"), (case.prompts[3], "attn")]
     row_slots = [{names.index(a): 1.0} if a else {} for _, a in plan]

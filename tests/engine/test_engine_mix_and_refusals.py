@@ -9,7 +9,7 @@ import torch
 
 from adapterhub.engine import AdapterMix, Engine, GenerationRequest, SamplingParams
 from adapterhub.engine.decoder import DecoderRunner, compute_dtype
-from adapterhub.engine.lora import LoraSlots, prepare_adapter
+from adapterhub.engine.lora import LoraSlots
 from adapterhub.errors import (
     AdapterNotFoundError,
     CapacityError,
@@ -57,7 +57,7 @@ def test_mix_logits_match_peft_weighted_merge(tiny_base, adapter_registry, peft_
     slots = LoraSlots.for_model(model, num_slots=2, rank=8, dtype=compute_dtype(model))
     for slot, name in enumerate(["alpha", "beta"]):
         adapter = adapter_registry.load_adapter(f"{name}@1")
-        slots.install(slot, prepare_adapter(adapter, name, slots.dims, slots.num_layers, max_rank=8, dtype=slots.dtype))
+        slots.install(slot, slots.prepare(adapter, name))
     runner = DecoderRunner(model, slots, max_rows=2, max_seq_len=64)
     # row 0 mixes, row 1 runs alpha alone: a mixed row beside a plain one
     logits = runner.prefill([prompts[2], prompts[3]], 0, [{0: 0.5, 1: 0.5}, {0: 1.0}])
