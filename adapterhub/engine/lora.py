@@ -222,10 +222,10 @@ class LoraSlots:
                 f"adapter {key!r} carries tensors beside LoRA's A and B ({sorted(adapter.extra_tensors)[:3]!r}), "
                 "which the engine does not serve; merge them into a base, or retrain without them"
             )
-        a_parts: dict[str, torch.Tensor] = {}
-        b_parts: dict[str, torch.Tensor] = {}
+        # (target, r) -> the layers, A, B and scaling of each module: stacked in one go below,
+        # a per-module copy being a visible share of a cold load
+        found: dict[tuple[str, int], list[tuple[int, torch.Tensor, torch.Tensor, float]]] = {}
         problems = []
-        rank = 0
         for path, (a, b) in adapter.pairs().items():
             match = _MODULE.match(path)
             if match is None or match.group(3) not in self.dims or int(match.group(1)) >= self.num_layers:
@@ -245,22 +245,31 @@ class LoraSlots:
                     f"adapter {key!r} has rank r={r} on {path!r} but the engine's max_lora_rank is "
                     f"{self.rank}; raise EngineConfig.max_lora_rank to at least {r}"
                 )
-            rank = max(rank, r)
-            group = self._group_of[target]
-            if group not in a_parts:
-                width = self.rank * len(self.groups[group])
-                a_parts[group] = torch.zeros(self.num_layers, fan_in, width, dtype=self.dtype)
-            if target not in b_parts:
-                b_parts[target] = torch.zeros(self.num_layers, self.rank, fan_out, dtype=self.dtype)
-            column = self.groups[group].index(target) * self.rank
-            a_parts[group][layer, :, column : column + r].copy_(a.t())
-            b_parts[target][layer, :r].copy_((b.to(torch.float32) * adapter.scaling_for(path)).t())
+            found.setdefault((target, r), []).append((layer, a, b, adapter.scaling_for(path)))
         if problems:
             shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
             raise IncompatibleAdapterError(
                 f"adapter {key!r} does not fit this base: {shown}. Was it trained on another base? "
                 f"(the engine serves LoRA on {', '.join(self.dims)})"
             )
+        a_parts: dict[str, torch.Tensor] = {}
+        b_parts: dict[str, torch.Tensor] = {}
+        for (target, r), modules in found.items():
+            group = self._group_of[target]
+            fan_in, fan_out = self.dims[target]
+            if group not in a_parts:
+                width = self.rank * len(self.groups[group])
+                a_parts[group] = torch.zeros(self.num_layers, fan_in, width, dtype=self.dtype)
+            if target not in b_parts:
+                b_parts[target] = torch.zeros(self.num_layers, self.rank, fan_out, dtype=self.dtype)
+            layers = torch.tensor([m[0] for m in modules])
+            a = torch.stack([m[1] for m in modules]).transpose(1, 2)  # [n, in, r]
+            scales = torch.tensor([m[3] for m in modules], dtype=torch.float32)[:, None, None]
+            bt = (torch.stack([m[2] for m in modules]).to(torch.float32) * scales).transpose(1, 2)  # [n, r, out]
+            column = self.groups[group].index(target) * self.rank
+            a_parts[group][:, :, column : column + r].index_copy_(0, layers, a.to(self.dtype))
+            b_parts[target][:, :r].index_copy_(0, layers, bt.to(self.dtype))
+        rank = max((r for _, r in found), default=0)
         size = sum(t.numel() * t.element_size() for t in (*a_parts.values(), *b_parts.values()))
         return PreparedAdapter(key=key, rank=rank, a=a_parts, b=b_parts, num_bytes=size)
 
