@@ -26,10 +26,13 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 @pytest.fixture(autouse=True)
 def _offline_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Every test runs offline with its own HF cache; ADAPTERHUB_HOME points nowhere real."""
+    """Every test runs offline with its own HF cache; ADAPTERHUB_HOME points nowhere real, and no
+registry URL or blob location from the environment leaks in."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path_factory.getbasetemp() / "hf-home"))
     monkeypatch.setenv("ADAPTERHUB_HOME", str(tmp_path_factory.getbasetemp() / "unset-home"))
+    for name in ("ADAPTERHUB_REGISTRY_URL", "ADAPTERHUB_BLOBS"):  # never a real shared registry
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture(scope="session")
