@@ -15,7 +15,10 @@ from pathlib import Path
 import pytest
 from tinymodels import build_tiny_llama_folder, make_lora_folder
 
-pytest_plugins = ["hubserver.fixtures"]  # the Hub-compatible test server (tests/hubserver/)
+pytest_plugins = [
+    "hubserver.fixtures",  # the Hub-compatible test server (tests/hubserver/)
+    "backends",  # PostgreSQL and an S3-compatible server, for the registry's shared backends
+]
 
 REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")

@@ -104,6 +104,7 @@ def test_a_really_full_disk_changes_nothing_and_doctor_repairs(small_disk: Path)
     assert _register(registry, "b", 10, 0).ref == "b@1"
 
 
+@pytest.mark.parametrize("home", ["sqlite"], indirect=True)
 def test_sqlite_full_on_tag_and_delete_is_a_registry_error(
     registry: Registry, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+from backends import tamper
 
 from adapterhub.errors import (
     AdapterNotFoundError,
@@ -94,13 +95,13 @@ def test_delete_refuses_parents_unless_forced(registry: Registry, lora_dir: Path
 def test_tampered_blob_is_detected(registry: Registry, lora_dir: Path) -> None:
     version = _register(registry, "a", lora_dir)
     assert registry.load_adapter("a").r == 4
-    blob = registry.blobs.path(version.files[WEIGHTS_FILE])
-    data = bytearray(blob.read_bytes())
+    digest = version.files[WEIGHTS_FILE]
+    data = bytearray((lora_dir / WEIGHTS_FILE).read_bytes())
     data[-1] ^= 0xFF
-    blob.write_bytes(bytes(data))
+    tamper(registry, digest, bytes(data))
     with pytest.raises(CorruptBlobError, match="changed on disk"):
         registry.load_adapter("a")
-    blob.unlink()
+    tamper(registry, digest, None)
     with pytest.raises(CorruptBlobError, match="missing"):
         registry.read_file(version, WEIGHTS_FILE)
 
