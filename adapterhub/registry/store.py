@@ -239,12 +239,16 @@ class Registry:
             yield
         except DBAPIError as e:
             reason = str(e.orig).strip() if e.orig is not None else str(e)
-            where = repr(str(self.db_path)) if self.db_path is not None else repr(self.url)
-            raise RegistryError(
-                f"the registry database {where} failed: {reason}; nothing was changed. "
-                "If the disk is full, free space (`adapterhub doctor --repair` removes leftovers) "
-                "and try again"
-            ) from e
+            if self.db_path is not None:
+                where, advice = repr(str(self.db_path)), (
+                    "If the disk is full, free space (`adapterhub doctor --repair` removes "
+                    "leftovers) and try again")
+            else:
+                where, advice = repr(self.url), (
+                    "Check that the server is up and reachable and the URL "
+                    "(ADAPTERHUB_REGISTRY_URL or --registry) is right, then try again")
+            raise RegistryError(f"the registry database {where} failed: {reason}; nothing was changed. "
+                                f"{advice}") from e
 
     @contextmanager
     def _transaction(self, *, write: bool = False) -> Iterator[Connection]:
@@ -671,6 +675,12 @@ class Registry:
             ref=str(parsed),
             close_matches=difflib.get_close_matches(parsed.name, names, n=3, cutoff=0.6),
         )
+
+    def lookup(self, name: str, number: int) -> Version | None:
+        """Version ``name@number``, or None (cheaper than :meth:`resolve` when it may be absent)."""
+        with self._transaction() as db:
+            found = self._versions(db, [(name, number)])
+        return found[0] if found else None
 
     def names(self) -> list[str]:
         with self._transaction() as db:
