@@ -63,6 +63,11 @@ class BlobStore:
                     f"blob location {self.location!r} needs {getattr(e, 'name', None) or e!s}, which is "
                     "not installed: pip install 'adapterhub[s3]'"
                 ) from e
+            except ValueError as e:  # fsspec knows no such protocol
+                raise ConfigError(
+                    f"blob location {self.location!r} is not a folder or a storage URL fsspec knows "
+                    f"({e}); write a folder or s3://bucket/prefix"
+                ) from e
             self._root = root.rstrip("/") + "/sha256"
         else:
             folder = Path(str(location).removeprefix("file://")).expanduser()

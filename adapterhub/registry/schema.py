@@ -5,8 +5,9 @@ Alembic scripts in ``migrations/versions`` create and change them. Revision ``00
 the schema that ``CREATE TABLE IF NOT EXISTS`` built before migrations existed, so a home made by
 that code (tables, no ``alembic_version``) is recognised, stamped ``0001`` and upgraded in place.
 
-Opening a registry costs one query when the database is current: its revision is compared with
-:data:`HEAD`, which a test keeps equal to Alembic's head. Only a database behind it loads Alembic.
+Opening a registry costs a look at its tables and one query when the database is current: its
+revision is compared with :data:`HEAD`, which a test keeps equal to Alembic's head. Only a
+database behind it loads Alembic.
 A revision this code does not know was written by a newer adapterhub and is refused
 (:class:`~adapterhub.errors.RegistrySchemaError`): older code never writes into a newer schema.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sqlalchemy import (
+    REAL,
     Column,
     Connection,
     Float,
@@ -41,15 +43,19 @@ HEAD = "0001"
 BASELINE = "0001"
 """The revision of a registry made before migrations existed."""
 _MIGRATIONS = Path(__file__).with_name("migrations")
+WRITE = "adapterhub_write"
+"""Execution option of a connection whose transactions write: SQLite begins them IMMEDIATE."""
 _LOCK_KEY = 0x61646870  # "adhp": the PostgreSQL advisory lock migrations hold
 
 metadata = MetaData()
+Real = Float().with_variant(REAL(), "sqlite")
+"""A double: FLOAT (8 bytes) on PostgreSQL, REAL (SQLite's only float) as main declared it."""
 
 versions = Table(
     "versions", metadata,
     Column("name", Text, nullable=False),
     Column("number", Integer, nullable=False, autoincrement=False),
-    Column("created_at", Float, nullable=False),
+    Column("created_at", Real, nullable=False),
     Column("method", Text, nullable=False),
     Column("base_fingerprint", Text, nullable=False),
     Column("template_hash", Text, nullable=False),
@@ -90,11 +96,11 @@ evaluations = Table(
     Column("number", Integer, nullable=False),
     Column("task", Text, nullable=False),
     Column("metric", Text, nullable=False),
-    Column("value", Float, nullable=False),
-    Column("stderr", Float),
+    Column("value", Real, nullable=False),
+    Column("stderr", Real),
     Column("samples", Integer),
     Column("harness", Text, nullable=False),
-    Column("created_at", Float, nullable=False),
+    Column("created_at", Real, nullable=False),
     Column("setup", Text, nullable=False, server_default="{}"),
     ForeignKeyConstraint(["name", "number"], ["versions.name", "versions.number"], ondelete="CASCADE"),
     Index("evaluations_by_version", "name", "number", "task", "metric"),
@@ -114,11 +120,17 @@ gates = Table(
 def current_revision(db: Connection) -> str | None:
     """The database's revision: ``alembic_version``'s row, :data:`BASELINE` for a registry made
     before migrations (its tables, no version table), None for an empty database."""
+    revision, _ = _state(db)
+    return revision
+
+
+def _state(db: Connection) -> tuple[str | None, bool]:
+    """(revision, whether ``alembic_version`` records it)."""
     tables = set(inspect(db).get_table_names())
     if "alembic_version" in tables:
         row = db.execute(text("SELECT version_num FROM alembic_version")).first()
-        return None if row is None else str(row[0])
-    return BASELINE if "versions" in tables else None
+        return (None if row is None else str(row[0])), True
+    return (BASELINE if "versions" in tables else None), False
 
 
 def known_revisions() -> list[str]:
@@ -134,13 +146,14 @@ def ensure_schema(db: Connection, where: str) -> None:
         RegistrySchemaError: the database has a revision this code does not know.
     """
     with db.begin():
-        if current_revision(db) == HEAD:
+        if _state(db) == (HEAD, True):
             return
+    db.execution_options(**{WRITE: True})  # SQLite: hold the write lock from the start
     with db.begin():
         if db.dialect.name == "postgresql":
             db.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
-        revision = current_revision(db)  # again, under the lock: another process may have migrated
-        if revision == HEAD:
+        revision, stamped = _state(db)  # again, under the lock: another process may have migrated
+        if (revision, stamped) == (HEAD, True):
             return
         if revision is not None and revision not in known_revisions():
             raise RegistrySchemaError(
@@ -152,7 +165,7 @@ def ensure_schema(db: Connection, where: str) -> None:
         from alembic import command
 
         config = _alembic_config(db)
-        if revision is not None and "alembic_version" not in inspect(db).get_table_names():
+        if revision is not None and not stamped:
             command.stamp(config, BASELINE)  # made before migrations: it has the baseline's tables
         command.upgrade(config, "head")
 

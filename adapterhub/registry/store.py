@@ -226,7 +226,7 @@ class Registry:
         @event.listens_for(engine, "begin")
         def _begin(db: Connection) -> None:
             # A writer takes the write lock at its start, so its reads see what it writes over.
-            write = db.get_execution_options().get("adapterhub_write", False)
+            write = db.get_execution_options().get(schema.WRITE, False)
             db.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
         return engine
@@ -258,7 +258,7 @@ class Registry:
             self._pid = os.getpid()
         with self._errors(), self._engine.connect() as db:
             if write:
-                db.execution_options(adapterhub_write=True)
+                db.execution_options(**{schema.WRITE: True})
             with db.begin():
                 yield db
 

@@ -15,6 +15,7 @@ down_revision = None
 branch_labels = None
 depends_on = None
 
+_REAL = sa.Float().with_variant(sa.REAL(), "sqlite")  # SQLite's REAL, PostgreSQL's 8-byte FLOAT
 _KEY = ["name", "number"]
 _VERSION = ["versions.name", "versions.number"]
 
@@ -24,7 +25,7 @@ def upgrade() -> None:
         "versions",
         sa.Column("name", sa.Text, nullable=False),
         sa.Column("number", sa.Integer, nullable=False, autoincrement=False),
-        sa.Column("created_at", sa.Float, nullable=False),
+        sa.Column("created_at", _REAL, nullable=False),
         sa.Column("method", sa.Text, nullable=False),
         sa.Column("base_fingerprint", sa.Text, nullable=False),
         sa.Column("template_hash", sa.Text, nullable=False),
@@ -60,11 +61,11 @@ def upgrade() -> None:
         sa.Column("number", sa.Integer, nullable=False),
         sa.Column("task", sa.Text, nullable=False),
         sa.Column("metric", sa.Text, nullable=False),
-        sa.Column("value", sa.Float, nullable=False),
-        sa.Column("stderr", sa.Float),
+        sa.Column("value", _REAL, nullable=False),
+        sa.Column("stderr", _REAL),
         sa.Column("samples", sa.Integer),
         sa.Column("harness", sa.Text, nullable=False),
-        sa.Column("created_at", sa.Float, nullable=False),
+        sa.Column("created_at", _REAL, nullable=False),
         sa.Column("setup", sa.Text, nullable=False, server_default="{}"),
         sa.ForeignKeyConstraint(_KEY, _VERSION, ondelete="CASCADE"),
         sqlite_autoincrement=True,
