@@ -25,6 +25,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,17 +88,13 @@ def _run_as() -> dict[str, int]:
         except KeyError:
             continue
         return {"user": entry.pw_uid, "group": entry.pw_gid}
-    pytest.skip("running as root and there is no unprivileged user (postgres, nobody) to run initdb as")
+    raise RuntimeError("running as root and there is no unprivileged user (postgres, nobody) to run initdb as")
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
-    bindir = postgres_bindir()
-    if bindir is None:
-        pytest.skip("no PostgreSQL server binary (initdb, pg_ctl, postgres) on PATH, from "
-                    "`pg_config --bindir` or in /usr/lib/postgresql/*/bin; install the Debian "
-                    "package postgresql to run the PostgreSQL half of the registry tests")
-    pytest.importorskip("psycopg", reason="the postgres extra (psycopg) is not installed")
+@contextmanager
+def running_postgres(bindir: Path) -> Iterator[PostgresServer]:
+    """A PostgreSQL server from the binaries in ``bindir``, stopped and deleted afterwards
+    (also used by ``bench/registry_bench.py``)."""
     as_user = _run_as()
     root = Path(tempfile.mkdtemp(prefix="adapterhub-pg-"))  # /tmp: reachable by that user
     data, log = root / "data", root / "server.log"
@@ -126,6 +123,18 @@ def postgres_server() -> Iterator[PostgresServer]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    bindir = postgres_bindir()
+    if bindir is None:
+        pytest.skip("no PostgreSQL server binary (initdb, pg_ctl, postgres) on PATH, from "
+                    "`pg_config --bindir` or in /usr/lib/postgresql/*/bin; install the Debian "
+                    "package postgresql to run the PostgreSQL half of the registry tests")
+    pytest.importorskip("psycopg", reason="the postgres extra (psycopg) is not installed")
+    with running_postgres(bindir) as server:
+        yield server
+
+
 @pytest.fixture
 def postgres_url(postgres_server: PostgresServer) -> str:
     """A fresh, empty database on the session's server."""
@@ -147,12 +156,16 @@ class S3Server:
         return name
 
 
-@pytest.fixture(scope="session")
-def s3_server() -> Iterator[S3Server]:
-    server_module = pytest.importorskip("moto.server", reason="moto[server] is not installed")
-    pytest.importorskip("s3fs", reason="the s3 extra (s3fs) is not installed")
+@contextmanager
+def running_s3() -> Iterator[S3Server]:
+    """moto's S3 server on a free loopback port (also used by ``bench/registry_bench.py``)."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
     port = free_port()
-    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -168,6 +181,14 @@ def s3_server() -> Iterator[S3Server]:
         yield S3Server(endpoint, env)
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    pytest.importorskip("moto.server", reason="moto[server] is not installed")
+    pytest.importorskip("s3fs", reason="the s3 extra (s3fs) is not installed")
+    with running_s3() as server:
+        yield server
 
 
 @pytest.fixture
