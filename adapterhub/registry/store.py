@@ -207,7 +207,9 @@ class Registry:
     def _create_engine(self) -> Engine:
         if self.db_path is None:
             return create_engine(self.location.url, pool_pre_ping=True, pool_size=4, max_overflow=16)
-        engine = create_engine(self.location.url, pool_size=4, max_overflow=16,
+        # SQLite has no server to run out of connections: a thread never waits for one (the
+        # server resolves refs from many worker threads at once); 8 stay open between calls.
+        engine = create_engine(self.location.url, pool_size=8, max_overflow=-1,
                                connect_args={"timeout": 60, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
