@@ -113,7 +113,7 @@ def main() -> None:
     from adapterhub.core.hardware import detect_platform
     from adapterhub.registry import Registry
 
-    print_header("registry_bench", detect_platform())
+    print_header("registry_bench", detect_platform(), payload="fp32 LoRA tensors")
     payloads = [lora_files(seed) for seed in range(args.registers + 1)]
     print(f"  payload {len(payloads[0]['adapter_model.safetensors']) / 1e6:.1f} MB of weights per version "
           f"(r={RANK}, q/k/v/o, fp32); {args.registers} registers, {args.resolves} resolves, {args.loads} loads")
