@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: install demo test fuzz load bench lint clean
+.PHONY: install demo test fuzz load bench lint clean postgres-server
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -32,8 +32,19 @@ demo: install
 	$(PY) recipes/eval_sft.py $(DEMO_ADAPTER) --check pirate --limit 6
 	$(PY) -m adapterhub_server.demo --adapter $(DEMO_ADAPTER) --prompt "Why is the sky blue?"
 
-test: install
+test: install postgres-server
 	$(BIN)/pytest -q -p no:cacheprovider
+
+# The registry's tests start a real PostgreSQL server from the system's binaries (initdb, pg_ctl,
+# postgres). Where none is found and this runs as root with apt, install Debian's `postgresql`
+# (best effort: without it those tests skip, saying why). Never asks for a password.
+PG_FOUND = command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	{ command -v pg_config >/dev/null 2>&1 && test -x "$$(pg_config --bindir)/initdb"; }
+postgres-server:
+	@$(PG_FOUND) || { test "$$(id -u)" = 0 && command -v apt-get >/dev/null 2>&1 && \
+	  echo "installing the Debian package postgresql for the registry's tests" && \
+	  { apt-get update -qq >/dev/null; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null; }; } || \
+	  echo "no PostgreSQL server binaries: the registry's PostgreSQL tests will skip"
 
 # Long reliability runs (`make test` runs the same tests, shorter). fuzz: schemathesis with
 # FUZZ_EXAMPLES per operation, hardening and input safety, SIGKILL loops at KILL_POINTS, disk

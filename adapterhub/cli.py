@@ -41,6 +41,18 @@ HomeOption = Annotated[
 ]
 
 
+RegistryOption = Annotated[
+    str | None,
+    typer.Option("--registry", help="Registry database: sqlite:///path or postgresql://user@host/db "
+                 "(default: $ADAPTERHUB_REGISTRY_URL, else the home's registry.db).", show_default=False),
+]
+BlobsOption = Annotated[
+    str | None,
+    typer.Option("--blobs", help="Where the registry's files live: a folder or s3://bucket/prefix "
+                 "(default: $ADAPTERHUB_BLOBS, else beside an SQLite registry).", show_default=False),
+]
+
+
 DeviceOption = Annotated[
     str | None,
     typer.Option("--device", help="cpu, cuda or cuda:N (default: CUDA when present, else the CPU).",
@@ -54,11 +66,13 @@ ComputeDtypeOption = Annotated[
 
 
 def _hub(home: Path | None, precision: str | None = None, device: str | None = None,
-         compute_dtype: str | None = None):  # type: ignore[no-untyped-def]
+         compute_dtype: str | None = None, *, registry: str | None = None,
+         blobs: str | None = None):  # type: ignore[no-untyped-def]
     from adapterhub.facade import Hub
 
     quiet_libraries()
-    return Hub(home, precision=precision, device=device, compute_dtype=compute_dtype)
+    return Hub(home, precision=precision, device=device, compute_dtype=compute_dtype,
+               registry=registry, blobs=blobs)
 
 
 def quiet_libraries() -> None:
@@ -120,9 +134,11 @@ def import_(
     ],
     name: Annotated[str, typer.Option("--name", help="Adapter name in the registry.")],
     home: HomeOption = None,
+    registry: RegistryOption = None,
+    blobs: BlobsOption = None,
 ) -> None:
     """Register a PEFT adapter folder trained elsewhere; prints NAME@N."""
-    version = _hub(home).import_adapter(path, name)
+    version = _hub(home, registry=registry, blobs=blobs).import_adapter(path, name)
     out.print(version.ref)
 
 
@@ -136,9 +152,11 @@ def list_(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     home: HomeOption = None,
+    registry: RegistryOption = None,
+    blobs: BlobsOption = None,
 ) -> None:
     """List adapter versions."""
-    hub = _hub(home)
+    hub = _hub(home, registry=registry, blobs=blobs)
     versions = hub.list(name)
     columns = [_column(m) for m in metric or []]
     measured = [{c: _measure(hub, v, c) for c in columns} for v in versions]
@@ -182,10 +200,13 @@ def _measure(hub, version, column: str) -> float | None:  # type: ignore[no-unty
 
 @app.command()
 def show(
-    ref: Annotated[str, typer.Argument(help="name, name@N or name:alias")], home: HomeOption = None
+    ref: Annotated[str, typer.Argument(help="name, name@N or name:alias")],
+    home: HomeOption = None,
+    registry: RegistryOption = None,
+    blobs: BlobsOption = None,
 ) -> None:
     """Show all metadata of a version, its newest evaluations, its aliases' gates and its lineage."""
-    hub = _hub(home)
+    hub = _hub(home, registry=registry, blobs=blobs)
     chain = hub.registry.lineage(ref)
     version = chain[0]
     data = version.to_dict()
@@ -211,11 +232,13 @@ def tag(
         bool, typer.Option(help="Run the evaluations a rule needs and the version or its parent lacks.")
     ] = True,
     home: HomeOption = None,
+    registry: RegistryOption = None,
+    blobs: BlobsOption = None,
 ) -> None:
     """Point NAME:ALIAS at a version (moves the alias if it exists); a gated alias checks its rules."""
     if gate and clear_gates:
         raise ConfigError("give --gate or --clear-gates, not both")
-    hub = _hub(home)
+    hub = _hub(home, registry=registry, blobs=blobs)
     with _eval_bar("evaluating for the gate") as progress:
         version = hub.tag(ref, alias, gates=[] if clear_gates else gate, evaluate_missing=evaluate,
                           progress=progress)
@@ -231,9 +254,11 @@ def rm(
         bool, typer.Option(help="Delete even if other versions name it as parent.")
     ] = False,
     home: HomeOption = None,
+    registry: RegistryOption = None,
+    blobs: BlobsOption = None,
 ) -> None:
     """Delete a version (or every version of a bare name)."""
-    for version in _hub(home).delete(ref, force=force):
+    for version in _hub(home, registry=registry, blobs=blobs).delete(ref, force=force):
         out.print(f"deleted {version.ref}")
 
 
@@ -249,6 +274,8 @@ def generate(
     device: DeviceOption = None,
     compute_dtype: ComputeDtypeOption = None,
     home: HomeOption = None,
+    registry: RegistryOption = None,
+    blobs: BlobsOption = None,
 ) -> None:
     """One chat turn through the base's chat template, with an adapter or --base."""
     if base and prompt is None:
@@ -257,7 +284,7 @@ def generate(
         raise ConfigError(
             "give `adapterhub generate REF PROMPT` or `adapterhub generate --base PROMPT`"
         )
-    hub = _hub(home, precision, device, compute_dtype)
+    hub = _hub(home, precision, device, compute_dtype, registry=registry, blobs=blobs)
     if not base:
         hub.resolve(ref)  # an unknown adapter fails before the base loads
     err.print(hub.base.summary(), highlight=False, soft_wrap=True)
@@ -283,13 +310,15 @@ def train(
     device: DeviceOption = None,
     compute_dtype: ComputeDtypeOption = None,
     home: HomeOption = None,
+    registry: RegistryOption = None,
+    blobs: BlobsOption = None,
 ) -> None:
     """Train a recipe on the base and register the adapter; prints NAME@N.
 
     Ctrl-C once stops at the next step with a checkpoint (resume with --resume); twice aborts.
     --device and --compute-dtype set the recipe's training.device and training.compute_dtype.
     """
-    hub = _hub(home)
+    hub = _hub(home, registry=registry, blobs=blobs)
     set_ = [*(set_ or []),
             *([f"training.device={device}"] if device else []),
             *([f"training.compute_dtype={compute_dtype}"] if compute_dtype else [])]
@@ -422,11 +451,13 @@ def eval_(
     device: DeviceOption = None,
     compute_dtype: ComputeDtypeOption = None,
     home: HomeOption = None,
+    registry: RegistryOption = None,
+    blobs: BlobsOption = None,
 ) -> None:
     """Run lm-evaluation-harness on a version and record the results next to it."""
     if base == (ref is not None):
         raise ConfigError("give `adapterhub eval REF --task T` or `adapterhub eval --base --task T`")
-    hub = _hub(home, device=device, compute_dtype=compute_dtype)
+    hub = _hub(home, device=device, compute_dtype=compute_dtype, registry=registry, blobs=blobs)
     version = hub.resolve(ref) if ref else None  # an unknown adapter fails before anything loads
     if server is None:
         err.print(hub.base.summary(), highlight=False, soft_wrap=True)
@@ -477,6 +508,8 @@ def doctor(
         bool, typer.Option(help="Remove leftovers and unreferenced blobs; checkpoint the WAL.")
     ] = False,
     home: HomeOption = None,
+    registry: RegistryOption = None,
+    blobs: BlobsOption = None,
 ) -> None:
     """Show the hardware picture, then check the whole registry: checksums, database, leftovers.
 
@@ -489,11 +522,50 @@ def doctor(
     quiet_libraries()
     for key, value in detect_platform().as_dict().items():
         out.print(f"{key + ':':16} {value}", markup=False, highlight=False)
-    report = diagnose(home or default_home(), repair=repair)
+    report = diagnose(home or default_home(), repair=repair, url=registry, blobs=blobs)
     for line in report.lines():
         out.print(line, markup=False, highlight=False, soft_wrap=True)
     if not report.healthy:
         raise typer.Exit(1)
+
+
+registry_app = typer.Typer(help="Operations on a whole registry.", no_args_is_help=True)
+app.add_typer(registry_app, name="registry")
+
+
+@registry_app.command("copy")
+def registry_copy(
+    src: Annotated[str, typer.Argument(metavar="SRC", help="Source: a database URL (sqlite:///path, "
+                                       "postgresql://user@host/db) or a hub home folder.")],
+    dst: Annotated[str, typer.Argument(metavar="DST", help="Destination, the same way.")],
+    src_blobs: Annotated[
+        str | None,
+        typer.Option("--src-blobs", help="The source's blob location (default: beside an SQLite "
+                     "source; required for PostgreSQL).", show_default=False),
+    ] = None,
+    dst_blobs: Annotated[
+        str | None,
+        typer.Option("--dst-blobs", help="The destination's blob location, e.g. s3://bucket/prefix "
+                     "(default: beside an SQLite destination; required for PostgreSQL).", show_default=False),
+    ] = None,
+) -> None:
+    """Copy every version, alias, gate, evaluation and blob (checked) from SRC into DST.
+
+    Resumable and idempotent: run it again after an interruption and it copies what is missing.
+    Versions that exist in DST with other contents are never overwritten; they are reported.
+    """
+    from adapterhub.registry import Registry
+    from adapterhub.registry.copy import copy_registry
+    from adapterhub.registry.location import location_of
+
+    quiet_libraries()
+    source, target = location_of(src, src_blobs), location_of(dst, dst_blobs)
+    with _eval_bar("copying") as progress:
+        report = copy_registry(Registry(source.home, url=source.url, blobs=source.blobs),
+                               Registry(target.home, url=target.url, blobs=target.blobs),
+                               progress=progress)
+    for line in report.lines():
+        out.print(line, markup=False, highlight=False)
 
 
 EndpointOption = Annotated[
@@ -540,10 +612,12 @@ def push(
     revision: Annotated[str, typer.Option(help="Branch to commit on.")] = "main",
     endpoint: EndpointOption = None,
     home: HomeOption = None,
+    registry: RegistryOption = None,
+    blobs: BlobsOption = None,
 ) -> None:
     """Push a version to the Hugging Face Hub as one commit tagged vN (no-op if already there)."""
     with _transfer_bar("pushing") as progress:
-        result = _hub(home).push(
+        result = _hub(home, registry=registry, blobs=blobs).push(
             ref, repo_id, private=private, revision=revision, endpoint=endpoint, progress=progress
         )
     state = "pushed" if result.created else "already on the Hub:"
@@ -565,6 +639,8 @@ def pull(
     ] = None,
     endpoint: EndpointOption = None,
     home: HomeOption = None,
+    registry: RegistryOption = None,
+    blobs: BlobsOption = None,
 ) -> None:
     """Pull a PEFT LoRA repo from the Hub and register it; prints NAME@N."""
     import warnings
@@ -574,7 +650,7 @@ def pull(
     repo_id, _, revision = repo.partition("@")
     with warnings.catch_warnings(record=True) as caught, _transfer_bar("pulling") as progress:
         warnings.simplefilter("always", AdapterHubWarning)
-        result = _hub(home).pull(
+        result = _hub(home, registry=registry, blobs=blobs).pull(
             repo_id, revision=revision or None, name=name, endpoint=endpoint, progress=progress
         )
     for warning in caught:

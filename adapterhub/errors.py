@@ -10,7 +10,8 @@ The tree::
     │   ├── IncompatibleAdapterError            wrong base fingerprint / template / shapes
     │   ├── CorruptBlobError                    checksum mismatch, truncated file
     │   ├── GateError                           a gated alias refused a version, with the numbers
-    │   └── UnsafeAdapterError                  pickles, NaN weights, lying headers, too big
+    │   ├── UnsafeAdapterError                  pickles, NaN weights, lying headers, too big
+    │   └── RegistrySchemaError                 the database's schema is newer than this code
     ├── BaseModelError(OSError)              the base cannot be materialised or loaded
     ├── HubError(OSError)                    raised ``from`` the huggingface_hub error
     │   ├── HubAuthError(PermissionError)
@@ -143,6 +144,19 @@ class UnsafeAdapterError(RegistryError):
     code = "unsafe_adapter"
     http_status = 422
     openai_type = "invalid_request_error"
+
+
+class RegistrySchemaError(RegistryError):
+    """The registry database has a schema revision this code does not know: a newer adapterhub
+    wrote it. Older code refuses it rather than write into a schema it does not understand."""
+
+    code = "registry_schema_unknown"
+    http_status = 503
+    openai_type = "service_unavailable"
+
+    def __init__(self, message: str, *, revision: str = "") -> None:
+        self.revision = revision
+        super().__init__(message)
 
 
 class BaseModelError(AdapterHubError, OSError):

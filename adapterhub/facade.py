@@ -65,6 +65,11 @@ class Hub:
         device: ``cpu``, ``cuda`` or ``cuda:N``; CUDA when torch sees one, else the CPU.
         compute_dtype: ``bfloat16``, ``float16`` or ``float32``; the hardware's best when None
             (see :mod:`adapterhub.core.hardware`).
+        registry: the registry's database URL (``sqlite:///path``, ``postgresql://user@host/db``)
+            or an open :class:`Registry`; ``$ADAPTERHUB_REGISTRY_URL``, else the home's
+            ``registry.db``, when None.
+        blobs: where the registry's files live (a folder or ``s3://bucket/prefix``);
+            ``$ADAPTERHUB_BLOBS``, else beside an SQLite database, when None.
     """
 
     def __init__(
@@ -74,10 +79,15 @@ class Hub:
         precision: str | None = None,
         device: str | None = None,
         compute_dtype: str | None = None,
+        registry: str | Registry | None = None,
+        blobs: str | Path | None = None,
     ) -> None:
         self.home = Path(home).expanduser() if home is not None else default_home()
         self.home.mkdir(parents=True, exist_ok=True)
-        self.registry = Registry(self.home)
+        if isinstance(registry, Registry):
+            self.registry = registry
+        else:
+            self.registry = Registry(self.home, url=registry, blobs=blobs)
         self._precision = precision
         self._device = device
         self._compute_dtype = compute_dtype

@@ -136,7 +136,7 @@ def serve(settings: ServerSettings) -> None:
     from adapterhub.facade import Hub
 
     check_bind(settings, settings.resolved_keys())
-    Hub(settings.home).base_info  # noqa: B018  (raises BaseModelError with the fix)
+    Hub(settings.home, registry=settings.registry_url, blobs=settings.blobs).base_info  # noqa: B018  (raises BaseModelError with the fix)
     app = create_app(settings)
     service: InferenceService = app.state.service
 

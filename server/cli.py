@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from adapterhub.cli import HomeOption, quiet_libraries
+from adapterhub.cli import BlobsOption, HomeOption, RegistryOption, quiet_libraries
 
 
 def register(app: typer.Typer) -> None:
@@ -25,6 +25,8 @@ def serve(
     compute_dtype: Annotated[str | None, typer.Option(help="bfloat16, float16 or float32 (default: the hardware's fastest).", show_default=False)] = None,
     keys_file: Annotated[Path | None, typer.Option(help="YAML/JSON file of API keys with roles.", show_default=False)] = None,
     home: HomeOption = None,
+    registry: RegistryOption = None,
+    blobs: BlobsOption = None,
 ) -> None:
     """Serve the OpenAI-compatible HTTP API (settings also from ADAPTERHUB_* variables)."""
     from adapterhub_server import load_settings
@@ -33,7 +35,7 @@ def serve(
     quiet_libraries()
     settings = load_settings(
         host=host, port=port, precision=precision, device=device, compute_dtype=compute_dtype,
-        keys_file=keys_file, home=home,
+        keys_file=keys_file, home=home, registry_url=registry, blobs=blobs,
         engine={"max_slots": slots} if slots is not None else None,
     )
     run_server(settings)

@@ -143,7 +143,8 @@ class InferenceService:
     def _load_base(self) -> Hub:
         from adapterhub.facade import Hub
 
-        hub = Hub(self.settings.home, precision=self.settings.precision, device=self.settings.device,
+        hub = Hub(self.settings.home, registry=self.settings.registry_url, blobs=self.settings.blobs,
+                  precision=self.settings.precision, device=self.settings.device,
                   compute_dtype=self.settings.compute_dtype)
         log.info("%s", hub.base.summary())  # loads the model: the slow part, in a worker thread
         return hub

@@ -90,6 +90,15 @@ class ServerSettings(BaseSettings):
     home: Path | None = None
     """Hub home to serve (its base and registry); ``~/.adapterhub`` when unset."""
 
+    registry_url: str | None = Field(default=None, min_length=1, max_length=4096)
+    """The registry's database (``ADAPTERHUB_REGISTRY_URL``): ``sqlite:///path`` or
+    ``postgresql://user@host/db``, shared with trainers on other machines; the home's
+    ``registry.db`` when unset."""
+
+    blobs: str | None = Field(default=None, min_length=1, max_length=4096)
+    """Where the registry's files live (``ADAPTERHUB_BLOBS``): a folder or ``s3://bucket/prefix``;
+    beside an SQLite registry when unset (required with PostgreSQL)."""
+
     host: str = Field(default="127.0.0.1", min_length=1, max_length=255)
     """Address to bind. Anything but loopback requires at least one API key."""
 

@@ -15,7 +15,10 @@ from pathlib import Path
 import pytest
 from tinymodels import build_tiny_llama_folder, make_lora_folder
 
-pytest_plugins = ["hubserver.fixtures"]  # the Hub-compatible test server (tests/hubserver/)
+pytest_plugins = [
+    "hubserver.fixtures",  # the Hub-compatible test server (tests/hubserver/)
+    "backends",  # PostgreSQL and an S3-compatible server, for the registry's shared backends
+]
 
 REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -26,10 +29,13 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 @pytest.fixture(autouse=True)
 def _offline_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Every test runs offline with its own HF cache; ADAPTERHUB_HOME points nowhere real."""
+    """Every test runs offline with its own HF cache; ADAPTERHUB_HOME points nowhere real, and no
+registry URL or blob location from the environment leaks in."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path_factory.getbasetemp() / "hf-home"))
     monkeypatch.setenv("ADAPTERHUB_HOME", str(tmp_path_factory.getbasetemp() / "unset-home"))
+    for name in ("ADAPTERHUB_REGISTRY_URL", "ADAPTERHUB_BLOBS"):  # never a real shared registry
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture(scope="session")

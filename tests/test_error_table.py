@@ -41,6 +41,7 @@ WIRE = {
     "CorruptBlobError": ("corrupt_adapter", 500, "server_error"),
     "GateError": ("gate_failed", 409, "invalid_request_error"),
     "UnsafeAdapterError": ("unsafe_adapter", 422, "invalid_request_error"),
+    "RegistrySchemaError": ("registry_schema_unknown", 503, "service_unavailable"),
     "BaseModelError": ("base_unavailable", 503, "service_unavailable"),
     "HubError": ("hub_unavailable", 502, "server_error"),
     "HubAuthError": ("hub_unavailable", 502, "server_error"),

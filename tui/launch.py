@@ -12,7 +12,8 @@ from adapterhub_tui.app import make_app
 from adapterhub_tui.backend import Backend
 
 
-def build_backend(*, server: str | None, home: Path | None, api_key: str | None) -> Backend:
+def build_backend(*, server: str | None, home: Path | None, api_key: str | None,
+                  registry: str | None = None, blobs: str | None = None) -> Backend:
     """The in-process backend over ``home``, or the HTTP backend for ``server``.
 
     Args:
@@ -20,6 +21,8 @@ def build_backend(*, server: str | None, home: Path | None, api_key: str | None)
         home: the hub home (``$ADAPTERHUB_HOME`` or ``~/.adapterhub`` when None). With a server
             it is only where compare's votes are written.
         api_key: the server's API key (an admin key enables tagging and deleting).
+        registry: in process, the registry's database URL (see ``Hub``); the environment's or
+            the home's when None. blobs: its blob location, the same way.
     """
     from adapterhub.facade import Hub, default_home
 
@@ -30,9 +33,10 @@ def build_backend(*, server: str | None, home: Path | None, api_key: str | None)
                            api_key=api_key)
     from adapterhub_tui.local import InProcessBackend
 
-    return InProcessBackend(Hub(home))
+    return InProcessBackend(Hub(home, registry=registry, blobs=blobs))
 
 
-def run_tui(*, server: str | None = None, home: Path | None = None, api_key: str | None = None) -> None:
+def run_tui(*, server: str | None = None, home: Path | None = None, api_key: str | None = None,
+            registry: str | None = None, blobs: str | None = None) -> None:
     """Run the terminal UI until the user quits (ctrl+q)."""
-    make_app(build_backend(server=server, home=home, api_key=api_key)).run()
+    make_app(build_backend(server=server, home=home, api_key=api_key, registry=registry, blobs=blobs)).run()

@@ -1,11 +1,22 @@
 """The adapter registry: immutable versions, mutable aliases, lineage, metrics and evaluations.
 
-Metadata lives in SQLite (WAL mode, so a trainer can write while a server reads); files live in a
-content-addressed :class:`BlobStore`. Publishing a version is two steps: blobs are written and
-fsynced first, then one ``BEGIN IMMEDIATE`` transaction picks the next number and inserts the rows.
-A process killed at any point therefore leaves either no version or a whole one; the worst
-leftover is an unreferenced blob. ``BEGIN IMMEDIATE`` also serialises writers across processes,
-so two processes registering the same name at once get distinct numbers.
+Metadata lives in a database that SQLAlchemy (Core) speaks: SQLite by default (the hub home's
+``registry.db``, WAL mode, so a trainer can write while a server reads) or PostgreSQL, shared by
+several machines (see :mod:`.location`; tables and migrations in :mod:`.schema`). Files live in a
+content-addressed :class:`BlobStore` (a folder or object storage). Publishing a version is two
+steps: blobs are written and verified first, then one transaction picks the next number and
+inserts the rows. A process killed at any point therefore leaves either no version or a whole
+one; the worst leftover is an unreferenced blob.
+
+Distinct numbers for concurrent writers: ``(name, number)`` is the primary key. On SQLite a write
+transaction starts with ``BEGIN IMMEDIATE``, which serialises writers across processes; on
+PostgreSQL two writers may both pick the next number, the unique key refuses the second insert, and
+that writer retries with the number after (its blobs are already stored). Aliases move with one
+``INSERT … ON CONFLICT DO UPDATE``, in the transaction that checks their gates.
+
+Connections come from one pool per registry: reused, with SQLite's PRAGMAs set once per
+connection. A database failure (disk full, locked past the timeout, server gone) becomes a
+:class:`~adapterhub.errors.RegistryError` that says nothing changed.
 
 A version never changes once published; what is learnt about it later is recorded next to it:
 evaluations (:class:`Evaluation`, one row per task and metric, newest wins) and, per alias, the
@@ -16,6 +27,8 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
+import random
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping
@@ -23,6 +36,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, delete, event, func, insert, select
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from adapterhub.core.refs import AdapterRef, validate_name
 from adapterhub.errors import (
@@ -40,65 +56,17 @@ from adapterhub.models.adapters import (
     LoraLimits,
     load_lora_bytes,
 )
+from adapterhub.registry import schema
 from adapterhub.registry.blobs import BlobStore
 from adapterhub.registry.gates import Gate, GateCheck, parse_gates
+from adapterhub.registry.location import RegistryLocation
+from adapterhub.registry.schema import aliases as aliases_t
+from adapterhub.registry.schema import evaluations as evaluations_t
+from adapterhub.registry.schema import files as files_t
+from adapterhub.registry.schema import gates as gates_t
+from adapterhub.registry.schema import versions as versions_t
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS versions (
-    name TEXT NOT NULL,
-    number INTEGER NOT NULL,
-    created_at REAL NOT NULL,
-    method TEXT NOT NULL,
-    base_fingerprint TEXT NOT NULL,
-    template_hash TEXT NOT NULL,
-    recipe TEXT NOT NULL DEFAULT '{}',
-    dataset_fingerprint TEXT,
-    parent TEXT,
-    metrics TEXT NOT NULL DEFAULT '{}',
-    source TEXT NOT NULL DEFAULT '{}',
-    PRIMARY KEY (name, number)
-);
-CREATE TABLE IF NOT EXISTS files (
-    name TEXT NOT NULL,
-    number INTEGER NOT NULL,
-    filename TEXT NOT NULL,
-    sha256 TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    PRIMARY KEY (name, number, filename),
-    FOREIGN KEY (name, number) REFERENCES versions (name, number) ON DELETE CASCADE
-);
-CREATE TABLE IF NOT EXISTS aliases (
-    name TEXT NOT NULL,
-    alias TEXT NOT NULL,
-    number INTEGER NOT NULL,
-    PRIMARY KEY (name, alias),
-    FOREIGN KEY (name, number) REFERENCES versions (name, number) ON DELETE CASCADE
-);
-CREATE TABLE IF NOT EXISTS evaluations (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    name TEXT NOT NULL,
-    number INTEGER NOT NULL,
-    task TEXT NOT NULL,
-    metric TEXT NOT NULL,
-    value REAL NOT NULL,
-    stderr REAL,
-    samples INTEGER,
-    harness TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    setup TEXT NOT NULL DEFAULT '{}',
-    FOREIGN KEY (name, number) REFERENCES versions (name, number) ON DELETE CASCADE
-);
-CREATE TABLE IF NOT EXISTS gates (
-    name TEXT NOT NULL,
-    alias TEXT NOT NULL,
-    position INTEGER NOT NULL,
-    rule TEXT NOT NULL,
-    PRIMARY KEY (name, alias, position)
-);
-CREATE INDEX IF NOT EXISTS files_by_hash ON files (sha256);
-CREATE INDEX IF NOT EXISTS evaluations_by_version ON evaluations (name, number, task, metric);
-CREATE INDEX IF NOT EXISTS versions_by_parent ON versions (parent);
-"""
+_NUMBER_TRIES = 200  # PostgreSQL: how often a writer that lost the race for a number tries again
 _SAFE_FILENAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
@@ -170,10 +138,11 @@ class Evaluation:
 
 @contextmanager
 def _nothing_registered_on_failure(name: str) -> Iterator[None]:
-    """Turn a storage failure (disk full, read-only, I/O) into a RegistryError that says so."""
+    """Turn a storage failure (disk full, read-only, I/O, store unreachable) into a
+    RegistryError that says so."""
     try:
         yield
-    except (OSError, sqlite3.OperationalError) as e:
+    except OSError as e:
         reason = getattr(e, "strerror", None) or str(e)
         raise RegistryError(
             f"could not store a new version of {name!r}: {reason}; nothing was registered and "
@@ -182,80 +151,162 @@ def _nothing_registered_on_failure(name: str) -> Iterator[None]:
         ) from e
 
 
-class Registry:
-    """Versions and aliases of adapters under one hub home.
+class _NumberTaken(Exception):
+    """Another writer committed this version number first (PostgreSQL); pick the next one."""
 
-    Safe to use from several threads (one connection per call) and several processes.
+
+class Registry:
+    """Versions and aliases of adapters, in one database and one blob store.
+
+    Safe to use from several threads (a pool of connections) and several processes or machines.
+
+    Args:
+        home: a hub home; its ``registry.db`` and ``blobs`` unless ``url``/``blobs`` or the
+            environment say otherwise (see :mod:`.location`). A URL string here is taken as ``url``.
+        url: ``sqlite:///path/registry.db`` or ``postgresql://user@host/db``.
+        blobs: a folder or an object-storage URL (``s3://bucket/prefix``).
+        storage_options: passed to the blob store's fsspec filesystem.
+
+    Raises:
+        ConfigError: a bad URL, or a server database without a blob location.
+        RegistrySchemaError: the database was written by a newer adapterhub.
+        RegistryError: the database cannot be reached or opened.
     """
 
-    def __init__(self, home: Path | str) -> None:
-        self.home = Path(home)
-        self.home.mkdir(parents=True, exist_ok=True)
-        self.db_path = self.home / "registry.db"
-        self.blobs = BlobStore(self.home / "blobs")
-        with self._connect() as db:
-            db.executescript(_SCHEMA)
+    def __init__(
+        self,
+        home: Path | str | None = None,
+        *,
+        url: str | None = None,
+        blobs: str | Path | None = None,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        if isinstance(home, str) and "://" in home and url is None:
+            home, url = None, home
+        self.location = RegistryLocation.resolve(home, url=url, blobs=blobs)
+        self.home = self.location.home
+        self.db_path = self.location.db_path
+        self.url = self.location.shown
+        if self.db_path is not None:
+            self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        self.blobs = BlobStore(self.location.blobs, storage_options=storage_options)
+        self._engine = self._create_engine()
+        self._pid = os.getpid()
+        with self._errors(), self._engine.connect() as db:
+            schema.ensure_schema(db, repr(self.url))
+
+    def __repr__(self) -> str:
+        return f"Registry({self.url!r}, blobs={self.blobs.location!r})"
+
+    def close(self) -> None:
+        """Close the pooled connections (a later call opens new ones)."""
+        self._engine.dispose()
 
     # ------------------------------------------------------------------ plumbing
 
+    def _create_engine(self) -> Engine:
+        if self.db_path is None:
+            return create_engine(self.location.url, pool_pre_ping=True, pool_size=4, max_overflow=16)
+        # SQLite has no server to run out of connections: a thread never waits for one (the
+        # server resolves refs from many worker threads at once); 8 stay open between calls.
+        engine = create_engine(self.location.url, pool_size=8, max_overflow=-1,
+                               connect_args={"timeout": 60, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _once_per_connection(dbapi: sqlite3.Connection, _record: object) -> None:
+            dbapi.isolation_level = None  # transactions are begun below, not by the driver
+            dbapi.execute("PRAGMA journal_mode=WAL")
+            dbapi.execute("PRAGMA synchronous=FULL")
+            dbapi.execute("PRAGMA foreign_keys=ON")
+            # Connections stay open now, so no last close checkpoints the log: copy each commit
+            # into the database file at once and let the next writer start the log afresh, as
+            # before. The log then holds at most the latest transaction (what a truncated log or
+            # a full disk can cost), and the database file is whole on its own.
+            dbapi.execute("PRAGMA wal_autocheckpoint=1")
+            dbapi.execute("PRAGMA journal_size_limit=0")
+
+        @event.listens_for(engine, "begin")
+        def _begin(db: Connection) -> None:
+            # A writer takes the write lock at its start, so its reads see what it writes over.
+            write = db.get_execution_options().get(schema.WRITE, False)
+            db.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+        return engine
+
     @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        """A connection for one call. SQLite's own failures (disk full, I/O error, locked past
-        the timeout) become a ``RegistryError`` that says nothing changed and what to do."""
+    def _errors(self) -> Iterator[None]:
+        """The database's own failures (disk full, I/O error, locked past the timeout, server
+        unreachable) become a ``RegistryError`` that says nothing changed and what to do."""
         try:
-            db = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
-            try:
-                db.row_factory = sqlite3.Row
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=FULL")
-                db.execute("PRAGMA foreign_keys=ON")
-                yield db
-            finally:
-                db.close()
-        except sqlite3.OperationalError as e:
-            raise RegistryError(
-                f"the registry database {str(self.db_path)!r} failed: {e}; nothing was changed. "
-                "If the disk is full, free space (`adapterhub doctor --repair` removes leftovers) "
-                "and try again"
-            ) from e
+            yield
+        except DBAPIError as e:
+            reason = str(e.orig).strip() if e.orig is not None else str(e)
+            if self.db_path is not None:
+                where, advice = repr(str(self.db_path)), (
+                    "If the disk is full, free space (`adapterhub doctor --repair` removes "
+                    "leftovers) and try again")
+            else:
+                where, advice = repr(self.url), (
+                    "Check that the server is up and reachable and the URL "
+                    "(ADAPTERHUB_REGISTRY_URL or --registry) is right, then try again")
+            raise RegistryError(f"the registry database {where} failed: {reason}; nothing was changed. "
+                                f"{advice}") from e
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction that holds the database's write lock from its start."""
-        with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
+    def _transaction(self, *, write: bool = False) -> Iterator[Connection]:
+        """One transaction on a pooled connection, committed when the block ends normally."""
+        if os.getpid() != self._pid:  # a forked child must not share its parent's connections
+            self._engine.dispose(close=False)
+            self._pid = os.getpid()
+        with self._errors(), self._engine.connect() as db:
+            if write:
+                db.execution_options(**{schema.WRITE: True})
+            with db.begin():
                 yield db
-            except BaseException:
-                if db.in_transaction:  # SQLite rolls back by itself after some errors (full disk)
-                    db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
 
-    def _version(self, db: sqlite3.Connection, name: str, number: int) -> Version:
-        row = db.execute(
-            "SELECT * FROM versions WHERE name=? AND number=?", (name, number)
-        ).fetchone()
-        if row is None:
+    def _versions(self, db: Connection, keys: list[tuple[str, int]] | None = None,
+                  name: str | None = None) -> list[Version]:
+        """Versions with their files and aliases, in three queries: those of ``keys``, else every
+        version (of ``name``), ordered by name and number."""
+        query = select(versions_t)
+        file_query = select(files_t.c.name, files_t.c.number, files_t.c.filename, files_t.c.sha256)
+        alias_query = select(aliases_t.c.name, aliases_t.c.number, aliases_t.c.alias)
+        if keys is not None and len(keys) == 1:
+            (key_name, key_number), = keys
+            query = query.where(versions_t.c.name == key_name, versions_t.c.number == key_number)
+            file_query = file_query.where(files_t.c.name == key_name, files_t.c.number == key_number)
+            alias_query = alias_query.where(aliases_t.c.name == key_name, aliases_t.c.number == key_number)
+        elif name is not None or keys is not None:
+            names = [name] if name is not None else sorted({k[0] for k in keys or []})
+            query = query.where(versions_t.c.name.in_(names))
+            file_query = file_query.where(files_t.c.name.in_(names))
+            alias_query = alias_query.where(aliases_t.c.name.in_(names))
+        rows = db.execute(query.order_by(versions_t.c.name, versions_t.c.number)).mappings().all()
+        wanted = None if keys is None else set(keys)
+        files_of: dict[tuple[str, int], dict[str, str]] = {}
+        for r in db.execute(file_query.order_by(files_t.c.filename)):
+            files_of.setdefault((r.name, r.number), {})[r.filename] = r.sha256
+        aliases_of: dict[tuple[str, int], list[str]] = {}
+        for r in db.execute(alias_query.order_by(aliases_t.c.alias)):
+            aliases_of.setdefault((r.name, r.number), []).append(r.alias)
+        found = []
+        for row in rows:
+            key = (row["name"], row["number"])
+            if wanted is not None and key not in wanted:
+                continue
+            columns = {k: row[k] for k in _VERSION_FIELDS.intersection(row.keys())}
+            columns.update({k: json.loads(row[k]) for k in _JSON_COLUMNS})
+            found.append(Version(**columns, files=files_of.get(key, {}),
+                                 aliases=tuple(aliases_of.get(key, ()))))
+        return found
+
+    def _version(self, db: Connection, name: str, number: int) -> Version:
+        found = self._versions(db, [(name, number)])
+        if not found:
             raise AdapterNotFoundError(
                 f"adapter {name}@{number} does not exist", ref=f"{name}@{number}"
             )
-        files = {
-            r["filename"]: r["sha256"]
-            for r in db.execute(
-                "SELECT filename, sha256 FROM files WHERE name=? AND number=? ORDER BY filename",
-                (name, number),
-            )
-        }
-        aliases = tuple(
-            r["alias"]
-            for r in db.execute(
-                "SELECT alias FROM aliases WHERE name=? AND number=? ORDER BY alias", (name, number)
-            )
-        )
-        columns = {key: row[key] for key in _VERSION_FIELDS.intersection(row.keys())}
-        columns.update({key: json.loads(row[key]) for key in _JSON_COLUMNS})
-        return Version(**columns, files=files, aliases=aliases)
+        return found[0]
 
     # ------------------------------------------------------------------ write
 
@@ -301,7 +352,7 @@ class Registry:
             raise ConfigError(f"a version needs {missing!r}; got {sorted(files)!r}")
         parent_ref = self.resolve(parent).ref if parent else None
 
-        # 1. Blobs first: durable before anything points at them.
+        # 1. Blobs first: durable and verified before anything points at them.
         stored: dict[str, tuple[str, int]] = {}
         with _nothing_registered_on_failure(name):
             for filename, content in files.items():
@@ -309,41 +360,91 @@ class Registry:
                 stored[filename] = (self.blobs.put(data), len(data))
 
         # 2. One transaction publishes the version.
-        with _nothing_registered_on_failure(name), self._write() as db:
-            if number is None:
-                (latest,) = db.execute(
-                    "SELECT COALESCE(MAX(number), 0) FROM versions WHERE name=?", (name,)
-                ).fetchone()
-                number = latest + 1
-            elif db.execute(
-                "SELECT 1 FROM versions WHERE name=? AND number=?", (name, number)
-            ).fetchone():
-                raise VersionExistsError(
-                    f"{name}@{number} already exists and versions are immutable; "
-                    "register without a number to get the next one"
-                )
-            db.execute(
-                "INSERT INTO versions VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    name,
-                    number,
-                    time.time(),
-                    method,
-                    base_fingerprint,
-                    template_hash,
-                    json.dumps(dict(recipe or {}), sort_keys=True, default=str),
-                    dataset_fingerprint,
-                    parent_ref,
-                    json.dumps(dict(metrics or {}), sort_keys=True, default=str),
-                    json.dumps(dict(source or {}), sort_keys=True, default=str),
-                ),
-            )
-            db.executemany(
-                "INSERT INTO files VALUES (?,?,?,?,?)",
-                [(name, number, fn, digest, size) for fn, (digest, size) in stored.items()],
-            )
-            self._insert_evaluations(db, [replace(e, name=name, number=number) for e in evaluations or []])
-            return self._version(db, name, number)
+        row = {
+            "name": name, "created_at": time.time(), "method": method,
+            "base_fingerprint": base_fingerprint, "template_hash": template_hash,
+            "recipe": _json(recipe), "dataset_fingerprint": dataset_fingerprint,
+            "parent": parent_ref, "metrics": _json(metrics), "source": _json(source),
+        }
+        return self._publish(row, stored, number, evaluations or [])
+
+    def _publish(self, row: dict[str, Any], stored: Mapping[str, tuple[str, int]], number: int | None,
+                 evaluations: list[Evaluation]) -> Version:
+        """Insert one version (next free number when ``number`` is None), retrying a lost race."""
+        name = row["name"]
+        for attempt in range(_NUMBER_TRIES):
+            try:
+                with _nothing_registered_on_failure(name), self._transaction(write=True) as db:
+                    chosen = number
+                    if chosen is None:
+                        latest = db.execute(
+                            select(func.coalesce(func.max(versions_t.c.number), 0))
+                            .where(versions_t.c.name == name)).scalar_one()
+                        chosen = int(latest) + 1
+                    elif db.execute(select(versions_t.c.number).where(
+                            versions_t.c.name == name, versions_t.c.number == chosen)).first():
+                        raise VersionExistsError(
+                            f"{name}@{chosen} already exists and versions are immutable; "
+                            "register without a number to get the next one"
+                        )
+                    try:
+                        db.execute(insert(versions_t).values(**row, number=chosen))
+                    except IntegrityError:
+                        raise _NumberTaken from None
+                    db.execute(insert(files_t), [
+                        {"name": name, "number": chosen, "filename": fn, "sha256": digest, "size": size}
+                        for fn, (digest, size) in stored.items()
+                    ])
+                    self._insert_evaluations(db, [replace(e, name=name, number=chosen) for e in evaluations])
+                    return self._version(db, name, chosen)
+            except _NumberTaken:
+                if number is not None:
+                    raise VersionExistsError(
+                        f"{name}@{number} already exists and versions are immutable; "
+                        "register without a number to get the next one"
+                    ) from None
+                time.sleep(random.uniform(0, 0.002 * min(attempt + 1, 20)))
+        raise RegistryError(
+            f"could not get a version number for {name!r} after {_NUMBER_TRIES} tries: other "
+            "writers keep taking them; nothing was registered. Try again"
+        )
+
+    def restore(self, version: Version, sizes: Mapping[str, int],
+                evaluations: list[Evaluation] | None = None) -> Version:
+        """Publish ``version`` exactly as given (number, time, parent, metadata), its blobs
+        already in this registry's store: how ``registry copy`` moves a version.
+
+        Args:
+            sizes: filename -> size in bytes of each of its files.
+
+        Raises:
+            VersionExistsError: this registry has that number already.
+            CorruptBlobError: a blob is not in this registry's store.
+        """
+        from adapterhub.errors import CorruptBlobError
+
+        for filename, digest in version.files.items():
+            if not self.blobs.exists(digest, sizes[filename]):
+                raise CorruptBlobError(f"{version.ref}/{filename}: blob {digest[:12]}… is not in "
+                                       f"{self.blobs.location!r}; store it first")
+        row = {
+            "name": version.name, "created_at": version.created_at, "method": version.method,
+            "base_fingerprint": version.base_fingerprint, "template_hash": version.template_hash,
+            "recipe": _json(version.recipe), "dataset_fingerprint": version.dataset_fingerprint,
+            "parent": version.parent, "metrics": _json(version.metrics), "source": _json(version.source),
+        }
+        stored = {fn: (digest, sizes[fn]) for fn, digest in version.files.items()}
+        return self._publish(row, stored, version.number, evaluations or [])
+
+    def restore_alias(self, name: str, alias: str, number: int, gates: list[Gate]) -> None:
+        """Point ``name:alias`` at ``name@number`` with exactly ``gates``, checking nothing (the
+        state of another registry, copied)."""
+        with self._transaction(write=True) as db:
+            db.execute(delete(gates_t).where(gates_t.c.name == name, gates_t.c.alias == alias))
+            if gates:
+                db.execute(insert(gates_t), [{"name": name, "alias": alias, "position": i, "rule": str(g)}
+                                             for i, g in enumerate(gates)])
+            _move_alias(db, name, alias, number)
 
     def tag(self, ref: str, alias: str, *, gates: list[str] | None = None) -> Version:
         """Point ``name:alias`` at the version ``ref`` resolves to (moving it if it exists).
@@ -362,13 +463,14 @@ class Registry:
         validate_name(alias, field="alias")
         rules = parse_gates(gates) if gates is not None else None
         version = self.resolve(ref)
-        with self._write() as db:
+        with self._transaction(write=True) as db:
             if rules is not None:
-                db.execute("DELETE FROM gates WHERE name=? AND alias=?", (version.name, alias))
-                db.executemany(
-                    "INSERT INTO gates VALUES (?,?,?,?)",
-                    [(version.name, alias, i, str(rule)) for i, rule in enumerate(rules)],
-                )
+                db.execute(delete(gates_t).where(gates_t.c.name == version.name, gates_t.c.alias == alias))
+                if rules:
+                    db.execute(insert(gates_t), [
+                        {"name": version.name, "alias": alias, "position": i, "rule": str(rule)}
+                        for i, rule in enumerate(rules)
+                    ])
             checks = self._check_gates(db, version, self._gates(db, version.name, alias))
             failed = [c for c in checks if not c.passed]
             if failed:
@@ -378,32 +480,26 @@ class Registry:
                     f"{len(failed)} of {len(checks)} rule(s); the alias did not move:\n{lines}",
                     checks=checks,
                 )
-            db.execute(
-                "INSERT INTO aliases VALUES (?,?,?) ON CONFLICT (name, alias) DO UPDATE SET number=excluded.number",
-                (version.name, alias, version.number),
-            )
+            _move_alias(db, version.name, alias, version.number)
             return self._version(db, version.name, version.number)
 
     def gates(self, name: str, alias: str) -> list[Gate]:
         """The rules alias ``name:alias`` holds (none for an ungated or unknown alias)."""
-        with self._connect() as db:
+        with self._transaction() as db:
             return self._gates(db, name, alias)
 
     def check_gates(self, ref: str | Version, gates: list[Gate]) -> list[GateCheck]:
         """How version ``ref`` fares against ``gates``, without moving anything."""
         version = ref if isinstance(ref, Version) else self.resolve(ref)
-        with self._connect() as db:
+        with self._transaction() as db:
             return self._check_gates(db, version, gates)
 
-    def _gates(self, db: sqlite3.Connection, name: str, alias: str) -> list[Gate]:
-        rows = db.execute(
-            "SELECT rule FROM gates WHERE name=? AND alias=? ORDER BY position", (name, alias)
-        )
-        return [Gate.parse(r["rule"]) for r in rows]
+    def _gates(self, db: Connection, name: str, alias: str) -> list[Gate]:
+        rows = db.execute(select(gates_t.c.rule).where(gates_t.c.name == name, gates_t.c.alias == alias)
+                          .order_by(gates_t.c.position))
+        return [Gate.parse(r.rule) for r in rows]
 
-    def _check_gates(
-        self, db: sqlite3.Connection, version: Version, gates: list[Gate]
-    ) -> list[GateCheck]:
+    def _check_gates(self, db: Connection, version: Version, gates: list[Gate]) -> list[GateCheck]:
         parent = None
         if version.parent and any(g.relative for g in gates):
             parent = AdapterRef.parse(version.parent)
@@ -426,18 +522,20 @@ class Registry:
             checks.append(GateCheck(gate, version.ref, value, bound, version.parent, missing))
         return checks
 
-    def _measure(self, db: sqlite3.Connection, name: str, number: int, gate: Gate) -> float | None:
+    def _measure(self, db: Connection, name: str, number: int, gate: Gate) -> float | None:
         """The number a rule reads for one version: its newest evaluation, or a training metric."""
         if gate.task is None:
-            row = db.execute("SELECT metrics FROM versions WHERE name=? AND number=?", (name, number)).fetchone()
-            value = json.loads(row["metrics"]).get(gate.metric) if row else None
+            metrics = db.execute(select(versions_t.c.metrics).where(
+                versions_t.c.name == name, versions_t.c.number == number)).scalar()
+            value = json.loads(metrics).get(gate.metric) if metrics is not None else None
             return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-        row = db.execute(
-            "SELECT value FROM evaluations WHERE name=? AND number=? AND task=? AND metric=? "
-            "ORDER BY created_at DESC, id DESC LIMIT 1",
-            (name, number, gate.task, gate.metric),
-        ).fetchone()
-        return None if row is None else float(row["value"])
+        e = evaluations_t.c
+        value = db.execute(
+            select(e.value).where(e.name == name, e.number == number, e.task == gate.task,
+                                  e.metric == gate.metric)
+            .order_by(e.created_at.desc(), e.id.desc()).limit(1)
+        ).scalar()
+        return None if value is None else float(value)
 
     # ------------------------------------------------------------------ evaluations
 
@@ -448,35 +546,36 @@ class Registry:
             AdapterNotFoundError: one names a version that does not exist.
             ConfigError: a value is not a finite number.
         """
-        with self._write() as db:
+        with self._transaction(write=True) as db:
             for e in evaluations:
                 self._version(db, e.name, e.number)  # raises AdapterNotFoundError
             self._insert_evaluations(db, evaluations)
         return self.evaluations(evaluations[0].ref) if evaluations else []
 
-    def _insert_evaluations(self, db: sqlite3.Connection, evaluations: list[Evaluation]) -> None:
+    def _insert_evaluations(self, db: Connection, evaluations: list[Evaluation]) -> None:
         bad = [f"{e.subject}={e.value!r}" for e in evaluations if not _finite(e.value)]
         if bad:
             raise ConfigError(f"evaluation values {bad} are not finite numbers; nothing was recorded")
-        db.executemany(
-            "INSERT INTO evaluations (name, number, task, metric, value, stderr, samples, "
-            "harness, created_at, setup) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            [
-                (e.name, e.number, e.task, e.metric, float(e.value),
-                 e.stderr if e.stderr is not None and _finite(e.stderr) else None, e.samples,
-                 e.harness, e.created_at or time.time(), json.dumps(dict(e.setup), sort_keys=True, default=str))
-                for e in evaluations
-            ],
-        )
+        if not evaluations:
+            return
+        db.execute(insert(evaluations_t), [
+            {"name": e.name, "number": e.number, "task": e.task, "metric": e.metric,
+             "value": float(e.value),
+             "stderr": e.stderr if e.stderr is not None and _finite(e.stderr) else None,
+             "samples": e.samples, "harness": e.harness, "created_at": e.created_at or time.time(),
+             "setup": _json(e.setup)}
+            for e in evaluations
+        ])
 
     def evaluations(self, ref: str | Version, *, latest: bool = False) -> list[Evaluation]:
         """A version's evaluations, oldest first; with ``latest``, the newest per task and metric."""
         version = ref if isinstance(ref, Version) else self.resolve(ref)
-        with self._connect() as db:
+        e = evaluations_t.c
+        with self._transaction() as db:
             rows = db.execute(
-                "SELECT * FROM evaluations WHERE name=? AND number=? ORDER BY created_at, id",
-                (version.name, version.number),
-            ).fetchall()
+                select(evaluations_t).where(e.name == version.name, e.number == version.number)
+                .order_by(e.created_at, e.id)
+            ).mappings().all()
         found = [
             Evaluation(
                 name=r["name"], number=r["number"], task=r["task"], metric=r["metric"],
@@ -496,10 +595,10 @@ class Registry:
         Raises:
             AdapterNotFoundError: no such alias.
         """
-        with self._write() as db:
-            cursor = db.execute("DELETE FROM aliases WHERE name=? AND alias=?", (name, alias))
-            db.execute("DELETE FROM gates WHERE name=? AND alias=?", (name, alias))
-            if cursor.rowcount == 0:
+        with self._transaction(write=True) as db:
+            removed = db.execute(delete(aliases_t).where(aliases_t.c.name == name, aliases_t.c.alias == alias))
+            db.execute(delete(gates_t).where(gates_t.c.name == name, gates_t.c.alias == alias))
+            if removed.rowcount == 0:
                 raise AdapterNotFoundError(
                     f"alias {name}:{alias} does not exist", ref=f"{name}:{alias}"
                 )
@@ -519,25 +618,25 @@ class Registry:
         if not targets:
             raise self._not_found(parsed)
         doomed = {v.ref for v in targets}
-        with self._write() as db:
+        digests = {d for v in targets for d in v.files.values()}
+        v = versions_t.c
+        with self._transaction(write=True) as db:
             children = [
-                (r["name"], r["number"], r["parent"])
-                for r in db.execute(
-                    f"SELECT name, number, parent FROM versions WHERE parent IN ({','.join('?' * len(doomed))})",
-                    sorted(doomed),
-                )
-                if f"{r['name']}@{r['number']}" not in doomed
+                (r.name, r.number, r.parent)
+                for r in db.execute(select(v.name, v.number, v.parent).where(v.parent.in_(sorted(doomed))))
+                if f"{r.name}@{r.number}" not in doomed
             ]
             if children and not force:
                 named = ", ".join(f"{n}@{k} (parent {p})" for n, k, p in children)
                 raise RegistryError(
                     f"cannot delete {ref!r}: {named} name it as parent; delete those first or pass --force"
                 )
-            for v in targets:
-                db.execute("DELETE FROM versions WHERE name=? AND number=?", (v.name, v.number))
-            live = {r[0] for r in db.execute("SELECT DISTINCT sha256 FROM files")}
+            for target in targets:
+                db.execute(delete(versions_t).where(v.name == target.name, v.number == target.number))
+            live = set(db.execute(select(files_t.c.sha256).distinct()
+                                  .where(files_t.c.sha256.in_(sorted(digests)))).scalars())
         # Blobs go after the commit: a crash here leaves unreferenced blobs, never a dangling row.
-        for digest in {d for v in targets for d in v.files.values()} - live:
+        for digest in digests - live:
             self.blobs.delete(digest)
         return targets
 
@@ -550,30 +649,22 @@ class Registry:
             AdapterNotFoundError: with close matches when the name is unknown.
         """
         parsed = ref if isinstance(ref, AdapterRef) else AdapterRef.parse(ref)
-        with self._connect() as db:
+        with self._transaction() as db:
+            number: int | None
             if parsed.version is not None:
                 number = parsed.version
             elif parsed.alias is not None:
-                row = db.execute(
-                    "SELECT number FROM aliases WHERE name=? AND alias=?",
-                    (parsed.name, parsed.alias),
-                ).fetchone()
-                number = row["number"] if row else None
+                number = db.execute(select(aliases_t.c.number).where(
+                    aliases_t.c.name == parsed.name, aliases_t.c.alias == parsed.alias)).scalar()
             else:
-                row = db.execute(
-                    "SELECT MAX(number) AS n FROM versions WHERE name=?", (parsed.name,)
-                ).fetchone()
-                number = row["n"]
-            if number is None:
-                raise self._not_found(parsed, db)
-            try:
-                return self._version(db, parsed.name, number)
-            except AdapterNotFoundError:
-                raise self._not_found(parsed, db) from None
+                number = db.execute(select(func.max(versions_t.c.number))
+                                    .where(versions_t.c.name == parsed.name)).scalar()
+            found = self._versions(db, [(parsed.name, number)]) if number is not None else []
+        if not found:
+            raise self._not_found(parsed)
+        return found[0]
 
-    def _not_found(
-        self, parsed: AdapterRef, db: sqlite3.Connection | None = None
-    ) -> AdapterNotFoundError:
+    def _not_found(self, parsed: AdapterRef) -> AdapterNotFoundError:
         names = self.names()
         if parsed.name in names:
             versions = [v.ref for v in self.list_versions(parsed.name)]
@@ -587,18 +678,33 @@ class Registry:
             close_matches=difflib.get_close_matches(parsed.name, names, n=3, cutoff=0.6),
         )
 
+    def lookup(self, name: str, number: int) -> Version | None:
+        """Version ``name@number``, or None (cheaper than :meth:`resolve` when it may be absent)."""
+        with self._transaction() as db:
+            found = self._versions(db, [(name, number)])
+        return found[0] if found else None
+
     def names(self) -> list[str]:
-        with self._connect() as db:
-            return [r[0] for r in db.execute("SELECT DISTINCT name FROM versions ORDER BY name")]
+        with self._transaction() as db:
+            return list(db.execute(select(versions_t.c.name).distinct().order_by(versions_t.c.name)).scalars())
 
     def list_versions(self, name: str | None = None) -> list[Version]:
         """Every version, or every version of ``name``, oldest first."""
-        with self._connect() as db:
-            keys = db.execute(
-                "SELECT name, number FROM versions WHERE (? IS NULL OR name=?) ORDER BY name, number",
-                (name, name),
-            ).fetchall()
-            return [self._version(db, k["name"], k["number"]) for k in keys]
+        with self._transaction() as db:
+            return self._versions(db, name=name)
+
+    def aliases(self) -> list[tuple[str, str, int, list[Gate]]]:
+        """Every alias as ``(name, alias, number, gates)``, ordered by name and alias."""
+        with self._transaction() as db:
+            rows = db.execute(select(aliases_t).order_by(aliases_t.c.name, aliases_t.c.alias)).all()
+            return [(r.name, r.alias, r.number, self._gates(db, r.name, r.alias)) for r in rows]
+
+    def sizes(self, version: Version) -> dict[str, int]:
+        """filename -> size in bytes, as recorded when ``version`` was registered."""
+        with self._transaction() as db:
+            rows = db.execute(select(files_t.c.filename, files_t.c.size).where(
+                files_t.c.name == version.name, files_t.c.number == version.number))
+            return {r.filename: int(r.size) for r in rows}
 
     def lineage(self, ref: str | AdapterRef) -> list[Version]:
         """The version and its parent chain, newest first (stops at a deleted parent)."""
@@ -623,7 +729,11 @@ class Registry:
                 f"{version.ref} has no file {filename!r}; it has {sorted(version.files)!r}",
                 ref=version.ref,
             )
-        return self.blobs.get(digest, label=f"{version.ref}/{filename}")
+        try:
+            return self.blobs.get(digest, label=f"{version.ref}/{filename}")
+        except OSError as e:  # the store itself failed (unreachable, refused)
+            raise RegistryError(f"could not read {version.ref}/{filename} from "
+                                f"{self.blobs.location!r}: {e}; check the blob store and try again") from e
 
     def load_adapter(self, ref: str | Version, *, limits: LoraLimits = LoraLimits()) -> LoraAdapter:
         """Read and validate a version's LoRA weights (checksums verified)."""
@@ -643,6 +753,21 @@ class Registry:
         for filename in version.files:
             (folder / filename).write_bytes(self.read_file(version, filename))
         return folder
+
+
+def _move_alias(db: Connection, name: str, alias: str, number: int) -> None:
+    """Insert the alias or move it, in one statement (SQLAlchemy's dialect-specific upsert)."""
+    if db.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as upsert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as upsert
+    statement = upsert(aliases_t).values(name=name, alias=alias, number=number)
+    db.execute(statement.on_conflict_do_update(index_elements=["name", "alias"],
+                                               set_={"number": statement.excluded.number}))
+
+
+def _json(value: Mapping[str, Any] | None) -> str:
+    return json.dumps(dict(value or {}), sort_keys=True, default=str)
 
 
 def _missing(gate: Gate, ref: str) -> str:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from backends import tamper
 
 from adapterhub.cli import main
 from adapterhub.errors import RegistryError
@@ -27,6 +28,7 @@ def _register(registry: Registry, name: str, seed: int = 0):  # type: ignore[no-
     )
 
 
+@pytest.mark.parametrize("home", ["sqlite", "postgresql"], indirect=True)  # a local disk fills
 def test_disk_full_registers_nothing_and_says_so(
     registry: Registry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -58,9 +60,9 @@ def test_doctor_finds_tampering_and_leftovers(
 ) -> None:
     good = _register(registry, "good")
     bad = _register(registry, "bad", seed=2)
-    registry.blobs.path(bad.files[WEIGHTS_FILE]).write_bytes(b"tampered")
-    leftover = registry.blobs.path(good.files[WEIGHTS_FILE]).parent / ".tmp-crashed"
-    leftover.write_bytes(b"half")
+    tamper(registry, bad.files[WEIGHTS_FILE], b"tampered")
+    leftover = registry.blobs.key(good.files[WEIGHTS_FILE]).rpartition("/")[0] + "/.tmp-crashed"
+    registry.blobs.fs.pipe_file(leftover, b"half")
     registry.blobs.put(b"nobody points at me")
 
     report = diagnose(registry.home)
@@ -76,10 +78,11 @@ def test_doctor_finds_tampering_and_leftovers(
     assert exit_info.value.code == 1  # the corrupt version is reported, not silently deleted
     out = capsys.readouterr().out
     assert "corrupt: bad@1" in out and "removed 1 temporary files" in out
-    assert not leftover.exists()
+    assert not registry.blobs.fs.exists(leftover)
     assert registry.resolve("good").ref == "good@1"
 
 
+@pytest.mark.parametrize("home", ["sqlite"], indirect=True)  # SQLite's own log
 def test_truncated_wal_is_reported(home: Path) -> None:
     # A writer that exits without checkpointing leaves committed pages in the WAL.
     script = r"""

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+from backends import tamper
 
 from adapterhub.errors import (
     AdapterNotFoundError,
@@ -94,13 +95,13 @@ def test_delete_refuses_parents_unless_forced(registry: Registry, lora_dir: Path
 def test_tampered_blob_is_detected(registry: Registry, lora_dir: Path) -> None:
     version = _register(registry, "a", lora_dir)
     assert registry.load_adapter("a").r == 4
-    blob = registry.blobs.path(version.files[WEIGHTS_FILE])
-    data = bytearray(blob.read_bytes())
+    digest = version.files[WEIGHTS_FILE]
+    data = bytearray((lora_dir / WEIGHTS_FILE).read_bytes())
     data[-1] ^= 0xFF
-    blob.write_bytes(bytes(data))
+    tamper(registry, digest, bytes(data))
     with pytest.raises(CorruptBlobError, match="changed on disk"):
         registry.load_adapter("a")
-    blob.unlink()
+    tamper(registry, digest, None)
     with pytest.raises(CorruptBlobError, match="missing"):
         registry.read_file(version, WEIGHTS_FILE)
 
@@ -134,3 +135,29 @@ def test_a_version_survives_the_wire(registry: Registry, lora_dir: Path) -> None
     assert set(VersionInfo.model_fields) == {f.name for f in fields(version)} | {"ref", "evaluations"}
     assert VersionInfo.from_version(version).to_version() == version
     assert version.aliases == ("prod",) and version.to_dict()["aliases"] == ["prod"]
+
+
+@pytest.mark.parametrize("home", ["sqlite"], indirect=True)
+def test_sqlite_connections_are_reused_and_set_up_once(
+        home: Path, lora_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 15: a fresh connection and its PRAGMAs per call cost more than the query."""
+    import sqlite3
+
+    real = sqlite3.dbapi2.connect
+    opened: list[object] = []
+
+    def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
+        opened.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sqlite3.dbapi2, "connect", counting)  # what SQLAlchemy calls
+    registry = Registry(home)
+    _register(registry, "a", lora_dir)
+    for _ in range(50):
+        registry.resolve("a")
+        registry.load_adapter("a")
+    assert len(opened) == 1
+    with registry._transaction() as db:
+        assert db.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert db.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert db.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
