@@ -15,7 +15,8 @@ Design choices:
 * **Exports are checked and atomic.** Files come from :meth:`Registry.export` (every blob
   checked against its sha256), are written into a temporary folder beside the target and
   renamed into place, so a replica never reads half a folder. An existing folder is reused only
-  when its files still hash to the version's recorded sha256s.
+  when its files still hash to the version's recorded sha256s; of two writers racing for one
+  name the first folder stays (a replica may be reading it) and the second is dropped.
 * **The folder is the contract.** A replica reads ``<cache>/<served name>/`` (PEFT layout:
   ``adapter_config.json``, ``adapter_model.safetensors``); remote replicas need that path on a
   shared disk, or the resolver plugin, which exports on the replica's machine itself.
@@ -28,7 +29,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,7 +98,7 @@ def export_version(registry: Registry, version: Version, cache: Path | str) -> E
         tmp = _scratch(folder)
         try:
             registry.export(version, tmp)
-            _publish(tmp, folder)
+            _publish(tmp, folder, lambda: _matches(folder, version))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return Exported(name, folder, version.ref, _rank(folder))
@@ -125,7 +126,7 @@ def export_mix(
         tmp = _scratch(folder)
         try:
             save_lora_folder(mixed, tmp)
-            _publish(tmp, folder)
+            _publish(tmp, folder, lambda: (folder / CONFIG_FILE).is_file())
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     rank = _rank(folder)
@@ -152,18 +153,25 @@ def _scratch(folder: Path) -> Path:
     return folder.parent / f".tmp-{folder.name}-{uuid.uuid4().hex[:8]}"
 
 
-def _publish(tmp: Path, folder: Path) -> None:
-    """Move a finished folder into place; another writer's identical folder may win."""
+def _publish(tmp: Path, folder: Path, is_good: Callable[[], bool]) -> None:
+    """Move a finished folder into place. A folder already there that ``is_good`` (another
+    writer's, with the same content) stays, since a replica may be reading it; a stale one is
+    swapped out by two renames."""
     for path in tmp.iterdir():
         with path.open("rb") as f:
             os.fsync(f.fileno())
-    if folder.exists():
-        shutil.rmtree(folder, ignore_errors=True)  # a stale or partial folder of the same name
     try:
-        os.replace(tmp, folder)
+        os.rename(tmp, folder)  # fails when the folder exists and is not empty
+        return
     except OSError:
-        if not folder.is_dir():  # not a concurrent writer that got there first
+        if not folder.exists():
             raise
+    if is_good():
+        return
+    old = folder.parent / f".old-{folder.name}-{uuid.uuid4().hex[:8]}"
+    os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _rank(folder: Path) -> int:

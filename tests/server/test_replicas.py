@@ -80,11 +80,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory, tiny_base_dir: Path, server_
     root = tmp_path_factory.mktemp("replicas")
     logs = root / "logs"
     logs.mkdir()
-    sql = make_lora(tiny_base_dir, root / "sql-lora", seed=3)
-    home = _init(root / "router-home", tiny_base_dir, {**server_loras, "sql": sql})
-    with ThreadPoolExecutor(2) as pool:
-        replicas = list(pool.map(lambda i: start_server(_init(root / f"replica-{i}", tiny_base_dir, {}), logs),
-                                 range(2)))
+    extra = {name: make_lora(tiny_base_dir, root / f"{name}-lora", seed=seed) for name, seed in (("sql", 3), ("crowd", 4))}
+    home = _init(root / "router-home", tiny_base_dir, {**server_loras, **extra})
+    replica_homes = [_init(root / f"replica-{i}", tiny_base_dir, {}) for i in range(2)]  # not thread-safe
+    with ThreadPoolExecutor(2) as pool:  # the two processes start side by side
+        replicas = list(pool.map(lambda replica_home: start_server(replica_home, logs), replica_homes))
     env = {
         "ADAPTERHUB_API_KEYS": INFERENCE_KEY, "ADAPTERHUB_ADMIN_KEYS": ADMIN_KEY,
         "ADAPTERHUB_REPLICA_HEALTH_INTERVAL_S": "0.3", "ADAPTERHUB_REPLICA_MAX_LORA_RANK": "8",
@@ -166,6 +166,15 @@ def test_second_request_goes_where_the_adapter_is_loaded(stack: Stack) -> None:
     assert stack.metric("adapterhub_routing_total", replica=holders[0], result="hit") == hits + 3
     assert stack.metric("adapterhub_replica_adapter_loads_total", adapter="json@1", outcome="loaded") == loads
     assert stack.metric("adapterhub_replica_tokens_total", adapter="json@1", kind="completion") > 0
+
+
+def test_many_requests_for_a_new_adapter_make_one_load(stack: Stack) -> None:
+    # five at once: the holder stays within the default affinity_slack=4 of the idle replica
+    with ThreadPoolExecutor(5) as pool:
+        replies = list(pool.map(lambda _: _chat(stack, "crowd"), range(5)))
+    assert {r.headers["x-adapter-version"] for r in replies} == {"crowd@1"}
+    assert len({r.parse().choices[0].message.content for r in replies}) == 1
+    assert stack.metric("adapterhub_replica_adapter_loads_total", adapter="crowd@1") == 1
 
 
 def test_alias_move_switches_versions_under_other_names(stack: Stack, tiny_base_dir: Path, tmp_path: Path,
