@@ -84,8 +84,10 @@ class Forwarded:
 class ReplicaService:
     """Hub + router for one app, and forwarding requests to replicas."""
 
-    def __init__(self, settings: ServerSettings) -> None:
+    def __init__(self, settings: ServerSettings, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        """``transport``: how to reach the replicas (httpx's default when None; tests pass one)."""
         self.settings = settings
+        self._transport = transport
         self.phase = Phase.STARTING
         self.failure: str | None = None
         self.budget = RequestBudget(settings.max_streams_per_key)
@@ -110,7 +112,7 @@ class ReplicaService:
             if s.replica_api_key is not None:
                 headers["Authorization"] = f"Bearer {s.replica_api_key.get_secret_value()}"
             self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(s.replica_timeout_s, connect=5.0),
+                transport=self._transport, timeout=httpx.Timeout(s.replica_timeout_s, connect=5.0),
                 limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
             )
             router = Router(s.replicas, self._client, self.metrics, max_loras=s.replica_max_loras,
@@ -261,7 +263,12 @@ class ReplicaService:
         reloaded = False
         last: BaseException | None = None
         for _ in range(3):  # a first try, one retry elsewhere, and one reload after a 404
-            lease = await router.lease(adapter, exclude=tried)
+            try:
+                lease = await router.lease(adapter, exclude=tried)
+            except ReplicaError:
+                if not tried:
+                    raise
+                break  # no other replica to retry on: say what failed first
             replica = lease.replica
             model = adapter.name if adapter is not None else replica.base_model or self.base_name
             request = router.client.build_request("POST", f"{replica.url}{path}", headers=router.headers,
@@ -400,7 +407,6 @@ class ReplicaService:
             self.finish(forwarded, adapter, endpoint, outcome, body.get("usage") if ok else None, started)
         if status == 200:
             body["model"] = model
-            self.metrics.first_tokens(started, len(body.get("choices") or []))
         return status, body
 
     def count_refused(self, endpoint: str, error: BaseException) -> None:

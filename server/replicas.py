@@ -164,7 +164,7 @@ class Router:
         if pending is None:
             pending = asyncio.get_running_loop().create_task(self._load(replica, adapter))
             replica.loading[name] = pending
-            pending.add_done_callback(lambda _: replica.loading.pop(name, None))
+            pending.add_done_callback(lambda task: _settled(replica, name, task))
         await asyncio.shield(pending)  # a waiter that is cancelled leaves the load to the others
 
     async def _load(self, replica: Replica, adapter: Exported) -> None:
@@ -272,6 +272,14 @@ class Router:
              "last_error": r.last_error}
             for r in self.replicas
         ]
+
+
+def _settled(replica: Replica, name: str, task: asyncio.Future[None]) -> None:
+    """A load ended: forget it (a failed one is tried again by the next request); its error is
+    its waiters' to raise, and is read here so that a load nobody waits for any more is quiet."""
+    replica.loading.pop(name, None)
+    if not task.cancelled():
+        task.exception()
 
 
 def replica_error(response: httpx.Response, what: str) -> AdapterHubError:

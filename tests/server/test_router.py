@@ -9,6 +9,8 @@ few calls of vLLM's LoRA API that the router makes; they stand for no engine. Th
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -32,6 +34,9 @@ class ScriptedReplicas:
         self.gate = asyncio.Event()
         self.gate.set()
         self.down: set[str] = set()
+        self.held: dict[str, set[str]] = {}  # what each replica has loaded, as vLLM keeps it
+        self.broken: set[str] = set()  # replicas that pass /health but drop generation requests
+        self.answered: list[str] = []
 
     async def __call__(self, request: httpx.Request) -> httpx.Response:
         url = f"{request.url.scheme}://{request.url.host}:{request.url.port}"
@@ -40,15 +45,43 @@ class ScriptedReplicas:
         path = request.url.path
         if path == "/health":
             return httpx.Response(200, json={"status": "ok"})
+        held = self.held.setdefault(url, set())
+        if path.endswith("/completions"):
+            return self._generate(url, request)
         if path == "/v1/models":
-            return httpx.Response(200, json={"data": [{"id": "base", "max_model_len": 64}]})
+            return httpx.Response(200, json={"data": [{"id": "base", "max_model_len": 64},
+                                                      *({"id": n} for n in sorted(held))]})
         name = httpx.Response(200, content=request.content).json()["lora_name"]
         if path == "/v1/load_lora_adapter":
             await self.gate.wait()
+            if name in held:  # vLLM refuses a second load of a name with 400
+                return httpx.Response(400, json={"error": {"message": "already loaded", "type": "BadRequestError",
+                                                           "param": None, "code": 400}})
             self.loads[(url, name)] += 1
+            held.add(name)
             return httpx.Response(200, text=f"Success: LoRA adapter '{name}' added successfully.")
+        held.discard(name)
         self.unloads.append((url, name))
         return httpx.Response(200, text="Success")
+
+
+    def _generate(self, url: str, request: httpx.Request) -> httpx.Response:
+        if url in self.broken:
+            raise httpx.ConnectError("connection reset", request=request)
+        body = json.loads(request.content)
+        self.answered.append(url)
+        answer = {"id": "cmpl-1", "object": "chat.completion", "created": 0, "model": body["model"],
+                  "choices": [{"index": 0, "message": {"role": "assistant", "content": "ahoy"},
+                               "finish_reason": "stop"}],
+                  "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
+        if not body.get("stream"):
+            return httpx.Response(200, json=answer)
+        chunk = {**answer, "object": "chat.completion.chunk",
+                 "choices": [{"index": 0, "delta": {"content": "ahoy"}, "finish_reason": "stop"}]}
+        usage = {**chunk, "choices": []}
+        del chunk["usage"]
+        events = "".join(f"data: {json.dumps(e)}\n\n" for e in (chunk, usage)) + "data: [DONE]\n\n"
+        return httpx.Response(200, text=events, headers={"content-type": "text/event-stream"})
 
 
 def adapter(name: str) -> Exported:
@@ -123,3 +156,50 @@ async def test_failed_health_takes_a_replica_out_and_back() -> None:
     replicas.down.clear()
     await router.check_all()
     assert all(r.healthy for r in router.replicas)
+
+
+async def test_a_name_the_replica_still_holds_counts_as_loaded() -> None:
+    """After a failed probe the router forgets what a replica held; loading a name it still has
+    is refused by vLLM (400), and the router then finds it listed and carries on."""
+    replicas = ScriptedReplicas()
+    router = await make_router(replicas, urls=URLS[:1])
+    router.release(await router.lease(adapter("a")))
+    router.mark_failed(router.replicas[0], "a blip")
+    await router.check_all()
+    lease = await router.lease(adapter("a"))
+    assert list(lease.replica.loaded) == ["a"] and replicas.loads[(URLS[0], "a")] == 1
+    router.release(lease)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_request_whose_replica_drops_it_is_retried_once_elsewhere(served_home: Path, stream: bool) -> None:
+    from adapterhub_server import load_settings
+    from adapterhub_server.replica_service import ReplicaService
+    from adapterhub_server.schemas import ChatCompletionRequest
+
+    replicas = ScriptedReplicas()
+    replicas.broken.add(URLS[0])  # healthy by its probes, but it drops the request
+    settings = load_settings(home=served_home, backend="vllm", replicas=URLS)
+    service = ReplicaService(settings, transport=httpx.MockTransport(replicas))
+    service.start_loading()
+    try:
+        assert await service.wait_ready(60)
+        raw = {"model": "pirate", "messages": [{"role": "user", "content": "hi"}], "stream": stream}
+        body = ChatCompletionRequest.model_validate(raw)
+        exported = await service.adapter_for(body)
+        assert exported is not None and exported.label == "pirate@1"
+        forwarded = await service.forward("/v1/chat/completions", raw, exported, stream)
+        assert forwarded.lease.replica.url == URLS[1] and replicas.answered == [URLS[1]]
+        assert not service.ready().router.replicas[0].healthy
+        if stream:
+            events = [e async for e in service.events(forwarded, exported, "chat", "pirate", False, time.perf_counter())]
+            assert events[-1] == "data: [DONE]\n\n" and len(events) == 2  # the usage event is dropped
+            assert json.loads(events[0][6:])["model"] == "pirate"
+        else:
+            status, answer = await service.answer(forwarded, exported, "chat", "pirate", time.perf_counter())
+            assert status == 200 and answer["model"] == "pirate"
+        replicas.broken.add(URLS[1])
+        with pytest.raises(ReplicaError, match="failed on 1 replica"):
+            await service.forward("/v1/chat/completions", raw, exported, stream)
+    finally:
+        await service.close()
