@@ -11,6 +11,10 @@ Design choices:
 * **Body limit as pure ASGI middleware** (not ``BaseHTTPMiddleware``, which breaks streaming
   disconnects): bodies are buffered up to ``max_body_bytes`` and replayed; one byte more is a 413
   in OpenAI's shape, before any route parses it.
+* **Two backends, one API.** ``settings.backend`` picks the service: our engine in this
+  process (:class:`InferenceService`, routes in ``routes/openai.py`` and ``routes/admin.py``) or
+  replicas speaking vLLM's LoRA API (:class:`ReplicaService`, routes in ``routes/proxy.py``).
+  Keys, errors, ``/v1/models``, the registry's admin routes, health and metrics are shared.
 * **Refuse an open server on the network:** both ``create_app`` and ``serve`` check that a
   non-loopback host has API keys.
 """
@@ -144,6 +148,10 @@ def serve(settings: ServerSettings) -> None:
 
     check_bind(settings, settings.resolved_keys())
     Hub(settings.home).base_info  # noqa: B018  (raises BaseModelError with the fix)
+    if settings.launch_vllm:
+        from adapterhub_server.vllm_launch import check_vllm_installed
+
+        check_vllm_installed()  # before binding, so the CLI prints the fix
     app = create_app(settings)
     service: InferenceService | ReplicaService = app.state.service
 

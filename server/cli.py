@@ -28,6 +28,7 @@ def serve(
     replica: Annotated[list[str] | None, typer.Option(help="With --engine vllm: a replica's base URL (http://host:port); repeat for more.", show_default=False)] = None,
     max_loras: Annotated[int | None, typer.Option(min=1, help="With --engine vllm: adapters per replica at once, as its --max-loras (default 8).", show_default=False)] = None,
     max_lora_rank: Annotated[int | None, typer.Option(min=1, help="With --engine vllm: the replicas' --max-lora-rank (default 16).", show_default=False)] = None,
+    launch_vllm: Annotated[bool, typer.Option("--launch-vllm", help="Start one local `vllm serve` of the base as a replica (implies --engine vllm); stopped on shutdown.")] = False,
     home: HomeOption = None,
 ) -> None:
     """Serve the OpenAI-compatible HTTP API (settings also from ADAPTERHUB_* variables).
@@ -42,7 +43,7 @@ def serve(
         host=host, port=port, precision=precision, device=device, compute_dtype=compute_dtype,
         keys_file=keys_file, home=home,
         engine={"max_slots": slots} if slots is not None else None,
-        backend=engine, replicas=replica or None, replica_max_loras=max_loras,
-        replica_max_lora_rank=max_lora_rank,
+        backend=engine or ("vllm" if launch_vllm else None), replicas=replica or None,
+        replica_max_loras=max_loras, replica_max_lora_rank=max_lora_rank, launch_vllm=launch_vllm or None,
     )
     run_server(settings)

@@ -8,6 +8,8 @@ that speak vLLM's LoRA API (vLLM, SGLang, another ``adapterhub serve``), chosen 
 
 Design choices:
 
+* **``--launch-vllm``** starts one local ``vllm serve`` of the base as one more replica
+  (:mod:`~adapterhub_server.vllm_launch`) and stops it in :meth:`ReplicaService.close`.
 * **No base in memory.** The router reads the base's name and fingerprint from the hub home
   (``adapterhub init`` as for our engine) and never loads its weights; tokenizing, templates and
   sampling are the replica's.
@@ -54,6 +56,7 @@ from adapterhub_server.replicas import Lease, Router
 from adapterhub_server.schemas import ChatCompletionRequest, CompletionRequest
 from adapterhub_server.service import BASE_LABEL, Phase
 from adapterhub_server.settings import ServerSettings
+from adapterhub_server.vllm_launch import VllmProcess
 
 if TYPE_CHECKING:
     from adapterhub.facade import Hub
@@ -95,6 +98,7 @@ class ReplicaService:
         self.metrics = ServerMetrics(None, replica_stats=self._replica_stats)
         self._tasks: list[asyncio.Task[None]] = []
         self._client: httpx.AsyncClient | None = None
+        self._vllm: VllmProcess | None = None  # --launch-vllm
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -108,6 +112,10 @@ class ReplicaService:
         try:
             hub = await anyio.to_thread.run_sync(lambda: Hub(s.home))
             await anyio.to_thread.run_sync(lambda: hub.base_info)  # raises BaseModelError with the fix
+            urls = list(s.replicas)
+            if s.launch_vllm:
+                self._vllm = VllmProcess(s, hub.base_info, hub.home)
+                urls.append(await self._vllm.start())
             headers = {}
             if s.replica_api_key is not None:
                 headers["Authorization"] = f"Bearer {s.replica_api_key.get_secret_value()}"
@@ -115,7 +123,7 @@ class ReplicaService:
                 transport=self._transport, timeout=httpx.Timeout(s.replica_timeout_s, connect=5.0),
                 limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
             )
-            router = Router(s.replicas, self._client, self.metrics, max_loras=s.replica_max_loras,
+            router = Router(urls, self._client, self.metrics, max_loras=s.replica_max_loras,
                             affinity_slack=s.affinity_slack, health_interval_s=s.replica_health_interval_s,
                             headers=headers)
             self._loaded = RouterLoaded(hub, router)
@@ -149,6 +157,8 @@ class ReplicaService:
                 await asyncio.wait({task})
         if self._client is not None:
             await self._client.aclose()
+        if self._vllm is not None:
+            await self._vllm.stop()
 
     def ready(self) -> RouterLoaded:
         if self.phase is Phase.READY and self._loaded is not None:

