@@ -283,7 +283,7 @@ class ReplicaService:
             model = adapter.name if adapter is not None else replica.base_model or self.base_name
             request = router.client.build_request("POST", f"{replica.url}{path}", headers=router.headers,
                                                   json=self.payload(raw, model))
-            label = adapter.label if adapter is not None else BASE_LABEL
+            label = adapter.metric_label if adapter is not None else BASE_LABEL
             try:
                 response = await router.client.send(request, stream=True)
             except httpx.TransportError as e:
@@ -333,15 +333,14 @@ class ReplicaService:
                usage: dict[str, Any] | None, started: float) -> None:
         """Give the lease back and count the request."""
         self.loaded.router.release(forwarded.lease)
-        label = adapter.label if adapter is not None else BASE_LABEL
+        label = adapter.metric_label if adapter is not None else BASE_LABEL
         prompt = int((usage or {}).get("prompt_tokens") or 0)
         completion = int((usage or {}).get("completion_tokens") or 0)
         url = forwarded.lease.replica.url
         self.metrics.replica_requests.labels(url, label, outcome).inc()
         self.metrics.replica_tokens.labels(url, label, "prompt").inc(prompt)
         self.metrics.replica_tokens.labels(url, label, "completion").inc(completion)
-        self.metrics.request_done("mix" if adapter is not None and adapter.name.startswith("mix-") else label,
-                                  endpoint, outcome, prompt, completion, time.perf_counter() - started)
+        self.metrics.request_done(label, endpoint, outcome, prompt, completion, time.perf_counter() - started)
 
     async def events(self, forwarded: Forwarded, adapter: Exported | None, endpoint: str, model: str,
                      include_usage: bool, started: float) -> AsyncIterator[str]:
@@ -349,6 +348,7 @@ class ReplicaService:
         response = forwarded.response
         usage: dict[str, Any] | None = None
         outcome = "cancelled"
+        finish: str | None = None  # the first choice's finish reason, the outcome as our engine counts it
         first_token = True
         try:
             async for line in _lines(forwarded):
@@ -356,7 +356,7 @@ class ReplicaService:
                     continue
                 data = line[5:].strip()
                 if data == "[DONE]":
-                    outcome = outcome if outcome == "error" else "stop"
+                    outcome = outcome if outcome == "error" else finish or "stop"
                     break
                 event = json.loads(data)
                 if "error" in event:
@@ -369,6 +369,9 @@ class ReplicaService:
                         if not event.get("choices"):
                             continue
                         event.pop("usage")
+                for choice in event.get("choices") or ():
+                    if finish is None and choice.get("index", 0) == 0 and choice.get("finish_reason"):
+                        finish = str(choice["finish_reason"])
                 if first_token and event.get("choices"):
                     first_token = False
                     self.metrics.first_tokens(started, 1)
@@ -413,7 +416,7 @@ class ReplicaService:
         finally:
             await response.aclose()
             ok = status == 200 and isinstance(body, dict)
-            outcome = "stop" if ok else str(status) if body is not None else "error"
+            outcome = _finish_reason(body) if ok else str(status) if body is not None else "error"
             self.finish(forwarded, adapter, endpoint, outcome, body.get("usage") if ok else None, started)
         if status == 200:
             body["model"] = model
@@ -422,6 +425,11 @@ class ReplicaService:
     def count_refused(self, endpoint: str, error: BaseException) -> None:
         kind = type(error).__name__ if isinstance(error, AdapterHubError | HTTPException) else "internal"
         self.metrics.refused(endpoint, kind)
+
+
+def _finish_reason(body: dict[str, Any]) -> str:
+    choices = body.get("choices") or [{}]
+    return str(choices[0].get("finish_reason") or "stop")
 
 
 async def _first_event(lines: AsyncIterator[str]) -> str | None:

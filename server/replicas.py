@@ -188,7 +188,7 @@ class Router:
                 f"replica {replica.url} failed while loading {adapter.label} ({type(e).__name__}: {e})"
             ) from e
         finally:
-            self.metrics.replica_loads.labels(replica.url, adapter.label, outcome).inc()
+            self.metrics.replica_loads.labels(replica.url, adapter.metric_label, outcome).inc()
         self.metrics.replica_load_seconds.labels(replica.url).observe(time.perf_counter() - started)
         replica.loaded[adapter.name] = None
         log.info("loaded %s into %s as %s in %.0f ms", adapter.label, replica.url, adapter.name,

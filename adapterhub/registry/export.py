@@ -52,12 +52,19 @@ class Exported:
         label: what clients see (``X-Adapter-Version``, metrics): ``pirate@3`` or a mix's
             ``0.5*a@1+0.5*b@2``.
         rank: the adapter's LoRA rank.
+        is_mix: a derived adapter (its label holds client-chosen weights, so metrics say ``mix``).
     """
 
     name: str
     path: Path
     label: str
     rank: int
+    is_mix: bool = False
+
+    @property
+    def metric_label(self) -> str:
+        """The label for metrics: the version ref, or ``mix`` (bounded by what is registered)."""
+        return "mix" if self.is_mix else self.label
 
 
 def version_digest(version: Version) -> str:
@@ -136,7 +143,7 @@ def export_mix(
             f"max_lora_rank={max_rank}; mix fewer or lower-rank adapters, or start the replicas "
             f"with --max-lora-rank {rank} or more (and raise ADAPTERHUB_REPLICA_MAX_LORA_RANK)"
         )
-    return Exported(name, folder, label, rank)
+    return Exported(name, folder, label, rank, is_mix=True)
 
 
 def _matches(folder: Path, version: Version) -> bool:

@@ -68,11 +68,11 @@ async def _forward(
     body: ChatCompletionRequest | CompletionRequest, path: str, endpoint: Kind,
 ) -> Response:
     started = time.perf_counter()
-    service.check_limits(body)
     service.budget.acquire(caller)
     handed_over = False
     try:
         try:
+            service.check_limits(body)
             adapter = await service.adapter_for(body)
             raw = await request.json()
             forwarded = await service.forward(path, raw, adapter, body.stream)
