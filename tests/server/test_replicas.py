@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -98,8 +99,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory, tiny_base_dir: Path, server_
     for _ in range(100):
         if all(r["healthy"] for r in stack.state()):
             break
-        import time
-
         time.sleep(0.1)
     stack.base = stack.client().models.list().data[0].id
     try:
@@ -211,6 +210,25 @@ def test_mix_is_served_as_one_derived_adapter(stack: Stack) -> None:
     error = refused.value.body
     assert error["code"] == "incompatible_adapter" and "rank 12" in error["message"] \
         and "max_lora_rank=8" in error["message"]
+
+
+def test_a_client_that_hangs_up_frees_the_replica(stack: Stack) -> None:
+    body = {"model": "pirate@1", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 120,
+            "ignore_eos": True, "temperature": 0, "stream": True}
+    with httpx.Client(timeout=60) as http, http.stream("POST", f"{stack.router.url}/v1/chat/completions",
+                                                       json=body, headers=auth("inference")) as reply:
+        assert reply.status_code == 200
+        lines = reply.iter_lines()
+        assert next(lines).startswith("data: ")
+    deadline = time.monotonic() + 20
+    while any(r["in_flight"] for r in stack.state()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(r["in_flight"] for r in stack.state())
+    for replica in stack.replicas:  # the replica's rows were cancelled too
+        while httpx.get(f"{replica.url}/admin/adapters", timeout=10).json()["running_rows"] and \
+                time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert httpx.get(f"{replica.url}/admin/adapters", timeout=10).json()["running_rows"] == 0
 
 
 def test_auth_and_errors_are_unchanged(stack: Stack) -> None:
