@@ -14,8 +14,9 @@ Design choices:
   (``adapterhub init`` as for our engine) and never loads its weights; tokenizing, templates and
   sampling are the replica's.
 * **Refs resolve here, once per request** (worker thread: the registry is SQLite). A version is
-  exported into the replica cache under its digest name (:mod:`adapterhub.registry.export`),
-  and checked against this hub's base first, so the errors (404 unknown ref, 409 another base)
+  exported into the replica cache under its digest name (:mod:`adapterhub.registry.export`)
+  once per router process (hashing a large adapter's files on every request would cost more
+  than routing), and checked against this hub's base first, so the errors (404 unknown ref, 409 another base)
   are those of our engine. A mix becomes a derived adapter there too; over
   ``replica_max_lora_rank`` it is a 409 naming the rank.
 * **Bodies pass through.** The client's JSON goes to the replica as sent, with ``model`` set to
@@ -47,7 +48,7 @@ import httpx
 from fastapi import HTTPException
 
 from adapterhub.errors import AdapterHubError, ConfigError, ReplicaError
-from adapterhub.registry.export import Exported, export_mix, export_version
+from adapterhub.registry.export import Exported, export_mix, export_version, served_name
 from adapterhub.registry.store import ensure_compatible
 from adapterhub_server.auth import RequestBudget
 from adapterhub_server.errors import sse_error_event
@@ -99,6 +100,7 @@ class ReplicaService:
         self._tasks: list[asyncio.Task[None]] = []
         self._client: httpx.AsyncClient | None = None
         self._vllm: VllmProcess | None = None  # --launch-vllm
+        self._exported: dict[str, Exported] = {}  # served name -> its folder, exported this run
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -247,7 +249,11 @@ class ReplicaService:
         def one() -> Exported:
             version = hub.resolve(ref)
             ensure_compatible(version, info.fingerprint, info.template_hash)
-            return export_version(hub.registry, version, cache)
+            name = served_name(version)
+            exported = self._exported.get(name)
+            if exported is None:  # checked and written once per process; the name pins the weights
+                exported = self._exported[name] = export_version(hub.registry, version, cache)
+            return exported
 
         return await anyio.to_thread.run_sync(one)
 
