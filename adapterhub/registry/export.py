@@ -76,7 +76,8 @@ def version_digest(version: Version) -> str:
 def served_name(version: Version) -> str:
     """``<name>.v<N>-<digest>``: the name a replica serves ``version`` under."""
     suffix = f".v{version.number}-{version_digest(version)[:DIGEST_CHARS]}"
-    return version.name[: MAX_NAME_LENGTH - len(suffix)] + suffix
+    # cut to fit, and no "." before the suffix's (a name may end in "."; ".." is never a name)
+    return version.name[: MAX_NAME_LENGTH - len(suffix)].rstrip(".") + suffix
 
 
 def mix_label(versions: Sequence[Version], weights: Sequence[float]) -> tuple[dict[str, float], str]:

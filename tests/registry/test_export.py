@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,9 @@ def test_names_carry_the_digest_and_differ_for_other_weights(hub) -> None:  # ty
     assert served_name(one) == served_name(hub.resolve("pirate@1"))  # stable
     for name in names:
         assert str(AdapterRef.parse(name)) == name  # a plain adapter name: any replica takes it
+    for odd in ("x" * 64, "ends.with.dot.", "a" * 38 + "." + "b" * 25):
+        name = served_name(dataclasses.replace(one, name=odd, number=2**31 - 1))
+        assert str(AdapterRef.parse(name)) == name and name.endswith(served_name(one).split("-")[-1])
 
 
 def test_export_is_checked_and_reused(hub, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
