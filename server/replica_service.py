@@ -276,12 +276,16 @@ class ReplicaService:
         """
         router = self.ready().router
         tried: list[Any] = []
-        reloaded = False
+        reloaded = retried_load = False
         last: BaseException | None = None
         for _ in range(3):  # a first try, one retry elsewhere, and one reload after a 404
             try:
                 lease = await router.lease(adapter, exclude=tried)
-            except ReplicaError:
+            except ReplicaError as e:
+                others = [r for r in router.healthy() if r not in tried]
+                if not retried_load and others:  # the load failed there (and took it out): once more
+                    retried_load, last = True, e
+                    continue
                 if not tried:
                     raise
                 break  # no other replica to retry on: say what failed first
@@ -301,6 +305,9 @@ class ReplicaService:
                     break
                 self.metrics.replica_retries.labels(replica.url).inc()
                 continue
+            except BaseException:  # cancelled: the client went away while the replica worked
+                router.release(lease)
+                raise
             if response.status_code == 404 and adapter is not None and not reloaded:
                 await response.aclose()
                 router.release(lease)
@@ -329,6 +336,10 @@ class ReplicaService:
                         break
                     self.metrics.replica_retries.labels(replica.url).inc()
                     continue
+                except BaseException:
+                    router.release(lease)
+                    await response.aclose()
+                    raise
             return forwarded
         raise ReplicaError(
             f"the request failed on {len(tried)} replica(s) ({', '.join(r.url for r in tried)}) before any "

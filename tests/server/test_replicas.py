@@ -32,6 +32,8 @@ from server_harness import (
 )
 
 PROMPT = "What is two plus two?"
+LONG_ENV = {"ADAPTERHUB_ENGINE__MAX_SEQ_LEN": "100000", "ADAPTERHUB_MAX_TOKENS_LIMIT": "100000"}
+LONG = {"max_tokens": 50_000, "ignore_eos": True}  # runs for minutes unless cancelled
 
 
 @dataclass
@@ -85,10 +87,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory, tiny_base_dir: Path, server_
     home = _init(root / "router-home", tiny_base_dir, {**server_loras, **extra})
     replica_homes = [_init(root / f"replica-{i}", tiny_base_dir, {}) for i in range(2)]  # not thread-safe
     with ThreadPoolExecutor(2) as pool:  # the two processes start side by side
-        replicas = list(pool.map(lambda replica_home: start_server(replica_home, logs), replica_homes))
+        replicas = list(pool.map(lambda replica_home: start_server(replica_home, logs, env=LONG_ENV), replica_homes))
     env = {
         "ADAPTERHUB_API_KEYS": INFERENCE_KEY, "ADAPTERHUB_ADMIN_KEYS": ADMIN_KEY,
         "ADAPTERHUB_REPLICA_HEALTH_INTERVAL_S": "0.3", "ADAPTERHUB_REPLICA_MAX_LORA_RANK": "8",
+        "ADAPTERHUB_MAX_TOKENS_LIMIT": LONG_ENV["ADAPTERHUB_MAX_TOKENS_LIMIT"],
     }
     router = start_server(home, logs, "--engine", "vllm", *(a for r in replicas for a in ("--replica", r.url)),
                           env=env)
@@ -212,23 +215,33 @@ def test_mix_is_served_as_one_derived_adapter(stack: Stack) -> None:
         and "max_lora_rank=8" in error["message"]
 
 
-def test_a_client_that_hangs_up_frees_the_replica(stack: Stack) -> None:
-    body = {"model": "pirate@1", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 120,
-            "ignore_eos": True, "temperature": 0, "stream": True}
-    with httpx.Client(timeout=60) as http, http.stream("POST", f"{stack.router.url}/v1/chat/completions",
-                                                       json=body, headers=auth("inference")) as reply:
-        assert reply.status_code == 200
-        lines = reply.iter_lines()
-        assert next(lines).startswith("data: ")
-    deadline = time.monotonic() + 20
-    while any(r["in_flight"] for r in stack.state()) and time.monotonic() < deadline:
+def _wait_idle(stack: Stack, timeout: float = 20.0) -> None:
+    """Until no request is in flight on the router and no row runs on a live replica."""
+    deadline = time.monotonic() + timeout
+
+    def busy() -> bool:
+        rows = sum(httpx.get(f"{r.url}/admin/adapters", timeout=10).json()["running_rows"]
+                   for r in stack.replicas if r.process.poll() is None)
+        return rows > 0 or any(r["in_flight"] for r in stack.state())
+
+    while busy() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not any(r["in_flight"] for r in stack.state())
-    for replica in stack.replicas:  # the replica's rows were cancelled too
-        while httpx.get(f"{replica.url}/admin/adapters", timeout=10).json()["running_rows"] and \
-                time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert httpx.get(f"{replica.url}/admin/adapters", timeout=10).json()["running_rows"] == 0
+    assert not busy()
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_client_that_hangs_up_frees_the_replica(stack: Stack, stream: bool) -> None:
+    body = {"model": "pirate@1", "messages": [{"role": "user", "content": PROMPT}], "temperature": 0,
+            "stream": stream, **LONG}
+    url = f"{stack.router.url}/v1/chat/completions"
+    if stream:
+        with httpx.Client(timeout=60) as http, http.stream("POST", url, json=body, headers=auth("inference")) as reply:
+            assert reply.status_code == 200
+            assert next(reply.iter_lines()).startswith("data: ")
+    else:
+        with pytest.raises(httpx.ReadTimeout):  # gives up while the replica decodes
+            httpx.post(url, json=body, headers=auth("inference"), timeout=httpx.Timeout(60, read=1.0))
+    _wait_idle(stack)
 
 
 def test_auth_and_errors_are_unchanged(stack: Stack) -> None:
@@ -247,6 +260,10 @@ def test_auth_and_errors_are_unchanged(stack: Stack) -> None:
     assert_error_shape(too_many, 400)
     ids = {m.id for m in stack.client().models.list().data}
     assert {stack.base, "pirate", "pirate@1", "json@1"} <= ids
+    info = httpx.get(f"{url}/admin/info", headers=auth("admin")).json()  # what the TUI asks first
+    assert info["base_name"] == stack.base and info["max_model_len"] > 0
+    versions = httpx.get(f"{url}/admin/versions", headers=auth("admin")).json()["data"]
+    assert {"pirate@1", "json@1"} <= {v["ref"] for v in versions}
 
 
 def test_a_killed_replica_is_routed_around(stack: Stack) -> None:

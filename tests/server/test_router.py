@@ -36,6 +36,7 @@ class ScriptedReplicas:
         self.down: set[str] = set()
         self.held: dict[str, set[str]] = {}  # what each replica has loaded, as vLLM keeps it
         self.broken: set[str] = set()  # replicas that pass /health but drop generation requests
+        self.broken_loads: set[str] = set()  # ... or drop adapter loads
         self.answered: list[str] = []
 
     async def __call__(self, request: httpx.Request) -> httpx.Response:
@@ -54,6 +55,8 @@ class ScriptedReplicas:
         name = httpx.Response(200, content=request.content).json()["lora_name"]
         if path == "/v1/load_lora_adapter":
             await self.gate.wait()
+            if url in self.broken_loads:
+                raise httpx.ReadError("connection reset while loading", request=request)
             if name in held:  # vLLM refuses a second load of a name with 400
                 return httpx.Response(400, json={"error": {"message": "already loaded", "type": "BadRequestError",
                                                            "param": None, "code": 400}})
@@ -227,3 +230,40 @@ async def test_launch_vllm_names_the_wheel_to_install_where_vllm_is_missing(serv
     assert not await service.wait_ready(30)
     assert service.failure is not None and "pip install vllm" in service.failure
     await service.close()
+
+
+def test_a_replicas_error_becomes_the_library_error_its_code_names() -> None:
+    from adapterhub.errors import IncompatibleAdapterError
+    from adapterhub_server.replicas import replica_error
+
+    ours = httpx.Response(409, json={"error": {"message": "pirate@1 was trained on base 1234",
+                                               "type": "invalid_request_error", "param": "model",
+                                               "code": "incompatible_adapter"}})
+    error = replica_error(ours, "replica http://r0 could not load pirate@1")
+    assert isinstance(error, IncompatibleAdapterError) and "trained on base 1234" in str(error)
+    theirs = httpx.Response(400, json={"error": {"message": "bad adapter", "type": "BadRequestError",
+                                                 "param": None, "code": 400}})
+    assert isinstance(replica_error(theirs, "load"), ReplicaError)  # vLLM's numeric code names no class
+    assert "teapot" in str(replica_error(httpx.Response(418, text="teapot"), "load"))
+
+
+async def test_a_load_that_fails_on_one_replica_is_retried_on_another(served_home: Path) -> None:
+    from adapterhub_server import load_settings
+    from adapterhub_server.replica_service import ReplicaService
+    from adapterhub_server.schemas import ChatCompletionRequest
+
+    replicas = ScriptedReplicas()
+    replicas.broken_loads.add(URLS[0])
+    service = ReplicaService(load_settings(home=served_home, backend="vllm", replicas=URLS),
+                             transport=httpx.MockTransport(replicas))
+    service.start_loading()
+    try:
+        assert await service.wait_ready(60)
+        raw = {"model": "json", "messages": [{"role": "user", "content": "hi"}]}
+        exported = await service.adapter_for(ChatCompletionRequest.model_validate(raw))
+        forwarded = await service.forward("/v1/chat/completions", raw, exported, False)
+        assert forwarded.lease.replica.url == URLS[1]
+        status, _ = await service.answer(forwarded, exported, "chat", "json", time.perf_counter())
+        assert status == 200 and not service.ready().router.replicas[0].healthy
+    finally:
+        await service.close()
