@@ -21,7 +21,8 @@ The tree::
     ├── TrainingError(RuntimeError)
     │   └── TrainingCancelled
     ├── EngineError(RuntimeError)
-    │   └── PromptTooLongError(ValueError)
+    │   ├── PromptTooLongError(ValueError)
+    │   └── ReplicaError(OSError)            no healthy replica, or a replica failed mid-request
     └── CapacityError                        no free slot, queue full
 
     AdapterHubWarning(UserWarning)
@@ -219,6 +220,15 @@ class PromptTooLongError(EngineError, ValueError):
     code = "context_length_exceeded"
     http_status = 400
     openai_type = "invalid_request_error"
+
+
+class ReplicaError(EngineError, OSError):
+    """A router in front of replicas (``adapterhub serve --engine vllm``) has no healthy replica
+    for a request, or the replicas it tried failed before answering."""
+
+    code = "replica_unavailable"
+    http_status = 503
+    openai_type = "service_unavailable"
 
 
 class CapacityError(AdapterHubError):

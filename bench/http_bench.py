@@ -3,6 +3,7 @@ Engine directly, side by side; the difference is the HTTP overhead (target <= 10
 
     .venv/bin/python bench/http_bench.py                     # 32 clients, 8 adapters, 64 tokens
     .venv/bin/python bench/http_bench.py --requests 32 --precision fp32
+    .venv/bin/python bench/http_bench.py --router 2              # via --engine vllm vs one server
 
 Load: ``--clients`` concurrent streaming clients, each sending requests one after another until
 ``--requests`` have been sent in all; request i uses adapter i % ``--adapters`` (r=16 on
@@ -15,6 +16,12 @@ hurts both alike; the report gives each pair and the medians.
 
 Reported per run: tokens/s (completion tokens / wall time), time to first token p50/p95 (send to
 first token) and per-token latency p50/p95 (gaps between a stream's tokens).
+
+With ``--router N`` the comparison is instead ``adapterhub serve --engine vllm`` over N local
+``adapterhub serve`` replicas against one ``adapterhub serve`` alone, both through HTTP with the
+same client: the routing overhead on tokens/s (target <= 5 %) and on p50 time to first token
+(target within 20 ms). Replicas on one machine share its CPUs, so ``--router 1`` isolates what
+the router itself costs; N > 1 shows what spreading adds or takes on this machine.
 
 The base is the real default base, materialised once by the test suite into ``.tmp/test-home``
 (override with ``ADAPTERHUB_TEST_CACHE``); a temporary hub home links to it.
@@ -110,15 +117,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(home: Path, args: argparse.Namespace, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(home: Path, args: argparse.Namespace, log: Path, *extra: str,
+                 env_extra: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
     import httpx
 
     port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "ADAPTERHUB_LOG_LEVEL": "warning"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "ADAPTERHUB_LOG_LEVEL": "warning", **(env_extra or {})}
     env.update({f"ADAPTERHUB_ENGINE__{k.upper()}": str(v) for k, v in engine_config(args).items()})
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            [sys.executable, "-m", "adapterhub.cli", "serve", "--home", str(home), "--port", str(port)],
+            [sys.executable, "-m", "adapterhub.cli", "serve", "--home", str(home), "--port", str(port), *extra],
             stdout=sink, stderr=subprocess.STDOUT, env=env,
         )
     url = f"http://127.0.0.1:{port}"
@@ -150,10 +158,11 @@ def engine_summaries(url: str) -> dict[str, float]:
     return found
 
 
-async def http_run(url: str, refs: list[str], args: argparse.Namespace) -> RunStats:
+async def http_run(url: str, refs: list[str], args: argparse.Namespace,
+                   label: str = "HTTP (adapterhub serve)") -> RunStats:
     import httpx
 
-    stats = RunStats("HTTP (adapterhub serve)")
+    stats = RunStats(label)
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(args.requests):
         queue.put_nowait(i)
@@ -199,6 +208,8 @@ async def http_run(url: str, refs: list[str], args: argparse.Namespace) -> RunSt
         stats.wall_s = time.perf_counter() - started
         after = engine_summaries(url)
         for name in ("time_to_first_token", "time_per_output_token"):
+            if f"{name}_count" not in after:
+                continue  # a router has no engine of its own
             count = after[f"{name}_count"] - before[f"{name}_count"]
             stats.engine_side[name] = (after[f"{name}_sum"] - before[f"{name}_sum"]) / max(count, 1)
     return stats
@@ -285,6 +296,55 @@ def report(http_runs: list[RunStats], engine_runs: list[RunStats], args: argpars
           f"TTFT p50 {(pct(http.ttft_s, 50) - pct(direct.ttft_s, 50)) * 1e3:+.0f}ms")
 
 
+def report_router(routed: list[RunStats], direct: list[RunStats], args: argparse.Namespace) -> None:
+    print(f"\n{args.clients} concurrent streams, {args.adapters} adapters (r={args.rank}), {args.tokens} tokens "
+          f"each, {args.requests} requests per run, base {args.precision}, router over {args.router} "
+          f"replica(s) vs one server, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    head = f"{'run':34} {'tok/s':>8} {'TTFT p50':>9} {'TTFT p95':>9} {'tok p50':>8} {'tok p95':>8} {'errors':>6}"
+    print(head)
+    print("-" * len(head))
+    for i, (r, d) in enumerate(zip(routed, direct, strict=True)):
+        print(row(RunStats(f"#{i + 1} {r.label}", r.wall_s, r.tokens, r.ttft_s, r.gaps_s, r.errors)))
+        print(row(RunStats(f"#{i + 1} {d.label}", d.wall_s, d.tokens, d.ttft_s, d.gaps_s, d.errors)))
+    via, alone = merge("median via router", routed), merge("median direct", direct)
+    print(row(via))
+    print(row(alone))
+    ratios = [r.tokens_per_s / d.tokens_per_s for r, d in zip(routed, direct, strict=True)]
+    print(f"\nrouter/direct throughput per pair: {', '.join(f'{x:.3f}' for x in ratios)}; "
+          f"median overhead {(1 - statistics.median(ratios)) * 100:.1f}% (target <= 5%); "
+          f"TTFT p50 {(pct(via.ttft_s, 50) - pct(alone.ttft_s, 50)) * 1e3:+.1f}ms (target within 20 ms)")
+
+
+def router_main(args: argparse.Namespace, root: Path, home: Path, refs: list[str]) -> None:
+    """``--router N``: the same load via ``--engine vllm`` over N replicas and direct, alternated."""
+    processes = []
+    try:
+        direct = start_server(home, args, root / "direct.log")
+        processes.append(direct[0])
+        replicas = []
+        for i in range(args.router):
+            replica_home = hub_on_cached_base(root / f"replica{i}", args.precision).home
+            replica = start_server(replica_home, args, root / f"replica{i}.log")
+            processes.append(replica[0])
+            replicas += ["--replica", replica[1]]
+        env = {"ADAPTERHUB_REPLICA_MAX_LORAS": str(args.adapters), "ADAPTERHUB_REPLICA_MAX_LORA_RANK": str(args.rank)}
+        router = start_server(home, args, root / "router.log", "--engine", "vllm", *replicas, env_extra=env)
+        processes.append(router[0])
+        routed: list[RunStats] = []
+        alone: list[RunStats] = []
+        for i in range(args.repeat):
+            print(f"pair {i + 1}/{args.repeat}: via router...", flush=True)
+            routed.append(asyncio.run(http_run(router[1], refs, args, f"via router ({args.router} replicas)")))
+            print(f"pair {i + 1}/{args.repeat}: direct...", flush=True)
+            alone.append(asyncio.run(http_run(direct[1], refs, args, "direct (one server)")))
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(60)
+    report_router(routed, alone, args)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=32)
@@ -295,6 +355,8 @@ def main() -> None:
     parser.add_argument("--precision", default="auto", choices=["auto", "nf4", "int8", "bf16", "fp32"],
                         help="base storage (default: bf16 where the CPU has native bf16, else fp32)")
     parser.add_argument("--repeat", type=int, default=3, help="HTTP/engine pairs, alternated")
+    parser.add_argument("--router", type=int, default=0, metavar="N",
+                        help="compare adapterhub serve --engine vllm over N local replicas with one server")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -313,6 +375,9 @@ def main() -> None:
         root = Path(tmp)
         print("preparing a hub home with the cached default base and adapters...", flush=True)
         home, refs = make_home(root, args.precision, args.adapters, args.rank)
+        if args.router:
+            router_main(args, root, home, refs)
+            return
         from adapterhub import Hub
         from adapterhub.engine import Engine, EngineConfig
 

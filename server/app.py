@@ -11,6 +11,10 @@ Design choices:
 * **Body limit as pure ASGI middleware** (not ``BaseHTTPMiddleware``, which breaks streaming
   disconnects): bodies are buffered up to ``max_body_bytes`` and replayed; one byte more is a 413
   in OpenAI's shape, before any route parses it.
+* **Two backends, one API.** ``settings.backend`` picks the service: our engine in this
+  process (:class:`InferenceService`, routes in ``routes/openai.py`` and ``routes/admin.py``) or
+  replicas speaking vLLM's LoRA API (:class:`ReplicaService`, routes in ``routes/proxy.py``).
+  Keys, errors, ``/v1/models``, the registry's admin routes, health and metrics are shared.
 * **Refuse an open server on the network:** both ``create_app`` and ``serve`` check that a
   non-loopback host has API keys.
 """
@@ -28,7 +32,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import adapterhub
 from adapterhub_server.auth import KeyTable
 from adapterhub_server.errors import http_error_response, install_error_handlers
-from adapterhub_server.routes import admin, health, openai
+from adapterhub_server.replica_service import ReplicaService
+from adapterhub_server.routes import admin, health, openai, proxy
 from adapterhub_server.service import InferenceService
 from adapterhub_server.settings import ServerSettings, check_bind
 
@@ -43,7 +48,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
     """
     keys = settings.resolved_keys()
     check_bind(settings, keys)
-    service = InferenceService(settings)
+    service: InferenceService | ReplicaService
+    service = ReplicaService(settings) if settings.backend == "vllm" else InferenceService(settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -63,8 +69,13 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.state.service = service
     app.state.keys = KeyTable(keys)
     install_error_handlers(app)
-    app.include_router(openai.router)
-    app.include_router(admin.router)
+    if isinstance(service, ReplicaService):  # --engine vllm: replicas decode, this process routes
+        app.include_router(proxy.router)
+    else:
+        app.include_router(openai.router)
+        app.include_router(admin.router)
+    app.include_router(openai.models_router)
+    app.include_router(admin.registry_router)
     app.include_router(health.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app
@@ -137,8 +148,12 @@ def serve(settings: ServerSettings) -> None:
 
     check_bind(settings, settings.resolved_keys())
     Hub(settings.home, registry=settings.registry_url, blobs=settings.blobs).base_info  # noqa: B018  (raises BaseModelError with the fix)
+    if settings.launch_vllm:
+        from adapterhub_server.vllm_launch import check_vllm_installed
+
+        check_vllm_installed()  # before binding, so the CLI prints the fix
     app = create_app(settings)
-    service: InferenceService = app.state.service
+    service: InferenceService | ReplicaService = app.state.service
 
     class DrainingServer(uvicorn.Server):
         """uvicorn's server, telling the service when shutdown starts (see begin_drain)."""

@@ -24,11 +24,19 @@ def serve(
     device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N (default: CUDA when present).", show_default=False)] = None,
     compute_dtype: Annotated[str | None, typer.Option(help="bfloat16, float16 or float32 (default: the hardware's fastest).", show_default=False)] = None,
     keys_file: Annotated[Path | None, typer.Option(help="YAML/JSON file of API keys with roles.", show_default=False)] = None,
+    engine: Annotated[str | None, typer.Option(help="adapterhub (our engine, default) or vllm (route to --replica servers speaking vLLM's LoRA API).", show_default=False)] = None,
+    replica: Annotated[list[str] | None, typer.Option(help="With --engine vllm: a replica's base URL (http://host:port); repeat for more.", show_default=False)] = None,
+    max_loras: Annotated[int | None, typer.Option(min=1, help="With --engine vllm: adapters per replica at once, as its --max-loras (default 8).", show_default=False)] = None,
+    max_lora_rank: Annotated[int | None, typer.Option(min=1, help="With --engine vllm: the replicas' --max-lora-rank (default 16).", show_default=False)] = None,
+    launch_vllm: Annotated[bool, typer.Option("--launch-vllm", help="Start one local `vllm serve` of the base as a replica (implies --engine vllm); stopped on shutdown.")] = False,
     home: HomeOption = None,
     registry: RegistryOption = None,
     blobs: BlobsOption = None,
 ) -> None:
-    """Serve the OpenAI-compatible HTTP API (settings also from ADAPTERHUB_* variables)."""
+    """Serve the OpenAI-compatible HTTP API (settings also from ADAPTERHUB_* variables).
+
+    With --engine vllm this process is a router: keys, refs, aliases, the registry and metrics
+    stay here, and each request is decoded by one of the --replica servers."""
     from adapterhub_server import load_settings
     from adapterhub_server import serve as run_server
 
@@ -37,5 +45,7 @@ def serve(
         host=host, port=port, precision=precision, device=device, compute_dtype=compute_dtype,
         keys_file=keys_file, home=home, registry_url=registry, blobs=blobs,
         engine={"max_slots": slots} if slots is not None else None,
+        backend=engine or ("vllm" if launch_vllm else None), replicas=replica or None,
+        replica_max_loras=max_loras, replica_max_lora_rank=max_lora_rank, launch_vllm=launch_vllm or None,
     )
     run_server(settings)

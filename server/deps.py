@@ -16,13 +16,15 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from adapterhub.facade import Hub
 from adapterhub_server.auth import Caller, KeyTable
+from adapterhub_server.replica_service import ReplicaService
 from adapterhub_server.service import InferenceService
 
 _bearer = HTTPBearer(auto_error=False, description="An inference or admin API key.")
 
 
 def get_service(request: Request) -> InferenceService:
-    """The app's service (made by ``create_app``)."""
+    """The app's service (made by ``create_app``): our engine's, or the replica backend's
+    :class:`ReplicaService`, which answers the same lifecycle, identity and ``ready().hub``."""
     service: InferenceService = request.app.state.service
     return service
 
@@ -81,3 +83,13 @@ def get_hub(service: ServiceDep) -> Hub:
 
 
 HubDep = Annotated[Hub, Depends(get_hub)]
+
+
+def get_replica_service(request: Request) -> ReplicaService:
+    """The replica backend's service once started; 503 before, after a failed start or stopping."""
+    service: ReplicaService = request.app.state.service
+    service.ready()
+    return service
+
+
+ReplicaReady = Annotated[ReplicaService, Depends(get_replica_service)]

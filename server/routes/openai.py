@@ -60,6 +60,8 @@ from adapterhub_server.schemas import (
 from adapterhub_server.service import InferenceService, OpenRequest, Target
 
 router = APIRouter(tags=["openai"])
+models_router = APIRouter(tags=["openai"])
+"""``/v1/models``: the same with our engine and with replicas (``--engine vllm``)."""
 T = TypeVar("T")
 Kind = Literal["chat", "completion"]
 
@@ -115,7 +117,7 @@ async def completions(
     return await _generate(request, service, caller, body, prompts, target, reply)
 
 
-@router.get("/v1/models", response_model=ModelList, responses=ERROR_RESPONSES,
+@models_router.get("/v1/models", response_model=ModelList, responses=ERROR_RESPONSES,
             summary="The base and every registered adapter version")
 async def list_models(_: InferenceCaller, service: ReadyService, hub: HubDep) -> ModelList:
     def read() -> list[tuple[Version, dict[str, float]]]:

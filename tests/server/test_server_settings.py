@@ -68,3 +68,20 @@ def test_non_loopback_needs_keys() -> None:
     keyed = load_settings(host="0.0.0.0", admin_keys="admin-key-0123456789abcdef")
     check_bind(keyed, keyed.resolved_keys())  # allowed
     check_bind(load_settings(), ())  # loopback without keys is allowed
+
+
+def test_replica_backend_from_env_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ADAPTERHUB_BACKEND", "vllm")
+    monkeypatch.setenv("ADAPTERHUB_REPLICAS", "http://a:8000/, https://b.example:443")
+    monkeypatch.setenv("ADAPTERHUB_REPLICA_MAX_LORAS", "4")
+    settings = load_settings()
+    assert settings.backend == "vllm" and settings.replicas == ["http://a:8000", "https://b.example:443"]
+    assert settings.replica_max_loras == 4 and settings.replica_max_lora_rank == 16
+    assert load_settings(replicas=["http://c:1"]).replicas == ["http://c:1"]  # the flag wins
+
+
+def test_replica_backend_problems_are_listed() -> None:
+    with pytest.raises(ConfigError, match="needs at least one replica"):
+        load_settings(backend="vllm")
+    with pytest.raises(ConfigError, match="not http"):
+        load_settings(backend="vllm", replicas=["ftp://a", "a b"])
