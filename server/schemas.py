@@ -285,26 +285,38 @@ class JsonSchemaFormat(_Strict):
     """Accepted: answers always follow the schema exactly (constrained decoding)."""
 
 
-class ResponseFormat(_Strict):
-    """OpenAI's ``response_format``: plain text, any JSON object, or JSON matching a schema."""
+class TextFormat(_Strict):
+    """``response_format={"type": "text"}``: nothing enforced."""
 
-    type: Literal["text", "json_object", "json_schema"]
-    """``json_object`` and ``json_schema`` are enforced token by token (llguidance)."""
-
-    json_schema: JsonSchemaFormat | None = None
-    """The schema, with ``type: json_schema``."""
-
-    @model_validator(mode="after")
-    def _schema_with_its_type(self) -> ResponseFormat:
-        if (self.type == "json_schema") != (self.json_schema is not None):
-            raise ValueError("give json_schema exactly when type is 'json_schema'")
-        return self
+    type: Literal["text"]
 
     def schema_to_enforce(self) -> dict[str, Any] | None:
-        """The JSON schema answers must match; None for plain text."""
-        if self.type == "text":
-            return None
-        return self.json_schema.json_schema if self.json_schema is not None else {"type": "object"}
+        return None
+
+
+class JsonObjectFormat(_Strict):
+    """``response_format={"type": "json_object"}``: any JSON object, enforced token by token."""
+
+    type: Literal["json_object"]
+
+    def schema_to_enforce(self) -> dict[str, Any] | None:
+        return {"type": "object"}
+
+
+class JsonSchemaResponseFormat(_Strict):
+    """``response_format={"type": "json_schema", "json_schema": {...}}``: JSON matching the
+    schema, enforced token by token (llguidance)."""
+
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaFormat
+
+    def schema_to_enforce(self) -> dict[str, Any] | None:
+        return self.json_schema.json_schema
+
+
+ResponseFormat = Annotated[TextFormat | JsonObjectFormat | JsonSchemaResponseFormat, Field(discriminator="type")]
+"""OpenAI's ``response_format``, one shape per ``type`` as OpenAI's own schema has it, so the
+OpenAPI document states which fields go with which type."""
 
 
 class FunctionSpec(_Strict):

@@ -44,7 +44,7 @@ def test_invalid_body_is_400_naming_the_field(client: TestClient, body: dict[str
     ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tool_choice 'auto'"),
     ({"tools": [{"type": "function", "function": {"name": "f"}}],
       "tool_choice": {"type": "function", "function": {"name": "g"}}}, "'g', which is not in tools"),
-    ({"response_format": {"type": "json_schema"}}, "json_schema exactly when type is 'json_schema'"),
+    ({"response_format": {"type": "json_schema"}}, "response_format.json_schema.json_schema"),
 ])
 def test_tools_and_formats_that_do_not_fit_together_are_400s_that_say_so(
         client: TestClient, extra: dict[str, Any], named: str) -> None:
