@@ -132,7 +132,6 @@ def load_lora_bytes(
     Raises:
         UnsafeAdapterError: malformed config or weights, non-finite values, over the limits.
     """
-    import torch
     from safetensors.torch import load as load_safetensors
 
     where = ref or "adapter"
@@ -181,8 +180,8 @@ def load_lora_bytes(
                 f"{where}: tensor {key!r} has dtype {tensor.dtype}; expected floats"
             )
         (lora if (".lora_A." in key or ".lora_B." in key) else extra)[key] = tensor
-    if not _all_finite(weights_bytes, tensors):
-        bad = next(key for key, tensor in tensors.items() if not torch.isfinite(tensor).all())
+    bad = _first_non_finite(weights_bytes, tensors)
+    if bad is not None:
         raise UnsafeAdapterError(
             f"{where}: tensor {bad!r} holds NaN or Inf values; retrain or re-export it"
         )
@@ -204,8 +203,9 @@ def load_lora_bytes(
     return LoraAdapter(config=config, tensors=lora, extra_tensors=extra, ref=ref)
 
 
-def _all_finite(weights_bytes: bytes, tensors: Mapping[str, Any]) -> bool:
-    """Whether every value is finite, in one pass over the file's data where it can.
+def _first_non_finite(weights_bytes: bytes, tensors: Mapping[str, Any]) -> str | None:
+    """The first tensor holding a NaN or an infinity, or None: one pass over the file's data
+    where it can.
 
     Once safetensors has parsed the file, its data section (after the 8-byte header length and
     the header) is exactly the tensors, end to end; when they share one dtype it is one array
@@ -220,13 +220,13 @@ def _all_finite(weights_bytes: bytes, tensors: Mapping[str, Any]) -> bool:
     if len(dtypes) == 1:
         start = 8 + int.from_bytes(weights_bytes[:8], "little")
         if start == len(weights_bytes):
-            return True
+            return None
         with warnings.catch_warnings():  # read only: torch warns that the buffer is not writable
             warnings.simplefilter("ignore", UserWarning)
             data = torch.frombuffer(weights_bytes, dtype=dtypes.pop(), offset=start)
         if bool(torch.isfinite(data.sum())):
-            return True
-    return all(bool(torch.isfinite(tensor).all()) for tensor in tensors.values())
+            return None
+    return next((key for key, tensor in tensors.items() if not bool(torch.isfinite(tensor).all())), None)
 
 
 def load_lora_folder(path: Path | str, *, limits: LoraLimits = LoraLimits()) -> LoraAdapter:
