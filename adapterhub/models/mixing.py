@@ -42,6 +42,20 @@ def mix_rank(adapters: Sequence[LoraAdapter]) -> int:
     return sum(_part_rank(adapter) for adapter in adapters)
 
 
+def refuse_over_rank(where: str, rank: int, max_rank: int | None, why: str = "the sum of its adapters' ranks") -> None:
+    """Raise when a mix's rank is over the replicas' ``max_lora_rank`` (None: no limit).
+
+    Raises:
+        IncompatibleAdapterError: names the rank, the limit and the flags that raise it.
+    """
+    if max_rank is not None and rank > max_rank:
+        raise IncompatibleAdapterError(
+            f"{where} has rank {rank} ({why}), over the replica's max_lora_rank={max_rank}; mix fewer "
+            f"or lower-rank adapters, or start the replicas with --max-lora-rank {rank} or more (and "
+            "raise ADAPTERHUB_REPLICA_MAX_LORA_RANK)"
+        )
+
+
 def _part_rank(adapter: LoraAdapter) -> int:
     patterns = adapter.config.get("rank_pattern") or {}
     return max([adapter.r, *(int(v) for v in patterns.values())])
@@ -82,12 +96,7 @@ def mix_loras(
             )
     ranks = [_part_rank(adapter) for adapter in adapters]
     rank = sum(ranks)
-    if max_rank is not None and rank > max_rank:
-        raise IncompatibleAdapterError(
-            f"{where} has rank {rank} (the sum of its adapters' ranks {ranks}), over the "
-            f"replica's max_lora_rank={max_rank}; mix fewer or lower-rank adapters, or start the "
-            f"replicas with --max-lora-rank {rank} or more (and raise ADAPTERHUB_REPLICA_MAX_LORA_RANK)"
-        )
+    refuse_over_rank(where, rank, max_rank, f"the sum of its adapters' ranks {ranks}")
     keys: dict[str, str] = {}  # module path -> the PEFT key prefix of its tensors
     shapes: dict[str, tuple[int, int]] = {}  # module path -> (in, out)
     for adapter in adapters:

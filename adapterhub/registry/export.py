@@ -34,9 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adapterhub.core.refs import MAX_NAME_LENGTH
-from adapterhub.errors import IncompatibleAdapterError
 from adapterhub.models.adapters import CONFIG_FILE
-from adapterhub.models.mixing import mix_loras, save_lora_folder
+from adapterhub.models.mixing import mix_loras, refuse_over_rank, save_lora_folder
 from adapterhub.registry.store import Registry, Version
 
 DIGEST_CHARS = 12
@@ -138,12 +137,7 @@ def export_mix(
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     rank = _rank(folder)
-    if max_rank is not None and rank > max_rank:
-        raise IncompatibleAdapterError(
-            f"mix {label!r} has rank {rank} (the sum of its adapters' ranks), over the replica's "
-            f"max_lora_rank={max_rank}; mix fewer or lower-rank adapters, or start the replicas "
-            f"with --max-lora-rank {rank} or more (and raise ADAPTERHUB_REPLICA_MAX_LORA_RANK)"
-        )
+    refuse_over_rank(f"mix {label!r}", rank, max_rank)  # a mix cached for a replica of a higher limit
     return Exported(name, folder, label, rank, is_mix=True)
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from server_harness import wait_ready
+from server_harness import init_home, wait_ready
 from tinymodels import make_lora_folder
 
 ADAPTERS = {"pirate": 1, "json": 2}  # name -> seed
@@ -28,17 +28,6 @@ def server_loras(
 ) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("server-loras")
     return {name: make_lora(tiny_base_dir, root / name, seed=seed) for name, seed in ADAPTERS.items()}
-
-
-def init_home(home: Path, base_dir: Path, loras: dict[str, Path]) -> Path:
-    """Materialise the tiny base (fp32) into ``home`` and import the adapters."""
-    from adapterhub import Hub
-
-    hub = Hub(home)
-    hub.init(str(base_dir), precision="fp32")
-    for name, folder in loras.items():
-        hub.import_adapter(folder, name)
-    return home
 
 
 @pytest.fixture

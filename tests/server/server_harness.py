@@ -125,3 +125,14 @@ def start_server(home: Path, log_dir: Path, *args: str, env: dict[str, str] | No
         time.sleep(0.2)
     server.stop()
     raise TimeoutError(f"server not ready in {timeout}s:\n{server.logs()}")
+
+
+def init_home(home: Path, base_dir: Path, loras: dict[str, Path]) -> Path:
+    """Materialise the tiny base (fp32) into ``home`` and import the adapters."""
+    from adapterhub import Hub
+
+    hub = Hub(home)
+    hub.init(str(base_dir), precision="fp32")
+    for name, folder in loras.items():
+        hub.import_adapter(folder, name)
+    return home

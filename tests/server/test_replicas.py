@@ -27,6 +27,7 @@ from server_harness import (
     RunningServer,
     assert_error_shape,
     auth,
+    init_home,
     start_server,
     wait_ready,
 )
@@ -65,16 +66,6 @@ class Stack:
         return total
 
 
-def _init(home: Path, base_dir: Path, loras: dict[str, Path]) -> Path:
-    from adapterhub import Hub
-
-    hub = Hub(home)
-    hub.init(str(base_dir), precision="fp32")
-    for name, folder in loras.items():
-        hub.import_adapter(folder, name)
-    return home
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, tiny_base_dir: Path, server_loras: dict[str, Path],
           make_lora: Any) -> Iterator[Stack]:
@@ -84,8 +75,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, tiny_base_dir: Path, server_
     logs = root / "logs"
     logs.mkdir()
     extra = {name: make_lora(tiny_base_dir, root / f"{name}-lora", seed=seed) for name, seed in (("sql", 3), ("crowd", 4))}
-    home = _init(root / "router-home", tiny_base_dir, {**server_loras, **extra})
-    replica_homes = [_init(root / f"replica-{i}", tiny_base_dir, {}) for i in range(2)]  # not thread-safe
+    home = init_home(root / "router-home", tiny_base_dir, {**server_loras, **extra})
+    replica_homes = [init_home(root / f"replica-{i}", tiny_base_dir, {}) for i in range(2)]  # not thread-safe
     with ThreadPoolExecutor(2) as pool:  # the two processes start side by side
         replicas = list(pool.map(lambda replica_home: start_server(replica_home, logs, env=LONG_ENV), replica_homes))
     env = {
