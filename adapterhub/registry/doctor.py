@@ -111,7 +111,7 @@ def diagnose(home: Path | str | Registry | None = None, *, repair: bool = False,
             except CorruptBlobError as e:
                 report.corrupt.append(f"{version.ref}/{filename}: {e}")
     report.dangling_blobs = sorted(set(registry.blobs.digests()) - referenced)
-    report.temp_files = [str(p) for p in registry.blobs.temp_files()]
+    report.temp_files = list(registry.blobs.temp_files())
 
     if repair:
         for key in report.temp_files:

@@ -44,6 +44,7 @@ from adapterhub.core.refs import AdapterRef, validate_name
 from adapterhub.errors import (
     AdapterNotFoundError,
     ConfigError,
+    CorruptBlobError,
     GateError,
     IncompatibleAdapterError,
     RegistryError,
@@ -421,8 +422,6 @@ class Registry:
             VersionExistsError: this registry has that number already.
             CorruptBlobError: a blob is not in this registry's store.
         """
-        from adapterhub.errors import CorruptBlobError
-
         for filename, digest in version.files.items():
             if not self.blobs.exists(digest, sizes[filename]):
                 raise CorruptBlobError(f"{version.ref}/{filename}: blob {digest[:12]}… is not in "
