@@ -307,6 +307,11 @@ def train(
     ] = False,
     example: Annotated[int, typer.Option(min=0, help="Which example --show-example renders.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue this recipe's interrupted run from its last checkpoint.")] = False,
+    processes: Annotated[
+        int | None,
+        typer.Option(min=1, max=64, help="Train data-parallel on N processes (sets training.processes).",
+                     show_default=False),
+    ] = None,
     device: DeviceOption = None,
     compute_dtype: ComputeDtypeOption = None,
     home: HomeOption = None,
@@ -316,10 +321,12 @@ def train(
     """Train a recipe on the base and register the adapter; prints NAME@N.
 
     Ctrl-C once stops at the next step with a checkpoint (resume with --resume); twice aborts.
-    --device and --compute-dtype set the recipe's training.device and training.compute_dtype.
+    --processes, --device and --compute-dtype set the recipe's training.processes, training.device
+    and training.compute_dtype.
     """
     hub = _hub(home, registry=registry, blobs=blobs)
     set_ = [*(set_ or []),
+            *([f"training.processes={processes}"] if processes else []),
             *([f"training.device={device}"] if device else []),
             *([f"training.compute_dtype={compute_dtype}"] if compute_dtype else [])]
     if show_example:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -49,13 +50,14 @@ class ProgressBridge(TrainerCallback):  # type: ignore[misc]
 
     Args:
         emit: receives every event.
-        step_log: JSONL file the events are appended to.
+        step_log: JSONL file the events are appended to (None: emitted only, as on the ranks
+            of a multi-process run other than the first).
         cancel: checked after each optimizer step; when set, training stops (with a checkpoint).
     """
 
-    def __init__(self, emit: ProgressCallback, step_log: Path, cancel: CancelToken | None = None) -> None:
+    def __init__(self, emit: ProgressCallback, step_log: Path | None, cancel: CancelToken | None = None) -> None:
         self.emit = emit
-        self.step_log = Path(step_log)
+        self.step_log = Path(step_log) if step_log is not None else None
         self.cancel = cancel
         self.cancelled = False
         self.last_metrics: dict[str, float] = {}
@@ -67,8 +69,9 @@ class ProgressBridge(TrainerCallback):  # type: ignore[misc]
         self._last_tokens = 0
 
     def _send(self, event: ProgressEvent) -> None:
-        with open(self.step_log, "a", encoding="utf-8") as f:
-            f.write(json.dumps(event.to_dict(), sort_keys=True) + "\n")
+        if self.step_log is not None:
+            with open(self.step_log, "a", encoding="utf-8") as f:
+                f.write(json.dumps(event.to_dict(), sort_keys=True) + "\n")
         self.emit(event)
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -139,6 +142,41 @@ class ProgressBridge(TrainerCallback):  # type: ignore[misc]
     def finish(self, event: ProgressEvent) -> None:
         """Emit and log the final event (done, failed or cancelled)."""
         self._send(event)
+
+
+class StopTogether(TrainerCallback):  # type: ignore[misc]
+    """Stops every rank of a multi-process run at the same step.
+
+    After each optimizer step the ranks all-reduce whether any of them was asked to stop (the
+    ``cancel_file`` exists, or the launcher ``launcher_pid`` is gone) and, if so, set ``token``,
+    which each rank's :class:`ProgressBridge` honours. A rank that stopped alone would leave the
+    others waiting for it in DDP's next gradient all-reduce.
+    """
+
+    def __init__(self, cancel_file: Path, launcher_pid: int, token: CancelToken) -> None:
+        self.cancel_file = cancel_file
+        self.launcher_pid = launcher_pid
+        self.token = token
+
+    def _asked(self) -> bool:
+        if self.cancel_file.exists():
+            return True
+        try:
+            os.kill(self.launcher_pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # alive, someone else's
+            pass
+        return False
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        import torch
+        import torch.distributed as dist
+
+        flag = torch.tensor([1.0 if self._asked() else 0.0], device=args.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() > 0:
+            self.token.cancel()
 
 
 def trim_step_log(step_log: Path, after_step: int) -> None:

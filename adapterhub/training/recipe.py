@@ -143,7 +143,10 @@ class TrainerConfig(RecipeSection):
     batch_size: int = Field(default=4, ge=1, le=1024)
     """Examples per forward pass."""
     grad_accum: int = Field(default=1, ge=1, le=1024)
-    """Forward passes per optimizer step (the effective batch is batch_size * grad_accum)."""
+    """Forward passes per optimizer step (the effective batch is batch_size * grad_accum * processes)."""
+    processes: int = Field(default=1, ge=1, le=64)
+    """Data-parallel processes (DDP through accelerate: gloo on CPU, NCCL on GPUs, one GPU each);
+    each takes ``batch_size`` examples a pass, so the global batch grows with it."""
     learning_rate: float = Field(default=2e-4, gt=0, le=1.0)
     """Peak learning rate of AdamW."""
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"

@@ -18,6 +18,9 @@ with only what its :class:`TrainingContext` gives it (base, registry, runs folde
    checkpoints for ``--resume`` and raises :class:`~adapterhub.errors.TrainingError` /
    :class:`~adapterhub.errors.TrainingCancelled` saying why.
 
+With ``training.processes`` above 1, step 3 and 4 run on that many data-parallel ranks started
+by :mod:`adapterhub.training.distributed`; this process plans, holds the lock and registers.
+
 Design choices:
 
 * **A private base copy.** Training prepares the base for k-bit training and injects LoRA layers;
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from collections.abc import Iterator, Mapping
@@ -50,6 +54,7 @@ from adapterhub.errors import AdapterHubError, ConfigError, TrainingCancelled, T
 from adapterhub.models.adapters import CONFIG_FILE, WEIGHTS_FILE
 from adapterhub.registry import Version, ensure_compatible
 from adapterhub.training.datasets import TrainingData, load_training_data
+from adapterhub.training.distributed import Trained
 from adapterhub.training.loading import load_recipe
 from adapterhub.training.methods import Method, MethodContext, PrepareContext, get_method
 from adapterhub.training.recipe import LoraConfig as LoraSettings
@@ -122,6 +127,11 @@ def plan_run(
 
     parsed, root = load_recipe(recipe, overrides)
     method = get_method(parsed.method)
+    if parsed.training.processes > 1 and method.single_process:
+        raise ConfigError(
+            f"training.processes: {parsed.training.processes} is more than {method.name} supports: "
+            f"{method.single_process}; set it to 1"
+        )
     info = context.base
     if parsed.base is not None and parsed.base not in (info.name, info.fingerprint):
         raise ConfigError(
@@ -203,7 +213,27 @@ def train(
         raise TrainingCancelled(f"training {recipe_obj.name!r} was cancelled before it started; nothing registered")
     prepared = plan.method.prepare(plan.prepare_context()) if plan.method.prepare else None
     with _exclusive(plan.run_dir):
-        return _execute(context, plan, prepared, emit, cancel, resume)
+        checkpoint = _open_run_dir(plan, emit, resume)
+        if recipe_obj.training.processes > 1:
+            trained = _train_on_processes(context, plan, recipe, overrides, checkpoint, emit, cancel)
+        else:
+            trained = train_here(context, plan, prepared, emit, cancel, checkpoint)
+        assert trained is not None  # the main process always gets its result
+        try:
+            version = _register(context, plan, trained)
+        except AdapterHubError as e:
+            emit(ProgressEvent("failed", message=str(e)))
+            raise
+        except Exception as e:
+            message = f"training {recipe_obj.name!r} finished but could not be registered: {type(e).__name__}: {e}"
+            emit(ProgressEvent("failed", message=message))
+            raise TrainingError(message) from e
+    emit(ProgressEvent(
+        "done", step=trained.steps, total_steps=trained.max_steps, loss=version.metrics.get("train_loss"),
+        message=f"registered {version.ref}", version_ref=version.ref,
+    ))
+    shutil.rmtree(plan.run_dir, ignore_errors=True)
+    return version
 
 
 @contextmanager
@@ -234,23 +264,13 @@ def _exclusive(run_dir: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _execute(
-    context: TrainingContext,
-    plan: RunPlan,
-    prepared: Any,
-    emit: ProgressCallback,
-    cancel: CancelToken | None,
-    resume: bool,
-) -> Version:
-    """Train, measure and register (the part of :func:`train` that holds the run's lock)."""
+def _open_run_dir(plan: RunPlan, emit: ProgressCallback, resume: bool) -> str | None:
+    """Make the run folder ready; returns the checkpoint to resume from (``resume`` and one exists)."""
     from transformers.trainer_utils import get_last_checkpoint
 
-    from adapterhub.training.callbacks import ProgressBridge, trim_step_log
-
-    recipe_obj = plan.recipe
+    from adapterhub.training.callbacks import trim_step_log
 
     checkpoints = plan.run_dir / "checkpoints"
-    step_log = plan.run_dir / STEP_LOG
     checkpoint = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
     if checkpoint and not resume:
         emit(ProgressEvent("message", message=(
@@ -263,12 +283,70 @@ def _execute(
         shutil.rmtree(plan.run_dir, ignore_errors=True)
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     if checkpoint:
-        trim_step_log(step_log, int(Path(checkpoint).name.rsplit("-", 1)[-1]))
-    bridge = ProgressBridge(emit, step_log, cancel)
+        trim_step_log(plan.run_dir / STEP_LOG, int(Path(checkpoint).name.rsplit("-", 1)[-1]))
+    return checkpoint
+
+
+def _train_on_processes(
+    context: TrainingContext,
+    plan: RunPlan,
+    recipe: RecipeSource,
+    overrides: Mapping[str, Any] | list[str] | None,
+    checkpoint: str | None,
+    emit: ProgressCallback,
+    cancel: CancelToken | None,
+) -> Trained:
+    """:func:`train_here` on ``training.processes`` ranks (see :mod:`adapterhub.training.distributed`)."""
+    from adapterhub.training.distributed import Job, portable, train_on_processes
+
+    platform = context.platform
+    job = Job(
+        recipe=portable(recipe),
+        overrides=dict(overrides) if isinstance(overrides, Mapping) else overrides,
+        base=str(context.base.path),
+        runs=str(context.runs),
+        device=platform.device,
+        compute_dtype=platform.compute_dtype,
+        nf4=platform.nf4,
+        checkpoint=checkpoint,
+        run_dir=str(plan.run_dir),
+        launcher_pid=os.getpid(),
+    )
+    return train_on_processes(job, plan.recipe.training.processes, context.registry.location, emit, cancel)
+
+
+def train_here(
+    context: TrainingContext,
+    plan: RunPlan,
+    prepared: Any,
+    emit: ProgressCallback,
+    cancel: CancelToken | None,
+    checkpoint: str | None,
+    *,
+    rank: int = 0,
+    callbacks: tuple[Any, ...] = (),
+) -> Trained | None:
+    """Load, train and measure in this process, and save the adapter in the run folder.
+
+    With several processes every rank runs this (``rank`` and the ranks' shared ``callbacks`` set);
+    only rank 0 reports progress, writes the step log, checks forgetting and saves, and only it
+    returns the result.
+
+    Raises:
+        TrainingCancelled: ``cancel`` was set; the checkpoint is kept for ``resume``.
+        TrainingError: training failed.
+    """
+    from adapterhub.training.callbacks import ProgressBridge
+
+    recipe_obj = plan.recipe
+    main = rank == 0
+    checkpoints = plan.run_dir / "checkpoints"
+    bridge = ProgressBridge(emit if main else no_progress, plan.run_dir / STEP_LOG if main else None, cancel)
     bridge.message(
         f"{plan.method.name} {recipe_obj.name!r}: {len(plan.data.train)} train / "
         f"{len(plan.data.eval) if plan.data.eval is not None else 0} eval examples, "
         f"base in {recipe_obj.training.precision}"
+        + (f", {recipe_obj.training.processes} processes" if recipe_obj.training.processes > 1 else "")
     )
 
     started = time.monotonic()
@@ -284,7 +362,7 @@ def _execute(
             data=plan.data,
             prepared=prepared,
             args=training_arguments(recipe_obj, checkpoints, base.platform),
-            callbacks=(bridge,),
+            callbacks=(*callbacks, bridge),
             registry=context.registry,
             run_dir=plan.run_dir,
             say=bridge.message,
@@ -320,20 +398,14 @@ def _execute(
         raise TrainingCancelled(message)
 
     try:
-        version = _finish(context, plan, trainer, model, output, bridge, started)
+        return _measure(context, plan, trainer, model, output, bridge, started, main=main)
     except AdapterHubError as e:
         bridge.finish(ProgressEvent("failed", message=str(e)))
         raise
     except Exception as e:
-        message = f"training {recipe_obj.name!r} finished but could not be registered: {type(e).__name__}: {e}"
+        message = f"training {recipe_obj.name!r} finished but could not be measured: {type(e).__name__}: {e}"
         bridge.finish(ProgressEvent("failed", message=message))
         raise TrainingError(message) from e
-    emit(ProgressEvent(
-        "done", step=trainer.state.global_step, total_steps=trainer.state.max_steps,
-        loss=version.metrics.get("train_loss"), message=f"registered {version.ref}", version_ref=version.ref,
-    ))
-    shutil.rmtree(plan.run_dir, ignore_errors=True)
-    return version
 
 
 def _quiet(trainer: Any) -> None:
@@ -400,7 +472,7 @@ def _export_parent(context: TrainingContext, plan: RunPlan) -> Path:
 
     The registry stores the base's Hub name in ``base_model_name_or_path``; left there, PEFT looks
     the name up online at every save (warning when offline). The registered result gets the name
-    back in :func:`_finish`.
+    back in :func:`_measure`.
     """
     assert plan.parent is not None
     folder = context.registry.export(plan.parent, plan.run_dir / "parent")
@@ -524,6 +596,8 @@ def training_arguments(recipe: RecipeBase, output_dir: Path, platform: Platform)
         "activation_checkpointing": t.gradient_checkpointing,  # transformers 5 name of gradient checkpointing
         "dataloader_num_workers": 0,
         "include_num_input_tokens_seen": "non_padding",
+        # every LoRA weight takes part in every step: DDP need not search the graph for unused ones
+        "ddp_find_unused_parameters": False if t.processes > 1 else None,
         "report_to": "none",
         "disable_tqdm": True,
         "log_level": "warning",
@@ -533,13 +607,17 @@ def training_arguments(recipe: RecipeBase, output_dir: Path, platform: Platform)
 # --------------------------------------------------------------------------- finish
 
 
-def _finish(context: TrainingContext, plan: RunPlan, trainer: Any, model: Any, output: Any, bridge: Any, started: float) -> Version:
-    """Evaluate, check forgetting, save and register; returns the version."""
+def _measure(
+    context: TrainingContext, plan: RunPlan, trainer: Any, model: Any, output: Any, bridge: Any, started: float,
+    *, main: bool = True,
+) -> Trained | None:
+    """Evaluate (every rank takes part), check forgetting and save the adapter (rank 0 alone)."""
     import math
 
     from adapterhub.training.forgetting import forgetting_metrics
 
     recipe = plan.recipe
+    t = recipe.training
     state = trainer.state
     metrics: dict[str, Any] = {
         "train_loss": round(float(output.training_loss), 6),
@@ -548,6 +626,8 @@ def _finish(context: TrainingContext, plan: RunPlan, trainer: Any, model: Any, o
         "train_epochs": round(float(state.epoch or 0), 4),
         "train_tokens": int(state.num_input_tokens_seen or 0),
         "train_runtime_s": round(float(output.metrics["train_runtime"]), 2),  # the training loop alone
+        "processes": t.processes,
+        "effective_batch_size": t.batch_size * t.grad_accum * t.processes,  # examples per optimizer step
     }
     metrics["train_tokens_per_s"] = round(metrics["train_tokens"] / max(1e-9, metrics["train_runtime_s"]), 1)
     metrics.update({f"train/{k}": round(v, 6) for k, v in bridge.last_metrics.items()})
@@ -561,31 +641,38 @@ def _finish(context: TrainingContext, plan: RunPlan, trainer: Any, model: Any, o
                 metrics[key] = round(float(value), 6)
         if "eval_loss" in metrics and plan.method.name == "sft":  # other losses are not token NLL
             metrics["eval_perplexity"] = round(math.exp(min(50.0, metrics["eval_loss"])), 4)
+    if not main:
+        return None
     if recipe.forgetting_check and plan.method.task_type != "CAUSAL_LM":
         bridge.message("forgetting check skipped: a reward model's score head does not generate text")
     elif recipe.forgetting_check:
         bridge.message("forgetting check: general-text perplexity with and without the adapter")
         metrics.update(forgetting_metrics(model, plan.tokenizer))
-    metrics["run_wall_s"] = round(time.monotonic() - started, 2)  # model load to registration
+    metrics["run_wall_s"] = round(time.monotonic() - started, 2)  # model load to saved adapter
     metrics["data"] = plan.data.summary
     metrics["lora"] = {"r": recipe.lora.r, "alpha": recipe.lora.alpha, "target_modules": recipe.lora.modules}
 
     adapter_dir = plan.run_dir / "adapter"
     model.save_pretrained(adapter_dir, safe_serialization=True)
     _name_base(adapter_dir, context.base.name)  # not the local path it was loaded from
+    return Trained(adapter_dir, metrics, state.global_step, state.max_steps)
+
+
+def _register(context: TrainingContext, plan: RunPlan, trained: Trained) -> Version:
+    """The saved adapter and the run's step log as the next version of the recipe's name."""
     info = context.base
     return context.registry.register(
-        recipe.name,
+        plan.recipe.name,
         {
-            CONFIG_FILE: adapter_dir / CONFIG_FILE,
-            WEIGHTS_FILE: adapter_dir / WEIGHTS_FILE,
+            CONFIG_FILE: trained.adapter_dir / CONFIG_FILE,
+            WEIGHTS_FILE: trained.adapter_dir / WEIGHTS_FILE,
             STEP_LOG: plan.run_dir / STEP_LOG,
         },
         base_fingerprint=info.fingerprint,
         template_hash=info.template_hash,
         method=plan.method.name,
-        recipe=recipe.resolved(),
+        recipe=plan.recipe.resolved(),
         dataset_fingerprint=plan.data.fingerprint,
         parent=plan.parent.ref if plan.parent else None,
-        metrics=metrics,
+        metrics=trained.metrics,
     )

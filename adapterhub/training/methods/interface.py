@@ -76,4 +76,6 @@ class Method:
     prepare: Callable[[PrepareContext], PreparedData] | None = None
     render_example: Callable[[PrepareContext, Mapping[str, Any]], RenderedExample] | None = None
     task_type: Literal["CAUSAL_LM", "SEQ_CLS"] = "CAUSAL_LM"
+    single_process: str | None = None
+    """Why the method trains on one process only (``training.processes`` above 1 is refused with it)."""
     description: str = field(default="")

@@ -200,6 +200,7 @@ METHOD = Method(
     formats=("prompt_only",),
     build_trainer=build_trainer,
     prepare=prepare,
+    single_process="its rollouts differ in length per process, so the ranks' minibatch updates would not line up",
     description="PPO against a reward-model version; KL to the parent; policy, value, reward, "
     "reference all adapters on the one base",
 )
