@@ -23,7 +23,8 @@ The tree::
     ├── EngineError(RuntimeError)
     │   ├── PromptTooLongError(ValueError)
     │   └── ReplicaError(OSError)            no healthy replica, or a replica failed mid-request
-    └── CapacityError                        no free slot, queue full
+    ├── CapacityError                        no free slot, queue full
+    └── JobNotFoundError(LookupError)        no job with this id in the hub's job queue
 
     AdapterHubWarning(UserWarning)
     └── BaseMismatchWarning                  pulled adapter names another base
@@ -241,6 +242,14 @@ class CapacityError(AdapterHubError):
     def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
         self.retry_after = retry_after
         super().__init__(message)
+
+
+class JobNotFoundError(AdapterHubError, LookupError):
+    """No job with this id in the hub home's job queue (:mod:`adapterhub.jobs`)."""
+
+    code = "job_not_found"
+    http_status = 404
+    openai_type = "not_found_error"
 
 
 def error_class(code: str) -> type[AdapterHubError] | None:

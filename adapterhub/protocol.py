@@ -21,7 +21,7 @@ Design choices:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from adapterhub.registry import Evaluation, Version
 
 _REF = Field(min_length=1, max_length=200)
+_REF_OR_BASE = Field(default=None, min_length=1, max_length=200)
 
 
 class _Request(BaseModel):
@@ -221,3 +222,87 @@ class ServerInfo(_Response):
     max_model_len: int
     home: str
     version: str
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+class TrainJobRequest(_Request):
+    """Train a recipe and register the adapter (what ``adapterhub train`` does)."""
+
+    kind: Literal["train"]
+    recipe: str | dict[str, Any]
+    """A bundled recipe's name (a file ``<name>.yaml`` in the server's recipes folder) or a recipe body."""
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    """Recipe fields to override, by dotted path (as ``--set`` takes them)."""
+    resume: bool = False
+    """Continue this recipe's interrupted run from its last checkpoint."""
+
+
+class EvalJobRequest(_Request):
+    """Evaluate a version (or the base) with lm-evaluation-harness and record it (``adapterhub eval``)."""
+
+    kind: Literal["eval"]
+    ref: str | None = _REF_OR_BASE
+    """The version to evaluate; null evaluates the base alone (not recorded)."""
+    tasks: list[str] = Field(min_length=1, max_length=32)
+    """lm-eval task names, or task folders / YAML files on the server."""
+    limit: int | None = Field(default=None, ge=1)
+    """Score only the first ``limit`` documents of each task."""
+    num_fewshot: int | None = Field(default=None, ge=0, le=64)
+    chat: bool = False
+    """Render prompts with the chat template."""
+
+
+class PushJobRequest(_Request):
+    """Push a version to a Hugging Face Hub repo (``adapterhub push``)."""
+
+    kind: Literal["push"]
+    ref: str = _REF
+    repo_id: str = Field(min_length=3, max_length=200)
+    private: bool = False
+    revision: str = Field(default="main", min_length=1, max_length=200)
+
+
+class PullJobRequest(_Request):
+    """Pull a PEFT LoRA repo from the Hugging Face Hub and register it (``adapterhub pull``)."""
+
+    kind: Literal["pull"]
+    repo_id: str = Field(min_length=3, max_length=200)
+    revision: str | None = Field(default=None, max_length=200)
+    name: str | None = Field(default=None, max_length=200)
+    """The adapter name to register under; the repo's name when null."""
+
+
+JobRequest = Annotated[
+    TrainJobRequest | EvalJobRequest | PushJobRequest | PullJobRequest, Field(discriminator="kind")
+]
+"""``POST /admin/jobs``: one of the four kinds, told apart by ``kind``."""
+
+JobState = Literal["queued", "running", "done", "failed", "cancelled", "interrupted"]
+FINAL_JOB_STATES: frozenset[str] = frozenset({"done", "failed", "cancelled", "interrupted"})
+
+
+class JobInfo(_Response):
+    """A job: ``POST /admin/jobs``, ``GET /admin/jobs/{id}``, and the last event of its stream."""
+
+    id: str
+    kind: str
+    state: JobState
+    request: dict[str, Any]
+    """The request as submitted."""
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    message: str = ""
+    """Why it failed, was cancelled or interrupted (and how to resume), or what it did."""
+    version_ref: str | None = None
+    """The version a train or pull job registered."""
+    result: dict[str, Any] = Field(default_factory=dict)
+    """What the job produced beyond a version (an evaluation's numbers, a push's commit)."""
+
+
+class JobList(_Response):
+    """``GET /admin/jobs``: every job of this hub, newest first."""
+
+    jobs: list[JobInfo]

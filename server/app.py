@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -33,9 +33,12 @@ import adapterhub
 from adapterhub_server.auth import KeyTable
 from adapterhub_server.errors import http_error_response, install_error_handlers
 from adapterhub_server.replica_service import ReplicaService
-from adapterhub_server.routes import admin, health, openai, proxy
+from adapterhub_server.routes import admin, health, jobs, openai, proxy
 from adapterhub_server.service import InferenceService
 from adapterhub_server.settings import ServerSettings, check_bind
+
+if TYPE_CHECKING:
+    from adapterhub.jobs import JobQueue
 
 log = logging.getLogger("adapterhub.server")
 
@@ -54,9 +57,13 @@ def create_app(settings: ServerSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         service.start_loading()
+        jobs = _job_queue(settings) if isinstance(service, InferenceService) else None
+        app.state.jobs = jobs
         try:
             yield
         finally:
+            if jobs is not None:
+                jobs.close(timeout=settings.shutdown_grace_s)
             await service.close()
 
     app = FastAPI(
@@ -74,11 +81,21 @@ def create_app(settings: ServerSettings) -> FastAPI:
     else:
         app.include_router(openai.router)
         app.include_router(admin.router)
+        app.include_router(jobs.router)
     app.include_router(openai.models_router)
     app.include_router(admin.registry_router)
     app.include_router(health.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app
+
+
+def _job_queue(settings: ServerSettings) -> JobQueue:
+    """The home's job queue, with a hub of its own that loads no model (it checks requests)."""
+    from adapterhub.facade import Hub
+    from adapterhub.jobs import JobQueue
+
+    hub = Hub(settings.home, registry=settings.registry_url, blobs=settings.blobs)
+    return JobQueue(hub, recipes=settings.recipes, concurrency=settings.jobs_concurrency)
 
 
 class BodyLimit:

@@ -163,6 +163,12 @@ class ServerSettings(BaseSettings):
     """Generation requests (streaming or not) one key may have in flight; one more is answered
     429. Without keys every client shares one budget."""
 
+    jobs_concurrency: int = Field(default=1, ge=1, le=64)
+    """How many jobs (``POST /admin/jobs``: training, evaluation, push, pull) run at once; the rest queue."""
+
+    recipes: Path = Path("recipes")
+    """The folder a training job's bundled recipe name (``pirate-sft``) is looked up in."""
+
     shutdown_grace_s: float = Field(default=10.0, ge=0, le=3600)
     """On shutdown, how long in-flight requests may finish before they are cancelled."""
 

@@ -36,6 +36,7 @@ WIRE = {
     "ConfigError": ("invalid_value", 400, "invalid_request_error"),
     "RegistryError": ("registry_conflict", 409, "invalid_request_error"),
     "AdapterNotFoundError": ("model_not_found", 404, "not_found_error"),
+    "JobNotFoundError": ("job_not_found", 404, "not_found_error"),
     "VersionExistsError": ("version_exists", 409, "invalid_request_error"),
     "IncompatibleAdapterError": ("incompatible_adapter", 409, "invalid_request_error"),
     "CorruptBlobError": ("corrupt_adapter", 500, "server_error"),

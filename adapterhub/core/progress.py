@@ -13,6 +13,7 @@ import json
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 STEP_LOG = "step_log.jsonl"
@@ -84,3 +85,29 @@ class CancelToken:
     @property
     def cancelled(self) -> bool:
         return self._event.is_set()
+
+
+class EventFollower:
+    """The events appended to a JSONL event file (a step log, a job's events) since the last
+    :meth:`read`: whole lines only, so a line being written is read once it is complete.
+
+    Args:
+        path: the file; it may not exist yet.
+        from_start: read what is already there too (else only what is appended from now on).
+    """
+
+    def __init__(self, path: Path, *, from_start: bool = False) -> None:
+        self.path = Path(path)
+        self.offset = 0 if from_start or not self.path.exists() else self.path.stat().st_size
+        self._partial = b""
+
+    def read(self) -> list[ProgressEvent]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            return []
+        self.offset += len(chunk)
+        complete, _, self._partial = (self._partial + chunk).rpartition(b"\n")
+        return parse_step_log(complete.decode("utf-8", errors="replace"))

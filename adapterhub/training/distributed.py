@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from adapterhub.core.progress import (
     STEP_LOG,
     CancelToken,
+    EventFollower,
     ProgressCallback,
     ProgressEvent,
 )
@@ -160,7 +161,7 @@ def _run_ranks(
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
         "--max-restarts=0", "-m", "adapterhub.training.rank", str(run_dir / JOB_FILE),
     ]
-    follower = _Follower(run_dir / STEP_LOG)
+    follower = EventFollower(run_dir / STEP_LOG)
     with open(run_dir / WORKERS_LOG, "ab") as log:
         proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
@@ -209,32 +210,6 @@ def _cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
-
-
-class _Follower:
-    """The events appended to a step log since the last read (whole lines only)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.offset = path.stat().st_size if path.exists() else 0
-        self.partial = b""
-
-    def read(self) -> list[ProgressEvent]:
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self.offset)
-                chunk = f.read()
-        except FileNotFoundError:
-            return []
-        self.offset += len(chunk)
-        *lines, self.partial = (self.partial + chunk).split(b"\n")
-        events = []
-        for line in lines:
-            try:
-                events.append(ProgressEvent.from_dict(json.loads(line)))
-            except (json.JSONDecodeError, TypeError):
-                continue
-        return events
 
 
 def read_outcome(run_dir: Path, rank: int) -> dict[str, Any] | None:

@@ -1,0 +1,364 @@
+"""The job queue of a hub home: training, evaluation, push and pull, each in its own process.
+
+A server (``POST /admin/jobs``) or any program submits a :data:`~adapterhub.protocol.JobRequest`
+to a :class:`JobQueue`; the queue keeps every job in a folder of its own under ``<home>/jobs/``
+and starts queued jobs, ``concurrency`` at a time, as ``python -m adapterhub.jobs JOB_FOLDER``.
+
+A job's folder::
+
+    request.json   what was asked (and the recipe file a bundled recipe name resolved to)
+    state.json     the queue's record: state, times, pid; written by the queue alone, atomically
+    events.jsonl   the job's progress events, as the CLI shows them (a training run's step log
+                   events, an evaluation's or a transfer's), appended by the job's process
+    outcome.json   how the job's process ended (done with its version / result, failed,
+                   cancelled, interrupted), written by it alone, atomically, as its last act
+    cancel         created to ask the job to stop
+
+Design choices:
+
+* **A process per job**, not a thread: a training run holds gigabytes and a GIL-bound loop; a
+  crash or an out-of-memory kill takes the job, never the server. The job reads nothing from its
+  submitter but its folder and the environment (the registry's URL and blobs travel there).
+* **Files, not a database**: one writer per file, atomic renames; a job folder is readable with
+  ``cat`` and survives the queue. A queue opened on a home lists the jobs an earlier queue left;
+  one that was running when its queue died is ``interrupted`` (with how to resume, for training).
+* **Cancel**: training stops at the next step with a checkpoint (resumable, nothing registered);
+  an evaluation or a transfer stops at once (neither records anything until it is done). A job
+  whose queue's process is gone stops the same way and reports ``interrupted``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import TypeAdapter
+
+from adapterhub.core.progress import CancelToken, ProgressEvent
+from adapterhub.errors import AdapterHubError, ConfigError, JobNotFoundError, TrainingCancelled
+from adapterhub.protocol import FINAL_JOB_STATES, JobInfo, JobRequest, TrainJobRequest
+from adapterhub.registry.location import BLOBS_ENV, REGISTRY_URL_ENV, RegistryLocation
+
+if TYPE_CHECKING:
+    from adapterhub.facade import Hub
+
+JOBS_FOLDER = "jobs"
+REQUEST_FILE, STATE_FILE, EVENTS_FILE, OUTCOME_FILE, CANCEL_FILE = (
+    "request.json", "state.json", "events.jsonl", "outcome.json", "cancel")
+_REQUEST = TypeAdapter(JobRequest)
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_POLL_S = 0.2
+
+
+class JobQueue:
+    """The jobs of one hub home, and the thread that starts them.
+
+    Args:
+        hub: the hub whose home keeps the jobs and whose base and registry they use (nothing is
+            loaded: the queue only checks requests against it before queueing them).
+        recipes: the folder bundled recipe names are looked up in.
+        concurrency: how many jobs run at once.
+    """
+
+    def __init__(self, hub: Hub, *, recipes: Path = Path("recipes"), concurrency: int = 1) -> None:
+        self.hub = hub
+        self.home = hub.home
+        self.folder = self.home / JOBS_FOLDER
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.registry: RegistryLocation = hub.registry.location
+        self.recipes = Path(recipes)
+        self.concurrency = max(1, concurrency)
+        self._lock = threading.Lock()
+        self._running: dict[str, subprocess.Popen[bytes]] = {}
+        self._wake = threading.Event()
+        self._closing = False
+        self._recover()
+        self._thread = threading.Thread(target=self._schedule, name="adapterhub-jobs", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ the API
+
+    def submit(self, request: Any) -> JobInfo:
+        """Queue a job (a :data:`JobRequest` or its JSON mapping); returns it, ``queued``.
+
+        Raises:
+            ConfigError: the request is malformed, names no bundled recipe, or its recipe fails the
+                checks training does first (against this hub's base and data).
+            AdapterNotFoundError: it names a version that does not exist.
+        """
+        from pydantic import ValidationError
+
+        from adapterhub.errors import describe_validation_error
+
+        try:
+            parsed = _REQUEST.validate_python(request if isinstance(request, dict) else request.model_dump())
+        except ValidationError as e:
+            raise ConfigError([line for _, line in describe_validation_error(e.errors(), root="job")]) from None
+        stored = parsed.model_dump(mode="json")
+        if isinstance(parsed, TrainJobRequest):
+            if isinstance(parsed.recipe, str):
+                stored["recipe_file"] = str(self._bundled(parsed.recipe))
+            self.hub.plan_run(stored.get("recipe_file") or parsed.recipe, **parsed.overrides)
+        elif parsed.kind in ("eval", "push") and parsed.ref is not None:
+            self.hub.resolve(parsed.ref)
+        job_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:8]
+        folder = self.folder / job_id
+        folder.mkdir()
+        _write_json(folder / REQUEST_FILE, stored)
+        info = JobInfo(id=job_id, kind=parsed.kind, state="queued", request=parsed.model_dump(mode="json"),
+                       created_at=time.time())
+        self._save(info)
+        self._wake.set()
+        return info
+
+    def list(self) -> list[JobInfo]:
+        """Every job, newest first."""
+        jobs = [self._read(folder.name) for folder in self.folder.iterdir() if (folder / STATE_FILE).exists()]
+        return sorted(jobs, key=lambda job: job.created_at, reverse=True)
+
+    def get(self, job_id: str) -> JobInfo:
+        """Raises: JobNotFoundError."""
+        return self._read(job_id)
+
+    def cancel(self, job_id: str) -> JobInfo:
+        """Ask a job to stop: a queued one is cancelled at once, a running one stops as the module
+        docstring says; a finished one is left as it is."""
+        with self._lock:
+            info = self._read(job_id)
+            if info.state == "queued":
+                info = info.model_copy(update={"state": "cancelled", "finished_at": time.time(),
+                                               "message": "cancelled before it started"})
+                self._save(info)
+            elif info.state == "running":
+                (self.folder / job_id / CANCEL_FILE).touch()
+        return info
+
+    def events_file(self, job_id: str) -> Path:
+        """The job's ``events.jsonl`` (it may not exist yet). Raises: JobNotFoundError."""
+        self._read(job_id)
+        return self.folder / job_id / EVENTS_FILE
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop starting jobs and stop the running ones (each gets SIGTERM: a training run saves a
+        checkpoint and reports ``interrupted``); waits up to ``timeout`` seconds for them."""
+        self._closing = True
+        self._wake.set()
+        self._thread.join(timeout=5)
+        with self._lock:
+            running = dict(self._running)
+        for proc in running.values():
+            _signal(proc, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for job_id, proc in running.items():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal(proc, signal.SIGKILL)
+                proc.wait()
+            self._finish(job_id, proc.returncode)
+
+    # ------------------------------------------------------------------ the queue's records
+
+    def _read(self, job_id: str) -> JobInfo:
+        if not _SAFE_NAME.match(job_id):
+            raise JobNotFoundError(f"no job {job_id!r}; GET /admin/jobs lists them")
+        try:
+            return JobInfo.model_validate_json((self.folder / job_id / STATE_FILE).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise JobNotFoundError(f"no job {job_id!r}; GET /admin/jobs lists them") from None
+
+    def _save(self, info: JobInfo) -> None:
+        _write_json(self.folder / info.id / STATE_FILE, info.model_dump(mode="json"))
+
+    def _bundled(self, name: str) -> Path:
+        path = self.recipes / f"{name}.yaml"
+        if not _SAFE_NAME.match(name) or not path.is_file():
+            known = sorted(p.stem for p in self.recipes.glob("*.yaml")) if self.recipes.is_dir() else []
+            raise ConfigError(f"job.recipe: {name!r} is not a bundled recipe in {str(self.recipes)!r}; "
+                              f"choose from {', '.join(known) or '(none)'} or send the recipe itself")
+        return path.absolute()
+
+    def _recover(self) -> None:
+        """Settle the jobs an earlier queue left running: by their outcome, else interrupted."""
+        for info in self.list():
+            if info.state == "running":
+                self._finish(info.id, None)
+
+    def _finish(self, job_id: str, returncode: int | None) -> None:
+        """Record how a job's process ended (it has exited, or its queue died)."""
+        folder = self.folder / job_id
+        with self._lock:
+            self._running.pop(job_id, None)
+            info = self._read(job_id)
+            if info.state in FINAL_JOB_STATES:
+                return
+            try:
+                outcome = json.loads((folder / OUTCOME_FILE).read_text(encoding="utf-8"))
+            except (FileNotFoundError, json.JSONDecodeError):
+                outcome = {"state": "interrupted",
+                           "message": _interrupted(info, "its process ended without reporting"
+                                                   + (f" (exit {returncode})" if returncode is not None else
+                                                      " while the queue was down"))}
+                if (folder / CANCEL_FILE).exists():
+                    outcome = {"state": "cancelled", "message": "cancelled; nothing recorded"}
+            update = {k: outcome[k] for k in ("state", "message", "version_ref", "result") if k in outcome}
+            self._save(info.model_copy(update={**update, "finished_at": time.time()}))
+
+    # ------------------------------------------------------------------ the scheduler thread
+
+    def _schedule(self) -> None:
+        while not self._closing:
+            self._wake.wait(_POLL_S)
+            self._wake.clear()
+            if self._closing:
+                return
+            for job_id, proc in list(self._running.items()):
+                if proc.poll() is not None:
+                    self._finish(job_id, proc.returncode)
+            with self._lock:
+                free = self.concurrency - len(self._running)
+                queued = [j for j in reversed(self.list()) if j.state == "queued"][:max(0, free)]
+                for info in queued:
+                    self._start(info)
+
+    def _start(self, info: JobInfo) -> None:
+        folder = self.folder / info.id
+        env = {**os.environ, REGISTRY_URL_ENV: self.registry.url, BLOBS_ENV: self.registry.blobs,
+               "ADAPTERHUB_HOME": str(self.home)}
+        with open(folder / "process.log", "ab") as log:
+            proc = subprocess.Popen([sys.executable, "-m", __name__, str(folder), str(os.getpid())],
+                                    env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self._running[info.id] = proc
+        self._save(info.model_copy(update={"state": "running", "started_at": time.time()}))
+
+
+def _interrupted(info: JobInfo, why: str) -> str:
+    if info.kind == "train":
+        return (f"interrupted: {why}; resubmit the same training job with \"resume\": true to continue "
+                "from its last checkpoint")
+    return f"interrupted: {why}; submit it again"
+
+
+def _signal(proc: subprocess.Popen[bytes], sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
+    os.replace(temporary, path)
+
+
+# --------------------------------------------------------------------------- a job's process
+
+
+def run_job(folder: Path, queue_pid: int) -> int:
+    """Run the job in ``folder`` in this process (``python -m adapterhub.jobs FOLDER QUEUE_PID``)."""
+    from adapterhub.facade import Hub
+
+    stored = json.loads((folder / REQUEST_FILE).read_text(encoding="utf-8"))
+    request = _REQUEST.validate_python({k: v for k, v in stored.items() if k != "recipe_file"})
+    events = open(folder / EVENTS_FILE, "a", encoding="utf-8")  # noqa: SIM115 - closed at exit
+
+    def emit(event: ProgressEvent) -> None:
+        events.write(json.dumps(event.to_dict(), sort_keys=True) + "\n")
+        events.flush()
+
+    token = CancelToken()
+    why: list[str] = []  # why the job was asked to stop: "cancelled" or the interruption
+
+    def stop(reason: str) -> None:
+        if why:
+            return
+        why.append(reason)
+        token.cancel()
+        if request.kind != "train":  # nothing is recorded before the end: stop at once
+            _end(folder, emit, *_stopped_outcome(reason, request.kind))
+            os._exit(0)
+
+    def watch() -> None:
+        while True:
+            if (folder / CANCEL_FILE).exists():
+                stop("cancelled")
+            elif not _alive(queue_pid):
+                stop("its queue's process is gone")
+            time.sleep(_POLL_S)
+
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=stop, args=("the server stopped",)).start())
+    threading.Thread(target=watch, daemon=True).start()
+    hub = Hub(os.environ.get("ADAPTERHUB_HOME"))
+    try:
+        outcome = _perform(hub, request, stored.get("recipe_file"), emit, token)
+    except TrainingCancelled as e:
+        state, message = _stopped_outcome(why[0] if why else "cancelled", request.kind)
+        outcome = {"state": state, "message": message if state == "interrupted" else str(e)}
+    except AdapterHubError as e:
+        outcome = {"state": "failed", "message": str(e)}
+    except Exception as e:  # a bug or a library's own error: the job fails, with what it was
+        outcome = {"state": "failed", "message": f"{type(e).__name__}: {e}"}
+    _end(folder, emit, **outcome)
+    return 0
+
+
+def _perform(hub: Any, request: Any, recipe_file: str | None, emit: Any, token: CancelToken) -> dict[str, Any]:
+    """Do what the request asks; the outcome of a job that got to its end."""
+    if request.kind == "train":
+        recipe = recipe_file or request.recipe
+        version = hub.train(recipe, progress=emit, cancel=token, resume=request.resume, **request.overrides)
+        return {"state": "done", "version_ref": version.ref, "message": f"registered {version.ref}",
+                "result": {"metrics": version.metrics}}
+    if request.kind == "eval":
+        report = hub.evaluate(request.ref, list(request.tasks), limit=request.limit,
+                              num_fewshot=request.num_fewshot, chat=request.chat, progress=emit)
+        numbers = {f"{e.task}:{e.metric}": e.value for e in report.evaluations}
+        return {"state": "done", "version_ref": report.ref, "result": {"evaluations": numbers},
+                "message": ", ".join(f"{k} {v:.4g}" for k, v in numbers.items())}
+    if request.kind == "push":
+        pushed = hub.push(request.ref, request.repo_id, private=request.private, revision=request.revision,
+                          progress=emit)
+        return {"state": "done", "message": f"{request.ref} at {pushed.url} ({pushed.tag})",
+                "result": {"repo_id": pushed.repo_id, "tag": pushed.tag, "commit": pushed.commit,
+                           "url": pushed.url, "created": pushed.created}}
+    pulled = hub.pull(request.repo_id, revision=request.revision, name=request.name, progress=emit)
+    return {"state": "done", "version_ref": pulled.version.ref, "message": f"registered {pulled.version.ref}",
+            "result": {"repo_id": pulled.repo_id, "commit": pulled.commit, "created": pulled.created}}
+
+
+def _stopped_outcome(reason: str, kind: str) -> tuple[str, str]:
+    if reason == "cancelled":
+        return "cancelled", ("cancelled; nothing registered, checkpoint kept (resubmit with \"resume\": true)"
+                             if kind == "train" else "cancelled; nothing recorded")
+    info = JobInfo(id="-", kind=kind, state="interrupted", request={}, created_at=0)
+    return "interrupted", _interrupted(info, reason)
+
+
+def _end(folder: Path, emit: Any, state: str, message: str = "", **rest: Any) -> None:
+    """The job's last event and its outcome file (the queue reads it when the process exits)."""
+    kind = {"done": "done", "cancelled": "cancelled"}.get(state, "failed")
+    emit(ProgressEvent(kind, message=message, version_ref=rest.get("version_ref")))  # type: ignore[arg-type]
+    _write_json(folder / OUTCOME_FILE, {"state": state, "message": message, **rest})
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+if __name__ == "__main__":
+    sys.exit(run_job(Path(sys.argv[1]), int(sys.argv[2])))

@@ -1,0 +1,82 @@
+"""Job routes: training, evaluation, push and pull as jobs, each in its own process.
+
+``POST /admin/jobs`` queues one (checked first: a bad recipe is a 400 naming the field, not a
+failed job); ``GET /admin/jobs`` and ``GET /admin/jobs/{id}`` read them; ``DELETE`` cancels one
+(training stops at the next step with a checkpoint and registers nothing);
+``GET /admin/jobs/{id}/events`` streams its progress as Server-Sent Events from the first event
+(``event: progress``, the CLI's events) and ends with ``event: job``, the finished job. The queue
+is the library's :class:`adapterhub.jobs.JobQueue`; jobs survive a client hanging up, and a
+restarted server lists them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+import anyio
+from fastapi import APIRouter, Body, Depends, Request
+from fastapi.responses import StreamingResponse
+
+from adapterhub.core.progress import EventFollower
+from adapterhub.jobs import JobQueue
+from adapterhub.protocol import FINAL_JOB_STATES, JobInfo, JobList, JobRequest
+from adapterhub_server.deps import AdminCaller
+from adapterhub_server.schemas import ERROR_RESPONSES
+
+router = APIRouter(tags=["jobs"], responses={**ERROR_RESPONSES, 403: ERROR_RESPONSES[401] | {
+    "description": "An inference key on an admin route"}})
+_POLL_S = 0.25
+
+
+def get_jobs(request: Request) -> JobQueue:
+    jobs: JobQueue = request.app.state.jobs
+    return jobs
+
+
+JobsDep = Annotated[JobQueue, Depends(get_jobs)]
+
+
+@router.post("/admin/jobs", status_code=201, response_model=JobInfo, summary="Queue a job")
+async def submit(_: AdminCaller, jobs: JobsDep, body: Annotated[JobRequest, Body()]) -> JobInfo:
+    return await anyio.to_thread.run_sync(jobs.submit, body)
+
+
+@router.get("/admin/jobs", response_model=JobList, summary="Every job, newest first")
+async def list_jobs(_: AdminCaller, jobs: JobsDep) -> JobList:
+    return JobList(jobs=await anyio.to_thread.run_sync(jobs.list))
+
+
+@router.get("/admin/jobs/{job_id}", response_model=JobInfo, summary="One job")
+async def get_job(_: AdminCaller, jobs: JobsDep, job_id: str) -> JobInfo:
+    return await anyio.to_thread.run_sync(jobs.get, job_id)
+
+
+@router.delete("/admin/jobs/{job_id}", response_model=JobInfo, summary="Cancel a job")
+async def cancel_job(_: AdminCaller, jobs: JobsDep, job_id: str) -> JobInfo:
+    return await anyio.to_thread.run_sync(jobs.cancel, job_id)
+
+
+@router.get("/admin/jobs/{job_id}/events", summary="A job's progress as Server-Sent Events",
+            responses={200: {"content": {"text/event-stream": {}}}})
+async def job_events(_: AdminCaller, jobs: JobsDep, job_id: str) -> StreamingResponse:
+    follower = EventFollower(jobs.events_file(job_id), from_start=True)  # an unknown id is a 404 here
+
+    async def stream() -> AsyncIterator[str]:
+        while True:
+            job = await anyio.to_thread.run_sync(jobs.get, job_id)
+            for event in await anyio.to_thread.run_sync(follower.read):
+                yield f"event: progress\ndata: {_json(event.to_dict())}\n\n"
+            if job.state in FINAL_JOB_STATES:  # everything it wrote is read: it wrote before it ended
+                yield f"event: job\ndata: {job.model_dump_json()}\n\n"
+                return
+            await anyio.sleep(_POLL_S)
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _json(data: object) -> str:
+    import json
+
+    return json.dumps(data, separators=(",", ":"))
