@@ -17,7 +17,7 @@ def register(app: typer.Typer) -> None:
 
 def tui(
     server: Annotated[str | None, typer.Option("--server", help="URL of a running `adapterhub serve`; in-process on the hub home when omitted.", show_default=False)] = None,
-    api_key: Annotated[str | None, typer.Option("--api-key", envvar="ADAPTERHUB_API_KEY", help="API key for --server (an admin key enables tag/delete).", show_default=False)] = None,
+    api_key: Annotated[str | None, typer.Option("--api-key", envvar="ADAPTERHUB_API_KEY", help="API key for --server (an admin key enables tag, delete, training, evaluation, push and pull).", show_default=False)] = None,
     home: HomeOption = None,
     registry: RegistryOption = None,
     blobs: BlobsOption = None,

@@ -14,22 +14,25 @@ Design choices:
   in-process. Transport failures and refused keys become
   :class:`~adapterhub.errors.ServerError` saying what to do. Message text is never parsed.
 * **Capabilities follow the key.** With an admin key the registry screen can tag, delete and
-  read step logs and recorded evaluations; with an inference key (403 on ``/admin``) it lists
-  adapters from ``/v1/models`` only. Training, push, pull, running an evaluation and reading an
-  alias's gates need the in-process backend (the server has no routes for them), and say so;
-  evaluation answers with the ``adapterhub eval ... --server`` command that runs it from a shell.
+  read step logs and recorded evaluations, and training, evaluation, push and pull run as the
+  server's jobs (``POST /admin/jobs``, progress from its SSE stream, cancel by ``DELETE``); with
+  an inference key (403 on ``/admin``) it lists adapters from ``/v1/models`` only. Reading an
+  alias's gates needs the in-process backend (the server has no route for it) and says so.
 * **Votes stay local.** Compare's preference pairs go to ``home`` on this machine, where
   ``adapterhub train`` can use them.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import asyncio
+import json
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import httpx
+import yaml
 
 from adapterhub.core.progress import CancelToken, ProgressCallback, ProgressEvent
 from adapterhub.core.refs import AdapterRef
@@ -39,18 +42,20 @@ from adapterhub.errors import (
     AdapterNotFoundError,
     ConfigError,
     ServerError,
+    TrainingCancelled,
+    TrainingError,
     error_class,
 )
 from adapterhub.protocol import (
     DeleteResponse,
     EvaluationInfo,
+    JobInfo,
     ServerInfo,
     VersionInfo,
     VersionList,
 )
 from adapterhub.registry import Evaluation, Version
 from adapterhub_tui.backend import BackendInfo, Capability, ChatMessages, TrainRequest
-from adapterhub_tui.evaluation import eval_command
 
 
 def library_error(status: int | None, body: Any, url: str) -> AdapterHubError:
@@ -140,9 +145,8 @@ class HttpBackend:
             self._base_name = base
             return BackendInfo(f"{self.url} (inference key)", base, frozenset())
         self._admin, self._base_name = True, info.base_name
-        capabilities = frozenset(
-            {Capability.TAG, Capability.DELETE, Capability.STEP_LOG, Capability.EVALUATIONS}
-        )
+        capabilities = frozenset({Capability.TAG, Capability.DELETE, Capability.STEP_LOG, Capability.EVALUATIONS,
+                                  Capability.TRAIN, Capability.PUSH, Capability.PULL})
         return BackendInfo(self.url, info.base_name, capabilities)
 
     async def list_versions(self) -> list[Version]:
@@ -180,12 +184,10 @@ class HttpBackend:
         self, ref: str, tasks: Sequence[str], *, limit: int | None = None,
         progress: ProgressCallback,
     ) -> list[Evaluation]:
-        command = eval_command(ref, tasks, limit, server=self.url)
-        raise ConfigError(
-            f"running an evaluation is not available through the server at {self.url} yet "
-            f"(it has no route for it); run `{command}` from a shell on the server's hub home "
-            "(add --home if it is not the default): the numbers it records show here"
-        )
+        job = await self._run_job({"kind": "eval", "ref": ref, "tasks": list(tasks), "limit": limit},
+                                  progress, None)
+        measured = set(job.result.get("evaluations", {}))
+        return [e for e in await self.evaluations(ref) if e.subject in measured]
 
     async def tag(self, ref: str, alias: str) -> Version:
         data = await self._call("POST", f"/admin/versions/{self._ref_path(ref)}/tag",
@@ -199,24 +201,74 @@ class HttpBackend:
         return [before[r] for r in gone if r in before]
 
     async def push(self, ref: str, repo_id: str) -> str:
-        raise self._local_only("push")
+        job = await self._run_job({"kind": "push", "ref": ref, "repo_id": repo_id}, None, None)
+        return job.message
 
     async def pull(self, repo_id: str, name: str | None = None) -> Version:
-        raise self._local_only("pull")
+        repo, _, revision = repo_id.partition("@")
+        job = await self._run_job({"kind": "pull", "repo_id": repo, "revision": revision or None, "name": name},
+                                  None, None)
+        return (await self.lineage(str(job.version_ref)))[0]
 
     async def check_training(self, request: TrainRequest) -> list[str]:
-        return [str(self._local_only("training"))]
+        return []  # the server checks the recipe when the job is submitted, and refuses it with every problem
 
     async def train(
         self, request: TrainRequest, *, progress: ProgressCallback, cancel: CancelToken
     ) -> Version:
-        raise self._local_only("training")
+        body = {"kind": "train", "recipe": _recipe_body(request.recipe), "overrides": dict(request.overrides)}
+        job = await self._run_job(body, progress, cancel)
+        return (await self.lineage(str(job.version_ref)))[0]
 
-    def _local_only(self, what: str) -> ConfigError:
-        return ConfigError(
-            f"{what} is not available through the server at {self.url}; run `adapterhub tui` "
-            "without --server to work on the hub home in-process"
-        )
+    # ------------------------------------------------------------------ jobs
+
+    async def _run_job(
+        self, body: dict[str, Any], progress: ProgressCallback | None, cancel: CancelToken | None
+    ) -> JobInfo:
+        """Submit a job, forward its events to ``progress`` until it ends, cancel it when
+        ``cancel`` is set; the finished job.
+
+        Raises:
+            TrainingCancelled: it was cancelled or interrupted (a training job keeps its checkpoint).
+            TrainingError: a training job failed.
+            ServerError: another job failed, or the stream ended before the job did.
+        """
+        job = JobInfo.model_validate(await self._call("POST", "/admin/jobs", json=body))
+        stopper = asyncio.create_task(self._cancel_when(cancel, job.id)) if cancel is not None else None
+        final: JobInfo | None = None
+        try:
+            async with self._http.stream("GET", f"/admin/jobs/{job.id}/events",
+                                         timeout=httpx.Timeout(30.0, read=None)) as response:
+                if response.is_error:
+                    raise library_error(response.status_code, json.loads(await response.aread()), self.url)
+                name = ""
+                async for line in response.aiter_lines():
+                    if line.startswith("event: "):
+                        name = line.removeprefix("event: ")
+                    elif line.startswith("data: ") and name == "job":
+                        final = JobInfo.model_validate_json(line.removeprefix("data: "))
+                    elif line.startswith("data: ") and progress is not None:
+                        progress(ProgressEvent.from_dict(json.loads(line.removeprefix("data: "))))
+        except httpx.HTTPError as e:
+            raise ServerError(f"lost the job {job.id} on {self.url!r} ({type(e).__name__}: {e}); "
+                              "GET /admin/jobs shows how it ended") from e
+        finally:
+            if stopper is not None:
+                stopper.cancel()
+        if final is None:
+            raise ServerError(f"the server at {self.url!r} ended the events of job {job.id} before the job ended")
+        if final.state == "done":
+            return final
+        if final.state in ("cancelled", "interrupted"):
+            raise TrainingCancelled(final.message)
+        if final.kind == "train":
+            raise TrainingError(final.message)
+        raise ServerError(f"{final.kind} job {final.id} failed on {self.url}: {final.message}")
+
+    async def _cancel_when(self, cancel: CancelToken, job_id: str) -> None:
+        while not cancel.cancelled:
+            await asyncio.sleep(0.2)
+        await self._call("DELETE", f"/admin/jobs/{job_id}")
 
     # ------------------------------------------------------------------ generation
 
@@ -277,6 +329,23 @@ class HttpBackend:
     async def aclose(self) -> None:
         await self._http.aclose()
         await self._openai.close()
+
+
+def _recipe_body(recipe: Path | Mapping[str, Any]) -> dict[str, Any]:
+    """A recipe as a job's body: a file's YAML with its dataset path made absolute (the server
+    reads it from there, so a server on this machine, or one sharing the path, finds the data)."""
+    if not isinstance(recipe, Path):
+        return dict(recipe)
+    try:
+        body = yaml.safe_load(recipe.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"recipe {str(recipe)!r} cannot be read: {e}") from None
+    if not isinstance(body, dict):
+        raise ConfigError(f"recipe {str(recipe)!r} is not a mapping of fields")
+    dataset = body.get("dataset")
+    if isinstance(dataset, dict) and isinstance(dataset.get("path"), str) and not Path(dataset["path"]).is_absolute():
+        body["dataset"] = {**dataset, "path": str((recipe.parent / dataset["path"]).absolute())}
+    return body
 
 
 def _finish(reason: str | None) -> Any:

@@ -48,3 +48,28 @@ def fake_app(fake: FakeBackend, recipe_dir: Path) -> Callable[[], AdapterHubApp]
     """Build the app over the fake backend (a fixed clock keeps tok/s stable)."""
     ticks = iter(range(10**9))
     return lambda: make_app(fake, recipe_dirs=[recipe_dir], clock=lambda: next(ticks) * 0.05)
+
+
+@pytest.fixture
+def sft_recipe(tmp_path: Path) -> Path:
+    """An SFT recipe (``sums``, 3 steps) and a DPO one (``prefer``) over a sums dataset, for the
+    tiny base in fp32."""
+    folder = tmp_path / "recipes"
+    folder.mkdir()
+    rows = [{"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
+                          {"role": "assistant", "content": f"{2 * i}"}]} for i in range(8)]
+    (folder / "sums.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "sums.yaml").write_text(
+        "# adapterhub train sums.yaml\n"
+        "method: sft\nname: sums\ndataset:\n  path: sums.jsonl\n  eval_fraction: 0\n"
+        "lora:\n  r: 4\n  alpha: 8\n"
+        "training:\n  precision: fp32\n  max_steps: 3\n  batch_size: 2\n  learning_rate: 0.001\n"
+        "forgetting_check: false\n"
+    )
+    (folder / "prefer.yaml").write_text(  # the settings the DPO-on-votes offer copies
+        "# adapterhub train prefer.yaml\n"
+        "method: dpo\nname: prefer\ndataset:\n  path: sums.jsonl\n"
+        "training:\n  precision: fp32\n  max_steps: 2\n  batch_size: 2\n  learning_rate: 0.001\n"
+        "forgetting_check: false\n"
+    )
+    return folder

@@ -7,7 +7,6 @@ lm-evaluation-harness over it scoring a bundled task.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -44,29 +43,6 @@ def _tiny_hub(home: Path, tiny_base_dir: Path, tmp_path: Path, **options: str): 
     hub.import_adapter(make_lora_folder(tiny_base_dir, tmp_path / "b", seed=2), "json")
     hub.tag("pirate@1", "prod")
     return hub
-
-
-@pytest.fixture
-def sft_recipe(tmp_path: Path) -> Path:
-    folder = tmp_path / "recipes"
-    folder.mkdir()
-    rows = [{"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
-                          {"role": "assistant", "content": f"{2 * i}"}]} for i in range(8)]
-    (folder / "sums.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (folder / "sums.yaml").write_text(
-        "# adapterhub train sums.yaml\n"
-        "method: sft\nname: sums\ndataset:\n  path: sums.jsonl\n  eval_fraction: 0\n"
-        "lora:\n  r: 4\n  alpha: 8\n"
-        "training:\n  precision: fp32\n  max_steps: 3\n  batch_size: 2\n  learning_rate: 0.001\n"
-        "forgetting_check: false\n"
-    )
-    (folder / "prefer.yaml").write_text(  # the settings the DPO-on-votes offer copies
-        "# adapterhub train prefer.yaml\n"
-        "method: dpo\nname: prefer\ndataset:\n  path: sums.jsonl\n"
-        "training:\n  precision: fp32\n  max_steps: 2\n  batch_size: 2\n  learning_rate: 0.001\n"
-        "forgetting_check: false\n"
-    )
-    return folder
 
 
 @pytest.fixture

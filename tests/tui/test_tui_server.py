@@ -24,8 +24,11 @@ from adapterhub_tui.preferences import PreferenceStore
 from adapterhub_tui.remote import HttpBackend
 from adapterhub_tui.screens.compare import CompareScreen
 from adapterhub_tui.screens.dialogs import EvaluateDialog
+from adapterhub_tui.screens.training import TrainingScreen
 from adapterhub_tui.widgets.answer import AnswerColumn
+from adapterhub_tui.widgets.curves import Curves
 
+CAPITALS = Path(__file__).resolve().parents[2] / "recipes" / "evals" / "capitals"
 ADMIN_KEY = "tui-admin-key-0123456789abcdef"
 INFERENCE_KEY = "tui-inference-key-0123456789ab"
 
@@ -100,18 +103,19 @@ async def test_tui_drives_a_real_server(served: str, home: Path, tmp_path: Path)
         evals = str(app.screen.query_one("#detail-evals", Static).render())
         assert evals.splitlines() == ["evaluations", "adapterhub_capitals  n=4", "  acc  0.75   ± 0.25",
                                       "harness  lm-eval 0.4.13"]  # and no gates: no route reads them
-        # Running one has no route yet: the dialog's answer is the shell command that does it.
+        # Running one is a job on the server: lm-eval there, recorded in its registry.
         await pilot.press("e")
         await pilot.pause()
         assert isinstance(app.screen, EvaluateDialog)
-        app.screen.query_one("#eval-tasks", Input).value = "arc_easy"
+        app.screen.query_one("#eval-tasks", Input).value = str(CAPITALS)
         app.screen.query_one("#eval-limit", Input).value = "2"
         await pilot.press("enter")
         await settle(pilot)
-        assert any(f"running an evaluation is not available through the server at {served}" in n
-                   and f"`adapterhub eval pirate@1 --task arc_easy --limit 2 --server {served}`" in n
-                   for n in notices(app)), notices(app)
-        assert len(Hub(home).registry.evaluations("pirate@1")) == 1
+        recorded = Hub(home).registry.evaluations("pirate@1", latest=True)
+        assert sorted((e.subject, e.samples) for e in recorded) == [
+            ("adapterhub_capitals:acc", 2), ("adapterhub_capitals:acc_norm", 2)]
+        acc = next(e for e in recorded if e.metric == "acc")
+        assert any(f"adapterhub_capitals:acc {acc.value:.4g}" in n for n in notices(app)), notices(app)
 
         # Compare streams over SSE with the same sampling, resolved versions from the header.
         await pilot.press("c")
@@ -143,10 +147,57 @@ async def test_tui_drives_a_real_server(served: str, home: Path, tmp_path: Path)
         await pilot.press("f5")
         await settle(pilot)
         assert any("ghost" in n and "does not exist" in n for n in notices(app))
-        # Training is not a server route: refused with the way out.
-        await pilot.press("f2", "f5")
-        await pilot.pause()
         assert app.is_running
+
+
+async def test_train_compare_vote_and_train_the_dpo_child_over_http(
+    served: str, home: Path, tmp_path: Path, sft_recipe: Path
+) -> None:
+    """The loop with every step on the server: an SFT job with live curves, compare, votes, the
+    DPO offer over the votes as a job, the DPO child registered in the server's registry."""
+    from adapterhub import Hub
+
+    local = tmp_path / "local-home"
+    app = make_app(HttpBackend(served, home=local, api_key=ADMIN_KEY), recipe_dirs=[sft_recipe])
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("f2")
+        await pilot.pause()
+        training = app.screen
+        assert isinstance(training, TrainingScreen)
+        training.choose_recipe(next(r for r in training.recipes if r.title == "sums"))
+        training.query_one("#field-parent", Input).value = "pirate@1"
+        await pilot.pause()
+        await pilot.press("f5")
+        await settle(pilot)
+        kinds = [e.kind for e in training.events]
+        assert kinds.count("step") == 3 and kinds[-1] == "done", kinds
+        assert len(training.query_one("#loss-curve", Curves).series["loss"]) == 3
+        sums = Hub(home).resolve("sums")
+        assert (sums.method, sums.parent) == ("sft", "pirate@1")
+        assert any(f"registered {sums.ref}" in n for n in notices(app)), notices(app)
+
+        await pilot.press("f3")
+        await pilot.pause()
+        compare = app.screen
+        compare.query_one("#refs", Input).value = "sums, json"
+        compare.query_one("#max-tokens", Input).value = "8"
+        for prompt in ("Hello there", "What is two plus two?"):
+            compare.query_one("#prompt", Input).value = prompt
+            await pilot.press("f5")
+            await settle(pilot)
+            await pilot.press("2")  # json is better, twice
+            await pilot.pause()
+        await pilot.press("ctrl+y")
+        await settle(pilot)
+        offer = app.screen
+        assert isinstance(offer, TrainingScreen) and offer.raw_form()["parent"] == "json@1"
+        await pilot.press("f5")
+        await settle(pilot)
+        assert [e.kind for e in offer.events][-1] == "done", offer.events[-3:]
+        child = Hub(home).resolve("json-dpo")
+        assert (child.method, child.parent) == ("dpo", "json@1")
+        assert any(k.startswith("train/rewards/") for k in child.metrics)
 
 
 async def test_inference_key_lists_but_cannot_tag(served: str, tmp_path: Path) -> None:

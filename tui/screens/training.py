@@ -319,8 +319,8 @@ class TrainingScreen(Screen[None]):
         info = self.hub.known_info
         if info is None or not info.can(Capability.TRAIN):
             label = info.label if info else "this backend"
-            self.notify(f"training is not available with {label}; run `adapterhub tui` "
-                        "in-process (without --server)", severity="error")
+            self.notify(f"training is not available with {label}; connect with an admin key "
+                        "(--api-key) or run `adapterhub tui` in-process (without --server)", severity="error")
             return
         self.train(TrainRequest(self.recipe.path, overrides(self.recipe, self.form)))
 
