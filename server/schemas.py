@@ -538,6 +538,46 @@ class ChatChoice(BaseModel):
     logprobs: ChatLogprobs | None = None
 
 
+MAX_COMPARED = 8
+
+
+class CompareRequest(ChatCompletionRequest):
+    """``POST /v1/compare``: one conversation answered by several models side by side, decoded
+    together in one batch. Every field but ``models`` is a chat completion's, applied to each."""
+
+    model: Literal[""] = ""  # type: ignore[assignment]
+    """Not used here: name the models in ``models``."""
+
+    models: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(min_length=1, max_length=MAX_COMPARED)
+    """The base's name, adapter refs (``pirate``, ``pirate@2``, ``pirate:prod``): one answer each."""
+
+    n: Literal[1] = 1
+    """One answer per model (compare more models rather than more samples)."""
+
+    @model_validator(mode="after")
+    def _distinct(self) -> CompareRequest:
+        repeated = sorted({m for m in self.models if self.models.count(m) > 1})
+        if repeated:
+            raise ValueError(f"models: {repeated!r} appear more than once; name each model once")
+        if self.adapter_id is not None or self.mix is not None:
+            raise ValueError("adapter_id and mix do not apply to a comparison; name every model in models")
+        return self
+
+    def for_model(self, model: str) -> ChatCompletionRequest:
+        """The chat completion request of one column."""
+        return ChatCompletionRequest.model_validate(
+            {**self.model_dump(exclude={"models", "model"}, exclude_unset=True), "model": model})
+
+
+class CompareResponse(BaseModel):
+    """A whole comparison: each model's chat completion, in the order of ``models``."""
+
+    id: str
+    object: Literal["compare"] = "compare"
+    created: int
+    answers: list[ChatCompletionResponse]
+
+
 class ChatCompletionResponse(BaseModel):
     """A whole chat completion."""
 

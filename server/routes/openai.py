@@ -1,4 +1,5 @@
-"""OpenAI-compatible routes: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``.
+"""OpenAI-compatible routes: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``, and
+``/v1/compare`` (one conversation, several models, one batch).
 
 Design choices:
 
@@ -45,6 +46,8 @@ from adapterhub_server.schemas import (
     ChatLogprobs,
     ChatMessageOut,
     ChatTokenLogprob,
+    CompareRequest,
+    CompareResponse,
     CompletionChoice,
     CompletionLogprobs,
     CompletionRequest,
@@ -115,6 +118,103 @@ async def completions(
     reply = _Reply("completion", f"cmpl-{uuid.uuid4().hex}", int(time.time()), body.model, body.n,
                    body.include_usage, echo)
     return await _generate(request, service, caller, body, prompts, target, reply)
+
+
+@router.post(
+    "/v1/compare",
+    response_model=CompareResponse,
+    responses={**ERROR_RESPONSES, 200: {"content": {"text/event-stream": {}}}},
+    summary="One conversation answered by several models (base, adapter refs), decoded together",
+)
+async def compare(
+    body: CompareRequest, request: Request, caller: InferenceCaller, service: ReadyService
+) -> Response:
+    """Each model's chat completion of the same messages. Streamed, the chunks of all models
+    interleave as they are decoded (one mixed batch), each chunk naming its model and its
+    completion's id, and one ``data: [DONE]`` ends them all; whole, ``answers`` holds one chat
+    completion per model, in the order of ``models``."""
+    columns = [body.for_model(model) for model in body.models]
+    targets = [service.target(column) for column in columns]
+    prompt = service.chat_prompt(columns[0])  # the same messages: one rendering serves every column
+    created = int(time.time())
+    replies = [_Reply("chat", f"chatcmpl-{uuid.uuid4().hex}", created, model, 1, body.include_usage)
+               for model in body.models]
+    service.budget.acquire(caller)
+    handed_over = False
+    try:
+        opened = await _until_disconnect(request, lambda: _open_all(service, prompt, targets, columns))
+        if opened is None:
+            return Response(status_code=499)
+        headers = {"X-Adapter-Version": ", ".join(o.adapter_version or service.base_name for o in opened),
+                   "X-Request-Id": f"cmp-{replies[0].id.removeprefix('chatcmpl-')}"}
+        if body.stream:
+            handed_over = True
+
+            def release() -> None:
+                for one in opened:
+                    one.cancel()
+                service.budget.release(caller)
+
+            streams = [_events(service, one, reply) for one, reply in zip(opened, replies, strict=True)]
+            return _EventStream(_merged(streams), release, headers=headers)
+        answers = await _until_disconnect(request, lambda: asyncio.gather(
+            *(_collect(service, one, reply) for one, reply in zip(opened, replies, strict=True))))
+        if answers is None:
+            return Response(status_code=499)
+        return JSONResponse(CompareResponse(id=headers["X-Request-Id"], created=created,
+                                            answers=answers).model_dump(mode="json"), headers=headers)
+    finally:
+        if not handed_over:
+            service.budget.release(caller)
+
+
+async def _open_all(
+    service: InferenceService, prompt: list[int], targets: list[Target], columns: list[ChatCompletionRequest]
+) -> list[OpenRequest]:
+    """Open every column at once (so the engine admits them into one batch); if one is refused,
+    cancel the others and raise its error."""
+    results = await asyncio.gather(*(service.open([prompt], target, column)
+                                     for target, column in zip(targets, columns, strict=True)),
+                                   return_exceptions=True)
+    opened = [r for r in results if isinstance(r, OpenRequest)]
+    failed = [r for r in results if isinstance(r, BaseException)]
+    if failed:
+        for one in opened:
+            one.cancel()
+            service.finish(one, "chat", "cancelled", 0)
+        if isinstance(failed[0], AdapterHubError):
+            service.count_refused("chat", failed[0])
+        raise failed[0]
+    return opened
+
+
+async def _merged(streams: list[AsyncIterator[str]]) -> AsyncIterator[str]:
+    """The events of several SSE streams as they come, each stream's ``[DONE]`` held back and
+    one sent when all have ended."""
+    queue: asyncio.Queue[str | None] = asyncio.Queue()
+
+    async def pump(stream: AsyncIterator[str]) -> None:
+        try:
+            async for event in stream:
+                if event != "data: [DONE]\n\n":
+                    await queue.put(event)
+        finally:
+            await queue.put(None)
+
+    tasks = [asyncio.ensure_future(pump(stream)) for stream in streams]
+    try:
+        running = len(tasks)
+        while running:
+            event = await queue.get()
+            if event is None:
+                running -= 1
+            else:
+                yield event
+        yield "data: [DONE]\n\n"
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 @models_router.get("/v1/models", response_model=ModelList, responses=ERROR_RESPONSES,
