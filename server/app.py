@@ -33,7 +33,7 @@ import adapterhub
 from adapterhub_server.auth import KeyTable
 from adapterhub_server.errors import http_error_response, install_error_handlers
 from adapterhub_server.replica_service import ReplicaService
-from adapterhub_server.routes import admin, health, jobs, openai, proxy
+from adapterhub_server.routes import admin, health, jobs, openai, preferences, proxy
 from adapterhub_server.service import InferenceService
 from adapterhub_server.settings import ServerSettings, check_bind
 
@@ -82,6 +82,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         app.include_router(openai.router)
         app.include_router(admin.router)
         app.include_router(jobs.router)
+        app.include_router(preferences.router)
     app.include_router(openai.models_router)
     app.include_router(admin.registry_router)
     app.include_router(health.router)

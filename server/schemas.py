@@ -569,6 +569,37 @@ class CompareRequest(ChatCompletionRequest):
             {**self.model_dump(exclude={"models", "model"}, exclude_unset=True), "model": model})
 
 
+class VotedAnswer(_Strict):
+    """One compared answer in a vote."""
+
+    model: str | None = Field(default=None, min_length=1, max_length=256)
+    """The ref that answered (``pirate``, ``pirate@2``, ``pirate:prod``); null or the base's name for the base."""
+    content: str = Field(min_length=1, max_length=200_000)
+    """The answer's text, as it was shown."""
+
+
+class PreferenceRequest(_Strict):
+    """``POST /v1/preferences``: ``chosen`` was the best answer to ``prompt``; each of
+    ``rejected`` lost to it (one TRL pair per rejected answer)."""
+
+    prompt: str = Field(min_length=1, max_length=200_000)
+    """The user's message the answers reply to."""
+    chosen: VotedAnswer
+    rejected: list[VotedAnswer] = Field(min_length=1, max_length=MAX_COMPARED)
+
+
+class PreferenceResponse(BaseModel):
+    """What a vote stored: one pair per rejected answer, with the versions the refs resolved to."""
+
+    stored: int
+    total: int
+    """Pairs in the hub's preference dataset now."""
+    chosen_ref: str | None
+    rejected_refs: list[str | None]
+    dataset: str
+    """The dataset's path on the server: a DPO recipe's ``dataset.path`` (``GET /v1/preferences`` downloads it)."""
+
+
 class CompareResponse(BaseModel):
     """A whole comparison: each model's chat completion, in the order of ``models``."""
 

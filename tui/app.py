@@ -25,8 +25,8 @@ from textual.binding import Binding
 from textual.screen import Screen
 
 from adapterhub.errors import AdapterHubError
+from adapterhub.training.votes import PreferenceStore
 from adapterhub_tui.backend import Backend, BackendInfo
-from adapterhub_tui.preferences import PreferenceStore
 from adapterhub_tui.recipes import default_recipe_dirs
 from adapterhub_tui.screens.compare import CompareScreen
 from adapterhub_tui.screens.registry import RegistryScreen

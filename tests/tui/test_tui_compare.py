@@ -10,7 +10,7 @@ from textual.widgets import Input, Static
 from tui_testing import notices, settle
 
 from adapterhub.errors import AdapterNotFoundError, ConfigError
-from adapterhub_tui.preferences import Answer, PreferenceStore
+from adapterhub.training.votes import Answer, PreferenceStore
 from adapterhub_tui.screens.compare import CompareScreen, parse_refs, parse_sampling, read_prompts
 from adapterhub_tui.screens.training import TrainingScreen
 from adapterhub_tui.widgets.answer import AnswerColumn

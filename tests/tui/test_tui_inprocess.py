@@ -13,9 +13,9 @@ import pytest
 from textual.widgets import DataTable, Input, ProgressBar, Static
 from tui_testing import notices, settle
 
+from adapterhub.training.votes import PreferenceStore
 from adapterhub_tui import make_app
 from adapterhub_tui.local import InProcessBackend
-from adapterhub_tui.preferences import PreferenceStore
 from adapterhub_tui.screens.compare import CompareScreen
 from adapterhub_tui.screens.dialogs import EvaluateDialog
 from adapterhub_tui.screens.registry import RegistryScreen

@@ -19,8 +19,8 @@ import pytest
 from textual.widgets import DataTable, Input, Static
 from tui_testing import notices, settle
 
+from adapterhub.training.votes import PreferenceStore
 from adapterhub_tui import make_app
-from adapterhub_tui.preferences import PreferenceStore
 from adapterhub_tui.remote import HttpBackend
 from adapterhub_tui.screens.compare import CompareScreen
 from adapterhub_tui.screens.dialogs import EvaluateDialog

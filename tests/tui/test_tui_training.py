@@ -8,8 +8,8 @@ from pathlib import Path
 from textual.widgets import Button, Input, ProgressBar, RichLog, Select, Static
 from tui_testing import notices, settle
 
+from adapterhub.training.votes import Answer, PreferenceStore
 from adapterhub_tui.backend import Capability
-from adapterhub_tui.preferences import Answer, PreferenceStore
 from adapterhub_tui.recipes import check_form, cli_command, load_recipe, overrides
 from adapterhub_tui.screens.registry import RegistryScreen
 from adapterhub_tui.screens.training import TrainingScreen, format_eta

@@ -29,7 +29,7 @@ from textual.widgets import Footer, Header, Input, Label, Static
 from adapterhub.core.refs import AdapterRef
 from adapterhub.engine.types import SamplingParams
 from adapterhub.errors import ConfigError
-from adapterhub_tui.preferences import Answer
+from adapterhub.training.votes import Answer
 from adapterhub_tui.screens.dialogs import AskDialog
 from adapterhub_tui.widgets.answer import AnswerColumn
 

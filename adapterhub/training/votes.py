@@ -1,13 +1,14 @@
-"""Compare's votes, kept as a preference dataset that DPO trains on as is.
+"""Votes on compared answers, kept as a preference dataset that DPO trains on as is.
 
-A vote "column N is best" on one prompt becomes one pair per other column: (prompt, the chosen
-answer, that column's answer). Pairs are appended to one JSONL file in the hub home,
-``<home>/preferences/compare.jsonl``, in TRL's *conversational* preference format::
+A vote "column N is best" on one prompt (the TUI's compare, or ``POST /v1/preferences``) becomes
+one pair per other column: (prompt, the chosen answer, that column's answer). Pairs are appended
+to one JSONL file in the hub home, ``<home>/preferences/compare.jsonl``, in TRL's
+*conversational* preference format::
 
     {"prompt": [{"role": "user", "content": "..."}],
      "chosen": [{"role": "assistant", "content": "..."}],
      "rejected": [{"role": "assistant", "content": "..."}],
-     "chosen_ref": "pirate@2", "rejected_ref": null, "created_at": 1730000000.0}
+     "chosen_ref": "pirate@2", "rejected_ref": null, "voter": "alice", "created_at": 1730000000.0}
 
 The conversational form (not plain strings) is chosen because the answers were generated through
 the base's chat template, so training renders the pair through the same template. The three
@@ -51,15 +52,17 @@ class PreferencePair:
     chosen: Answer
     rejected: Answer
     created_at: float
+    voter: str | None = None  # who voted (a server key's name); None in the TUI in-process
 
     def to_record(self) -> dict[str, Any]:
-        """The JSONL record (TRL conversational preference format plus who won)."""
+        """The JSONL record (TRL conversational preference format plus who won, and who voted)."""
         return {
             "prompt": [{"role": "user", "content": self.prompt}],
             "chosen": [{"role": "assistant", "content": self.chosen.text}],
             "rejected": [{"role": "assistant", "content": self.rejected.text}],
             "chosen_ref": self.chosen.ref,
             "rejected_ref": self.rejected.ref,
+            "voter": self.voter,
             "created_at": self.created_at,
         }
 
@@ -75,6 +78,7 @@ class PreferencePair:
             chosen=Answer(record.get("chosen_ref"), str(record["chosen"][0]["content"])),
             rejected=Answer(record.get("rejected_ref"), str(record["rejected"][0]["content"])),
             created_at=float(record.get("created_at", 0.0)),
+            voter=record.get("voter"),
         )
 
 
@@ -94,8 +98,10 @@ class PreferenceStore:
         """The store compare uses for hub home ``home``."""
         return cls(Path(home) / PREFERENCES_FILE)
 
-    def vote(self, prompt: str, best: Answer, others: Sequence[Answer]) -> list[PreferencePair]:
-        """Record that ``best`` beat each of ``others`` on ``prompt``.
+    def vote(
+        self, prompt: str, best: Answer, others: Sequence[Answer], *, voter: str | None = None
+    ) -> list[PreferencePair]:
+        """Record that ``best`` beat each of ``others`` on ``prompt`` (by ``voter``, when known).
 
         Returns:
             The pairs written, one per other answer.
@@ -116,7 +122,7 @@ class PreferenceStore:
         if problems:
             raise ConfigError(problems, source="vote")
         now = time.time()
-        pairs = [PreferencePair(prompt, best, other, now) for other in others]
+        pairs = [PreferencePair(prompt, best, other, now, voter) for other in others]
         lines = "".join(json.dumps(p.to_record(), ensure_ascii=False) + "\n" for p in pairs)
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)

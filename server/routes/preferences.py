@@ -1,0 +1,57 @@
+"""Votes as preference data: ``POST /v1/preferences`` stores one vote (the TUI's compare, or any
+client's thumbs), ``GET /v1/preferences`` downloads every pair as the JSONL dataset a DPO recipe
+reads (TRL's conversational prompt/chosen/rejected, plus the versions and who voted).
+
+The pairs live in the served hub's ``preferences/compare.jsonl`` (:mod:`adapterhub.training.votes`),
+the file the TUI writes in-process, so a DPO training job on this server names that path.
+Refs are resolved when the vote is stored, so a pair records the version that answered
+(``pirate:prod`` is kept as ``pirate@3``), and an unknown one is a 404 as on every route.
+"""
+
+from __future__ import annotations
+
+import anyio
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from adapterhub.training.votes import Answer, PreferenceStore
+from adapterhub_server.deps import HubDep, InferenceCaller, ReadyService
+from adapterhub_server.schemas import (
+    ERROR_RESPONSES,
+    PreferenceRequest,
+    PreferenceResponse,
+    VotedAnswer,
+)
+
+router = APIRouter(tags=["preferences"], responses=ERROR_RESPONSES)
+
+
+@router.post("/v1/preferences", status_code=201, response_model=PreferenceResponse, summary="Store a vote")
+async def vote(body: PreferenceRequest, caller: InferenceCaller, service: ReadyService, hub: HubDep) -> PreferenceResponse:
+    store = PreferenceStore.in_home(hub.home)
+
+    def store_vote() -> PreferenceResponse:
+        def answer(voted: VotedAnswer) -> Answer:
+            base = voted.model is None or voted.model == service.base_name
+            return Answer(None if base else hub.resolve(str(voted.model)).ref, voted.content)
+
+        pairs = store.vote(body.prompt, answer(body.chosen), [answer(r) for r in body.rejected], voter=caller.name)
+        return PreferenceResponse(stored=len(pairs), total=len(store.pairs()), chosen_ref=pairs[0].chosen.ref,
+                                  rejected_refs=[p.rejected.ref for p in pairs], dataset=str(store.path))
+
+    return await anyio.to_thread.run_sync(store_vote)
+
+
+@router.get("/v1/preferences", summary="Every stored pair, as a JSONL preference dataset",
+            responses={200: {"content": {"application/jsonl": {}}}})
+async def export(_: InferenceCaller, hub: HubDep) -> Response:
+    store = PreferenceStore.in_home(hub.home)
+
+    def read() -> bytes:
+        try:
+            return store.path.read_bytes()
+        except FileNotFoundError:
+            return b""
+
+    return Response(await anyio.to_thread.run_sync(read), media_type="application/jsonl",
+                    headers={"X-Preference-Dataset": str(store.path)})
