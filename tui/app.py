@@ -158,15 +158,15 @@ def make_app(
 
     Args:
         backend: in-process, HTTP or a test fake.
-        preferences: where compare's votes go; ``<backend.home>/preferences/compare.jsonl`` when
-            None.
+        preferences: where compare's votes go; the backend's store when None (the hub home's
+            ``preferences/compare.jsonl``, on the server for the HTTP backend).
         recipe_dirs: folders the training screen lists recipes from; ``./recipes`` and the
             bundled ``recipes/`` when None.
         clock: monotonic seconds, for tokens/s and ETA (tests pass a fixed clock).
     """
     return AdapterHubApp(
         backend,
-        preferences=preferences or PreferenceStore.in_home(backend.home),
+        preferences=preferences or backend.preference_store(),
         recipe_dirs=default_recipe_dirs() if recipe_dirs is None else recipe_dirs,
         clock=clock,
     )

@@ -31,6 +31,7 @@ from typing import Any, Protocol, runtime_checkable
 from adapterhub.core.progress import CancelToken, ProgressCallback, ProgressEvent
 from adapterhub.engine.types import GenerationChunk, SamplingParams
 from adapterhub.registry import Evaluation, Version
+from adapterhub.training.votes import Answer, PreferencePair
 
 ChatMessages = Sequence[Mapping[str, str]]
 """A chat as OpenAI writes it: ``[{"role": "user", "content": "..."}]``."""
@@ -73,6 +74,29 @@ class TrainRequest:
     overrides: Mapping[str, Any] = field(default_factory=dict)
 
 
+class Preferences(Protocol):
+    """Where compare's votes go and where the DPO offer finds them (see
+    :class:`adapterhub.training.votes.PreferenceStore`, the in-process one)."""
+
+    path: Path
+    """The pairs' JSONL file, as the training names it (on the server, for the HTTP backend)."""
+
+    @property
+    def recipe_folder(self) -> Path:
+        """A local folder the DPO recipe over the votes is written to."""
+        ...
+
+    def vote(self, prompt: str, best: Answer, others: Sequence[Answer]) -> list[PreferencePair]:
+        """Record that ``best`` beat each of ``others``. Raises ConfigError for an empty vote."""
+        ...
+
+    def pairs(self) -> list[PreferencePair]:
+        ...
+
+    def preferred_adapter(self) -> str | None:
+        ...
+
+
 @runtime_checkable
 class Backend(Protocol):
     """What the TUI needs from adapterhub. See the module docstring for the rules."""
@@ -84,6 +108,10 @@ class Backend(Protocol):
 
     async def describe(self) -> BackendInfo:
         """Label, base name and capabilities."""
+        ...
+
+    def preference_store(self) -> Preferences:
+        """Where compare's votes go: the hub home's preference file (on the server over HTTP)."""
         ...
 
     async def list_versions(self) -> list[Version]:

@@ -32,6 +32,7 @@ from adapterhub.core.progress import CancelToken, ProgressCallback, ProgressEven
 from adapterhub.engine.types import GenerationChunk, GenerationRequest, SamplingParams, Usage
 from adapterhub.errors import AdapterHubError, ConfigError, EngineError
 from adapterhub.registry import Evaluation, Version
+from adapterhub.training.votes import PreferenceStore
 from adapterhub_tui.backend import BackendInfo, Capability, ChatMessages, TrainRequest
 
 if TYPE_CHECKING:
@@ -58,6 +59,9 @@ class InProcessBackend:
     @property
     def home(self) -> Path:
         return self.hub.home
+
+    def preference_store(self) -> PreferenceStore:
+        return PreferenceStore.in_home(self.hub.home)
 
     # ------------------------------------------------------------------ registry
 

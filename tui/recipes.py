@@ -17,7 +17,7 @@ import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import (
@@ -31,6 +31,9 @@ from pydantic import (
 
 from adapterhub.core.refs import AdapterRef, validate_name
 from adapterhub.errors import ConfigError
+
+if TYPE_CHECKING:
+    from adapterhub_tui.backend import Preferences
 
 Method = Literal["sft", "dpo", "orpo", "simpo", "grpo", "reward", "ppo"]
 METHODS: tuple[str, ...] = ("sft", "dpo", "orpo", "simpo", "grpo", "reward", "ppo")
@@ -235,9 +238,10 @@ _VOTES_DEFAULTS: dict[str, Any] = {
 
 
 def write_votes_recipe(
-    pairs_file: Path, *, name: str, parent: str | None, like: RecipeInfo | None = None
+    votes: Preferences, *, name: str, parent: str | None, like: RecipeInfo | None = None
 ) -> RecipeInfo:
-    """Write the DPO recipe over compare's votes next to the votes file and return it.
+    """Write the DPO recipe over compare's votes in ``votes.recipe_folder`` and return it (its
+    dataset is the votes' file: by name beside it, else by its path where the training runs).
 
     The settings come from ``like`` (a bundled DPO recipe) when there is one, else from small
     defaults; name, parent and dataset are the votes'. The file is rewritten on every offer, so
@@ -250,9 +254,11 @@ def write_votes_recipe(
         data["parent"] = parent
     dataset = dict(data.get("dataset") or {})
     dataset.pop("name", None)
-    dataset["path"] = pairs_file.name
+    folder = Path(votes.recipe_folder)
+    dataset["path"] = votes.path.name if votes.path.parent == folder else str(votes.path)
     data["dataset"] = dataset
-    path = pairs_file.parent / VOTES_RECIPE
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / VOTES_RECIPE
     source = f" (settings from {like.path.name})" if like else ""
     header = (
         f"# adapterhub train {path}\n"

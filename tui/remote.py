@@ -18,14 +18,15 @@ Design choices:
   server's jobs (``POST /admin/jobs``, progress from its SSE stream, cancel by ``DELETE``); with
   an inference key (403 on ``/admin``) it lists adapters from ``/v1/models`` only. Reading an
   alias's gates needs the in-process backend (the server has no route for it) and says so.
-* **Votes stay local.** Compare's preference pairs go to ``home`` on this machine, where
-  ``adapterhub train`` can use them.
+* **Votes go to the server** (``POST /v1/preferences``, :class:`RemotePreferences`), into its
+  hub's preference dataset, so the DPO offer's training job on the server reads them there.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,13 @@ from adapterhub.protocol import (
     VersionList,
 )
 from adapterhub.registry import Evaluation, Version
+from adapterhub.training.votes import (
+    Answer,
+    PreferencePair,
+    check_vote,
+    parse_pairs,
+    preferred_adapter,
+)
 from adapterhub_tui.backend import BackendInfo, Capability, ChatMessages, TrainRequest
 
 
@@ -83,7 +91,7 @@ class HttpBackend:
 
     Args:
         url: the server, e.g. ``http://127.0.0.1:8000``.
-        home: the local hub home (compare's votes are written there).
+        home: the local hub home (the DPO offer's recipe is written there; votes go to the server).
         api_key: sent as ``Authorization: Bearer``; an admin key enables the registry actions.
         timeout: seconds for registry calls (streams wait as long as tokens keep coming).
     """
@@ -103,10 +111,16 @@ class HttpBackend:
         )
         self._admin = True
         self._base_name: str | None = None
+        self._preferences: RemotePreferences | None = None
 
     @property
     def home(self) -> Path:
         return self._home
+
+    def preference_store(self) -> RemotePreferences:
+        if self._preferences is None:
+            self._preferences = RemotePreferences(self.url, self._http.headers.get("Authorization"), local=self._home)
+        return self._preferences
 
     # ------------------------------------------------------------------ plumbing
 
@@ -329,6 +343,69 @@ class HttpBackend:
     async def aclose(self) -> None:
         await self._http.aclose()
         await self._openai.close()
+        if self._preferences is not None:
+            self._preferences.close()
+
+
+class RemotePreferences:
+    """Compare's votes on the server (``/v1/preferences``), so a DPO job there trains on them.
+
+    Compare votes from the event loop and the offer reads the pairs there, so this client is a
+    blocking one: a vote is one small request (milliseconds on a nearby server). The DPO recipe
+    is written to ``<local home>/preferences`` and names the server's file by its path.
+    """
+
+    def __init__(self, url: str, authorization: str | None, *, local: Path) -> None:
+        self.url = url
+        self._http = httpx.Client(base_url=url, timeout=30.0,
+                                  headers={"Authorization": authorization} if authorization else {})
+        self._local = Path(local)
+        self._path: Path | None = None
+
+    @property
+    def path(self) -> Path:
+        """The pairs' file on the server (as the server's training jobs read it)."""
+        if self._path is None:
+            self._path = Path(self._call("GET", "/v1/preferences").headers["X-Preference-Dataset"])
+        return self._path
+
+    @property
+    def recipe_folder(self) -> Path:
+        return self._local / "preferences"
+
+    def vote(self, prompt: str, best: Answer, others: Sequence[Answer]) -> list[PreferencePair]:
+        body = {"prompt": prompt, "chosen": {"model": best.ref, "content": best.text},
+                "rejected": [{"model": o.ref, "content": o.text} for o in others]}
+        check_vote(prompt, best, others)  # refused here as in-process, before a request
+        stored = self._call("POST", "/v1/preferences", json=body).json()
+        self._path = Path(stored["dataset"])
+        now = time.time()
+        return [PreferencePair(prompt, Answer(stored["chosen_ref"], best.text), Answer(ref, other.text), now)
+                for ref, other in zip(stored["rejected_refs"], others, strict=True)]
+
+    def pairs(self) -> list[PreferencePair]:
+        response = self._call("GET", "/v1/preferences")
+        self._path = Path(response.headers["X-Preference-Dataset"])
+        return parse_pairs(response.text)
+
+    def preferred_adapter(self) -> str | None:
+        return preferred_adapter(self.pairs())
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as e:
+            raise ServerError(f"cannot reach the adapterhub server at {self.url!r} ({type(e).__name__}: {e})") from e
+        if response.is_error:
+            try:
+                body = response.json()
+            except ValueError:
+                body = response.text
+            raise library_error(response.status_code, body, self.url)
+        return response
 
 
 def _recipe_body(recipe: Path | Mapping[str, Any]) -> dict[str, Any]:

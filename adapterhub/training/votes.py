@@ -109,18 +109,7 @@ class PreferenceStore:
         Raises:
             ConfigError: the prompt or an answer is empty, or there is nothing to compare with.
         """
-        problems = []
-        if not prompt.strip():
-            problems.append("prompt is empty; run a prompt before voting")
-        if not others:
-            problems.append("a vote needs at least two columns; add an adapter ref to compare")
-        empty = [_label(a.ref) for a in (best, *others) if not a.text.strip()]
-        if empty:
-            problems.append(
-                f"answers of {empty!r} are empty; wait until every column has finished"
-            )
-        if problems:
-            raise ConfigError(problems, source="vote")
+        check_vote(prompt, best, others)
         now = time.time()
         pairs = [PreferencePair(prompt, best, other, now, voter) for other in others]
         lines = "".join(json.dumps(p.to_record(), ensure_ascii=False) + "\n" for p in pairs)
@@ -138,25 +127,60 @@ class PreferenceStore:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return []
-        pairs = []
-        for line in text.splitlines():
-            try:
-                pairs.append(PreferencePair.from_record(json.loads(line)))
-            except (ValueError, KeyError, IndexError, TypeError):
-                continue
-        return pairs
+        return parse_pairs(text)
 
     def preferred_adapter(self) -> str | None:
-        """The adapter ref chosen most often (ties: the most recent winner); None for no votes.
+        """The adapter ref chosen most often; see :func:`preferred_adapter`."""
+        return preferred_adapter(self.pairs())
 
-        The base (ref None) never counts: a DPO parent has to be an adapter.
-        """
-        refs = [p.chosen.ref for p in self.pairs() if p.chosen.ref is not None]
-        if not refs:
-            return None
-        wins = Counter(refs)
-        best = max(wins.values())
-        return [ref for ref in refs if wins[ref] == best][-1]
+    @property
+    def recipe_folder(self) -> Path:
+        """Where the DPO recipe over these pairs is written (beside them)."""
+        return self.path.parent
+
+
+def check_vote(prompt: str, best: Answer, others: Sequence[Answer]) -> None:
+    """Refuse a vote that cannot become pairs.
+
+    Raises:
+        ConfigError: the prompt or an answer is empty, or there is nothing to compare with.
+    """
+    problems = []
+    if not prompt.strip():
+        problems.append("prompt is empty; run a prompt before voting")
+    if not others:
+        problems.append("a vote needs at least two columns; add an adapter ref to compare")
+    empty = [_label(a.ref) for a in (best, *others) if not a.text.strip()]
+    if empty:
+        problems.append(
+            f"answers of {empty!r} are empty; wait until every column has finished"
+        )
+    if problems:
+        raise ConfigError(problems, source="vote")
+
+
+def parse_pairs(text: str) -> list[PreferencePair]:
+    """The pairs of a preference JSONL text; a line that does not parse (a torn tail) is skipped."""
+    pairs = []
+    for line in text.splitlines():
+        try:
+            pairs.append(PreferencePair.from_record(json.loads(line)))
+        except (ValueError, KeyError, IndexError, TypeError):
+            continue
+    return pairs
+
+
+def preferred_adapter(pairs: Sequence[PreferencePair]) -> str | None:
+    """The adapter ref chosen most often (ties: the most recent winner); None for no votes.
+
+    The base (ref None) never counts: a DPO parent has to be an adapter.
+    """
+    refs = [p.chosen.ref for p in pairs if p.chosen.ref is not None]
+    if not refs:
+        return None
+    wins = Counter(refs)
+    best = max(wins.values())
+    return [ref for ref in refs if wins[ref] == best][-1]
 
 
 def _label(ref: str | None) -> str:

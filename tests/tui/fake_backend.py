@@ -23,6 +23,7 @@ from adapterhub.core.refs import AdapterRef
 from adapterhub.engine.types import GenerationChunk, SamplingParams, Usage
 from adapterhub.errors import AdapterNotFoundError, ConfigError, RegistryError, TrainingCancelled
 from adapterhub.registry import Evaluation, Version
+from adapterhub.training.votes import PreferenceStore
 from adapterhub_tui.backend import BackendInfo, Capability, ChatMessages, TrainRequest
 from adapterhub_tui.recipes import get_key
 
@@ -129,6 +130,9 @@ class FakeBackend:
     @property
     def home(self) -> Path:
         return self._home
+
+    def preference_store(self) -> PreferenceStore:
+        return PreferenceStore.in_home(self._home)
 
     def _maybe_fail(self, method: str) -> None:
         if method in self.fail:

@@ -139,7 +139,7 @@ async def test_tui_drives_a_real_server(served: str, home: Path, tmp_path: Path)
         await settle(pilot)
         await pilot.press("1")
         await pilot.pause()
-        pairs = PreferenceStore.in_home(local).pairs()  # votes land in the local home
+        pairs = PreferenceStore.in_home(home).pairs()  # votes land in the server's home
         assert [(p.chosen.ref, p.rejected.ref) for p in pairs] == [("pirate@1", "json@1")]
 
         # Errors come back as the library's own: a 404 names the missing adapter.
@@ -188,6 +188,8 @@ async def test_train_compare_vote_and_train_the_dpo_child_over_http(
             await settle(pilot)
             await pilot.press("2")  # json is better, twice
             await pilot.pause()
+        voted = PreferenceStore.in_home(home).pairs()  # on the server, with the versions that answered
+        assert [(p.chosen.ref, p.rejected.ref, p.voter) for p in voted] == [("json@1", "sums@1", "env-admin-0")] * 2
         await pilot.press("ctrl+y")
         await settle(pilot)
         offer = app.screen

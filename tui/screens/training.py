@@ -291,7 +291,7 @@ class TrainingScreen(Screen[None]):
         like = next((r for r in self.recipes if r.method == "dpo" and r.path.name != VOTES_RECIPE),
                     None)
         try:
-            recipe = write_votes_recipe(store.path, name=name, parent=parent, like=like)
+            recipe = write_votes_recipe(store, name=name, parent=parent, like=like)
         except OSError as e:
             self.hub.report(e, "writing the DPO recipe")
             return
