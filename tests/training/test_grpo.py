@@ -116,6 +116,23 @@ def test_grpo_bad_python_reward_fails_before_training(hub, prompts: Path) -> Non
         hub.train(recipe(prompts, [{"type": "python", "function": "no_such_module:f"}]))
 
 
+@pytest.mark.parametrize(("loss_type", "level"), [("dr_grpo", "token"), ("dapo", "sequence"), ("luspo", "sequence")])
+def test_grpo_loss_variants_train_and_are_recorded(hub, prompts: Path, loss_type: str, level: str) -> None:  # type: ignore[no-untyped-def]
+    """Dr. GRPO, GSPO (sequence-level ratios) and LUSPO run through TRL's own losses."""
+    spec = recipe(prompts, [{"type": "regex", "pattern": r"^Answer: -?\d+$"}])
+    spec["grpo"].update(loss_type=loss_type, importance_sampling_level=level)
+    version = hub.train(spec)
+    assert (version.recipe["grpo"]["loss_type"], version.recipe["grpo"]["importance_sampling_level"]) == (loss_type, level)
+    assert version.metrics["train_steps"] == 1 and "train/reward" in version.metrics
+
+
+def test_grpo_luspo_needs_sequence_level_ratios(hub, prompts: Path) -> None:  # type: ignore[no-untyped-def]
+    spec = recipe(prompts, [{"type": "regex", "pattern": "x"}])
+    spec["grpo"]["loss_type"] = "luspo"
+    with pytest.raises(ConfigError, match=r"grpo: .*importance_sampling_level: sequence"):
+        hub.plan_run(spec)
+
+
 def test_grpo_recipe_errors_listed_at_once(hub, prompts: Path) -> None:  # type: ignore[no-untyped-def]
     bad = recipe(
         prompts, [{"type": "regex", "pattern": "("}, {"type": "exact_answer", "pattern": r"\d+"}]

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from adapterhub.training.methods.interface import Method, MethodContext, PrepareContext
 from adapterhub.training.recipe import RecipeBase, RecipeSection
@@ -51,13 +51,25 @@ class GRPOConfig(RecipeSection):
     """KL penalty to the reference (the parent, or the base without one); 0 turns it off."""
     epsilon: float = Field(default=0.2, gt=0, lt=1)
     """Clip range of the importance ratio."""
-    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = "dapo"
-    """How token losses are averaged: grpo (per sequence, the paper), dr_grpo, dapo (TRL's
-    default: per active token, no length bias), bnpo."""
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo"] = "dapo"
+    """The loss, as TRL names it: grpo (token losses averaged per sequence, the paper), dr_grpo
+    (by a constant: Dr. GRPO), dapo (per active token of the batch, TRL's default), bnpo (per
+    active token of the local batch), cispo (clipped importance weights: MiniMax-M1), sapo (a
+    soft gate instead of clipping), luspo (GSPO scaled by length; needs sequence-level ratios)."""
+    importance_sampling_level: Literal["token", "sequence"] = "token"
+    """Importance ratios per token, or one per completion (the mean log-ratio): ``sequence`` with
+    the clipped loss is GSPO."""
     scale_rewards: Literal["group", "batch", "none"] = "group"
     """Divide advantages by the group's reward std (the paper), the batch's, or not at all (Dr. GRPO)."""
     num_iterations: int = Field(default=1, ge=1, le=16)
     """Optimisation passes over each generated batch (μ in the paper)."""
+
+    @model_validator(mode="after")
+    def _luspo_is_sequence_level(self) -> GRPOConfig:
+        if self.loss_type == "luspo" and self.importance_sampling_level != "sequence":
+            raise ValueError("loss_type 'luspo' scales GSPO's sequence-level loss: set "
+                             "importance_sampling_level: sequence (or choose another loss_type)")
+        return self
 
 
 class GRPORecipe(RecipeBase):
@@ -134,6 +146,7 @@ def build_trainer(ctx: MethodContext) -> Any:
         beta=g.beta,
         epsilon=g.epsilon,
         loss_type=g.loss_type,
+        importance_sampling_level=g.importance_sampling_level,
         scale_rewards=g.scale_rewards,
         num_iterations=g.num_iterations,
         reward_weights=weights,
