@@ -43,12 +43,13 @@ from adapterhub.training.recipe import DatasetConfig
 if TYPE_CHECKING:
     import datasets
 
-DatasetFormat = Literal["messages", "prompt_completion", "preference", "prompt_only"]
+DatasetFormat = Literal["messages", "prompt_completion", "preference", "unpaired_preference", "prompt_only"]
 FORMATS: tuple[str, ...] = get_args(DatasetFormat)
 FORMAT_COLUMNS: dict[str, tuple[str, ...]] = {
     "messages": ("messages",),
     "prompt_completion": ("prompt", "completion"),
     "preference": ("prompt", "chosen", "rejected"),
+    "unpaired_preference": ("prompt", "completion", "label"),  # label: true for a thumb up (KTO)
     "prompt_only": ("prompt",),
 }
 ROLES = ("system", "user", "assistant", "tool")
@@ -105,6 +106,8 @@ def detect_format(columns: Iterable[str]) -> DatasetFormat | None:
     cols = set(columns)
     if {"prompt", "chosen", "rejected"} <= cols:
         return "preference"
+    if {"prompt", "completion", "label"} <= cols:
+        return "unpaired_preference"
     if {"prompt", "completion"} <= cols:
         return "prompt_completion"
     if "messages" in cols:
@@ -284,15 +287,16 @@ def _row_problems(row: Mapping[str, Any], fmt: DatasetFormat) -> list[str]:
         if not problems and not any(m["role"] == "assistant" for m in row["messages"]):
             problems.append("'messages' has no assistant turn, so nothing would be learnt; add one")
         return problems
-    problems = _turn_problems(row["prompt"], "prompt")
-    for column in FORMAT_COLUMNS[fmt][1:]:
+    text = [c for c in FORMAT_COLUMNS[fmt] if c != "label"]
+    problems = []
+    for column in text:
         problems.extend(_turn_problems(row[column], column))
+    if fmt == "unpaired_preference" and not isinstance(row["label"], bool):
+        problems.append(f"'label' is {row['label']!r:.40}; write true (a desirable answer) or false (undesirable)")
     if fmt != "prompt_only":
-        kinds = {isinstance(row[c], str) for c in FORMAT_COLUMNS[fmt]}
+        kinds = {isinstance(row[c], str) for c in text}
         if len(kinds) > 1:
-            problems.append(
-                f"columns {list(FORMAT_COLUMNS[fmt])!r} mix plain strings and message lists; use one kind"
-            )
+            problems.append(f"columns {text!r} mix plain strings and message lists; use one kind")
     return problems
 
 

@@ -1,4 +1,5 @@
-"""Preference pairs for DPO, ORPO, SimPO and the reward model: one preparation for all four.
+"""Preference pairs for DPO, ORPO, SimPO and the reward model: one preparation for all four; and
+unpaired preferences (one answer with a thumb up or down) for KTO, prepared the same way.
 
 TRL's preference trainers tokenize ``prompt``/``chosen``/``rejected`` themselves, applying the chat
 template only to *conversational* rows; a plain-string row would be tokenized as raw text and the
@@ -14,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from adapterhub.errors import ConfigError
 from adapterhub.training.templates import (
     RenderedExample,
     as_messages,
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
     from adapterhub.training.methods.interface import PrepareContext
 
 PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
+UNPAIRED_COLUMNS = ("prompt", "completion")
 
 
 def conversational_row(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -68,6 +71,54 @@ def prepare_preference(ctx: PrepareContext) -> PreparedData:
         for index, row in enumerate(part):
             render_pair(ctx, row, where=f"{label} pair {index + 1}")
             rows.append(conversational_row(row))
+        return datasets.Dataset.from_list(rows)
+
+    return ctx.data.map_splits(convert)
+
+
+def conversational_unpaired(row: Mapping[str, Any]) -> dict[str, Any]:
+    """An unpaired row with its text columns as chat messages, and its label."""
+    return {"prompt": as_messages(row["prompt"], "user"), "completion": as_messages(row["completion"], "assistant"),
+            "label": bool(row["label"])}
+
+
+def render_unpaired(
+    ctx: PrepareContext, row: Mapping[str, Any], *, where: str = "example"
+) -> RenderedExample:
+    """Prompt + the judged answer rendered with the base's template; the answer carries the mask."""
+    unpaired = conversational_unpaired(row)
+    for column in UNPAIRED_COLUMNS:
+        check_content(ctx.tokenizer, unpaired[column], where=f"{where} ({column})")
+    return render_with_mask(
+        ctx.tokenizer,
+        unpaired["prompt"] + unpaired["completion"],
+        eot_ids=ctx.eot_token_ids,
+        loss_from=len(unpaired["prompt"]),
+        max_length=ctx.recipe.training.max_length,
+        where=where,
+    )
+
+
+def prepare_unpaired(ctx: PrepareContext) -> PreparedData:
+    """Gate every judged answer and make every row conversational; KTO needs both labels.
+
+    Raises:
+        ConfigError: a row holds special tokens, the template fails a gate, or the training set
+            has only desirable or only undesirable answers.
+    """
+    import datasets
+
+    labels = {bool(row["label"]) for row in ctx.data.train}
+    if len(labels) < 2:
+        kind = "desirable (label true)" if True in labels else "undesirable (label false)"
+        raise ConfigError(f"dataset: every training example is {kind}; KTO learns from both kinds, "
+                          "add answers with the other label")
+
+    def convert(part: datasets.Dataset, label: str) -> datasets.Dataset:
+        rows = []
+        for index, row in enumerate(part):
+            render_unpaired(ctx, row, where=f"{label} example {index + 1}")
+            rows.append(conversational_unpaired(row))
         return datasets.Dataset.from_list(rows)
 
     return ctx.data.map_splits(convert)
