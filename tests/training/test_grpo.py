@@ -126,6 +126,20 @@ def test_grpo_loss_variants_train_and_are_recorded(hub, prompts: Path, loss_type
     assert version.metrics["train_steps"] == 1 and "train/reward" in version.metrics
 
 
+def test_rloo_trains_on_the_same_rewards_with_the_parent_as_reference(hub, prompts: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from tinymodels import make_lora_folder
+
+    parent = hub.import_adapter(make_lora_folder(hub.base_info.path, tmp_path / "p"), "sft").ref
+    spec = recipe(prompts, [{"type": "regex", "pattern": r"^Answer: -?\d+$"},
+                            {"type": "exact_answer", "column": "answer"}], parent=parent)
+    spec["rloo"] = {**spec.pop("grpo"), "normalize_advantages": True}
+    version = hub.train({**spec, "method": "rloo", "name": "arith-rloo"})
+    assert (version.method, version.parent) == ("rloo", parent)
+    assert version.recipe["rloo"]["normalize_advantages"] is True and version.recipe["rloo"]["beta"] == 0.05
+    for key in ("reward", "rewards/format/mean", "rewards/accuracy/mean"):
+        assert f"train/{key}" in version.metrics, sorted(version.metrics)
+
+
 def test_grpo_luspo_needs_sequence_level_ratios(hub, prompts: Path) -> None:  # type: ignore[no-untyped-def]
     spec = recipe(prompts, [{"type": "regex", "pattern": "x"}])
     spec["grpo"]["loss_type"] = "luspo"

@@ -62,13 +62,13 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from adapterhub.errors import ConfigError
-from adapterhub.training.methods import dpo, grpo, kto, orpo, ppo, reward, sft, simpo
+from adapterhub.training.methods import dpo, grpo, kto, orpo, ppo, reward, rloo, sft, simpo
 from adapterhub.training.methods.interface import Method, MethodContext, PrepareContext
 
 __all__ = ["METHODS", "Method", "MethodContext", "PrepareContext", "get_method"]
 
 METHODS: Mapping[str, Method] = MappingProxyType(
-    {module.METHOD.name: module.METHOD for module in (sft, dpo, orpo, simpo, kto, reward, grpo, ppo)}
+    {module.METHOD.name: module.METHOD for module in (sft, dpo, orpo, simpo, kto, reward, grpo, rloo, ppo)}
 )
 """Every training method by name, SFT first (messages list them in this order); built on import."""
 

@@ -35,8 +35,8 @@ if TYPE_CHECKING:
     from adapterhub.training.datasets import PreparedData
 
 
-class GRPOConfig(RecipeSection):
-    """The ``grpo:`` section of a recipe."""
+class SampledRewardsConfig(RecipeSection):
+    """What GRPO and RLOO share: a group of sampled completions per prompt, scored by rewards."""
 
     rewards: list[RewardFunctionConfig] = Field(min_length=1, max_length=16)
     """Reward functions, summed with their weights: ``regex``, ``exact_answer``, ``length``,
@@ -51,6 +51,13 @@ class GRPOConfig(RecipeSection):
     """KL penalty to the reference (the parent, or the base without one); 0 turns it off."""
     epsilon: float = Field(default=0.2, gt=0, lt=1)
     """Clip range of the importance ratio."""
+    num_iterations: int = Field(default=1, ge=1, le=16)
+    """Optimisation passes over each generated batch (μ in the paper)."""
+
+
+class GRPOConfig(SampledRewardsConfig):
+    """The ``grpo:`` section of a recipe."""
+
     loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo"] = "dapo"
     """The loss, as TRL names it: grpo (token losses averaged per sequence, the paper), dr_grpo
     (by a constant: Dr. GRPO), dapo (per active token of the batch, TRL's default), bnpo (per
@@ -61,8 +68,6 @@ class GRPOConfig(RecipeSection):
     the clipped loss is GSPO."""
     scale_rewards: Literal["group", "batch", "none"] = "group"
     """Divide advantages by the group's reward std (the paper), the batch's, or not at all (Dr. GRPO)."""
-    num_iterations: int = Field(default=1, ge=1, le=16)
-    """Optimisation passes over each generated batch (μ in the paper)."""
 
     @model_validator(mode="after")
     def _luspo_is_sequence_level(self) -> GRPOConfig:
@@ -93,29 +98,30 @@ def conversational_prompts(part: datasets.Dataset, tokenizer: Any, label: str) -
     return datasets.Dataset.from_list(rows)
 
 
+def sampling_section(recipe: RecipeBase) -> SampledRewardsConfig:
+    """The recipe's ``grpo:`` or ``rloo:`` section."""
+    section = getattr(recipe, recipe.method)
+    assert isinstance(section, SampledRewardsConfig)
+    return section
+
+
 def prepare(ctx: PrepareContext) -> PreparedData:
     """Make prompts conversational (other columns kept); check that python rewards import.
 
     Raises:
         ConfigError: a prompt holds special tokens, or a python reward cannot be imported.
     """
-    recipe = ctx.recipe
-    assert isinstance(recipe, GRPORecipe)
-    build_reward_functions([r for r in recipe.grpo.rewards if r.type != "reward_model"])
+    build_reward_functions([r for r in sampling_section(ctx.recipe).rewards if r.type != "reward_model"])
     return ctx.data.map_splits(
         lambda part, label: conversational_prompts(part, ctx.tokenizer, label)
     )
 
 
-def build_trainer(ctx: MethodContext) -> Any:
-    """TRL's GRPOTrainer with the recipe's reward functions (the only place TRL's GRPO objects are built)."""
-    import trl
-
+def reward_functions(ctx: MethodContext) -> tuple[list[Any], list[float]]:
+    """The recipe's reward functions and weights; a ``reward_model`` one is loaded into the run's
+    ``PeftModel`` as one more frozen LoRA (``reward``, ``reward1``...)."""
     from adapterhub.training.reward_model import load_reward_scorer
 
-    recipe = ctx.recipe
-    assert isinstance(recipe, GRPORecipe) and ctx.prepared is not None
-    g = recipe.grpo
     loaded: list[str] = []
 
     def load_reward_model(ref: str) -> Any:
@@ -129,35 +135,48 @@ def build_trainer(ctx: MethodContext) -> Any:
             base_fingerprint=ctx.base.info.fingerprint,
             template_hash=ctx.base.info.template_hash,
             adapter_name=name,
-            max_length=recipe.training.max_length,
+            max_length=ctx.recipe.training.max_length,
         )
 
-    functions, weights = build_reward_functions(g.rewards, load_reward_model=load_reward_model)
-    completions_per_step = recipe.training.batch_size * g.num_generations
+    return build_reward_functions(sampling_section(ctx.recipe).rewards, load_reward_model=load_reward_model)
+
+
+def sampling_arguments(ctx: MethodContext, weights: list[float]) -> dict[str, Any]:
+    """The config keywords GRPO and RLOO share: batches counted in completions (TRL's unit;
+    ``training.batch_size`` counts prompts), the group, the KL and the clip."""
+    s = sampling_section(ctx.recipe)
+    completions_per_step = ctx.recipe.training.batch_size * s.num_generations
+    return {
+        **ctx.args,
+        "per_device_train_batch_size": completions_per_step,
+        "per_device_eval_batch_size": completions_per_step,
+        "num_generations": s.num_generations,
+        "max_completion_length": s.max_completion_length,
+        "temperature": s.temperature,
+        "beta": s.beta,
+        "epsilon": s.epsilon,
+        "num_iterations": s.num_iterations,
+        "reward_weights": weights,
+        "remove_unused_columns": False,
+        "log_completions": False,
+    }
+
+
+def build_trainer(ctx: MethodContext) -> Any:
+    """TRL's GRPOTrainer with the recipe's reward functions (the only place TRL's GRPO objects are built)."""
+    import trl
+
+    recipe = ctx.recipe
+    assert isinstance(recipe, GRPORecipe) and ctx.prepared is not None
+    g = recipe.grpo
+    functions, weights = reward_functions(ctx)
     config = trl.GRPOConfig(
-        **{
-            **ctx.args,
-            "per_device_train_batch_size": completions_per_step,
-            "per_device_eval_batch_size": completions_per_step,
-        },
-        num_generations=g.num_generations,
-        max_completion_length=g.max_completion_length,
-        temperature=g.temperature,
-        beta=g.beta,
-        epsilon=g.epsilon,
+        **sampling_arguments(ctx, weights),
         loss_type=g.loss_type,
         importance_sampling_level=g.importance_sampling_level,
         scale_rewards=g.scale_rewards,
-        num_iterations=g.num_iterations,
-        reward_weights=weights,
-        remove_unused_columns=False,
-        log_completions=False,
     )
-    return trl.GRPOTrainer(
-        reward_funcs=functions,
-        args=config,
-        **ctx.trainer_inputs(),
-    )
+    return trl.GRPOTrainer(reward_funcs=functions, args=config, **ctx.trainer_inputs())
 
 
 METHOD = Method(
