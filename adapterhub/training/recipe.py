@@ -89,6 +89,9 @@ class LoraConfig(RecipeSection):
     """Train DoRA (weight-decomposed LoRA: a learned magnitude per output column). PEFT trains it
     over an nf4 base too; the serving engine refuses it (its batched kernel is plain LoRA), so
     serve it merged into a base or through ``Hub.generate``."""
+    plus_lr_ratio: float | None = Field(default=None, ge=1, le=1024)
+    """LoRA+: train B at this many times the learning rate of A (the paper suggests 16); PEFT's
+    LoRA+ optimizer. Unset: one learning rate for both."""
 
     @field_validator("target_modules")
     @classmethod

@@ -371,6 +371,8 @@ def train_here(
         )
         trainer = plan.method.build_trainer(ctx)
         _quiet(trainer)
+        if recipe_obj.lora.plus_lr_ratio is not None:
+            trainer.optimizer = loraplus_optimizer(model, recipe_obj)  # the Trainer keeps one it is given
         output = trainer.train(resume_from_checkpoint=checkpoint)
     except AdapterHubError as e:
         bridge.finish(ProgressEvent("failed", message=str(e)))
@@ -545,11 +547,22 @@ def _with_parent_lora(recipe: RecipeBase, targeted: LoraSettings, context: Train
                 [f"{c}: a run that continues from {parent.ref} keeps the parent's LoRA shape; "
                  "remove it from the recipe" for c in clash]
             )
-    lora = {**parent_lora, "dropout": recipe.lora.dropout}
+    lora = {**parent_lora, "dropout": recipe.lora.dropout, "plus_lr_ratio": recipe.lora.plus_lr_ratio}  # how to train it
     return type(recipe).model_validate({**recipe.model_dump(), "lora": lora})
 
 
 # --------------------------------------------------------------------------- trainer settings
+
+
+def loraplus_optimizer(model: Any, recipe: RecipeBase) -> Any:
+    """AdamW with every LoRA B (and embedding) weight at ``lora.plus_lr_ratio`` times the recipe's
+    learning rate (PEFT's LoRA+ optimizer), the rest at the learning rate."""
+    import torch
+    from peft.optimizers import create_loraplus_optimizer
+
+    t = recipe.training
+    return create_loraplus_optimizer(model, torch.optim.AdamW, lr=t.learning_rate,
+                                     loraplus_lr_ratio=recipe.lora.plus_lr_ratio, weight_decay=t.weight_decay)
 
 
 def training_platform(recipe: RecipeBase, context: TrainingContext) -> Platform:
