@@ -175,6 +175,12 @@ class TrainerConfig(RecipeSection):
     """How many recent checkpoints to keep while training (all are removed once registered)."""
     logging_steps: int = Field(default=1, ge=1)
     """Emit a progress event every this many steps."""
+    report_to: list[Literal["trackio", "mlflow", "wandb", "tensorboard"]] = Field(default_factory=list, max_length=4)
+    """Experiment trackers to log the run to, through transformers' integrations (each needs its
+    package installed: ``pip install trackio``...). Empty: nothing is sent anywhere. The run is
+    named ``<name>-<run key>``; the version records it, and a trackio run records the version."""
+    project: str = Field(default="adapterhub", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    """The trackers' project (trackio's project, an MLflow experiment name)."""
 
 
 class RecipeBase(RecipeSection):

@@ -33,6 +33,7 @@ Design choices:
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -138,6 +139,10 @@ def plan_run(
             f"base: the recipe is written for {parsed.base!r} but this hub's base is {info.name!r}; "
             f"run `adapterhub init --base {parsed.base}` or remove the recipe's base field"
         )
+    missing = [t for t in parsed.training.report_to if importlib.util.find_spec(t) is None]
+    if missing:
+        raise ConfigError(f"training.report_to: {missing!r} are not installed; pip install {' '.join(missing)} "
+                          "(trackio: adapterhub[tracking]) or remove them")
     targeted = _with_base_targets(parsed, info.path)
     parent = None
     if parsed.parent is not None:
@@ -228,6 +233,8 @@ def train(
             message = f"training {recipe_obj.name!r} finished but could not be registered: {type(e).__name__}: {e}"
             emit(ProgressEvent("failed", message=message))
             raise TrainingError(message) from e
+    if "trackio" in recipe_obj.training.report_to:
+        _link_trackio_run(recipe_obj.training.project, plan.run_dir.name, version)
     emit(ProgressEvent(
         "done", step=trained.steps, total_steps=trained.max_steps, loss=version.metrics.get("train_loss"),
         message=f"registered {version.ref}", version_ref=version.ref,
@@ -408,6 +415,19 @@ def train_here(
         message = f"training {recipe_obj.name!r} finished but could not be measured: {type(e).__name__}: {e}"
         bridge.finish(ProgressEvent("failed", message=message))
         raise TrainingError(message) from e
+
+
+def _link_trackio_run(project: str, run: str, version: Version) -> None:
+    """Record the registered version in the trackio run that logged its training (local files):
+    the run's config gains ``adapterhub_version`` and one last point logs the version number."""
+    import trackio
+    from trackio.sqlite_storage import SQLiteStorage
+
+    config = SQLiteStorage.get_run_config(project, run) or {}
+    trackio.init(project=project, name=run, resume="must",
+                 config={**{k: v for k, v in config.items() if not k.startswith("_")}, "adapterhub_version": version.ref})
+    trackio.log({"adapterhub/version": version.number})
+    trackio.finish()
 
 
 def _quiet(trainer: Any) -> None:
@@ -611,7 +631,10 @@ def training_arguments(recipe: RecipeBase, output_dir: Path, platform: Platform)
         "include_num_input_tokens_seen": "non_padding",
         # every LoRA weight takes part in every step: DDP need not search the graph for unused ones
         "ddp_find_unused_parameters": False if t.processes > 1 else None,
-        "report_to": "none",
+        "report_to": list(t.report_to) or "none",
+        "run_name": output_dir.parent.name,  # <name>-<run key>, as the run folder
+        "project": t.project,
+        "trackio_static_space_id": False,  # local logging only: never a Space on the Hub
         "disable_tqdm": True,
         "log_level": "warning",
     }
@@ -663,6 +686,8 @@ def _measure(
         metrics.update(forgetting_metrics(model, plan.tokenizer))
     metrics["run_wall_s"] = round(time.monotonic() - started, 2)  # model load to saved adapter
     metrics["data"] = plan.data.summary
+    if t.report_to:
+        metrics["tracking"] = {"report_to": list(t.report_to), "project": t.project, "run": plan.run_dir.name}
     metrics["lora"] = {"r": recipe.lora.r, "alpha": recipe.lora.alpha, "target_modules": recipe.lora.modules}
 
     adapter_dir = plan.run_dir / "adapter"
