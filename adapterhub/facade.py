@@ -119,6 +119,11 @@ class Hub:
             self._base, self._base_info, self._reference = None, info, None
         return info
 
+    def choices(self) -> dict[str, str | None]:
+        """What this hub was told rather than found (``precision``, ``device``, ``compute_dtype``;
+        None where it decides), so another process can open the same hub the same way."""
+        return {"precision": self._precision, "device": self._device, "compute_dtype": self._compute_dtype}
+
     def _settings(self) -> dict[str, str]:
         try:
             return dict(json.loads((self.home / _SETTINGS_FILE).read_text()))
@@ -356,7 +361,8 @@ class Hub:
         progress: ProgressCallback | None = None,
         cancel: CancelToken | None = None,
         resume: bool = False,
-        **overrides: Any,
+        overrides: Mapping[str, Any] | None = None,
+        **fields: Any,
     ) -> Version:
         """Train a recipe on this hub's base and register the adapter as a new version.
 
@@ -365,7 +371,9 @@ class Hub:
             progress: receives every :class:`~adapterhub.core.progress.ProgressEvent`.
             cancel: set it from another thread to stop at the next step (nothing is registered).
             resume: continue this recipe's interrupted run from its last checkpoint.
-            **overrides: recipe fields to override, nested (``training={"max_steps": 20}``) or
+            overrides: recipe fields to override by dotted path (``{"training.max_steps": 20}``),
+                as ``--set`` takes them (for keys that are not Python names).
+            **fields: recipe fields to override, nested (``training={"max_steps": 20}``) or
                 ``__``-joined (``training__max_steps=20``).
 
         Raises:
@@ -376,12 +384,15 @@ class Hub:
         """
         from adapterhub.training.run import train
 
-        return train(self._training(), recipe, overrides=overrides or None, progress=progress,
-                     cancel=cancel, resume=resume)
+        return train(self._training(), recipe, overrides={**(overrides or {}), **fields} or None,
+                     progress=progress, cancel=cancel, resume=resume)
 
-    def plan_run(self, recipe: str | Path | Mapping[str, Any] | RecipeBase, **overrides: Any) -> RunPlan:
+    def plan_run(
+        self, recipe: str | Path | Mapping[str, Any] | RecipeBase, *, overrides: Mapping[str, Any] | None = None,
+        **fields: Any,
+    ) -> RunPlan:
         """Check a recipe against this hub's base, its parent and its data, as :meth:`train`
-        does first; nothing heavy is loaded and nothing is trained.
+        does first (``overrides`` and ``fields`` as there); nothing heavy is loaded or trained.
 
         Raises:
             ConfigError: every problem found (``problems`` lists them).
@@ -389,7 +400,7 @@ class Hub:
         """
         from adapterhub.training.run import plan_run
 
-        return plan_run(self._training(), recipe, overrides or None)
+        return plan_run(self._training(), recipe, {**(overrides or {}), **fields} or None)
 
     def show_example(
         self, recipe: str | Path | Mapping[str, Any] | RecipeBase, *, index: int = 0, **overrides: Any

@@ -20,8 +20,13 @@ Design choices:
   crash or an out-of-memory kill takes the job, never the server. The job reads nothing from its
   submitter but its folder and the environment (the registry's URL and blobs travel there).
 * **Files, not a database**: one writer per file, atomic renames; a job folder is readable with
-  ``cat`` and survives the queue. A queue opened on a home lists the jobs an earlier queue left;
-  one that was running when its queue died is ``interrupted`` (with how to resume, for training).
+  ``cat`` and survives the queue. One queue runs a home's jobs at a time (it holds
+  ``jobs/.queue.lock``; a second server on the home is refused). A queue opened on a home lists
+  the jobs an earlier queue left; one that was running when its queue died is ``interrupted``
+  (with how to resume, for training), once its process, which notices, has stopped.
+* **Nothing outlives its owner**: on Linux a job's process gets SIGTERM when its queue's process
+  dies (``PR_SET_PDEATHSIG``), as a training run's ranks do when their launcher dies; a job's
+  environment carries the registry's location but none of the server's API keys.
 * **Cancel**: training stops at the next step with a checkpoint (resumable, nothing registered);
   an evaluation or a transfer stops at once (neither records anything until it is done). A job
   whose queue's process is gone stops the same way and reports ``interrupted``.
@@ -29,8 +34,8 @@ Design choices:
 
 from __future__ import annotations
 
-import contextlib
 import json
+import logging
 import os
 import re
 import signal
@@ -44,6 +49,13 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import TypeAdapter
 
+from adapterhub.core.processes import (
+    alive,
+    die_with_parent,
+    require_posix,
+    signal_group,
+    write_json,
+)
 from adapterhub.core.progress import CancelToken, ProgressEvent
 from adapterhub.errors import AdapterHubError, ConfigError, JobNotFoundError, TrainingCancelled
 from adapterhub.protocol import FINAL_JOB_STATES, JobInfo, JobRequest, TrainJobRequest
@@ -53,11 +65,14 @@ if TYPE_CHECKING:
     from adapterhub.facade import Hub
 
 JOBS_FOLDER = "jobs"
-REQUEST_FILE, STATE_FILE, EVENTS_FILE, OUTCOME_FILE, CANCEL_FILE = (
-    "request.json", "state.json", "events.jsonl", "outcome.json", "cancel")
+REQUEST_FILE, CONTEXT_FILE, STATE_FILE, EVENTS_FILE, OUTCOME_FILE, CANCEL_FILE = (
+    "request.json", "context.json", "state.json", "events.jsonl", "outcome.json", "cancel")
+_SECRETS = frozenset({"ADAPTERHUB_API_KEYS", "ADAPTERHUB_ADMIN_KEYS", "ADAPTERHUB_REPLICA_API_KEY"})
+"""The server's keys: a job needs none of them, so its environment does not carry them."""
 _REQUEST = TypeAdapter(JobRequest)
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _POLL_S = 0.2
+log = logging.getLogger("adapterhub.jobs")
 
 
 class JobQueue:
@@ -71,6 +86,7 @@ class JobQueue:
     """
 
     def __init__(self, hub: Hub, *, recipes: Path = Path("recipes"), concurrency: int = 1) -> None:
+        require_posix("the job queue")
         self.hub = hub
         self.home = hub.home
         self.folder = self.home / JOBS_FOLDER
@@ -78,8 +94,10 @@ class JobQueue:
         self.registry: RegistryLocation = hub.registry.location
         self.recipes = Path(recipes)
         self.concurrency = max(1, concurrency)
+        self._owner = _own(self.folder)
         self._lock = threading.Lock()
         self._running: dict[str, subprocess.Popen[bytes]] = {}
+        self._adopted: dict[str, int] = {}  # jobs an earlier queue started that still run: their pids
         self._wake = threading.Event()
         self._closing = False
         self._recover()
@@ -108,13 +126,13 @@ class JobQueue:
         if isinstance(parsed, TrainJobRequest):
             if isinstance(parsed.recipe, str):
                 stored["recipe_file"] = str(self._bundled(parsed.recipe))
-            self.hub.plan_run(stored.get("recipe_file") or parsed.recipe, **parsed.overrides)
+            self.hub.plan_run(stored.get("recipe_file") or parsed.recipe, overrides=parsed.overrides)
         elif parsed.kind in ("eval", "push") and parsed.ref is not None:
             self.hub.resolve(parsed.ref)
         job_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:8]
         folder = self.folder / job_id
         folder.mkdir()
-        _write_json(folder / REQUEST_FILE, stored)
+        write_json(folder / REQUEST_FILE, stored)
         info = JobInfo(id=job_id, kind=parsed.kind, state="queued", request=parsed.model_dump(mode="json"),
                        created_at=time.time())
         self._save(info)
@@ -122,8 +140,13 @@ class JobQueue:
         return info
 
     def list(self) -> list[JobInfo]:
-        """Every job, newest first."""
-        jobs = [self._read(folder.name) for folder in self.folder.iterdir() if (folder / STATE_FILE).exists()]
+        """Every job, newest first (a folder that cannot be read, being removed or damaged, is left out)."""
+        jobs = []
+        for folder in self.folder.iterdir():
+            try:
+                jobs.append(self._read(folder.name))
+            except (JobNotFoundError, ValueError, OSError):
+                continue
         return sorted(jobs, key=lambda job: job.created_at, reverse=True)
 
     def get(self, job_id: str) -> JobInfo:
@@ -157,20 +180,21 @@ class JobQueue:
         with self._lock:
             running = dict(self._running)
         for proc in running.values():
-            _signal(proc, signal.SIGTERM)
+            signal_group(proc, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         for job_id, proc in running.items():
             try:
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                _signal(proc, signal.SIGKILL)
+                signal_group(proc, signal.SIGKILL)
                 proc.wait()
             self._finish(job_id, proc.returncode)
+        self._owner.close()  # another queue may run this home's jobs now
 
     # ------------------------------------------------------------------ the queue's records
 
     def _read(self, job_id: str) -> JobInfo:
-        if not _SAFE_NAME.match(job_id):
+        if not _SAFE_NAME.fullmatch(job_id):
             raise JobNotFoundError(f"no job {job_id!r}; GET /admin/jobs lists them")
         try:
             return JobInfo.model_validate_json((self.folder / job_id / STATE_FILE).read_text(encoding="utf-8"))
@@ -178,20 +202,24 @@ class JobQueue:
             raise JobNotFoundError(f"no job {job_id!r}; GET /admin/jobs lists them") from None
 
     def _save(self, info: JobInfo) -> None:
-        _write_json(self.folder / info.id / STATE_FILE, info.model_dump(mode="json"))
+        write_json(self.folder / info.id / STATE_FILE, info.model_dump(mode="json"))
 
     def _bundled(self, name: str) -> Path:
         path = self.recipes / f"{name}.yaml"
-        if not _SAFE_NAME.match(name) or not path.is_file():
+        if not _SAFE_NAME.fullmatch(name) or not path.is_file():
             known = sorted(p.stem for p in self.recipes.glob("*.yaml")) if self.recipes.is_dir() else []
             raise ConfigError(f"job.recipe: {name!r} is not a bundled recipe in {str(self.recipes)!r}; "
                               f"choose from {', '.join(known) or '(none)'} or send the recipe itself")
         return path.absolute()
 
     def _recover(self) -> None:
-        """Settle the jobs an earlier queue left running: by their outcome, else interrupted."""
+        """Settle the jobs an earlier queue left running: by their outcome, else interrupted; one
+        whose process still runs (it stops at its next step once it sees its queue gone) is
+        followed until it ends, and counts against ``concurrency`` meanwhile."""
         for info in self.list():
-            if info.state == "running":
+            if info.state == "running" and info.pid is not None and alive(info.pid):
+                self._adopted[info.id] = info.pid
+            elif info.state == "running":
                 self._finish(info.id, None)
 
     def _finish(self, job_id: str, returncode: int | None) -> None:
@@ -199,6 +227,7 @@ class JobQueue:
         folder = self.folder / job_id
         with self._lock:
             self._running.pop(job_id, None)
+            self._adopted.pop(job_id, None)
             info = self._read(job_id)
             if info.state in FINAL_JOB_STATES:
                 return
@@ -206,7 +235,7 @@ class JobQueue:
                 outcome = json.loads((folder / OUTCOME_FILE).read_text(encoding="utf-8"))
             except (FileNotFoundError, json.JSONDecodeError):
                 outcome = {"state": "interrupted",
-                           "message": _interrupted(info, "its process ended without reporting"
+                           "message": _interrupted(info.kind, "its process ended without reporting"
                                                    + (f" (exit {returncode})" if returncode is not None else
                                                       " while the queue was down"))}
                 if (folder / CANCEL_FILE).exists():
@@ -222,42 +251,66 @@ class JobQueue:
             self._wake.clear()
             if self._closing:
                 return
-            for job_id, proc in list(self._running.items()):
-                if proc.poll() is not None:
-                    self._finish(job_id, proc.returncode)
-            with self._lock:
-                free = self.concurrency - len(self._running)
-                queued = [j for j in reversed(self.list()) if j.state == "queued"][:max(0, free)]
-                for info in queued:
+            try:
+                self._step()
+            except Exception:  # a full disk, a folder removed underneath: log it, keep scheduling
+                log.exception("the job queue's scheduler failed a round; trying again")
+
+    def _step(self) -> None:
+        """One round: record the jobs that ended, start queued ones while there is room."""
+        for job_id, proc in list(self._running.items()):
+            if proc.poll() is not None:
+                self._finish(job_id, proc.returncode)
+        for job_id, pid in list(self._adopted.items()):
+            if not alive(pid):
+                self._finish(job_id, None)
+        with self._lock:
+            free = self.concurrency - len(self._running) - len(self._adopted)
+            queued = [j for j in reversed(self.list()) if j.state == "queued"][:max(0, free)]
+            for info in queued:
+                try:
                     self._start(info)
+                except OSError as e:  # no memory or file handles for one more process
+                    self._save(info.model_copy(update={"state": "failed", "finished_at": time.time(),
+                                                       "message": f"could not start its process: {e}"}))
 
     def _start(self, info: JobInfo) -> None:
         folder = self.folder / info.id
-        env = {**os.environ, REGISTRY_URL_ENV: self.registry.url, BLOBS_ENV: self.registry.blobs,
-               "ADAPTERHUB_HOME": str(self.home)}
-        with open(folder / "process.log", "ab") as log:
+        env = {k: v for k, v in os.environ.items() if k not in _SECRETS}
+        env.update({REGISTRY_URL_ENV: self.registry.url, BLOBS_ENV: self.registry.blobs,
+                    "ADAPTERHUB_HOME": str(self.home)})
+        write_json(folder / CONTEXT_FILE, self.hub.choices())
+        with open(folder / "process.log", "ab") as log_file:
             proc = subprocess.Popen([sys.executable, "-m", __name__, str(folder), str(os.getpid())],
-                                    env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                    env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+                                    preexec_fn=die_with_parent)
         self._running[info.id] = proc
-        self._save(info.model_copy(update={"state": "running", "started_at": time.time()}))
+        self._save(info.model_copy(update={"state": "running", "started_at": time.time(), "pid": proc.pid}))
 
 
-def _interrupted(info: JobInfo, why: str) -> str:
-    if info.kind == "train":
+def _own(folder: Path) -> Any:
+    """Hold ``folder/.queue.lock`` for this queue's life: one queue runs a home's jobs at a time.
+
+    Raises:
+        ConfigError: another process (another server on this home) holds it.
+    """
+    import fcntl
+
+    handle = open(folder / ".queue.lock", "w")  # noqa: SIM115 - held open until close()
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise ConfigError(f"another process runs the jobs of {str(folder.parent)!r} (it holds "
+                          f"{str(folder / '.queue.lock')!r}); stop it, or serve another hub home") from None
+    return handle
+
+
+def _interrupted(kind: str, why: str) -> str:
+    if kind == "train":
         return (f"interrupted: {why}; resubmit the same training job with \"resume\": true to continue "
                 "from its last checkpoint")
     return f"interrupted: {why}; submit it again"
-
-
-def _signal(proc: subprocess.Popen[bytes], sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, sig)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
-    os.replace(temporary, path)
 
 
 # --------------------------------------------------------------------------- a job's process
@@ -269,53 +322,85 @@ def run_job(folder: Path, queue_pid: int) -> int:
 
     stored = json.loads((folder / REQUEST_FILE).read_text(encoding="utf-8"))
     request = _REQUEST.validate_python({k: v for k, v in stored.items() if k != "recipe_file"})
-    events = open(folder / EVENTS_FILE, "a", encoding="utf-8")  # noqa: SIM115 - closed at exit
-
-    def emit(event: ProgressEvent) -> None:
-        events.write(json.dumps(event.to_dict(), sort_keys=True) + "\n")
-        events.flush()
-
+    ending = _Ending(folder)
     token = CancelToken()
-    why: list[str] = []  # why the job was asked to stop: "cancelled" or the interruption
 
     def stop(reason: str) -> None:
-        if why:
+        if not ending.stop(reason):
             return
-        why.append(reason)
         token.cancel()
-        if request.kind != "train":  # nothing is recorded before the end: stop at once
-            _end(folder, emit, *_stopped_outcome(reason, request.kind))
+        # nothing but training can stop at a step: stop at once, unless the work has just ended
+        if request.kind != "train" and ending.end(*_stopped_outcome(reason, request.kind)):
             os._exit(0)
 
     def watch() -> None:
         while True:
             if (folder / CANCEL_FILE).exists():
                 stop("cancelled")
-            elif not _alive(queue_pid):
+            elif not alive(queue_pid):
                 stop("its queue's process is gone")
             time.sleep(_POLL_S)
 
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=stop, args=("the server stopped",)).start())
     threading.Thread(target=watch, daemon=True).start()
-    hub = Hub(os.environ.get("ADAPTERHUB_HOME"))
+    context = json.loads((folder / CONTEXT_FILE).read_text(encoding="utf-8")) if (folder / CONTEXT_FILE).exists() else {}
+    hub = Hub(os.environ.get("ADAPTERHUB_HOME"), **context)
     try:
-        outcome = _perform(hub, request, stored.get("recipe_file"), emit, token)
+        outcome = _perform(hub, request, stored.get("recipe_file"), ending.emit, token)
     except TrainingCancelled as e:
-        state, message = _stopped_outcome(why[0] if why else "cancelled", request.kind)
+        state, message = _stopped_outcome(ending.reason or "cancelled", request.kind)
         outcome = {"state": state, "message": message if state == "interrupted" else str(e)}
     except AdapterHubError as e:
         outcome = {"state": "failed", "message": str(e)}
     except Exception as e:  # a bug or a library's own error: the job fails, with what it was
         outcome = {"state": "failed", "message": f"{type(e).__name__}: {e}"}
-    _end(folder, emit, **outcome)
+    ending.end(**outcome)
     return 0
+
+
+class _Ending:
+    """A job's events and its one ending: the first of the main thread's result and a stop
+    request (cancel, the server stopping) is the outcome written; the other is dropped."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.reason: str | None = None  # why it was asked to stop
+        self._lock = threading.Lock()
+        self._ended = False
+        self._last_kind = ""
+        self._events = open(folder / EVENTS_FILE, "a", encoding="utf-8")  # noqa: SIM115 - closed at exit
+
+    def emit(self, event: ProgressEvent) -> None:
+        self._events.write(json.dumps(event.to_dict(), sort_keys=True) + "\n")
+        self._events.flush()
+        self._last_kind = event.kind
+
+    def stop(self, reason: str) -> bool:
+        """Note a stop request; False when one was already noted or the job has ended."""
+        with self._lock:
+            if self.reason is not None or self._ended:
+                return False
+            self.reason = reason
+            return True
+
+    def end(self, state: str, message: str = "", **rest: Any) -> bool:
+        """Write the outcome (and the final event, unless the work sent one); False when it had ended."""
+        with self._lock:
+            if self._ended:
+                return False
+            self._ended = True
+            if self._last_kind not in ("done", "failed", "cancelled"):
+                kind = {"done": "done", "cancelled": "cancelled"}.get(state, "failed")
+                self.emit(ProgressEvent(kind, message=message, version_ref=rest.get("version_ref")))  # type: ignore[arg-type]
+            write_json(self.folder / OUTCOME_FILE, {"state": state, "message": message, **rest})
+            return True
 
 
 def _perform(hub: Any, request: Any, recipe_file: str | None, emit: Any, token: CancelToken) -> dict[str, Any]:
     """Do what the request asks; the outcome of a job that got to its end."""
     if request.kind == "train":
         recipe = recipe_file or request.recipe
-        version = hub.train(recipe, progress=emit, cancel=token, resume=request.resume, **request.overrides)
+        version = hub.train(recipe, progress=emit, cancel=token, resume=request.resume, overrides=request.overrides)
         return {"state": "done", "version_ref": version.ref, "message": f"registered {version.ref}",
                 "result": {"metrics": version.metrics}}
     if request.kind == "eval":
@@ -339,25 +424,7 @@ def _stopped_outcome(reason: str, kind: str) -> tuple[str, str]:
     if reason == "cancelled":
         return "cancelled", ("cancelled; nothing registered, checkpoint kept (resubmit with \"resume\": true)"
                              if kind == "train" else "cancelled; nothing recorded")
-    info = JobInfo(id="-", kind=kind, state="interrupted", request={}, created_at=0)
-    return "interrupted", _interrupted(info, reason)
-
-
-def _end(folder: Path, emit: Any, state: str, message: str = "", **rest: Any) -> None:
-    """The job's last event and its outcome file (the queue reads it when the process exits)."""
-    kind = {"done": "done", "cancelled": "cancelled"}.get(state, "failed")
-    emit(ProgressEvent(kind, message=message, version_ref=rest.get("version_ref")))  # type: ignore[arg-type]
-    _write_json(folder / OUTCOME_FILE, {"state": state, "message": message, **rest})
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return "interrupted", _interrupted(kind, reason)
 
 
 if __name__ == "__main__":

@@ -294,6 +294,8 @@ class JobInfo(_Response):
     created_at: float
     started_at: float | None = None
     finished_at: float | None = None
+    pid: int | None = None
+    """The job's process while it runs (the queue follows it across a restart)."""
     message: str = ""
     """Why it failed, was cancelled or interrupted (and how to resume), or what it did."""
     version_ref: str | None = None

@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
+import anyio
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -62,9 +63,11 @@ def create_app(settings: ServerSettings) -> FastAPI:
         try:
             yield
         finally:
-            if jobs is not None:
-                jobs.close(timeout=settings.shutdown_grace_s)
-            await service.close()
+            try:
+                if jobs is not None:  # stopping them waits on their processes: not on the event loop
+                    await anyio.to_thread.run_sync(lambda: jobs.close(timeout=settings.shutdown_grace_s))
+            finally:
+                await service.close()
 
     app = FastAPI(
         title="adapterhub",

@@ -596,8 +596,9 @@ class PreferenceResponse(BaseModel):
     """Pairs in the hub's preference dataset now."""
     chosen_ref: str | None
     rejected_refs: list[str | None]
-    dataset: str
-    """The dataset's path on the server: a DPO recipe's ``dataset.path`` (``GET /v1/preferences`` downloads it)."""
+    dataset: str | None
+    """The dataset's path on the server, for an admin key: a DPO recipe's ``dataset.path``
+    (``GET /v1/preferences`` downloads it)."""
 
 
 class CompareResponse(BaseModel):

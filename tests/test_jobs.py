@@ -81,7 +81,13 @@ def test_a_training_job_registers_its_version_and_logs_its_events(hub: Hub, reci
     assert kinds.index("start") < kinds.index("step") and kinds[-1] == "done"
     assert events[-1].version_ref == "capitals@1"
     assert [v.ref for v in hub.list("capitals")] == ["capitals@1"]
-    assert [j.id for j in JobQueue(hub, recipes=recipes).list()] == [job.id]  # a new queue lists it
+    again = JobQueue(hub, recipes=recipes)  # a new queue lists it (the first one let go of the home)
+    try:
+        assert [j.id for j in again.list()] == [job.id]
+        with pytest.raises(ConfigError, match=r"another process runs the jobs of .*\(it holds"):
+            JobQueue(hub, recipes=recipes)  # two queues never run one home's jobs
+    finally:
+        again.close()
 
 
 def test_cancel_registers_nothing_and_a_resumed_job_finishes(hub: Hub, recipes: Path) -> None:

@@ -96,6 +96,10 @@ class Preferences(Protocol):
     def preferred_adapter(self) -> str | None:
         ...
 
+    def count(self) -> int | None:
+        """How many pairs are stored; None when that cannot be known now (the server is unreachable)."""
+        ...
+
 
 @runtime_checkable
 class Backend(Protocol):

@@ -133,11 +133,7 @@ class HttpBackend:
                 "start it with `adapterhub serve` or check --server"
             ) from e
         if response.is_error:
-            try:
-                body = response.json()
-            except ValueError:
-                body = response.text
-            raise library_error(response.status_code, body, self.url)
+            raise _error_of(response, self.url)
         return response.json()
 
     def _ref_path(self, ref: str) -> str:
@@ -254,7 +250,8 @@ class HttpBackend:
             async with self._http.stream("GET", f"/admin/jobs/{job.id}/events",
                                          timeout=httpx.Timeout(30.0, read=None)) as response:
                 if response.is_error:
-                    raise library_error(response.status_code, json.loads(await response.aread()), self.url)
+                    await response.aread()
+                    raise _error_of(response, self.url)
                 name = ""
                 async for line in response.aiter_lines():
                     if line.startswith("event: "):
@@ -361,6 +358,7 @@ class RemotePreferences:
                                   headers={"Authorization": authorization} if authorization else {})
         self._local = Path(local)
         self._path: Path | None = None
+        self._total: int | None = None
 
     @property
     def path(self) -> Path:
@@ -378,7 +376,9 @@ class RemotePreferences:
                 "rejected": [{"model": o.ref, "content": o.text} for o in others]}
         check_vote(prompt, best, others)  # refused here as in-process, before a request
         stored = self._call("POST", "/v1/preferences", json=body).json()
-        self._path = Path(stored["dataset"])
+        self._total = int(stored["total"])
+        if stored.get("dataset"):
+            self._path = Path(stored["dataset"])
         now = time.time()
         return [PreferencePair(prompt, Answer(stored["chosen_ref"], best.text), Answer(ref, other.text), now)
                 for ref, other in zip(stored["rejected_refs"], others, strict=True)]
@@ -386,10 +386,20 @@ class RemotePreferences:
     def pairs(self) -> list[PreferencePair]:
         response = self._call("GET", "/v1/preferences")
         self._path = Path(response.headers["X-Preference-Dataset"])
-        return parse_pairs(response.text)
+        pairs = parse_pairs(response.text)
+        self._total = len(pairs)
+        return pairs
 
     def preferred_adapter(self) -> str | None:
         return preferred_adapter(self.pairs())
+
+    def count(self) -> int | None:
+        if self._total is None:
+            try:
+                self._total = len(self.pairs())
+            except AdapterHubError:  # unreachable, or a key that may vote but not read the votes
+                return None
+        return self._total
 
     def close(self) -> None:
         self._http.close()
@@ -400,17 +410,25 @@ class RemotePreferences:
         except httpx.HTTPError as e:
             raise ServerError(f"cannot reach the adapterhub server at {self.url!r} ({type(e).__name__}: {e})") from e
         if response.is_error:
-            try:
-                body = response.json()
-            except ValueError:
-                body = response.text
-            raise library_error(response.status_code, body, self.url)
+            raise _error_of(response, self.url)
         return response
 
 
+def _error_of(response: httpx.Response, url: str) -> AdapterHubError:
+    """The library error an error answer (read) stands for; a body that is not JSON (a proxy's
+    HTML page) is kept as text."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = response.text
+    return library_error(response.status_code, body, url)
+
+
 def _recipe_body(recipe: Path | Mapping[str, Any]) -> dict[str, Any]:
-    """A recipe as a job's body: a file's YAML with its dataset path made absolute (the server
-    reads it from there, so a server on this machine, or one sharing the path, finds the data)."""
+    """A recipe as a job's body: a file's YAML with its dataset files named by absolute path (the
+    server reads them from there, so a server on this machine, or one sharing the path, finds them)."""
+    from adapterhub.training.loading import with_absolute_data_paths
+
     if not isinstance(recipe, Path):
         return dict(recipe)
     try:
@@ -419,10 +437,7 @@ def _recipe_body(recipe: Path | Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"recipe {str(recipe)!r} cannot be read: {e}") from None
     if not isinstance(body, dict):
         raise ConfigError(f"recipe {str(recipe)!r} is not a mapping of fields")
-    dataset = body.get("dataset")
-    if isinstance(dataset, dict) and isinstance(dataset.get("path"), str) and not Path(dataset["path"]).is_absolute():
-        body["dataset"] = {**dataset, "path": str((recipe.parent / dataset["path"]).absolute())}
-    return body
+    return with_absolute_data_paths(body, recipe.parent)
 
 
 def _finish(reason: str | None) -> Any:

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
+from adapterhub.core.processes import alive
 from adapterhub.core.progress import CancelToken, ProgressCallback, ProgressEvent
 
 _LIFTED = {"loss", "learning_rate", "epoch", "grad_norm"}
@@ -159,15 +159,7 @@ class StopTogether(TrainerCallback):  # type: ignore[misc]
         self.token = token
 
     def _asked(self) -> bool:
-        if self.cancel_file.exists():
-            return True
-        try:
-            os.kill(self.launcher_pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:  # alive, someone else's
-            pass
-        return False
+        return self.cancel_file.exists() or not alive(self.launcher_pid)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         import torch

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -38,6 +37,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from adapterhub.core.processes import die_with_parent, require_posix, stop_group, write_json
 from adapterhub.core.progress import (
     STEP_LOG,
     CancelToken,
@@ -55,7 +55,7 @@ JOB_FILE = "job.json"
 CANCEL_FILE = "cancel"
 WORKERS_LOG = "workers.log"
 _POLL_S = 0.2
-_STOP_GRACE_S = 15.0
+_STOP_GRACE_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,7 @@ def train_on_processes(
         TrainingCancelled: ``cancel`` was set; every rank stopped at the same step with a checkpoint.
         TrainingError: a rank failed or died; nothing registered.
     """
+    require_posix("training on several processes")
     run_dir = Path(job.run_dir)
     for stale in [run_dir / CANCEL_FILE, *run_dir.glob("outcome-rank*.json")]:
         stale.unlink(missing_ok=True)
@@ -163,7 +164,8 @@ def _run_ranks(
     ]
     follower = EventFollower(run_dir / STEP_LOG)
     with open(run_dir / WORKERS_LOG, "ab") as log:
-        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=die_with_parent)  # its ranks never outlive this process
         try:
             while True:
                 try:
@@ -176,25 +178,11 @@ def _run_ranks(
                 if cancel is not None and cancel.cancelled:
                     (run_dir / CANCEL_FILE).touch()
         except BaseException:
-            _stop(proc)
+            stop_group(proc, _STOP_GRACE_S)
             raise
     for event in follower.read():
         emit(event)
     return returncode
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """Stop torchrun and its ranks: SIGTERM to its session (torchrun passes it on), then SIGKILL."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=_STOP_GRACE_S)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def _added_paths() -> list[str]:
@@ -227,8 +215,4 @@ def _tail(path: Path, lines: int = 20) -> str:
 
 
 def write_outcome(run_dir: Path, rank: int, outcome: dict[str, Any]) -> None:
-    path = run_dir / f"outcome-rank{rank}.json"
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(outcome), encoding="utf-8")
-    os.replace(temporary, path)
-
+    write_json(run_dir / f"outcome-rank{rank}.json", outcome)

@@ -159,12 +159,27 @@ def parse_recipe(data: Mapping[str, Any], *, root: Path | None = None, label: st
     return recipe
 
 
+DATA_PATH_FIELDS = ("path", "eval_path")
+"""The ``dataset`` fields that name files, relative to the recipe's folder."""
+
+
+def with_absolute_data_paths(data: Mapping[str, Any], root: Path) -> dict[str, Any]:
+    """The recipe mapping with its dataset files named by absolute path (relative ones resolved
+    against ``root``), so it reads the same files wherever it is sent."""
+    dataset = data.get("dataset")
+    if not isinstance(dataset, Mapping):
+        return dict(data)
+    fixed = {k: str(resolve_data_path(v, root).absolute()) if k in DATA_PATH_FIELDS and isinstance(v, str) else v
+             for k, v in dataset.items()}
+    return {**data, "dataset": fixed}
+
+
 def _check_files(data: Mapping[str, Any], root: Path) -> list[str]:
     dataset = data.get("dataset")
     if not isinstance(dataset, Mapping):
         return []
     problems = []
-    for key in ("path", "eval_path"):
+    for key in DATA_PATH_FIELDS:
         value = dataset.get(key)
         if isinstance(value, str) and not resolve_data_path(value, root).is_file():
             problems.append(

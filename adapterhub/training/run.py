@@ -306,6 +306,8 @@ def _train_on_processes(
     """:func:`train_here` on ``training.processes`` ranks (see :mod:`adapterhub.training.distributed`)."""
     from adapterhub.training.distributed import Job, portable, train_on_processes
 
+    if plan.parent is not None:
+        _export_parent(context, plan)  # once, here: the ranks only read it
     platform = context.platform
     job = Job(
         recipe=portable(recipe),
@@ -492,13 +494,22 @@ def _load_model(context: TrainingContext, plan: RunPlan) -> tuple[Any, Any]:
 def _export_parent(context: TrainingContext, plan: RunPlan) -> Path:
     """The parent version as a PEFT folder in the run folder, pointing at the local base.
 
+    Written once, into a temporary folder renamed into place, so every reader (the ranks of a
+    multi-process run, which the launcher exports for before they start) sees it whole or not at all.
+
     The registry stores the base's Hub name in ``base_model_name_or_path``; left there, PEFT looks
     the name up online at every save (warning when offline). The registered result gets the name
     back in :func:`_measure`.
     """
     assert plan.parent is not None
-    folder = context.registry.export(plan.parent, plan.run_dir / "parent")
-    _name_base(folder, str(context.base.path))
+    folder = plan.run_dir / "parent"
+    if folder.is_dir():
+        return folder
+    staging = plan.run_dir / f"parent.tmp-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    context.registry.export(plan.parent, staging)
+    _name_base(staging, str(context.base.path))
+    os.replace(staging, folder)
     return folder
 
 

@@ -133,6 +133,10 @@ class PreferenceStore:
         """The adapter ref chosen most often; see :func:`preferred_adapter`."""
         return preferred_adapter(self.pairs())
 
+    def count(self) -> int | None:
+        """How many pairs are stored."""
+        return len(self.pairs())
+
     @property
     def recipe_folder(self) -> Path:
         """Where the DPO recipe over these pairs is written (beside them)."""

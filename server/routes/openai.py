@@ -132,7 +132,8 @@ async def compare(
     """Each model's chat completion of the same messages. Streamed, the chunks of all models
     interleave as they are decoded (one mixed batch), each chunk naming its model and its
     completion's id, and one ``data: [DONE]`` ends them all; whole, ``answers`` holds one chat
-    completion per model, in the order of ``models``."""
+    completion per model, in the order of ``models``. A comparison counts as one request of the
+    key's ``max_streams_per_key`` (its columns are at most ``MAX_COMPARED``)."""
     columns = [body.for_model(model) for model in body.models]
     targets = [service.target(column) for column in columns]
     prompt = service.chat_prompt(columns[0])  # the same messages: one rendering serves every column
@@ -157,8 +158,10 @@ async def compare(
 
             streams = [_events(service, one, reply) for one, reply in zip(opened, replies, strict=True)]
             return _EventStream(_merged(streams), release, headers=headers)
-        answers = await _until_disconnect(request, lambda: asyncio.gather(
-            *(_collect(service, one, reply) for one, reply in zip(opened, replies, strict=True))))
+        try:
+            answers = await _until_disconnect(request, lambda: _collect_all(service, opened, replies))
+        except BaseExceptionGroup as group:  # one column failed: its error, as one request's would be
+            raise group.exceptions[0] from None
         if answers is None:
             return Response(status_code=499)
         return JSONResponse(CompareResponse(id=headers["X-Request-Id"], created=created,
@@ -171,21 +174,41 @@ async def compare(
 async def _open_all(
     service: InferenceService, prompt: list[int], targets: list[Target], columns: list[ChatCompletionRequest]
 ) -> list[OpenRequest]:
-    """Open every column at once (so the engine admits them into one batch); if one is refused,
-    cancel the others and raise its error."""
-    results = await asyncio.gather(*(service.open([prompt], target, column)
-                                     for target, column in zip(targets, columns, strict=True)),
-                                   return_exceptions=True)
-    opened = [r for r in results if isinstance(r, OpenRequest)]
-    failed = [r for r in results if isinstance(r, BaseException)]
+    """Open every column at once (so the engine admits them into one batch). If one is refused,
+    or the caller is cancelled (the client left) while they open, the columns already open are
+    cancelled and counted, and the error (or the cancellation) goes on."""
+    tasks = [asyncio.ensure_future(service.open([prompt], target, column))
+             for target, column in zip(targets, columns, strict=True)]
+    try:
+        await asyncio.wait(tasks)
+    except asyncio.CancelledError:
+        for task in tasks:
+            task.cancel()
+        with anyio.CancelScope(shield=True):
+            await asyncio.wait(tasks)
+        _cancel_opened(service, tasks)
+        raise
+    failed = [t.exception() for t in tasks if t.exception() is not None]
     if failed:
-        for one in opened:
-            one.cancel()
-            service.finish(one, "chat", "cancelled", 0)
+        _cancel_opened(service, tasks)
         if isinstance(failed[0], AdapterHubError):
             service.count_refused("chat", failed[0])
         raise failed[0]
-    return opened
+    return [t.result() for t in tasks]
+
+
+def _cancel_opened(service: InferenceService, tasks: list[asyncio.Future[OpenRequest]]) -> None:
+    for task in tasks:
+        if not task.cancelled() and task.exception() is None:
+            task.result().cancel()
+            service.finish(task.result(), "chat", "cancelled", 0)
+
+
+async def _collect_all(service: InferenceService, opened: list[OpenRequest], replies: list[_Reply]) -> list[dict[str, Any]]:
+    """Every column's whole answer; if one fails, the others are cancelled and its error goes on."""
+    async with asyncio.TaskGroup() as group:
+        tasks = [group.create_task(_collect(service, one, reply)) for one, reply in zip(opened, replies, strict=True)]
+    return [task.result() for task in tasks]
 
 
 async def _merged(streams: list[AsyncIterator[str]]) -> AsyncIterator[str]:

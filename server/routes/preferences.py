@@ -3,7 +3,9 @@ client's thumbs), ``GET /v1/preferences`` downloads every pair as the JSONL data
 reads (TRL's conversational prompt/chosen/rejected, plus the versions and who voted).
 
 The pairs live in the served hub's ``preferences/compare.jsonl`` (:mod:`adapterhub.training.votes`),
-the file the TUI writes in-process, so a DPO training job on this server names that path.
+the file the TUI writes in-process, so a DPO training job on this server names that path. Any
+key may vote; reading the votes (everyone's prompts and answers) and learning the file's path
+take an admin key, as training on them does.
 Refs are resolved when the vote is stored, so a pair records the version that answered
 (``pirate:prod`` is kept as ``pirate@3``), and an unknown one is a 404 as on every route.
 """
@@ -11,11 +13,11 @@ Refs are resolved when the vote is stored, so a pair records the version that an
 from __future__ import annotations
 
 import anyio
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from adapterhub.training.votes import Answer, PreferenceStore
-from adapterhub_server.deps import HubDep, InferenceCaller, ReadyService
+from adapterhub_server.deps import AdminCaller, HubDep, InferenceCaller, ReadyService
 from adapterhub_server.schemas import (
     ERROR_RESPONSES,
     PreferenceRequest,
@@ -26,9 +28,18 @@ from adapterhub_server.schemas import (
 router = APIRouter(tags=["preferences"], responses=ERROR_RESPONSES)
 
 
+def _store(request: Request, hub: HubDep) -> PreferenceStore:
+    """The app's one store (its lock keeps concurrent votes whole)."""
+    store: PreferenceStore | None = getattr(request.app.state, "preferences", None)
+    if store is None:
+        store = request.app.state.preferences = PreferenceStore.in_home(hub.home)
+    return store
+
+
 @router.post("/v1/preferences", status_code=201, response_model=PreferenceResponse, summary="Store a vote")
-async def vote(body: PreferenceRequest, caller: InferenceCaller, service: ReadyService, hub: HubDep) -> PreferenceResponse:
-    store = PreferenceStore.in_home(hub.home)
+async def vote(body: PreferenceRequest, request: Request, caller: InferenceCaller, service: ReadyService,
+               hub: HubDep) -> PreferenceResponse:
+    store = _store(request, hub)
 
     def store_vote() -> PreferenceResponse:
         def answer(voted: VotedAnswer) -> Answer:
@@ -36,16 +47,17 @@ async def vote(body: PreferenceRequest, caller: InferenceCaller, service: ReadyS
             return Answer(None if base else hub.resolve(str(voted.model)).ref, voted.content)
 
         pairs = store.vote(body.prompt, answer(body.chosen), [answer(r) for r in body.rejected], voter=caller.name)
-        return PreferenceResponse(stored=len(pairs), total=len(store.pairs()), chosen_ref=pairs[0].chosen.ref,
-                                  rejected_refs=[p.rejected.ref for p in pairs], dataset=str(store.path))
+        return PreferenceResponse(stored=len(pairs), total=store.count() or 0, chosen_ref=pairs[0].chosen.ref,
+                                  rejected_refs=[p.rejected.ref for p in pairs],
+                                  dataset=str(store.path) if caller.is_admin else None)
 
     return await anyio.to_thread.run_sync(store_vote)
 
 
-@router.get("/v1/preferences", summary="Every stored pair, as a JSONL preference dataset",
+@router.get("/v1/preferences", summary="Every stored pair, as a JSONL preference dataset (admin keys)",
             responses={200: {"content": {"application/jsonl": {}}}})
-async def export(_: InferenceCaller, hub: HubDep) -> Response:
-    store = PreferenceStore.in_home(hub.home)
+async def export(_: AdminCaller, request: Request, hub: HubDep) -> Response:
+    store = _store(request, hub)
 
     def read() -> bytes:
         try:

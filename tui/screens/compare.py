@@ -299,8 +299,8 @@ class CompareScreen(Screen[None]):
             return
         self.voted = True
         best.mark_winner()
-        total = len(self.hub.preferences.pairs())
-        self.notify(f"column {index} best: stored {len(pairs)} pair(s), {total} in all "
+        total = self.hub.preferences.count()
+        self.notify(f"column {index} best: stored {len(pairs)} pair(s), {total if total is not None else '?'} in all "
                     "(ctrl+y: DPO on votes)")
         self._status()
         if self.prompts and self.prompt_index + 1 < len(self.prompts):
@@ -353,7 +353,8 @@ class CompareScreen(Screen[None]):
             parts.append(f"vote: 1-{len(columns)} = that column is best")
         elif self.voted:
             parts.append("voted")
-        parts.append(f"{len(self.hub.preferences.pairs())} pairs stored")
+        total = self.hub.preferences.count()
+        parts.append(f"{total if total is not None else '?'} pairs stored")
         self.query_one("#compare-status", Static).update("  ·  ".join(parts))
 
     def palette_commands(self) -> Iterable[SystemCommand]:

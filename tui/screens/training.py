@@ -40,6 +40,7 @@ from textual.widgets import (
 from adapterhub.core.progress import CancelToken, ProgressEvent
 from adapterhub.core.refs import AdapterRef
 from adapterhub.errors import AdapterHubError, TrainingCancelled
+from adapterhub.training.votes import preferred_adapter
 from adapterhub_tui.backend import Capability, TrainRequest
 from adapterhub_tui.messages import ProgressInbox, ProgressPending
 from adapterhub_tui.recipes import (
@@ -282,17 +283,21 @@ class TrainingScreen(Screen[None]):
         if any), so the command shown is complete and can be rerun from a shell.
         """
         store = self.hub.preferences
-        pairs = store.pairs()
+        try:
+            pairs = store.pairs()
+        except AdapterHubError as e:  # over --server: the server cannot be read, or the key may not
+            self.hub.report(e, "reading the votes")
+            return
         if not pairs:
             self.notify("no votes yet: compare answers (f3) and vote with 1-5", severity="warning")
             return
-        parent = store.preferred_adapter()
+        parent = preferred_adapter(pairs)
         name = f"{AdapterRef.parse(parent).name}-dpo" if parent else "votes-dpo"
         like = next((r for r in self.recipes if r.method == "dpo" and r.path.name != VOTES_RECIPE),
                     None)
         try:
             recipe = write_votes_recipe(store, name=name, parent=parent, like=like)
-        except OSError as e:
+        except (OSError, AdapterHubError) as e:
             self.hub.report(e, "writing the DPO recipe")
             return
         self.recipes = [r for r in self.recipes if r.path != recipe.path]
