@@ -39,6 +39,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +59,8 @@ REQUEST_FILE, STATE_FILE, EVENTS_FILE, OUTCOME_FILE, CANCEL_FILE = (
 _REQUEST = TypeAdapter(JobRequest)
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _POLL_S = 0.2
+NameCheck = Callable[[str | None, bool], None]
+"""``check(ref_or_name, registers)`` of :meth:`JobQueue.submit` (None: a pull that gives no name)."""
 
 
 class JobQueue:
@@ -88,8 +91,15 @@ class JobQueue:
 
     # ------------------------------------------------------------------ the API
 
-    def submit(self, request: Any) -> JobInfo:
+    def submit(self, request: Any, *, check_names: NameCheck | None = None) -> JobInfo:
         """Queue a job (a :data:`JobRequest` or its JSON mapping); returns it, ``queued``.
+
+        Args:
+            check_names: called, before the job is queued, with each adapter ref the job reads
+                (``check_names(ref, False)``: a train job's parent, an eval or push job's ref)
+                and each name it registers (``True``: the recipe's name, a pull job's ``name``,
+                None when the pull gives none); it raises to refuse the job (a server's per-key
+                allowlist).
 
         Raises:
             ConfigError: the request is malformed, names no bundled recipe, or its recipe fails the
@@ -108,9 +118,17 @@ class JobQueue:
         if isinstance(parsed, TrainJobRequest):
             if isinstance(parsed.recipe, str):
                 stored["recipe_file"] = str(self._bundled(parsed.recipe))
-            self.hub.plan_run(stored.get("recipe_file") or parsed.recipe, **parsed.overrides)
+            plan = self.hub.plan_run(stored.get("recipe_file") or parsed.recipe, **parsed.overrides)
+            if check_names is not None:
+                if plan.recipe.parent is not None:
+                    check_names(plan.recipe.parent, False)
+                check_names(plan.recipe.name, True)
         elif parsed.kind in ("eval", "push") and parsed.ref is not None:
+            if check_names is not None:
+                check_names(parsed.ref, False)
             self.hub.resolve(parsed.ref)
+        elif parsed.kind == "pull" and check_names is not None:
+            check_names(parsed.name, True)
         job_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:8]
         folder = self.folder / job_id
         folder.mkdir()
