@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adapterhub.errors import CapacityError, ConfigError
-from adapterhub_server.settings import ROLE_ROUTES, ApiKey, Role, read_keys_file
+from adapterhub_server.settings import ApiKey, Role, read_keys_file
 
 ANONYMOUS = ApiKey(name="anonymous", secret="", role="admin")
 WINDOW_S = 60.0
@@ -70,7 +70,7 @@ class Caller:
 
     name: str
     role: Role
-    routes: frozenset[str] = ROLE_ROUTES["admin"]
+    routes: frozenset[str]
     adapters: tuple[str, ...] | None = None
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None

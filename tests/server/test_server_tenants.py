@@ -19,6 +19,10 @@ import pytest
 import yaml
 from server_harness import RunningServer, assert_error_shape, chat_body, start_server
 
+from adapterhub.errors import CapacityError, ConfigError
+from adapterhub_server.auth import Caller, KeyRates, KeyRing
+from adapterhub_server.settings import ApiKey, load_settings
+
 KEYS = {  # name -> (secret, the rest of its keys-file entry)
     "admin": ("tenant-test-admin-key-0123456789", {"role": "admin"}),
     "support": ("tenant-test-support-key-0123456", {"routes": ["inference"], "adapters": ["support-*"]}),
@@ -90,6 +94,84 @@ def same_as_unknown(refused: httpx.Response, unknown: httpx.Response, ref: str, 
     assert refused.json()["error"]["code"] == "model_not_found"
     assert (refused.status_code, refused.content) == (unknown.status_code, unknown.content.replace(
         repr(unknown_ref).encode(), repr(ref).encode()))
+
+
+# ---------------------------------------------------------------------------- in-process parts
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def tenant(**limits: Any) -> Caller:
+    return Caller.from_key(ApiKey("t", "tenant-secret-0123456789", "inference", **limits))
+
+
+def test_the_window_slides_and_retry_after_is_when_room_comes_back() -> None:
+    clock = Clock()
+    rates = KeyRates(clock)
+    caller = tenant(requests_per_minute=2)
+    rates.admit(caller)
+    clock.now += 20
+    rates.admit(caller)
+    with pytest.raises(CapacityError) as refused:
+        rates.admit(caller)
+    assert refused.value.retry_after == pytest.approx(40)  # the first request leaves the window then
+    clock.now += 40
+    rates.admit(caller)  # one slot is free again
+    tokens = tenant(tokens_per_minute=100)
+    rates.admit(tokens)
+    rates.spend(tokens, 60)
+    clock.now += 30
+    rates.spend(tokens, 50)
+    with pytest.raises(CapacityError) as refused:
+        rates.admit(tokens)
+    assert refused.value.retry_after == pytest.approx(30)  # then only 50 of 110 are left
+    clock.now += 30
+    rates.admit(tokens)
+    unlimited = tenant()
+    for _ in range(1000):
+        rates.admit(unlimited)
+
+
+def test_a_reload_never_opens_a_keyed_server_nor_applies_half_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "keys.yaml"
+    path.write_text(keys_yaml({"a": KEYS["admin"]}))
+    clock = Clock()
+    ring = KeyRing((), path, load_settings(keys_file=path).resolved_keys(), clock)
+    secret = KEYS["admin"][0]
+    for text in ("keys: []\n", "keys: [{name: b, key: short}]\n", "keys: [\n", keys_yaml({
+            "b": KEYS["support"], "c": (KEYS["support"][0] + "x", {"adapters": ["x"], "role": "admin",
+                                                                 "routes": ["admin"]})})):
+        path.write_text(text)
+        clock.now += 1.5
+        assert ring.authenticate(secret) is not None, text  # the old table stays
+        assert not ring.is_open and ring.authenticate(KEYS["support"][0]) is None
+    path.write_text(keys_yaml({"b": KEYS["support"]}))
+    assert ring.authenticate(KEYS["support"][0]) is None  # checked at most once a second
+    clock.now += 1.5
+    assert ring.authenticate(KEYS["support"][0]).adapters == ("support-*",)  # type: ignore[union-attr]
+    assert ring.authenticate(secret) is None
+
+
+def test_keys_file_fields_are_checked(tmp_path: Path) -> None:
+    path = tmp_path / "keys.yaml"
+    path.write_text(keys_yaml({"a": (KEYS["admin"][0], {"role": "admin", "routes": ["jobs"]}),
+                               "b": (KEYS["support"][0], {"routes": ["everything"], "requests_per_minute": 0}),
+                               "c": (KEYS["leaving"][0], {"adapters": ["../x"]})}))
+    with pytest.raises(ConfigError) as invalid:
+        load_settings(keys_file=path).resolved_keys()
+    assert len(invalid.value.problems) == 4, invalid.value.problems
+    path.write_text(keys_yaml({"a": KEYS["admin"]}) + keys_yaml({"a": KEYS["support"]}).replace("keys:\n", ""))
+    with pytest.raises(ConfigError, match="more than once"):
+        load_settings(keys_file=path).resolved_keys()
+    env = load_settings(api_keys=KEYS["support"][0], admin_keys=KEYS["admin"][0]).resolved_keys()
+    assert [(k.role, k.route_groups, k.adapters) for k in env] == [
+        ("inference", {"inference"}, None), ("admin", {"inference", "jobs", "admin"}, None)]
 
 
 # ---------------------------------------------------------------------------- allowlists
