@@ -118,11 +118,15 @@ class JobQueue:
         if isinstance(parsed, TrainJobRequest):
             if isinstance(parsed.recipe, str):
                 stored["recipe_file"] = str(self._bundled(parsed.recipe))
-            plan = self.hub.plan_run(stored.get("recipe_file") or parsed.recipe, **parsed.overrides)
-            if check_names is not None:
-                if plan.recipe.parent is not None:
-                    check_names(plan.recipe.parent, False)
-                check_names(plan.recipe.name, True)
+            source = stored.get("recipe_file") or parsed.recipe
+            if check_names is not None:  # from the recipe alone: what exists must not change the answer
+                from adapterhub.training.loading import load_recipe
+
+                recipe, _ = load_recipe(source, parsed.overrides or None)
+                if recipe.parent is not None:
+                    check_names(recipe.parent, False)
+                check_names(recipe.name, True)
+            self.hub.plan_run(source, **parsed.overrides)
         elif parsed.kind in ("eval", "push") and parsed.ref is not None:
             if check_names is not None:
                 check_names(parsed.ref, False)

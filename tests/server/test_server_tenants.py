@@ -8,6 +8,7 @@ file, so it runs last.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -260,14 +261,25 @@ def test_route_groups(server: RunningServer) -> None:
     assert get(server, "/admin/jobs", "admin").status_code == 200  # role admin: every group
 
 
-def test_jobs_over_adapters_outside_the_list(server: RunningServer) -> None:
+def test_jobs_over_adapters_outside_the_list(server: RunningServer, tmp_path: Path) -> None:
     for kind in ("eval", "push"):
         extra = {"tasks": ["t"]} if kind == "eval" else {"repo_id": "someone/repo"}
         same_as_unknown(post(server, "/admin/jobs", {"kind": kind, "ref": "pirate@1", **extra}, "support-jobs"),
                         post(server, "/admin/jobs", {"kind": kind, "ref": "parrot@1", **extra}, "support-jobs"),
                         "pirate@1", "parrot@1")
+    recipe = {"method": "sft", "name": "support-new", "dataset": {"path": str(tmp_path / "rows.jsonl")},
+              "training": {"precision": "fp32", "max_steps": 1}}
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"messages": [
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}) + "\n")
+    for parent in ("pirate", "pirate:prod"):  # a parent outside the list: unknown, whether it exists or not
+        same_as_unknown(
+            post(server, "/admin/jobs", {"kind": "train", "recipe": {**recipe, "parent": parent}}, "support-jobs"),
+            post(server, "/admin/jobs", {"kind": "train", "recipe": {**recipe, "parent": "parrot"}}, "support-jobs"),
+            parent, "parrot")
     pull = {"kind": "pull", "repo_id": "someone/repo"}
-    for body in (pull, {**pull, "name": "pirate"}):  # a name to register: 403 by the list alone
+    for body in (pull, {**pull, "name": "pirate"}, {"kind": "train", "recipe": {**recipe, "name": "pirate-2"}},
+                 {"kind": "train", "recipe": recipe, "overrides": {"name": "ghost"}}):
+        # a name to register outside the list: 403, by the list alone
         assert_error_shape(post(server, "/admin/jobs", body, "support-jobs"), 403, "permission_error")
     assert get(server, "/admin/jobs", "support-jobs").json()["jobs"] == []  # nothing was queued
 
