@@ -201,8 +201,11 @@ def test_a_key_sees_and_uses_only_its_adapters_and_the_base(server: RunningServe
 def test_an_adapter_outside_the_list_is_answered_as_an_unknown_one(server: RunningServer, ref: str) -> None:
     unknown = "parrot"  # no version anywhere; no name is close to it
     for path, body in (("/v1/chat/completions", chat_body(ref)),
-                       ("/v1/completions", {"model": ref, "prompt": "hi", "max_tokens": 2})):
-        same_as_unknown(post(server, path, body, "support"), post(server, path, {**body, "model": unknown}, "support"),
+                       ("/v1/chat/completions", chat_body(ref, stream=True)),
+                       ("/v1/completions", {"model": ref, "prompt": "hi", "max_tokens": 2}),
+                       ("/v1/completions", {"model": "base", "adapter_id": ref, "prompt": "hi", "max_tokens": 2})):
+        named = "adapter_id" if "adapter_id" in body else "model"
+        same_as_unknown(post(server, path, body, "support"), post(server, path, {**body, named: unknown}, "support"),
                         ref, unknown)
     mix = {"mix": [{"ref": "support-a", "weight": 0.5}, {"ref": ref, "weight": 0.5}]}
     base_model = get(server, "/v1/models", "support").json()["data"][0]["id"]
