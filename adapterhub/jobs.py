@@ -91,7 +91,7 @@ class JobQueue:
 
     # ------------------------------------------------------------------ the API
 
-    def submit(self, request: Any, *, check_names: NameCheck | None = None) -> JobInfo:
+    def submit(self, request: Any, *, check_names: NameCheck | None = None, owner: str | None = None) -> JobInfo:
         """Queue a job (a :data:`JobRequest` or its JSON mapping); returns it, ``queued``.
 
         Args:
@@ -100,6 +100,7 @@ class JobQueue:
                 and each name it registers (``True``: the recipe's name, a pull job's ``name``,
                 None when the pull gives none); it raises to refuse the job (a server's per-key
                 allowlist).
+            owner: recorded as the job's ``owner`` (the server's key name).
 
         Raises:
             ConfigError: the request is malformed, names no bundled recipe, or its recipe fails the
@@ -138,7 +139,7 @@ class JobQueue:
         folder.mkdir()
         _write_json(folder / REQUEST_FILE, stored)
         info = JobInfo(id=job_id, kind=parsed.kind, state="queued", request=parsed.model_dump(mode="json"),
-                       created_at=time.time())
+                       created_at=time.time(), owner=owner)
         self._save(info)
         self._wake.set()
         return info

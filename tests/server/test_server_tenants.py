@@ -287,6 +287,24 @@ def test_jobs_over_adapters_outside_the_list(server: RunningServer, tmp_path: Pa
     assert get(server, "/admin/jobs", "support-jobs").json()["jobs"] == []  # nothing was queued
 
 
+def test_a_key_limited_to_some_adapters_sees_only_its_own_jobs(server: RunningServer) -> None:
+    pull = {"kind": "pull", "repo_id": "someone/repo"}  # offline: each fails quickly, registering nothing
+    mine = post(server, "/admin/jobs", {**pull, "name": "support-pulled"}, "support-jobs")
+    theirs = post(server, "/admin/jobs", {**pull, "name": "pirate-pulled"}, "admin")
+    assert mine.status_code == theirs.status_code == 201, (mine.text, theirs.text)
+    mine_id, theirs_id = mine.json()["id"], theirs.json()["id"]
+    assert (mine.json()["owner"], theirs.json()["owner"]) == ("support-jobs", "admin")
+    assert [j["id"] for j in get(server, "/admin/jobs", "support-jobs").json()["jobs"]] == [mine_id]
+    assert {mine_id, theirs_id} <= {j["id"] for j in get(server, "/admin/jobs", "jobs-only").json()["jobs"]}
+    assert get(server, f"/admin/jobs/{mine_id}", "support-jobs").status_code == 200
+    unknown_id = "20260101-000000-deadbeef"
+    for method, suffix in (("GET", ""), ("GET", "/events"), ("DELETE", "")):
+        hidden = httpx.request(method, f"{server.url}/admin/jobs/{theirs_id}{suffix}", headers=headers("support-jobs"))
+        unknown = httpx.request(method, f"{server.url}/admin/jobs/{unknown_id}{suffix}", headers=headers("support-jobs"))
+        assert_error_shape(hidden, 404, "not_found_error")
+        assert hidden.content == unknown.content.replace(unknown_id.encode(), theirs_id.encode())
+
+
 # ---------------------------------------------------------------------------- budgets
 
 
