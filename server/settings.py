@@ -113,15 +113,9 @@ class KeysFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     keys: list[KeyEntry] = Field(default_factory=list, max_length=10_000)
-    """Every key the server accepts, with its role."""
-
-    @model_validator(mode="after")
-    def _unique_names(self) -> KeysFile:
-        names = [k.name for k in self.keys]
-        twice = sorted({n for n in names if names.count(n) > 1})
-        if twice:  # budgets are kept per name: two keys of one name would share one
-            raise ValueError(f"key names {twice} appear more than once; give each key its own name")
-        return self
+    """Every key the server accepts, with its role. Budgets are kept per key name, so keys
+    sharing a name share their in-flight and per-minute budgets (as before, names are not
+    required to be unique)."""
 
 
 @dataclass(frozen=True)

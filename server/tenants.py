@@ -22,10 +22,14 @@ Rules:
   same 404. A train job's recipe ``name`` or a pull job's ``name`` outside the list is a 403
   (:func:`check_new_name`): the job would *create* that name, and the refusal depends on the
   key's own list only, never on what exists. A restricted key's pull job must give ``name`` (a
-  pull's name can otherwise come from the downloaded files, too late to check).
+  pull's name can otherwise come from the downloaded files, too late to check). The recipe's
+  ``name`` and ``parent`` are checked from the recipe alone, before it is planned, so whether a
+  hidden parent exists cannot change the answer. Such a key sees only the jobs it queued
+  (:mod:`adapterhub_server.routes.jobs`).
 
-Left open on purpose: a version's ``parent`` field, the job list and ``/metrics`` labels are not
-filtered (a key with ``jobs`` or ``admin`` is trusted with them).
+Not filtered: an allowed version's ``parent`` field (it may name an adapter outside the list),
+the count ``slots_used`` of ``/admin/adapters``, ``/admin/replicas`` and the ``/metrics`` labels
+(a key with those route groups is trusted with them).
 """
 
 from __future__ import annotations

@@ -167,9 +167,6 @@ def test_keys_file_fields_are_checked(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as invalid:
         load_settings(keys_file=path).resolved_keys()
     assert len(invalid.value.problems) == 4, invalid.value.problems
-    path.write_text(keys_yaml({"a": KEYS["admin"]}) + keys_yaml({"a": KEYS["support"]}).replace("keys:\n", ""))
-    with pytest.raises(ConfigError, match="more than once"):
-        load_settings(keys_file=path).resolved_keys()
     env = load_settings(api_keys=KEYS["support"][0], admin_keys=KEYS["admin"][0]).resolved_keys()
     assert [(k.role, k.route_groups, k.adapters) for k in env] == [
         ("inference", {"inference"}, None), ("admin", {"inference", "jobs", "admin"}, None)]
