@@ -18,7 +18,7 @@ import httpx
 import openai
 import pytest
 import yaml
-from server_harness import RunningServer, assert_error_shape, chat_body, start_server
+from server_harness import RunningServer, assert_error_shape, chat_body, init_home, start_server
 
 from adapterhub.errors import CapacityError, ConfigError
 from adapterhub_server.auth import Caller, KeyRates, KeyRing
@@ -328,6 +328,56 @@ def test_tokens_per_minute(server: RunningServer) -> None:
     response = refused.value.response
     assert 1 <= int(response.headers["retry-after"]) <= 60
     assert "tokens_per_minute=5" in assert_error_shape(response, 429, "rate_limit_error")["message"]
+
+
+# ---------------------------------------------------------------------------- the replica backend
+
+
+@pytest.fixture(scope="module")
+def router(tmp_path_factory: pytest.TempPathFactory, tiny_base_dir: Path, server_loras: dict[str, Path]
+           ) -> Iterator[RunningServer]:
+    """``adapterhub serve --engine vllm`` with the same keys in front of one open replica."""
+    root = tmp_path_factory.mktemp("tenant-router")
+    (root / "logs").mkdir()
+    keys = root / "keys.yaml"
+    keys.write_text(keys_yaml(KEYS))
+    home = init_home(root / "home", tiny_base_dir, {"support-a": server_loras["pirate"], "pirate": server_loras["json"]})
+    replica = start_server(init_home(root / "replica", tiny_base_dir, {}), root / "logs")
+    running = start_server(home, root / "logs", "--engine", "vllm", "--replica", replica.url, "--keys-file", str(keys),
+                           env={"ADAPTERHUB_REPLICA_HEALTH_INTERVAL_S": "0.3"})
+    try:
+        yield running
+    finally:
+        running.stop()
+        replica.stop()
+    assert "Traceback" not in running.logs(), running.logs()
+
+
+def test_the_replica_backend_applies_the_same_lists_and_budgets(router: RunningServer) -> None:
+    base_model = get(router, "/v1/models", "support").json()["data"][0]["id"]
+    assert {m["id"] for m in get(router, "/v1/models", "support").json()["data"]} == {
+        base_model, "support-a", "support-a@1"}
+    for model in ("support-a", base_model):
+        assert wait_for(lambda m=model: post(router, "/v1/chat/completions", chat_body(m, max_tokens=2),
+                                             "support").status_code == 200), model
+    for body in (chat_body("pirate"), chat_body("pirate", stream=True)):
+        same_as_unknown(post(router, "/v1/chat/completions", body, "support"),
+                        post(router, "/v1/chat/completions", {**body, "model": "parrot"}, "support"), "pirate", "parrot")
+    same_as_unknown(post(router, "/v1/chat/completions", chat_body("support-zzz"), "support"),
+                    post(router, "/v1/chat/completions", chat_body("parrot"), "support"), "support-zzz", "parrot")
+    limited = client(router, "two-a-minute")
+    for _ in range(2):
+        limited.completions.create(model="support-a", prompt="hi", max_tokens=1)
+    with pytest.raises(openai.RateLimitError) as refused:
+        limited.completions.create(model="support-a", prompt="hi", max_tokens=1)
+    assert 1 <= int(refused.value.response.headers["retry-after"]) <= 60
+    few = client(router, "few-tokens")
+    with few.completions.with_streaming_response.create(model="support-a", prompt="one two three four five",
+                                                        max_tokens=3, stream=True) as streamed:
+        assert streamed.http_response.status_code == 200
+        streamed.read()  # its tokens are counted when the stream ends
+    with pytest.raises(openai.RateLimitError):
+        few.completions.create(model="support-a", prompt="hi", max_tokens=1)
 
 
 # ---------------------------------------------------------------------------- reload (last: edits the file)
