@@ -202,7 +202,9 @@ class ServerSettings(BaseSettings):
     """Admin keys (may also call inference routes), comma-separated in the environment."""
 
     keys_file: Path | None = None
-    """YAML or JSON file with named keys and roles: ``keys: [{name, key, role}]``."""
+    """YAML or JSON file with named keys, each with a role or tenant limits (:class:`KeyEntry`:
+    ``routes``, ``adapters``, ``requests_per_minute``, ``tokens_per_minute``). Re-read while the
+    server runs when it changes (at most once a second); an invalid file keeps the old keys."""
 
     max_body_bytes: int = Field(default=1_048_576, ge=1024, le=1 << 30)
     """Largest request body accepted; a bigger one is answered 413."""
