@@ -44,6 +44,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -73,6 +74,8 @@ _REQUEST = TypeAdapter(JobRequest)
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _POLL_S = 0.2
 log = logging.getLogger("adapterhub.jobs")
+NameCheck = Callable[[str | None, bool], None]
+"""``check(ref_or_name, registers)`` of :meth:`JobQueue.submit` (None: a pull that gives no name)."""
 
 
 class JobQueue:
@@ -106,8 +109,16 @@ class JobQueue:
 
     # ------------------------------------------------------------------ the API
 
-    def submit(self, request: Any) -> JobInfo:
+    def submit(self, request: Any, *, check_names: NameCheck | None = None, owner: str | None = None) -> JobInfo:
         """Queue a job (a :data:`JobRequest` or its JSON mapping); returns it, ``queued``.
+
+        Args:
+            check_names: called, before the job is queued, with each adapter ref the job reads
+                (``check_names(ref, False)``: a train job's parent, an eval or push job's ref)
+                and each name it registers (``True``: the recipe's name, a pull job's ``name``,
+                None when the pull gives none); it raises to refuse the job (a server's per-key
+                allowlist).
+            owner: recorded as the job's ``owner`` (the server's key name).
 
         Raises:
             ConfigError: the request is malformed, names no bundled recipe, or its recipe fails the
@@ -126,15 +137,27 @@ class JobQueue:
         if isinstance(parsed, TrainJobRequest):
             if isinstance(parsed.recipe, str):
                 stored["recipe_file"] = str(self._bundled(parsed.recipe))
-            self.hub.plan_run(stored.get("recipe_file") or parsed.recipe, overrides=parsed.overrides)
+            source = stored.get("recipe_file") or parsed.recipe
+            if check_names is not None:  # from the recipe alone: what exists must not change the answer
+                from adapterhub.training.loading import load_recipe
+
+                recipe, _ = load_recipe(source, parsed.overrides or None)
+                if recipe.parent is not None:
+                    check_names(recipe.parent, False)
+                check_names(recipe.name, True)
+            self.hub.plan_run(source, overrides=parsed.overrides)
         elif parsed.kind in ("eval", "push") and parsed.ref is not None:
+            if check_names is not None:
+                check_names(parsed.ref, False)
             self.hub.resolve(parsed.ref)
+        elif parsed.kind == "pull" and check_names is not None:
+            check_names(parsed.name, True)
         job_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:8]
         folder = self.folder / job_id
         folder.mkdir()
         write_json(folder / REQUEST_FILE, stored)
         info = JobInfo(id=job_id, kind=parsed.kind, state="queued", request=parsed.model_dump(mode="json"),
-                       created_at=time.time())
+                       created_at=time.time(), owner=owner)
         self._save(info)
         self._wake.set()
         return info

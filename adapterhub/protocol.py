@@ -300,6 +300,9 @@ class JobInfo(_Response):
     """Why it failed, was cancelled or interrupted (and how to resume), or what it did."""
     version_ref: str | None = None
     """The version a train or pull job registered."""
+    owner: str | None = None
+    """The name of the API key that queued it through a server (None: queued otherwise). A key
+    limited to some adapters sees only the jobs it queued."""
     result: dict[str, Any] = Field(default_factory=dict)
     """What the job produced beyond a version (an evaluation's numbers, a push's commit)."""
 

@@ -15,6 +15,9 @@ Design choices:
   process (:class:`InferenceService`, routes in ``routes/openai.py`` and ``routes/admin.py``) or
   replicas speaking vLLM's LoRA API (:class:`ReplicaService`, routes in ``routes/proxy.py``).
   Keys, errors, ``/v1/models``, the registry's admin routes, health and metrics are shared.
+* **Keys and tenants.** ``app.state.keys`` is a :class:`KeyRing` (the keys file re-read when
+  it changes), ``app.state.rates`` the per-key requests- and tokens-per-minute windows; adapter
+  allowlists are applied by the routes (:mod:`adapterhub_server.tenants`).
 * **Refuse an open server on the network:** both ``create_app`` and ``serve`` check that a
   non-loopback host has API keys.
 """
@@ -31,7 +34,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import adapterhub
-from adapterhub_server.auth import KeyTable
+from adapterhub_server.auth import KeyRates, KeyRing
 from adapterhub_server.errors import http_error_response, install_error_handlers
 from adapterhub_server.replica_service import ReplicaService
 from adapterhub_server.routes import admin, health, jobs, openai, preferences, proxy
@@ -77,7 +80,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.service = service
-    app.state.keys = KeyTable(keys)
+    app.state.keys = KeyRing(settings.env_keys(), settings.keys_file, keys)
+    app.state.rates = KeyRates()
     install_error_handlers(app)
     if isinstance(service, ReplicaService):  # --engine vllm: replicas decode, this process routes
         app.include_router(proxy.router)

@@ -23,7 +23,7 @@ def serve(
     precision: Annotated[str | None, typer.Option(help="Load the base as nf4, int8, bf16 or fp32 (default: as at init).", show_default=False)] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N (default: CUDA when present).", show_default=False)] = None,
     compute_dtype: Annotated[str | None, typer.Option(help="bfloat16, float16 or float32 (default: the hardware's fastest).", show_default=False)] = None,
-    keys_file: Annotated[Path | None, typer.Option(help="YAML/JSON file of API keys with roles.", show_default=False)] = None,
+    keys_file: Annotated[Path | None, typer.Option(help="YAML/JSON file of API keys with roles or tenant limits (adapters, routes, per-minute budgets); re-read when it changes.", show_default=False)] = None,
     engine: Annotated[str | None, typer.Option(help="adapterhub (our engine, default) or vllm (route to --replica servers speaking vLLM's LoRA API).", show_default=False)] = None,
     replica: Annotated[list[str] | None, typer.Option(help="With --engine vllm: a replica's base URL (http://host:port); repeat for more.", show_default=False)] = None,
     max_loras: Annotated[int | None, typer.Option(min=1, help="With --engine vllm: adapters per replica at once, as its --max-loras (default 8).", show_default=False)] = None,

@@ -1,7 +1,8 @@
 """FastAPI dependencies as ``Annotated`` aliases: the service, the caller, the ready hub.
 
 Routes declare what they need (``caller: InferenceCaller``, ``admin: AdminCaller``,
-``service: ReadyService``, ``hub: HubDep``) and never read ``app.state`` or headers themselves.
+``jobs: JobsCaller``, ``service: ReadyService``, ``hub: HubDep``): each caller alias lets in the
+keys whose route groups hold its group (``inference``, ``admin``, ``jobs``), 403 for the others) and never read ``app.state`` or headers themselves.
 The ready ones resolve only once the base and engine are up (503 ``not_ready`` before), so a
 route never checks for a missing hub. Tests may swap any of them with
 ``app.dependency_overrides``.
@@ -15,7 +16,7 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from adapterhub.facade import Hub
-from adapterhub_server.auth import Caller, KeyTable
+from adapterhub_server.auth import Caller, KeyRates, KeyRing
 from adapterhub_server.replica_service import ReplicaService
 from adapterhub_server.service import InferenceService
 
@@ -29,19 +30,27 @@ def get_service(request: Request) -> InferenceService:
     return service
 
 
-def get_keys(request: Request) -> KeyTable:
-    keys: KeyTable = request.app.state.keys
+def get_keys(request: Request) -> KeyRing:
+    keys: KeyRing = request.app.state.keys
     return keys
 
 
+def get_rates(request: Request) -> KeyRates:
+    rates: KeyRates = request.app.state.rates
+    return rates
+
+
 ServiceDep = Annotated[InferenceService, Depends(get_service)]
-KeysDep = Annotated[KeyTable, Depends(get_keys)]
+KeysDep = Annotated[KeyRing, Depends(get_keys)]
+RatesDep = Annotated[KeyRates, Depends(get_rates)]
 
 
 def get_caller(
-    keys: KeysDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    request: Request, keys: KeysDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Caller:
-    """The caller behind ``Authorization: Bearer <key>``; 401 when missing or unknown."""
+    """The caller behind ``Authorization: Bearer <key>``; 401 when missing or unknown. Kept on
+    ``request.state.caller`` so that errors are answered as this key may see them."""
     caller = keys.authenticate(credentials.credentials if credentials else None)
     if caller is None:
         reason = "is missing" if credentials is None else "is not a valid key"
@@ -50,22 +59,49 @@ def get_caller(
             f"the API key {reason}; send it as `Authorization: Bearer <key>`",
             headers={"WWW-Authenticate": "Bearer"},
         )
+    request.state.caller = caller
     return caller
 
 
-InferenceCaller = Annotated[Caller, Depends(get_caller)]
+AnyCaller = Annotated[Caller, Depends(get_caller)]
 
 
-def get_admin(caller: InferenceCaller) -> Caller:
-    """The caller, if it holds an admin key; 403 for an inference key."""
+def _refuse(caller: Caller, group: str, needs: str) -> HTTPException:
+    groups = ", ".join(sorted(caller.routes))
+    return HTTPException(
+        403, f"key {caller.name!r} may call the route groups [{groups}]; this route is in group "
+             f"{group!r} and needs {needs}"
+    )
+
+
+def get_inference(caller: AnyCaller) -> Caller:
+    """The caller, if its key may call the ``inference`` routes (``/v1/*``); 403 otherwise."""
+    if not caller.may_call("inference"):
+        raise _refuse(caller, "inference", "an inference or admin key, or routes: [inference]")
+    return caller
+
+
+InferenceCaller = Annotated[Caller, Depends(get_inference)]
+
+
+def get_admin(caller: AnyCaller) -> Caller:
+    """The caller, if it holds an admin key (route group ``admin``); 403 otherwise."""
     if not caller.is_admin:
-        raise HTTPException(
-            403, f"key {caller.name!r} has role 'inference'; this route needs an admin key"
-        )
+        raise _refuse(caller, "admin", "an admin key, or routes: [admin]")
     return caller
 
 
 AdminCaller = Annotated[Caller, Depends(get_admin)]
+
+
+def get_jobs_caller(caller: AnyCaller) -> Caller:
+    """The caller, if its key may call the job routes (route group ``jobs``); 403 otherwise."""
+    if not caller.may_call("jobs"):
+        raise _refuse(caller, "jobs", "an admin key, or routes: [jobs]")
+    return caller
+
+
+JobsCaller = Annotated[Caller, Depends(get_jobs_caller)]
 
 
 def get_ready_service(service: ServiceDep) -> InferenceService:

@@ -38,6 +38,7 @@ from adapterhub.errors import (
     IncompatibleAdapterError,
     describe_validation_error,
 )
+from adapterhub.registry.store import unknown_adapter
 
 log = logging.getLogger("adapterhub.server")
 
@@ -67,9 +68,13 @@ def retry_after_seconds(error: BaseException) -> int | None:
     return None
 
 
-def library_error_response(error: AdapterHubError) -> JSONResponse:
+def library_error_response(error: AdapterHubError, caller: Any = None) -> JSONResponse:
     """The HTTP answer for one of our library errors, by the status, type and code its class
-    declares."""
+    declares. For a ``caller`` with an adapter allowlist, any not-found is answered as the plain
+    unknown-adapter error (no close matches, no versions listed: see
+    :mod:`adapterhub_server.tenants`)."""
+    if isinstance(error, AdapterNotFoundError) and getattr(caller, "is_restricted", False):
+        error = unknown_adapter(error.ref)
     if error.http_status >= 500:
         log.error("%s answered %d: %s", type(error).__name__, error.http_status, error)
     param = "model" if isinstance(error, AdapterNotFoundError | IncompatibleAdapterError) else None
@@ -120,9 +125,9 @@ def _unexpected_body(error: BaseException) -> dict[str, Any]:
 def install_error_handlers(app: FastAPI) -> None:
     """Route every error the app can meet to an OpenAI-shaped JSON answer."""
 
-    async def on_library_error(_: Request, error: Exception) -> JSONResponse:
+    async def on_library_error(request: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, AdapterHubError)
-        return library_error_response(error)
+        return library_error_response(error, getattr(request.state, "caller", None))
 
     async def on_invalid_request(_: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, RequestValidationError)

@@ -39,7 +39,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -347,8 +347,9 @@ class ReplicaService:
         ) from last
 
     def finish(self, forwarded: Forwarded, adapter: Exported | None, endpoint: str, outcome: str,
-               usage: dict[str, Any] | None, started: float) -> None:
-        """Give the lease back and count the request."""
+               usage: dict[str, Any] | None, started: float, spend: Callable[[int], None] | None = None) -> None:
+        """Give the lease back and count the request (``spend`` is told its prompt + completion
+        tokens: the key's tokens per minute)."""
         self.loaded.router.release(forwarded.lease)
         label = adapter.metric_label if adapter is not None else BASE_LABEL
         prompt = int((usage or {}).get("prompt_tokens") or 0)
@@ -358,9 +359,12 @@ class ReplicaService:
         self.metrics.replica_tokens.labels(url, label, "prompt").inc(prompt)
         self.metrics.replica_tokens.labels(url, label, "completion").inc(completion)
         self.metrics.request_done(label, endpoint, outcome, prompt, completion, time.perf_counter() - started)
+        if spend is not None:
+            spend(prompt + completion)
 
     async def events(self, forwarded: Forwarded, adapter: Exported | None, endpoint: str, model: str,
-                     include_usage: bool, started: float) -> AsyncIterator[str]:
+                     include_usage: bool, started: float,
+                     spend: Callable[[int], None] | None = None) -> AsyncIterator[str]:
         """The replica's SSE events with the client's ``model``, ending with ``data: [DONE]``."""
         response = forwarded.response
         usage: dict[str, Any] | None = None
@@ -406,11 +410,11 @@ class ReplicaService:
                                                f"not JSON ({e})"))
         finally:
             await response.aclose()
-            self.finish(forwarded, adapter, endpoint, outcome, usage, started)
+            self.finish(forwarded, adapter, endpoint, outcome, usage, started, spend)
         yield "data: [DONE]\n\n"
 
     async def answer(self, forwarded: Forwarded, adapter: Exported | None, endpoint: str, model: str,
-                     started: float) -> tuple[int, dict[str, Any]]:
+                     started: float, spend: Callable[[int], None] | None = None) -> tuple[int, dict[str, Any]]:
         """A non-streamed answer's status and JSON with the client's ``model``.
 
         Raises:
@@ -434,7 +438,7 @@ class ReplicaService:
             await response.aclose()
             ok = status == 200 and isinstance(body, dict)
             outcome = _finish_reason(body) if ok else str(status) if body is not None else "error"
-            self.finish(forwarded, adapter, endpoint, outcome, body.get("usage") if ok else None, started)
+            self.finish(forwarded, adapter, endpoint, outcome, body.get("usage") if ok else None, started, spend)
         if status == 200:
             body["model"] = model
         return status, body

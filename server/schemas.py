@@ -30,6 +30,7 @@ from pydantic import (
     model_serializer,
     model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 
 MAX_STOP_SEQUENCES = 8
 MAX_MIX_ADAPTERS = 16
@@ -545,8 +546,8 @@ class CompareRequest(ChatCompletionRequest):
     """``POST /v1/compare``: one conversation answered by several models side by side, decoded
     together in one batch. Every field but ``models`` is a chat completion's, applied to each."""
 
-    model: Literal[""] = ""  # type: ignore[assignment]
-    """Not used here: name the models in ``models``."""
+    model: SkipJsonSchema[Literal[""]] = ""  # type: ignore[assignment]
+    """Not used here (and not in the schema): name the models in ``models``."""
 
     models: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(min_length=1, max_length=MAX_COMPARED)
     """The base's name, adapter refs (``pirate``, ``pirate@2``, ``pirate:prod``): one answer each."""

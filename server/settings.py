@@ -8,8 +8,9 @@ Design choices:
   typo in a keyword is an error, not a silently ignored setting.
 * **Keys.** Inference keys (``ADAPTERHUB_API_KEYS``) and admin keys (``ADAPTERHUB_ADMIN_KEYS``)
   are comma-separated secrets; a YAML/JSON keys file (``ADAPTERHUB_KEYS_FILE``) gives named keys
-  with roles. No keys at all means an open server, which :func:`check_bind` allows on loopback
-  only.
+  with roles, or with tenant limits (:class:`KeyEntry`: an adapter allowlist, route groups, requests
+  and tokens per minute). No keys at all means an open server, which :func:`check_bind` allows on
+  loopback only. The server re-reads the keys file when it changes (:mod:`adapterhub_server.auth`).
 * **Bounds.** Body size, prompt tokens, ``max_tokens``, ``n`` and concurrent requests per key all
   have limits here, so a client cannot make the server do unbounded work.
 * **Two backends.** ``backend="adapterhub"`` (the default) runs our engine in this process;
@@ -46,7 +47,17 @@ from adapterhub.engine.config import EngineConfig
 from adapterhub.errors import ConfigError, describe_validation_error
 
 Role = Literal["inference", "admin"]
+RouteGroup = Literal["inference", "jobs", "admin"]
+"""``inference``: the OpenAI routes (``/v1/*`` generation, ``/v1/models``, ``/metrics``); ``jobs``:
+``/admin/jobs*``; ``admin``: every other ``/admin`` route (registry, residency) and vLLM's
+``/v1/load_lora_adapter`` / ``/v1/unload_lora_adapter``."""
+ROLE_ROUTES: dict[str, frozenset[str]] = {
+    "inference": frozenset({"inference"}),
+    "admin": frozenset({"inference", "jobs", "admin"}),
+}
+"""What each of the two roles may call, as route groups."""
 MIN_KEY_LENGTH = 16
+_PATTERN = r"^[A-Za-z0-9_.*?\[\]!-]+$"  # a name, or an fnmatch glob over names
 _LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
 
 
@@ -63,25 +74,77 @@ class KeyEntry(BaseModel):
 
     role: Role = "inference"
     """``inference`` may call ``/v1/*`` generation and listing; ``admin`` may also manage
-    adapters (load, pin, unload)."""
+    adapters (load, pin, unload), the registry and jobs. Give ``role`` or ``routes``, not both."""
+
+    routes: list[RouteGroup] | None = Field(default=None, min_length=1, max_length=3)
+    """Route groups this key may call, instead of a role: ``inference`` (``/v1/*``), ``jobs``
+    (``/admin/jobs*``), ``admin`` (the other ``/admin`` routes). ``role: inference`` is
+    ``[inference]``, ``role: admin`` is all three. A route outside them answers 403."""
+
+    adapters: list[Annotated[str, Field(min_length=1, max_length=128, pattern=_PATTERN)]] | None = Field(
+        default=None, max_length=1000)
+    """Adapter names this key may use, as fnmatch globs (``support-*``, ``pirate``), matched
+    case-sensitively against the name of every ref a request names (``pirate@2`` and
+    ``pirate:prod`` are ``pirate``). The base is always allowed. Unset: every adapter; ``[]``: the
+    base only. An adapter outside the list answers exactly as an unknown one (404), and listings
+    (``/v1/models``, ``/admin/versions``, ``/admin/adapters``) leave it out."""
+
+    requests_per_minute: int | None = Field(default=None, ge=1, le=10_000_000)
+    """Generation requests (chat and text completions) this key may start in any 60 s; one
+    more is answered 429 with ``Retry-After``. Unset: no limit."""
+
+    tokens_per_minute: int | None = Field(default=None, ge=1, le=1_000_000_000)
+    """Prompt plus completion tokens this key may spend in any 60 s, counted when each
+    generation ends; a request arriving once they are spent is answered 429 with
+    ``Retry-After``. Unset: no limit."""
+
+    @model_validator(mode="after")
+    def _role_or_routes(self) -> KeyEntry:
+        if self.routes is not None and "role" in self.model_fields_set:
+            raise ValueError(f"key {self.name!r} gives both role and routes; give routes only "
+                             "(role: admin is routes: [inference, jobs, admin])")
+        return self
 
 
 class KeysFile(BaseModel):
-    """The keys file: ``keys: [{name, key, role}, ...]`` in YAML or JSON."""
+    """The keys file: ``keys: [{name, key, role | routes, adapters, requests_per_minute,
+    tokens_per_minute}, ...]`` in YAML or JSON."""
 
     model_config = ConfigDict(extra="forbid")
 
     keys: list[KeyEntry] = Field(default_factory=list, max_length=10_000)
-    """Every key the server accepts, with its role."""
+    """Every key the server accepts, with its role. Budgets are kept per key name, so keys
+    sharing a name share their in-flight and per-minute budgets (as before, names are not
+    required to be unique)."""
 
 
 @dataclass(frozen=True)
 class ApiKey:
-    """A resolved key: its holder's name, its secret and its role."""
+    """A resolved key: its holder's name, its secret, its role and its tenant limits.
+
+    ``routes`` None means the role's (:data:`ROLE_ROUTES`); ``adapters`` None means every adapter.
+    """
 
     name: str
     secret: str
     role: Role
+    routes: frozenset[str] | None = None
+    adapters: tuple[str, ...] | None = None
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+
+    @property
+    def route_groups(self) -> frozenset[str]:
+        return self.routes if self.routes is not None else ROLE_ROUTES[self.role]
+
+    @classmethod
+    def from_entry(cls, entry: KeyEntry) -> ApiKey:
+        return cls(
+            entry.name, entry.key.get_secret_value(), entry.role,
+            routes=None if entry.routes is None else frozenset(entry.routes),
+            adapters=None if entry.adapters is None else tuple(entry.adapters),
+            requests_per_minute=entry.requests_per_minute, tokens_per_minute=entry.tokens_per_minute,
+        )
 
 
 def _split_keys(value: Any) -> Any:
@@ -139,7 +202,9 @@ class ServerSettings(BaseSettings):
     """Admin keys (may also call inference routes), comma-separated in the environment."""
 
     keys_file: Path | None = None
-    """YAML or JSON file with named keys and roles: ``keys: [{name, key, role}]``."""
+    """YAML or JSON file with named keys, each with a role or tenant limits (:class:`KeyEntry`:
+    ``routes``, ``adapters``, ``requests_per_minute``, ``tokens_per_minute``). Re-read while the
+    server runs when it changes (at most once a second); an invalid file keeps the old keys."""
 
     max_body_bytes: int = Field(default=1_048_576, ge=1024, le=1 << 30)
     """Largest request body accepted; a bigger one is answered 413."""
@@ -263,6 +328,13 @@ class ServerSettings(BaseSettings):
         Raises:
             ConfigError: the keys file cannot be read or is invalid.
         """
+        keys = self.env_keys()
+        if self.keys_file is not None:
+            keys += read_keys_file(self.keys_file)
+        return tuple(keys)
+
+    def env_keys(self) -> tuple[ApiKey, ...]:
+        """The keys from ``api_keys`` and ``admin_keys`` (no tenant limits): inference then admin."""
         keys = [
             ApiKey(f"env-inference-{i}", k.get_secret_value(), "inference")
             for i, k in enumerate(self.api_keys)
@@ -270,9 +342,16 @@ class ServerSettings(BaseSettings):
         keys += [
             ApiKey(f"env-admin-{i}", k.get_secret_value(), "admin") for i, k in enumerate(self.admin_keys)
         ]
-        if self.keys_file is not None:
-            keys += [ApiKey(e.name, e.key.get_secret_value(), e.role) for e in _read_keys_file(self.keys_file).keys]
         return tuple(keys)
+
+
+def read_keys_file(path: Path) -> tuple[ApiKey, ...]:
+    """Every key of a keys file, resolved.
+
+    Raises:
+        ConfigError: the file cannot be read or is invalid (every problem at once).
+    """
+    return tuple(ApiKey.from_entry(e) for e in _read_keys_file(path).keys)
 
 
 def _read_keys_file(path: Path) -> KeysFile:

@@ -31,7 +31,7 @@ import os
 import random
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -69,6 +69,13 @@ from adapterhub.registry.schema import versions as versions_t
 
 _NUMBER_TRIES = 200  # PostgreSQL: how often a writer that lost the race for a number tries again
 _SAFE_FILENAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def unknown_adapter(ref: str, close_matches: Sequence[str] = ()) -> AdapterNotFoundError:
+    """The error for a ref whose name no version has. A server answers a key the same way for a
+    name outside the key's allowlist, without close matches, so the two cannot be told apart."""
+    return AdapterNotFoundError(f"adapter {ref!r} does not exist; see `adapterhub list`.", ref=ref,
+                                close_matches=close_matches)
 
 
 @dataclass(frozen=True)
@@ -671,11 +678,7 @@ class Registry:
                 f"adapter {str(parsed)!r} does not exist; {parsed.name!r} has versions {versions}",
                 ref=str(parsed),
             )
-        return AdapterNotFoundError(
-            f"adapter {str(parsed)!r} does not exist; see `adapterhub list`.",
-            ref=str(parsed),
-            close_matches=difflib.get_close_matches(parsed.name, names, n=3, cutoff=0.6),
-        )
+        return unknown_adapter(str(parsed), difflib.get_close_matches(parsed.name, names, n=3, cutoff=0.6))
 
     def lookup(self, name: str, number: int) -> Version | None:
         """Version ``name@number``, or None (cheaper than :meth:`resolve` when it may be absent)."""

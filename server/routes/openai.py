@@ -12,11 +12,16 @@ Design choices:
 * **Headers:** ``X-Adapter-Version`` carries the resolved version (``pirate@3``; the base's name
   for the base; ``0.5*a@1+0.5*b@2`` for a mix) and ``X-Request-Id`` the completion id.
 * **In a stream, an error is one SSE event** with the OpenAI error JSON, then ``[DONE]``.
+* **Tenants.** A key with an adapter allowlist may name only those adapters (others answer as
+  unknown) and sees only those in ``/v1/models`` (:mod:`adapterhub_server.tenants`); its
+  requests and tokens per minute are counted in ``app.state.rates``: a request is admitted
+  before it opens and its prompt + completion tokens are counted when it ends, however it ends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 import uuid
@@ -32,8 +37,8 @@ from starlette.types import Receive, Scope, Send
 from adapterhub.engine.types import GenerationChunk, TokenLogprob
 from adapterhub.errors import AdapterHubError
 from adapterhub.registry import Version
-from adapterhub_server.auth import Caller
-from adapterhub_server.deps import HubDep, InferenceCaller, ReadyService
+from adapterhub_server.auth import Caller, KeyRates
+from adapterhub_server.deps import HubDep, InferenceCaller, RatesDep, ReadyService
 from adapterhub_server.errors import sse_error_event
 from adapterhub_server.schemas import (
     ERROR_RESPONSES,
@@ -61,6 +66,7 @@ from adapterhub_server.schemas import (
     UsageInfo,
 )
 from adapterhub_server.service import InferenceService, OpenRequest, Target
+from adapterhub_server.tenants import check_generation
 
 router = APIRouter(tags=["openai"])
 models_router = APIRouter(tags=["openai"])
@@ -93,14 +99,16 @@ class _Reply:
     summary="Chat completion with the base, an adapter ref or a mix",
 )
 async def chat_completions(
-    body: ChatCompletionRequest, request: Request, caller: InferenceCaller, service: ReadyService
+    body: ChatCompletionRequest, request: Request, caller: InferenceCaller, service: ReadyService,
+    rates: RatesDep,
 ) -> Response:
     target = service.target(body)
+    check_generation(caller, body, service.base_name)
     prompt = service.chat_prompt(body)
     forced = body.forced_call()
     reply = _Reply("chat", f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), body.model, body.n,
                    body.include_usage, call=None if forced is None else (forced[0],))
-    return await _generate(request, service, caller, body, [prompt], target, reply)
+    return await _generate(request, service, caller, rates, body, [prompt], target, reply)
 
 
 @router.post(
@@ -110,14 +118,16 @@ async def chat_completions(
     summary="Text completion (no chat template) with the base, an adapter ref or a mix",
 )
 async def completions(
-    body: CompletionRequest, request: Request, caller: InferenceCaller, service: ReadyService
+    body: CompletionRequest, request: Request, caller: InferenceCaller, service: ReadyService,
+    rates: RatesDep,
 ) -> Response:
     target = service.target(body)
+    check_generation(caller, body, service.base_name)
     prompts = service.completion_prompts(body)
     echo = tuple(zip(service.prompt_texts(body, prompts), map(tuple, prompts), strict=True)) if body.echo else ()
     reply = _Reply("completion", f"cmpl-{uuid.uuid4().hex}", int(time.time()), body.model, body.n,
                    body.include_usage, echo)
-    return await _generate(request, service, caller, body, prompts, target, reply)
+    return await _generate(request, service, caller, rates, body, prompts, target, reply)
 
 
 @router.post(
@@ -127,19 +137,24 @@ async def completions(
     summary="One conversation answered by several models (base, adapter refs), decoded together",
 )
 async def compare(
-    body: CompareRequest, request: Request, caller: InferenceCaller, service: ReadyService
+    body: CompareRequest, request: Request, caller: InferenceCaller, service: ReadyService, rates: RatesDep,
 ) -> Response:
     """Each model's chat completion of the same messages. Streamed, the chunks of all models
     interleave as they are decoded (one mixed batch), each chunk naming its model and its
     completion's id, and one ``data: [DONE]`` ends them all; whole, ``answers`` holds one chat
     completion per model, in the order of ``models``. A comparison counts as one request of the
-    key's ``max_streams_per_key`` (its columns are at most ``MAX_COMPARED``)."""
+    key's ``max_streams_per_key`` and ``requests_per_minute`` (its columns are at most
+    ``MAX_COMPARED``); every column's tokens count against ``tokens_per_minute``."""
     columns = [body.for_model(model) for model in body.models]
     targets = [service.target(column) for column in columns]
+    for column in columns:  # a model outside the key's list is as unknown as on chat completions
+        check_generation(caller, column, service.base_name)
     prompt = service.chat_prompt(columns[0])  # the same messages: one rendering serves every column
     created = int(time.time())
     replies = [_Reply("chat", f"chatcmpl-{uuid.uuid4().hex}", created, model, 1, body.include_usage)
                for model in body.models]
+    rates.admit(caller)
+    spend = functools.partial(rates.spend, caller)  # every column's tokens count against the key
     service.budget.acquire(caller)
     handed_over = False
     try:
@@ -156,10 +171,10 @@ async def compare(
                     one.cancel()
                 service.budget.release(caller)
 
-            streams = [_events(service, one, reply) for one, reply in zip(opened, replies, strict=True)]
+            streams = [_events(service, one, reply, spend) for one, reply in zip(opened, replies, strict=True)]
             return _EventStream(_merged(streams), release, headers=headers)
         try:
-            answers = await _until_disconnect(request, lambda: _collect_all(service, opened, replies))
+            answers = await _until_disconnect(request, lambda: _collect_all(service, opened, replies, spend))
         except BaseExceptionGroup as group:  # one column failed: its error, as one request's would be
             raise group.exceptions[0] from None
         if answers is None:
@@ -204,10 +219,12 @@ def _cancel_opened(service: InferenceService, tasks: list[asyncio.Future[OpenReq
             service.finish(task.result(), "chat", "cancelled", 0)
 
 
-async def _collect_all(service: InferenceService, opened: list[OpenRequest], replies: list[_Reply]) -> list[dict[str, Any]]:
+async def _collect_all(service: InferenceService, opened: list[OpenRequest], replies: list[_Reply],
+                       spend: Callable[[int], None]) -> list[dict[str, Any]]:
     """Every column's whole answer; if one fails, the others are cancelled and its error goes on."""
     async with asyncio.TaskGroup() as group:
-        tasks = [group.create_task(_collect(service, one, reply)) for one, reply in zip(opened, replies, strict=True)]
+        tasks = [group.create_task(_collect(service, one, reply, spend))
+                 for one, reply in zip(opened, replies, strict=True)]
     return [task.result() for task in tasks]
 
 
@@ -241,10 +258,11 @@ async def _merged(streams: list[AsyncIterator[str]]) -> AsyncIterator[str]:
 
 
 @models_router.get("/v1/models", response_model=ModelList, responses=ERROR_RESPONSES,
-            summary="The base and every registered adapter version")
-async def list_models(_: InferenceCaller, service: ReadyService, hub: HubDep) -> ModelList:
+            summary="The base and every registered adapter version (those the key may use)")
+async def list_models(caller: InferenceCaller, service: ReadyService, hub: HubDep) -> ModelList:
     def read() -> list[tuple[Version, dict[str, float]]]:
-        return [(v, {e.subject: e.value for e in hub.evaluations(v, latest=True)}) for v in hub.list()]
+        return [(v, {e.subject: e.value for e in hub.evaluations(v, latest=True)})
+                for v in hub.list() if caller.may_use(v.name)]
 
     versions = await anyio.to_thread.run_sync(read)
     base, max_len = service.base_name, service.max_model_len
@@ -266,12 +284,15 @@ async def _generate(
     request: Request,
     service: InferenceService,
     caller: Caller,
+    rates: KeyRates,
     body: ChatCompletionRequest | CompletionRequest,
     prompts: list[list[int]],
     target: Target,
     reply: _Reply,
 ) -> Response:
     endpoint = reply.kind
+    rates.admit(caller)
+    spend = functools.partial(rates.spend, caller)
     service.budget.acquire(caller)
     handed_over = False
     try:
@@ -293,8 +314,8 @@ async def _generate(
                 opened.cancel()
                 service.budget.release(caller)
 
-            return _EventStream(_events(service, opened, reply), release, headers=headers)
-        answer = await _until_disconnect(request, lambda: _collect(service, opened, reply))
+            return _EventStream(_events(service, opened, reply, spend), release, headers=headers)
+        answer = await _until_disconnect(request, lambda: _collect(service, opened, reply, spend))
         if answer is None:
             return Response(status_code=499)
         return JSONResponse(answer, headers=headers)
@@ -333,8 +354,10 @@ def _usage(opened: OpenRequest, reply: _Reply, completion_tokens: int) -> UsageI
                      total_tokens=prompt + completion_tokens)
 
 
-async def _collect(service: InferenceService, opened: OpenRequest, reply: _Reply) -> dict[str, Any]:
-    """Run every row to the end and build the whole (non-streaming) answer."""
+async def _collect(service: InferenceService, opened: OpenRequest, reply: _Reply,
+                   spend: Callable[[int], None]) -> dict[str, Any]:
+    """Run every row to the end and build the whole (non-streaming) answer; ``spend`` is told
+    the tokens used (prompt + completion), however it ends."""
     rows = len(opened.streams)
     texts: list[list[str]] = [[] for _ in range(rows)]
     reasons: list[str | None] = [None] * rows
@@ -358,6 +381,7 @@ async def _collect(service: InferenceService, opened: OpenRequest, reply: _Reply
     finally:
         opened.cancel()
         service.finish(opened, reply.kind, outcome, sum(tokens))
+        spend(_usage(opened, reply, sum(tokens)).total_tokens)
     usage = _usage(opened, reply, sum(tokens))
     words = _TokenWords(service.base.tokenizer)
     if reply.kind == "chat":
@@ -417,8 +441,10 @@ def _completion_choice(
                             logprobs=words.completion(entries, offset) if asked else None)
 
 
-async def _events(service: InferenceService, opened: OpenRequest, reply: _Reply) -> AsyncIterator[str]:
-    """SSE events of a streaming answer, ending with ``data: [DONE]``."""
+async def _events(service: InferenceService, opened: OpenRequest, reply: _Reply,
+                  spend: Callable[[int], None]) -> AsyncIterator[str]:
+    """SSE events of a streaming answer, ending with ``data: [DONE]``; ``spend`` as for
+    :func:`_collect`."""
     tokens = 0
     outcome = "cancelled"
     finished: dict[int, str] = {}
@@ -459,6 +485,7 @@ async def _events(service: InferenceService, opened: OpenRequest, reply: _Reply)
     finally:
         opened.cancel()
         service.finish(opened, reply.kind, outcome, tokens)
+        spend(_usage(opened, reply, tokens).total_tokens)
     yield "data: [DONE]\n\n"
 
 

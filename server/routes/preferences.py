@@ -24,6 +24,7 @@ from adapterhub_server.schemas import (
     PreferenceResponse,
     VotedAnswer,
 )
+from adapterhub_server.tenants import check_ref
 
 router = APIRouter(tags=["preferences"], responses=ERROR_RESPONSES)
 
@@ -44,7 +45,10 @@ async def vote(body: PreferenceRequest, request: Request, caller: InferenceCalle
     def store_vote() -> PreferenceResponse:
         def answer(voted: VotedAnswer) -> Answer:
             base = voted.model is None or voted.model == service.base_name
-            return Answer(None if base else hub.resolve(str(voted.model)).ref, voted.content)
+            if base:
+                return Answer(None, voted.content)
+            check_ref(caller, str(voted.model))  # outside the key's list: as unknown as anywhere
+            return Answer(hub.resolve(str(voted.model)).ref, voted.content)
 
         pairs = store.vote(body.prompt, answer(body.chosen), [answer(r) for r in body.rejected], voter=caller.name)
         return PreferenceResponse(stored=len(pairs), total=store.count() or 0, chosen_ref=pairs[0].chosen.ref,
@@ -54,7 +58,7 @@ async def vote(body: PreferenceRequest, request: Request, caller: InferenceCalle
     return await anyio.to_thread.run_sync(store_vote)
 
 
-@router.get("/v1/preferences", summary="Every stored pair, as a JSONL preference dataset (admin keys)",
+@router.get("/v1/preferences", summary="Every stored pair, as a JSONL preference dataset (admin keys)", tags=["admin"],
             responses={200: {"content": {"application/jsonl": {}}}})
 async def export(_: AdminCaller, request: Request, hub: HubDep) -> Response:
     store = _store(request, hub)

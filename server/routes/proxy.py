@@ -5,12 +5,14 @@ client that hangs up cancels the work there too (the replica's connection is clo
 stops decoding); the rows are decoded by a replica (:class:`~adapterhub_server.replica_service.ReplicaService`).
 ``/v1/models`` and the registry's admin routes are the same functions as with our engine (so
 the TUI's HTTP backend browses, tags and deletes through a router too); ``GET /admin/info`` says
-which base, ``GET /admin/replicas`` what the router knows of each replica.
+which base, ``GET /admin/replicas`` what the router knows of each replica. Adapter allowlists
+and per-minute budgets apply as with our engine (:mod:`adapterhub_server.tenants`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from typing import Any, Literal
@@ -21,8 +23,8 @@ from fastapi.responses import JSONResponse, Response
 import adapterhub
 from adapterhub.errors import AdapterHubError
 from adapterhub.protocol import ServerInfo
-from adapterhub_server.auth import Caller
-from adapterhub_server.deps import AdminCaller, InferenceCaller, ReplicaReady
+from adapterhub_server.auth import Caller, KeyRates
+from adapterhub_server.deps import AdminCaller, InferenceCaller, RatesDep, ReplicaReady
 from adapterhub_server.replica_service import Forwarded, ReplicaService
 from adapterhub_server.routes.openai import _EventStream, _until_disconnect
 from adapterhub_server.schemas import (
@@ -32,6 +34,7 @@ from adapterhub_server.schemas import (
     CompletionRequest,
     CompletionResponse,
 )
+from adapterhub_server.tenants import check_generation
 
 router = APIRouter(tags=["openai"])
 Kind = Literal["chat", "completion"]
@@ -44,9 +47,10 @@ Kind = Literal["chat", "completion"]
     summary="Chat completion with the base, an adapter ref or a mix, decoded by a replica",
 )
 async def chat_completions(
-    body: ChatCompletionRequest, request: Request, caller: InferenceCaller, service: ReplicaReady
+    body: ChatCompletionRequest, request: Request, caller: InferenceCaller, service: ReplicaReady,
+    rates: RatesDep,
 ) -> Response:
-    return await _forward(request, service, caller, body, "/v1/chat/completions", "chat")
+    return await _forward(request, service, caller, rates, body, "/v1/chat/completions", "chat")
 
 
 @router.post(
@@ -56,9 +60,10 @@ async def chat_completions(
     summary="Text completion with the base, an adapter ref or a mix, decoded by a replica",
 )
 async def completions(
-    body: CompletionRequest, request: Request, caller: InferenceCaller, service: ReplicaReady
+    body: CompletionRequest, request: Request, caller: InferenceCaller, service: ReplicaReady,
+    rates: RatesDep,
 ) -> Response:
-    return await _forward(request, service, caller, body, "/v1/completions", "completion")
+    return await _forward(request, service, caller, rates, body, "/v1/completions", "completion")
 
 
 @router.get("/admin/info", response_model=ServerInfo, responses=ERROR_RESPONSES,
@@ -80,10 +85,13 @@ async def replicas(_: AdminCaller, service: ReplicaReady) -> dict[str, Any]:
 
 
 async def _forward(
-    request: Request, service: ReplicaService, caller: Caller,
+    request: Request, service: ReplicaService, caller: Caller, rates: KeyRates,
     body: ChatCompletionRequest | CompletionRequest, path: str, endpoint: Kind,
 ) -> Response:
     started = time.perf_counter()
+    check_generation(caller, body, service.base_name)
+    rates.admit(caller)
+    spend = functools.partial(rates.spend, caller)
     service.budget.acquire(caller)
     handed_over = False
     try:
@@ -107,10 +115,10 @@ async def _forward(
                 service.budget.release(caller)
                 _abandon(service, forwarded)
 
-            events = service.events(forwarded, adapter, endpoint, body.model, body.include_usage, started)
+            events = service.events(forwarded, adapter, endpoint, body.model, body.include_usage, started, spend)
             return _EventStream(events, release, headers=headers)
         answered = await _until_disconnect(
-            request, lambda: service.answer(forwarded, adapter, endpoint, body.model, started))
+            request, lambda: service.answer(forwarded, adapter, endpoint, body.model, started, spend))
         if answered is None:
             return Response(status_code=499)
         status, payload = answered

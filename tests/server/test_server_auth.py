@@ -19,6 +19,10 @@ INFERENCE_ROUTES: dict[tuple[str, str], Any] = {
     ("POST", "/v1/completions"): {"model": "pirate", "prompt": "hi", "max_tokens": 4},
     ("GET", "/v1/models"): None,
     ("GET", "/metrics"): None,
+    ("POST", "/v1/compare"): {"models": ["pirate", "json"], "messages": [{"role": "user", "content": "hi"}],
+                              "max_tokens": 4},
+    ("POST", "/v1/preferences"): {"prompt": "hi", "chosen": {"model": "pirate", "content": "a"},
+                                  "rejected": [{"model": "json", "content": "b"}]},
 }
 ADMIN_ROUTES: dict[tuple[str, str], Any] = {
     ("GET", "/admin/info"): None,
@@ -34,6 +38,14 @@ ADMIN_ROUTES: dict[tuple[str, str], Any] = {
     ("GET", "/admin/versions/{ref}/step_log"): None,
     ("POST", "/admin/versions/{ref}/tag"): {"alias": "prod"},
     ("DELETE", "/admin/versions/{ref}"): None,
+    ("GET", "/v1/preferences"): None,
+}
+JOBS_ROUTES: dict[tuple[str, str], Any] = {  # the jobs route group; no job exists, so an admin gets 404s
+    ("GET", "/admin/jobs"): None,
+    ("POST", "/admin/jobs"): {"kind": "eval", "ref": "no-such-adapter", "tasks": ["t"]},
+    ("GET", "/admin/jobs/{job_id}"): None,
+    ("DELETE", "/admin/jobs/{job_id}"): None,
+    ("GET", "/admin/jobs/{job_id}/events"): None,
 }
 ORDER = [  # loads before unloads, delete last, so every admin call can succeed in sequence
     *[r for r in ADMIN_ROUTES if r[0] != "DELETE" and "load" not in r[1]],
@@ -50,21 +62,22 @@ def keyed(make_client: Callable[..., TestClient]) -> TestClient:
 
 def call(client: TestClient, route: tuple[str, str], body: Any, role: str | None) -> Any:
     method, path = route
-    path = path.replace("{ref}", "json@1")
+    path = path.replace("{ref}", "json@1").replace("{job_id}", "no-such-job")
     return client.request(method, path, json=body, headers=auth(role))
 
 
 def test_every_route_is_in_the_matrix(keyed: TestClient) -> None:
     paths = keyed.get("/openapi.json").json()["paths"]
     routes = {(m.upper(), p): op for p, ops in paths.items() for m, op in ops.items()}
-    listed = set(INFERENCE_ROUTES) | set(ADMIN_ROUTES) | {("GET", p) for p in PUBLIC}
+    listed = set(INFERENCE_ROUTES) | set(ADMIN_ROUTES) | set(JOBS_ROUTES) | {("GET", p) for p in PUBLIC}
     assert set(routes) == listed, f"add new routes to the auth matrix: {set(routes) ^ listed}"
     assert {r for r, op in routes.items() if "admin" in op["tags"]} == set(ADMIN_ROUTES)
+    assert {r for r, op in routes.items() if "jobs" in op["tags"]} == set(JOBS_ROUTES)
 
 
 @pytest.mark.parametrize("role", [None, "bad"])
 def test_no_or_unknown_key_is_401_everywhere_but_health(keyed: TestClient, role: str | None) -> None:
-    for route, body in {**INFERENCE_ROUTES, **ADMIN_ROUTES}.items():
+    for route, body in {**INFERENCE_ROUTES, **ADMIN_ROUTES, **JOBS_ROUTES}.items():
         reply = call(keyed, route, body, role)
         assert_error_shape(reply, 401, "authentication_error")
         assert reply.headers["www-authenticate"] == "Bearer", route
@@ -74,8 +87,8 @@ def test_no_or_unknown_key_is_401_everywhere_but_health(keyed: TestClient, role:
 
 def test_inference_key_calls_inference_routes_but_gets_403_on_admin(keyed: TestClient) -> None:
     for route, body in INFERENCE_ROUTES.items():
-        assert call(keyed, route, body, "inference").status_code == 200, route
-    for route, body in ADMIN_ROUTES.items():
+        assert call(keyed, route, body, "inference").status_code in (200, 201), route
+    for route, body in {**ADMIN_ROUTES, **JOBS_ROUTES}.items():
         error = assert_error_shape(call(keyed, route, body, "inference"), 403, "permission_error")
         assert "admin key" in error["message"], route
 
@@ -83,10 +96,13 @@ def test_inference_key_calls_inference_routes_but_gets_403_on_admin(keyed: TestC
 def test_admin_key_calls_everything(keyed: TestClient) -> None:
     assert sorted(ORDER) == sorted(ADMIN_ROUTES)
     for route, body in INFERENCE_ROUTES.items():
-        assert call(keyed, route, body, "admin").status_code == 200, route
+        assert call(keyed, route, body, "admin").status_code in (200, 201), route
     for route in ORDER:
         reply = call(keyed, route, ADMIN_ROUTES[route], "admin")
         assert reply.status_code == 200, (route, reply.text)
+    for route, body in JOBS_ROUTES.items():  # let in: 200 for the list, 404 for what does not exist
+        reply = call(keyed, route, body, "admin")
+        assert reply.status_code == (200 if route == ("GET", "/admin/jobs") else 404), (route, reply.text)
 
 
 def test_open_server_without_keys_lets_everyone_in(client: TestClient) -> None:
