@@ -133,6 +133,12 @@ def plan_run(
             f"training.processes: {parsed.training.processes} is more than {method.name} supports: "
             f"{method.single_process}; set it to 1"
         )
+    if parsed.training.processes > 1 and training_platform(parsed, context).is_cuda:
+        import torch
+
+        if parsed.training.processes > torch.cuda.device_count():
+            raise ConfigError(f"training.processes: {parsed.training.processes} ranks need as many GPUs, one each; "
+                              f"torch sees {torch.cuda.device_count()}: lower it (or CUDA_VISIBLE_DEVICES)")
     info = context.base
     if parsed.base is not None and parsed.base not in (info.name, info.fingerprint):
         raise ConfigError(

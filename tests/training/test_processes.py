@@ -144,6 +144,16 @@ def _wait_for_training_rank(launcher_pid: int, *, rank: int, runs: Path, timeout
 
 
 
+def test_ranks_continue_from_a_parent_the_launcher_exported_once(hub: Hub, data: Path, tmp_path: Path) -> None:
+    from tinymodels import make_lora_folder
+
+    parent = hub.import_adapter(make_lora_folder(hub.base_info.path, tmp_path / "p", targets=("q_proj", "v_proj")),
+                                "sft").ref
+    version = hub.train({**recipe(data, batch_size=2, max_steps=2, processes=2), "parent": parent})
+    assert (version.parent, version.metrics["processes"]) == (parent, 2)
+    assert hub.registry.load_adapter(version).target_modules == ("q_proj", "v_proj")  # the parent's shape
+
+
 def test_a_method_that_trains_on_one_process_refuses_more_before_loading(hub: Hub, data: Path) -> None:
     ppo = {
         "method": "ppo", "name": "policy", "parent": "sft@1", "dataset": {"path": str(data)},
