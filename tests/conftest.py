@@ -8,6 +8,7 @@ The real default base (SmolLM2-135M-Instruct) is materialised once into ``.tmp/t
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -103,3 +104,29 @@ def real_base_dir() -> Path:
 
     cache = Path(os.environ.get("ADAPTERHUB_TEST_CACHE", REPO / ".tmp" / "test-home"))
     return materialize_base(cache, progress=lambda msg: print(msg, file=sys.stderr)).path
+
+
+CAPITALS_ROWS = [{"messages": [{"role": "user", "content": f"capital {i}?"}, {"role": "assistant", "content": "Paris."}]}
+                 for i in range(8)]
+
+
+@pytest.fixture
+def capitals_data(tmp_path: Path) -> Path:
+    """Eight SFT conversations that all answer "Paris." (a set the tiny base learns in steps)."""
+    path = tmp_path / "capitals.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in CAPITALS_ROWS))
+    return path
+
+
+@pytest.fixture
+def capitals_recipes(tmp_path: Path, capitals_data: Path) -> Path:
+    """A recipes folder with one bundled recipe, ``capitals`` (SFT on :func:`capitals_data`, fp32, 3 steps)."""
+    import yaml
+
+    folder = tmp_path / "recipes"
+    folder.mkdir()
+    (folder / "capitals.yaml").write_text(yaml.safe_dump({
+        "method": "sft", "name": "capitals", "dataset": {"path": str(capitals_data)}, "forgetting_check": False,
+        "training": {"precision": "fp32", "batch_size": 2, "learning_rate": 5e-3, "max_steps": 3},
+    }))
+    return folder

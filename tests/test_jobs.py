@@ -3,7 +3,6 @@ cancel and resume, a queue that dies, refusals before anything is queued."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -12,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from adapterhub import Hub
 from adapterhub.core.progress import EventFollower
@@ -26,23 +24,6 @@ def hub(home: Path, tiny_base_dir: Path) -> Hub:
     hub = Hub(home)
     hub.init(str(tiny_base_dir), precision="fp32")
     return hub
-
-
-@pytest.fixture
-def recipes(tmp_path: Path) -> Path:
-    """A recipes folder with one bundled recipe, ``capitals``."""
-    folder = tmp_path / "recipes"
-    folder.mkdir()
-    rows = [{"messages": [{"role": "user", "content": f"capital {i}?"}, {"role": "assistant", "content": "Paris."}]}
-            for i in range(8)]
-    (folder / "capitals.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (folder / "capitals.yaml").write_text(yaml.safe_dump(recipe(folder / "capitals.jsonl", max_steps=3)))
-    return folder
-
-
-def recipe(data: Path, **training: object) -> dict:  # type: ignore[type-arg]
-    return {"method": "sft", "name": "capitals", "dataset": {"path": str(data)}, "forgetting_check": False,
-            "training": {"precision": "fp32", "batch_size": 2, "learning_rate": 5e-3, **training}}
 
 
 def wait_for(queue: JobQueue, job_id: str, timeout: float = 180) -> JobInfo:
@@ -65,8 +46,8 @@ def wait_for_step(events: Path, timeout: float = 180) -> None:
     raise AssertionError("the job never reached a training step")
 
 
-def test_a_training_job_registers_its_version_and_logs_its_events(hub: Hub, recipes: Path) -> None:
-    queue = JobQueue(hub, recipes=recipes)
+def test_a_training_job_registers_its_version_and_logs_its_events(hub: Hub, capitals_recipes: Path) -> None:
+    queue = JobQueue(hub, recipes=capitals_recipes)
     try:
         job = queue.submit({"kind": "train", "recipe": "capitals", "overrides": {"training.max_steps": 2}})
         assert job.state == "queued" and job.kind == "train"
@@ -81,17 +62,17 @@ def test_a_training_job_registers_its_version_and_logs_its_events(hub: Hub, reci
     assert kinds.index("start") < kinds.index("step") and kinds[-1] == "done"
     assert events[-1].version_ref == "capitals@1"
     assert [v.ref for v in hub.list("capitals")] == ["capitals@1"]
-    again = JobQueue(hub, recipes=recipes)  # a new queue lists it (the first one let go of the home)
+    again = JobQueue(hub, recipes=capitals_recipes)  # a new queue lists it (the first one let go of the home)
     try:
         assert [j.id for j in again.list()] == [job.id]
         with pytest.raises(ConfigError, match=r"another process runs the jobs of .*\(it holds"):
-            JobQueue(hub, recipes=recipes)  # two queues never run one home's jobs
+            JobQueue(hub, recipes=capitals_recipes)  # two queues never run one home's jobs
     finally:
         again.close()
 
 
-def test_cancel_registers_nothing_and_a_resumed_job_finishes(hub: Hub, recipes: Path) -> None:
-    queue = JobQueue(hub, recipes=recipes)
+def test_cancel_registers_nothing_and_a_resumed_job_finishes(hub: Hub, capitals_recipes: Path) -> None:
+    queue = JobQueue(hub, recipes=capitals_recipes)
     long = {"kind": "train", "recipe": "capitals", "overrides": {"training.max_steps": 60, "training.save_steps": 1000}}
     try:
         job = queue.submit(long)
@@ -112,11 +93,11 @@ def test_cancel_registers_nothing_and_a_resumed_job_finishes(hub: Hub, recipes: 
     assert next(e for e in events if e.kind == "start").message.startswith("resumed at step")
 
 
-def test_a_job_whose_queue_died_is_interrupted_with_how_to_resume(hub: Hub, recipes: Path, tmp_path: Path) -> None:
+def test_a_job_whose_queue_died_is_interrupted_with_how_to_resume(hub: Hub, capitals_recipes: Path, tmp_path: Path) -> None:
     script = tmp_path / "owner.py"  # (not queue.py: that would shadow the standard library's)
     script.write_text(
         "import sys, time\nfrom adapterhub import Hub\nfrom adapterhub.jobs import JobQueue\n"
-        f"queue = JobQueue(Hub({str(hub.home)!r}), recipes={str(recipes)!r})\n"
+        f"queue = JobQueue(Hub({str(hub.home)!r}), recipes={str(capitals_recipes)!r})\n"
         "job = queue.submit({'kind': 'train', 'recipe': 'capitals', "
         "'overrides': {'training.max_steps': 400, 'training.save_steps': 1000}})\n"
         "print(job.id, flush=True)\ntime.sleep(600)\n"
@@ -131,7 +112,7 @@ def test_a_job_whose_queue_died_is_interrupted_with_how_to_resume(hub: Hub, reci
         owner.kill()
         owner.wait()
     time.sleep(2)  # the orphaned job notices and stops at its next step
-    queue = JobQueue(hub, recipes=recipes)
+    queue = JobQueue(hub, recipes=capitals_recipes)
     try:
         job = wait_for(queue, job_id)
     finally:
@@ -140,8 +121,8 @@ def test_a_job_whose_queue_died_is_interrupted_with_how_to_resume(hub: Hub, reci
     assert hub.list() == []
 
 
-def test_bad_requests_are_refused_before_anything_is_queued(hub: Hub, recipes: Path, tmp_path: Path) -> None:
-    queue = JobQueue(hub, recipes=recipes)
+def test_bad_requests_are_refused_before_anything_is_queued(hub: Hub, capitals_recipes: Path, tmp_path: Path) -> None:
+    queue = JobQueue(hub, recipes=capitals_recipes)
     try:
         with pytest.raises(ConfigError, match=r"'nope' is not a bundled recipe .* choose from capitals"):
             queue.submit({"kind": "train", "recipe": "nope"})

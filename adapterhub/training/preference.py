@@ -45,14 +45,21 @@ def render_pair(
     ctx: PrepareContext, row: Mapping[str, Any], *, where: str = "example"
 ) -> RenderedExample:
     """Prompt + chosen answer rendered with the base's template; the answer carries the mask."""
-    pair = conversational_row(row)
-    for column in PREFERENCE_COLUMNS:
-        check_content(ctx.tokenizer, pair[column], where=f"{where} ({column})")
+    return _render_answer(ctx, conversational_row(row), PREFERENCE_COLUMNS, "chosen", where)
+
+
+def _render_answer(
+    ctx: PrepareContext, messages: Mapping[str, Any], columns: tuple[str, ...], answer: str, where: str
+) -> RenderedExample:
+    """``columns`` checked for pre-rendered special tokens, then prompt + ``answer`` rendered with
+    the base's template, the answer carrying the loss mask (the chat-template gate)."""
+    for column in columns:
+        check_content(ctx.tokenizer, messages[column], where=f"{where} ({column})")
     return render_with_mask(
         ctx.tokenizer,
-        pair["prompt"] + pair["chosen"],
+        messages["prompt"] + messages[answer],
         eot_ids=ctx.eot_token_ids,
-        loss_from=len(pair["prompt"]),
+        loss_from=len(messages["prompt"]),
         max_length=ctx.recipe.training.max_length,
         where=where,
     )
@@ -86,17 +93,7 @@ def render_unpaired(
     ctx: PrepareContext, row: Mapping[str, Any], *, where: str = "example"
 ) -> RenderedExample:
     """Prompt + the judged answer rendered with the base's template; the answer carries the mask."""
-    unpaired = conversational_unpaired(row)
-    for column in UNPAIRED_COLUMNS:
-        check_content(ctx.tokenizer, unpaired[column], where=f"{where} ({column})")
-    return render_with_mask(
-        ctx.tokenizer,
-        unpaired["prompt"] + unpaired["completion"],
-        eot_ids=ctx.eot_token_ids,
-        loss_from=len(unpaired["prompt"]),
-        max_length=ctx.recipe.training.max_length,
-        where=where,
-    )
+    return _render_answer(ctx, conversational_unpaired(row), UNPAIRED_COLUMNS, "completion", where)
 
 
 def prepare_unpaired(ctx: PrepareContext) -> PreparedData:

@@ -12,24 +12,7 @@ from typing import Any
 
 import httpx
 import openai
-import pytest
-import yaml
 from server_harness import RunningServer, assert_error_shape, init_home, start_server
-
-
-@pytest.fixture
-def recipes(tmp_path: Path) -> Path:
-    folder = tmp_path / "recipes"
-    folder.mkdir()
-    rows = [{"messages": [{"role": "user", "content": f"capital {i}?"}, {"role": "assistant", "content": "Paris."}]}
-            for i in range(8)]
-    (folder / "capitals.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (folder / "capitals.yaml").write_text(yaml.safe_dump({
-        "method": "sft", "name": "capitals", "dataset": {"path": str(folder / "capitals.jsonl")},
-        "forgetting_check": False,
-        "training": {"precision": "fp32", "batch_size": 2, "learning_rate": 5e-3, "max_steps": 3},
-    }))
-    return folder
 
 
 def events(server: RunningServer, job_id: str, *, until: str = "job") -> Iterator[tuple[str, dict[str, Any]]]:
@@ -48,10 +31,10 @@ def events(server: RunningServer, job_id: str, *, until: str = "job") -> Iterato
 
 
 def test_a_training_job_over_http_streams_its_events_and_its_version_is_served(
-    tiny_base_dir: Path, tmp_path: Path, recipes: Path
+    tiny_base_dir: Path, tmp_path: Path, capitals_recipes: Path
 ) -> None:
     home = init_home(tmp_path / "home", tiny_base_dir, {})
-    env = {"ADAPTERHUB_RECIPES": str(recipes)}
+    env = {"ADAPTERHUB_RECIPES": str(capitals_recipes)}
     server = start_server(home, tmp_path, env=env)
     try:
         refused = httpx.post(f"{server.url}/admin/jobs", json={"kind": "train", "recipe": "capitals",

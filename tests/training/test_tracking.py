@@ -25,25 +25,16 @@ print(json.dumps({"runs": SQLiteStorage.get_runs(project), "config": SQLiteStora
 """
 
 
-@pytest.fixture
-def data(tmp_path: Path) -> Path:
-    path = tmp_path / "capitals.jsonl"
-    rows = [{"messages": [{"role": "user", "content": f"capital {i}?"}, {"role": "assistant", "content": "Paris."}]}
-            for i in range(8)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 def recipe(data: Path, **training: object) -> dict:  # type: ignore[type-arg]
     return {"method": "sft", "name": "capitals", "dataset": {"path": str(data), "eval_fraction": 0},
             "forgetting_check": False,
             "training": {"precision": "fp32", "batch_size": 4, "max_steps": 3, "learning_rate": 1e-3, **training}}
 
 
-def test_a_trackio_run_and_its_version_name_each_other(hub: Hub, data: Path, tmp_path: Path) -> None:
+def test_a_trackio_run_and_its_version_name_each_other(hub: Hub, capitals_data: Path, tmp_path: Path) -> None:
     env = {**os.environ, "TRACKIO_DIR": str(tmp_path / "trackio"), "ADAPTERHUB_HOME": str(hub.home)}
     path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe(data, report_to=["trackio"], project="capitals-test")))
+    path.write_text(yaml.safe_dump(recipe(capitals_data, report_to=["trackio"], project="capitals-test")))
     done = subprocess.run([sys.executable, "-m", "adapterhub.cli", "train", str(path)], env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -62,9 +53,9 @@ def test_a_trackio_run_and_its_version_name_each_other(hub: Hub, data: Path, tmp
     assert not (tmp_path / "trackio").parent.joinpath("hf-home").exists()  # nothing outside TRACKIO_DIR
 
 
-def test_a_tracker_that_is_not_installed_is_refused_before_loading(hub: Hub, data: Path) -> None:
+def test_a_tracker_that_is_not_installed_is_refused_before_loading(hub: Hub, capitals_data: Path) -> None:
     absent = [t for t in ("wandb", "mlflow", "tensorboard") if importlib.util.find_spec(t) is None]
     if not absent:
         pytest.skip("wandb, mlflow and tensorboard are all installed here: none to refuse")
     with pytest.raises(ConfigError, match=rf"training.report_to: \['{absent[0]}'\] are not installed; pip install"):
-        hub.plan_run(recipe(data, report_to=[absent[0]]))
+        hub.plan_run(recipe(capitals_data, report_to=[absent[0]]))
