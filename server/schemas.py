@@ -589,6 +589,27 @@ class PreferenceRequest(_Strict):
     rejected: list[VotedAnswer] = Field(min_length=1, max_length=MAX_COMPARED)
 
 
+class ThumbRequest(_Strict):
+    """``POST /v1/preferences`` with a ``label``: one answer marked good (true) or bad (false),
+    stored as KTO's unpaired data (no second answer needed)."""
+
+    prompt: str = Field(min_length=1, max_length=200_000)
+    """The user's message the answer replies to."""
+    completion: VotedAnswer
+    label: bool
+    """True: a desirable answer (thumb up); false: undesirable."""
+
+
+class ThumbResponse(BaseModel):
+    """What a thumb stored."""
+
+    ref: str | None
+    """The version that answered (None: the base)."""
+    label: bool
+    dataset: str | None
+    """The thumbs file's path on the server, for an admin key: a KTO recipe's ``dataset.path``."""
+
+
 class PreferenceResponse(BaseModel):
     """What a vote stored: one pair per rejected answer, with the versions the refs resolved to."""
 

@@ -34,6 +34,9 @@ from typing import Any
 from adapterhub.errors import ConfigError
 
 PREFERENCES_FILE = Path("preferences") / "compare.jsonl"
+THUMBS_FILE = "thumbs.jsonl"
+"""Beside the pairs: single answers marked good or bad, in TRL's unpaired preference format
+(``prompt``, ``completion``, ``label``), the data a KTO recipe trains on."""
 
 
 @dataclass(frozen=True)
@@ -112,14 +115,38 @@ class PreferenceStore:
         check_vote(prompt, best, others)
         now = time.time()
         pairs = [PreferencePair(prompt, best, other, now, voter) for other in others]
-        lines = "".join(json.dumps(p.to_record(), ensure_ascii=False) + "\n" for p in pairs)
+        self._append(self.path, "".join(json.dumps(p.to_record(), ensure_ascii=False) + "\n" for p in pairs))
+        return pairs
+
+    @property
+    def thumbs_path(self) -> Path:
+        """The file of single answers marked good or bad (KTO's data), beside the pairs."""
+        return self.path.with_name(THUMBS_FILE)
+
+    def thumb(self, prompt: str, answer: Answer, label: bool, *, voter: str | None = None) -> dict[str, Any]:
+        """Record ``answer`` to ``prompt`` as desirable (``label`` true) or not; returns the record.
+
+        Raises:
+            ConfigError: the prompt or the answer is empty.
+        """
+        problems = [f"{what} is empty" for what, text in (("prompt", prompt), ("answer", answer.text))
+                    if not text.strip()]
+        if problems:
+            raise ConfigError(problems, source="thumb")
+        record = {"prompt": [{"role": "user", "content": prompt}],
+                  "completion": [{"role": "assistant", "content": answer.text}],
+                  "label": bool(label), "ref": answer.ref, "voter": voter, "created_at": time.time()}
+        self._append(self.thumbs_path, json.dumps(record, ensure_ascii=False) + "\n")
+        return record
+
+    def _append(self, path: Path, lines: str) -> None:
+        """One ``write`` of whole lines, then ``fsync`` (a crash leaves at most a torn last line)."""
         with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as f:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a", encoding="utf-8") as f:
                 f.write(lines)
                 f.flush()
                 os.fsync(f.fileno())
-        return pairs
 
     def pairs(self) -> list[PreferencePair]:
         """Every stored pair, oldest first; lines that do not parse (a torn tail) are skipped."""

@@ -1,6 +1,7 @@
-"""Votes as preference data: ``POST /v1/preferences`` stores one vote (the TUI's compare, or any
-client's thumbs), ``GET /v1/preferences`` downloads every pair as the JSONL dataset a DPO recipe
-reads (TRL's conversational prompt/chosen/rejected, plus the versions and who voted).
+"""Votes as preference data: ``POST /v1/preferences`` stores one vote, a best answer over others
+(the TUI's compare) or one answer's thumb up or down; ``GET /v1/preferences`` downloads them as
+the JSONL dataset a recipe reads: pairs (TRL's conversational prompt/chosen/rejected: DPO, ORPO,
+SimPO) or, with ``kind=thumbs``, prompt/completion/label (KTO), with the versions and who voted.
 
 The pairs live in the served hub's ``preferences/compare.jsonl`` (:mod:`adapterhub.training.votes`),
 the file the TUI writes in-process, so a DPO training job on this server names that path. Any
@@ -12,6 +13,8 @@ Refs are resolved when the vote is stored, so a pair records the version that an
 
 from __future__ import annotations
 
+from typing import Literal
+
 import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -22,6 +25,8 @@ from adapterhub_server.schemas import (
     ERROR_RESPONSES,
     PreferenceRequest,
     PreferenceResponse,
+    ThumbRequest,
+    ThumbResponse,
     VotedAnswer,
 )
 from adapterhub_server.tenants import check_ref
@@ -37,19 +42,23 @@ def _store(request: Request, hub: HubDep) -> PreferenceStore:
     return store
 
 
-@router.post("/v1/preferences", status_code=201, response_model=PreferenceResponse, summary="Store a vote")
-async def vote(body: PreferenceRequest, request: Request, caller: InferenceCaller, service: ReadyService,
-               hub: HubDep) -> PreferenceResponse:
+@router.post("/v1/preferences", status_code=201, response_model=PreferenceResponse | ThumbResponse,
+             summary="Store a vote: a best answer over others (pairs), or one answer's thumb (KTO)")
+async def vote(body: PreferenceRequest | ThumbRequest, request: Request, caller: InferenceCaller,
+               service: ReadyService, hub: HubDep) -> PreferenceResponse | ThumbResponse:
     store = _store(request, hub)
 
-    def store_vote() -> PreferenceResponse:
-        def answer(voted: VotedAnswer) -> Answer:
-            base = voted.model is None or voted.model == service.base_name
-            if base:
-                return Answer(None, voted.content)
-            check_ref(caller, str(voted.model))  # outside the key's list: as unknown as anywhere
-            return Answer(hub.resolve(str(voted.model)).ref, voted.content)
+    def answer(voted: VotedAnswer) -> Answer:
+        if voted.model is None or voted.model == service.base_name:
+            return Answer(None, voted.content)
+        check_ref(caller, str(voted.model))  # outside the key's list: as unknown as anywhere
+        return Answer(hub.resolve(str(voted.model)).ref, voted.content)
 
+    def store_vote() -> PreferenceResponse | ThumbResponse:
+        if isinstance(body, ThumbRequest):
+            record = store.thumb(body.prompt, answer(body.completion), body.label, voter=caller.name)
+            return ThumbResponse(ref=record["ref"], label=record["label"],
+                                 dataset=str(store.thumbs_path) if caller.is_admin else None)
         pairs = store.vote(body.prompt, answer(body.chosen), [answer(r) for r in body.rejected], voter=caller.name)
         return PreferenceResponse(stored=len(pairs), total=store.count() or 0, chosen_ref=pairs[0].chosen.ref,
                                   rejected_refs=[p.rejected.ref for p in pairs],
@@ -58,16 +67,19 @@ async def vote(body: PreferenceRequest, request: Request, caller: InferenceCalle
     return await anyio.to_thread.run_sync(store_vote)
 
 
-@router.get("/v1/preferences", summary="Every stored pair, as a JSONL preference dataset (admin keys)", tags=["admin"],
+@router.get("/v1/preferences", summary="Every stored pair (or thumb), as a JSONL dataset (admin keys)", tags=["admin"],
             responses={200: {"content": {"application/jsonl": {}}}})
-async def export(_: AdminCaller, request: Request, hub: HubDep) -> Response:
+async def export(_: AdminCaller, request: Request, hub: HubDep, kind: Literal["pairs", "thumbs"] = "pairs") -> Response:
+    """``kind=pairs``: TRL's prompt/chosen/rejected (DPO, ORPO, SimPO, a reward model);
+    ``kind=thumbs``: prompt/completion/label (KTO)."""
     store = _store(request, hub)
+    path = store.path if kind == "pairs" else store.thumbs_path
 
     def read() -> bytes:
         try:
-            return store.path.read_bytes()
+            return path.read_bytes()
         except FileNotFoundError:
             return b""
 
     return Response(await anyio.to_thread.run_sync(read), media_type="application/jsonl",
-                    headers={"X-Preference-Dataset": str(store.path)})
+                    headers={"X-Preference-Dataset": str(path)})
