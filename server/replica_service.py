@@ -101,6 +101,7 @@ class ReplicaService:
         self._client: httpx.AsyncClient | None = None
         self._vllm: VllmProcess | None = None  # --launch-vllm
         self._exported: dict[str, Exported] = {}  # served name -> its folder, exported this run
+        self._mixes: dict[tuple[tuple[str, ...], tuple[float, ...]], Exported] = {}  # (versions, weights) -> mix
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -236,10 +237,15 @@ class ReplicaService:
             weights = [m.weight for m in body.mix]
 
             def mixed() -> Exported:
-                versions = [hub.resolve(ref) for ref in refs]
-                for version in versions:
-                    ensure_compatible(version, info.fingerprint, info.template_hash)
-                return export_mix(hub.registry, versions, weights, cache, max_rank=s.replica_max_lora_rank)
+                versions = [hub.resolve(ref) for ref in refs]  # aliases may have moved: resolved each time
+                key = (tuple(v.ref for v in versions), tuple(weights))
+                exported = self._mixes.get(key)
+                if exported is None:  # versions are immutable: checked and written once per process
+                    for version in versions:
+                        ensure_compatible(version, info.fingerprint, info.template_hash)
+                    exported = self._mixes[key] = export_mix(hub.registry, versions, weights, cache,
+                                                             max_rank=s.replica_max_lora_rank)
+                return exported
 
             return await anyio.to_thread.run_sync(mixed)
         ref = body.adapter_id or body.model
@@ -278,6 +284,21 @@ class ReplicaService:
         tried: list[Any] = []
         reloaded = retried_load = False
         last: BaseException | None = None
+
+        def failed_on(replica: Any, lease: Any, error: BaseException, label: str, status: str, *, broken: bool) -> bool:
+            """One try failed on ``replica`` (``broken``: the connection, so it leaves the healthy
+            set): release and count it; True when another replica gets a try."""
+            nonlocal last, tried
+            router.release(lease)
+            if broken:
+                router.mark_failed(replica, error)
+            self.metrics.replica_requests.labels(replica.url, label, status).inc()
+            last, tried = error, [*tried, replica]
+            if len(tried) >= 2:
+                return False
+            self.metrics.replica_retries.labels(replica.url).inc()
+            return True
+
         for _ in range(3):  # a first try, one retry elsewhere, and one reload after a 404
             try:
                 lease = await router.lease(adapter, exclude=tried)
@@ -297,14 +318,9 @@ class ReplicaService:
             try:
                 response = await router.client.send(request, stream=True)
             except httpx.TransportError as e:
-                router.release(lease)
-                router.mark_failed(replica, e)
-                self.metrics.replica_requests.labels(replica.url, label, "error").inc()
-                last, tried = e, [*tried, replica]
-                if len(tried) >= 2:
-                    break
-                self.metrics.replica_retries.labels(replica.url).inc()
-                continue
+                if failed_on(replica, lease, e, label, "error", broken=True):
+                    continue
+                break
             except BaseException:  # cancelled: the client went away while the replica worked
                 router.release(lease)
                 raise
@@ -314,13 +330,11 @@ class ReplicaService:
                 router.forget(replica, adapter.name)
                 reloaded = True
                 continue
-            if response.status_code >= 500 and len(tried) < 1 and len(router.healthy()) > 1:
+            if response.status_code >= 500 and not tried and len(router.healthy()) > 1:  # once, elsewhere
                 await response.aread()
                 await response.aclose()
-                router.release(lease)
-                self.metrics.replica_requests.labels(replica.url, label, str(response.status_code)).inc()
-                self.metrics.replica_retries.labels(replica.url).inc()
-                last, tried = ReplicaError(f"{replica.url} answered {response.status_code}"), [*tried, replica]
+                failed_on(replica, lease, ReplicaError(f"{replica.url} answered {response.status_code}"), label,
+                          str(response.status_code), broken=False)
                 continue
             forwarded = Forwarded(lease, response)
             if stream and response.status_code == 200:
@@ -329,13 +343,9 @@ class ReplicaService:
                     forwarded.first_line = await _first_event(forwarded.lines)
                 except httpx.TransportError as e:
                     await response.aclose()
-                    router.release(lease)
-                    router.mark_failed(replica, e)
-                    last, tried = e, [*tried, replica]
-                    if len(tried) >= 2:
-                        break
-                    self.metrics.replica_retries.labels(replica.url).inc()
-                    continue
+                    if failed_on(replica, lease, e, label, "error", broken=True):
+                        continue
+                    break
                 except BaseException:
                     router.release(lease)
                     await response.aclose()
