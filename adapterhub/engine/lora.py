@@ -52,17 +52,10 @@ import torch
 
 from adapterhub.engine.families import family_of, projection_dims
 from adapterhub.errors import IncompatibleAdapterError
-from adapterhub.models.adapters import LoraAdapter
+from adapterhub.models.adapters import NOT_PLAIN_LORA, LoraAdapter
 
 _MODULE = re.compile(r"^model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)$")
-# PEFT variants whose forward is not B @ A x: served by no batched kernel here, so refused
-_UNSERVED = {
-    "use_dora": "DoRA rescales each output column by a learned magnitude",
-    "lora_bias": "a bias on lora_B",
-    "modules_to_save": "whole modules trained beside the LoRA (e.g. an LM head)",
-    "trainable_token_indices": "trained rows of the embedding",
-    "target_parameters": "LoRA on raw parameters",
-}
+_UNSERVED = NOT_PLAIN_LORA  # served by no batched kernel here, so refused
 
 
 @dataclass(frozen=True)

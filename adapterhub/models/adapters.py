@@ -26,6 +26,17 @@ MAX_RANK = 256
 MAX_WEIGHTS_BYTES = 512 * 1024 * 1024
 
 
+NOT_PLAIN_LORA = {
+    "use_dora": "DoRA rescales each output column by a learned magnitude",
+    "lora_bias": "a bias on lora_B",
+    "modules_to_save": "whole modules trained beside the LoRA (e.g. an LM head)",
+    "trainable_token_indices": "trained rows of the embedding",
+    "target_parameters": "LoRA on raw parameters",
+}
+"""PEFT config keys of variants whose update is not B @ A x (key -> what it adds), which the
+engine cannot batch and a mix cannot add up."""
+
+
 @dataclass(frozen=True)
 class LoraLimits:
     """What an adapter may be at most; over it is refused with the limit in the message."""

@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from adapterhub.errors import ConfigError, IncompatibleAdapterError
-from adapterhub.models.adapters import CONFIG_FILE, WEIGHTS_FILE, LoraAdapter
+from adapterhub.models.adapters import CONFIG_FILE, NOT_PLAIN_LORA, WEIGHTS_FILE, LoraAdapter
 
-_NOT_LINEAR = ("use_dora", "lora_bias", "fan_in_fan_out")
+_NOT_LINEAR = (*NOT_PLAIN_LORA, "fan_in_fan_out")  # fan_in_fan_out: stored transposed
 
 
 def mix_rank(adapters: Sequence[LoraAdapter]) -> int:
