@@ -567,7 +567,7 @@ class CompareRequest(ChatCompletionRequest):
     def for_model(self, model: str) -> ChatCompletionRequest:
         """The chat completion request of one column."""
         return ChatCompletionRequest.model_validate(
-            {**self.model_dump(exclude={"models", "model"}, exclude_unset=True), "model": model})
+            {**self.model_dump(exclude={"models", "model"}, exclude_unset=True, by_alias=True), "model": model})
 
 
 class VotedAnswer(_Strict):
@@ -749,6 +749,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     for status, text in {
         400: "Invalid request (names the field)",
         401: "Missing or unknown API key",
+        403: "The key's route groups leave this route out (a keys-file key with routes: [...])",
         404: "Unknown adapter or model",
         409: "Adapter incompatible with the loaded base or template",
         413: "Request body too large",

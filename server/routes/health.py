@@ -37,6 +37,6 @@ async def ready(service: ServiceDep) -> JSONResponse:
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response,
-            responses={401: ERROR_RESPONSES[401]})
+            responses={401: ERROR_RESPONSES[401], 403: ERROR_RESPONSES[403]})
 async def metrics(_: InferenceCaller, service: ServiceDep) -> Response:
     return Response(service.metrics.render(), media_type=CONTENT_TYPE)

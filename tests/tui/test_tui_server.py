@@ -224,3 +224,29 @@ async def test_unreachable_server_is_a_notification(tmp_path: Path) -> None:
         await settle(pilot)
         assert any("cannot reach the adapterhub server" in n for n in notices(app))
         assert app.is_running
+
+
+async def test_cancelling_a_training_over_http_registers_nothing(served: str, home: Path, tmp_path: Path,
+                                                                  sft_recipe: Path) -> None:
+    from adapterhub import Hub
+
+    app = make_app(HttpBackend(served, home=tmp_path / "local-home", api_key=ADMIN_KEY), recipe_dirs=[sft_recipe])
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("f2")
+        await pilot.pause()
+        training = app.screen
+        assert isinstance(training, TrainingScreen)
+        training.choose_recipe(next(r for r in training.recipes if r.title == "sums"))
+        training.query_one("#field-steps", Input).value = "500"
+        await pilot.pause()
+        await pilot.press("f5")
+        deadline = time.monotonic() + 120
+        while not any(e.kind == "step" for e in training.events):  # live events from the job's stream
+            assert time.monotonic() < deadline, training.events
+            await pilot.pause(0.05)
+        await pilot.press("ctrl+t")
+        await settle(pilot)
+        assert training.events[-1].kind == "cancelled" and not training.running
+        assert any("cancelled" in n for n in notices(app)), notices(app)
+    assert [v.ref for v in Hub(home).list()] == ["json@1", "pirate@1"]  # nothing registered
