@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -150,6 +151,21 @@ async def test_tui_drives_a_real_server(served: str, home: Path, tmp_path: Path)
         assert app.is_running
 
 
+async def start_sums(app: Any, pilot: Any, **fields: str) -> TrainingScreen:
+    """Open the training screen, choose the ``sums`` recipe, set form ``fields`` and start it."""
+    await settle(pilot)
+    await pilot.press("f2")
+    await pilot.pause()
+    training = app.screen
+    assert isinstance(training, TrainingScreen)
+    training.choose_recipe(next(r for r in training.recipes if r.title == "sums"))
+    for selector, value in fields.items():
+        training.query_one(selector, Input).value = value
+    await pilot.pause()
+    await pilot.press("f5")
+    return training
+
+
 async def test_train_compare_vote_and_train_the_dpo_child_over_http(
     served: str, home: Path, tmp_path: Path, sft_recipe: Path
 ) -> None:
@@ -160,15 +176,7 @@ async def test_train_compare_vote_and_train_the_dpo_child_over_http(
     local = tmp_path / "local-home"
     app = make_app(HttpBackend(served, home=local, api_key=ADMIN_KEY), recipe_dirs=[sft_recipe])
     async with app.run_test(size=(120, 40)) as pilot:
-        await settle(pilot)
-        await pilot.press("f2")
-        await pilot.pause()
-        training = app.screen
-        assert isinstance(training, TrainingScreen)
-        training.choose_recipe(next(r for r in training.recipes if r.title == "sums"))
-        training.query_one("#field-parent", Input).value = "pirate@1"
-        await pilot.pause()
-        await pilot.press("f5")
+        training = await start_sums(app, pilot, **{"#field-parent": "pirate@1"})
         await settle(pilot)
         kinds = [e.kind for e in training.events]
         assert kinds.count("step") == 3 and kinds[-1] == "done", kinds
@@ -232,15 +240,7 @@ async def test_cancelling_a_training_over_http_registers_nothing(served: str, ho
 
     app = make_app(HttpBackend(served, home=tmp_path / "local-home", api_key=ADMIN_KEY), recipe_dirs=[sft_recipe])
     async with app.run_test(size=(120, 40)) as pilot:
-        await settle(pilot)
-        await pilot.press("f2")
-        await pilot.pause()
-        training = app.screen
-        assert isinstance(training, TrainingScreen)
-        training.choose_recipe(next(r for r in training.recipes if r.title == "sums"))
-        training.query_one("#field-steps", Input).value = "500"
-        await pilot.pause()
-        await pilot.press("f5")
+        training = await start_sums(app, pilot, **{"#field-steps": "500"})
         deadline = time.monotonic() + 120
         while not any(e.kind == "step" for e in training.events):  # live events from the job's stream
             assert time.monotonic() < deadline, training.events
