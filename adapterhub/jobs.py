@@ -289,7 +289,9 @@ class JobQueue:
                 self._finish(job_id, None)
         with self._lock:
             free = self.concurrency - len(self._running) - len(self._adopted)
-            queued = [j for j in reversed(self.list()) if j.state == "queued"][:max(0, free)]
+            if free <= 0:  # no room: no need to read every job's state this round
+                return
+            queued = [j for j in reversed(self.list()) if j.state == "queued"][:free]
             for info in queued:
                 try:
                     self._start(info)

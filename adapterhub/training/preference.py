@@ -71,13 +71,21 @@ def prepare_preference(ctx: PrepareContext) -> PreparedData:
     Raises:
         ConfigError: a pair holds special tokens or the template fails a gate (names the pair).
     """
+    return _gated(ctx, conversational_row, PREFERENCE_COLUMNS, "chosen", "pair")
+
+
+def _gated(
+    ctx: PrepareContext, to_messages: Any, columns: tuple[str, ...], answer: str, noun: str
+) -> PreparedData:
+    """Every row made conversational once, then gated (:func:`_render_answer`) as it will train."""
     import datasets
 
     def convert(part: datasets.Dataset, label: str) -> datasets.Dataset:
         rows = []
         for index, row in enumerate(part):
-            render_pair(ctx, row, where=f"{label} pair {index + 1}")
-            rows.append(conversational_row(row))
+            messages = to_messages(row)
+            _render_answer(ctx, messages, columns, answer, f"{label} {noun} {index + 1}")
+            rows.append(messages)
         return datasets.Dataset.from_list(rows)
 
     return ctx.data.map_splits(convert)
@@ -103,19 +111,9 @@ def prepare_unpaired(ctx: PrepareContext) -> PreparedData:
         ConfigError: a row holds special tokens, the template fails a gate, or the training set
             has only desirable or only undesirable answers.
     """
-    import datasets
-
     labels = {bool(row["label"]) for row in ctx.data.train}
     if len(labels) < 2:
         kind = "desirable (label true)" if True in labels else "undesirable (label false)"
         raise ConfigError(f"dataset: every training example is {kind}; KTO learns from both kinds, "
                           "add answers with the other label")
-
-    def convert(part: datasets.Dataset, label: str) -> datasets.Dataset:
-        rows = []
-        for index, row in enumerate(part):
-            render_unpaired(ctx, row, where=f"{label} example {index + 1}")
-            rows.append(conversational_unpaired(row))
-        return datasets.Dataset.from_list(rows)
-
-    return ctx.data.map_splits(convert)
+    return _gated(ctx, conversational_unpaired, UNPAIRED_COLUMNS, "completion", "example")

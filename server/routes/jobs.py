@@ -18,6 +18,7 @@ the same 404 as an unknown id). Every job records the name of the key that queue
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -103,7 +104,7 @@ async def job_events(caller: JobsCaller, jobs: JobsDep, job_id: str) -> Streamin
         while True:
             job = await anyio.to_thread.run_sync(jobs.get, job_id)
             for event in await anyio.to_thread.run_sync(follower.read):
-                yield f"event: progress\ndata: {_json(event.to_dict())}\n\n"
+                yield f"event: progress\ndata: {json.dumps(event.to_dict(), separators=(',', ':'))}\n\n"
             if job.state in FINAL_JOB_STATES:  # everything it wrote is read: it wrote before it ended
                 yield f"event: job\ndata: {job.model_dump_json()}\n\n"
                 return
@@ -112,8 +113,3 @@ async def job_events(caller: JobsCaller, jobs: JobsDep, job_id: str) -> Streamin
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-
-def _json(data: object) -> str:
-    import json
-
-    return json.dumps(data, separators=(",", ":"))
