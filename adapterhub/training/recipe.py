@@ -28,6 +28,12 @@ from adapterhub.core.refs import AdapterRef, validate_name
 from adapterhub.errors import ConfigError
 
 ALL_LINEAR = "all-linear"
+REWRITING_INITS = ("pissa", "olora")
+"""``lora.init`` values that start the adapter at a slice of the base's weights and train on the
+rest (W_res = W - B0 A0); the registered adapter is converted back to a plain LoRA over W."""
+REFERENCE_FREE = ("sft", "orpo", "simpo")
+"""Methods whose loss never runs the base with the adapter switched off (with a rewritten base
+that would be W_res, not the base: a wrong reference policy)."""
 
 
 class RecipeSection(BaseModel):
@@ -92,6 +98,14 @@ class LoraConfig(RecipeSection):
     plus_lr_ratio: float | None = Field(default=None, ge=1, le=1024)
     """LoRA+: train B at this many times the learning rate of A (the paper suggests 16); PEFT's
     LoRA+ optimizer. Unset: one learning rate for both."""
+    init: Literal["default", "gaussian", "pissa", "olora"] = "default"
+    """How A and B start. ``default``: A random (Kaiming), B zero, so training starts at the base;
+    ``gaussian``: A drawn from N(0, 1/r), B zero. ``pissa`` (the top-r singular vectors of each
+    weight) and ``olora`` (its QR factors) start at a slice of the base and train on the rest,
+    W - B0 A0; the registered version is converted to a plain LoRA of rank 2r over the original
+    base (PEFT's conversion), so it is served on the shared base like any other. Those two need
+    ``training.precision: bf16`` or ``fp32`` (PEFT cannot rewrite a 4-bit weight exactly), no
+    parent and no DoRA, and a reference-free method (sft, orpo, simpo)."""
 
     @field_validator("target_modules")
     @classmethod
@@ -229,6 +243,31 @@ class RecipeBase(RecipeSection):
             return str(AdapterRef.parse(value))
         except ConfigError as e:
             raise ValueError(str(e)) from None
+
+    def combination_problems(self) -> list[str]:
+        """Settings that are valid alone but cannot work together, each naming its field and the
+        fix (the loader reports them with the field errors, before anything loads)."""
+        init = self.lora.init
+        problems: list[str] = []
+        if init not in REWRITING_INITS:
+            return problems
+        if self.training.precision in ("nf4", "int8"):
+            problems.append(
+                f"lora.init: {init!r} rewrites the base's weights (W - B0 A0), which cannot be done exactly on a "
+                f"quantised base (training.precision: {self.training.precision!r}: PEFT refuses PiSSA there, and "
+                "OLoRA re-quantises the rest, so the adapter converted for the shared base would not give what "
+                "was trained); set training.precision: bf16 or fp32, or lora.init: default")
+        if self.parent is not None:
+            problems.append(f"lora.init: {init!r} with parent {self.parent!r}: a run from a parent starts at the "
+                            "parent's weights; remove lora.init or the parent")
+        if self.lora.use_dora:
+            problems.append(f"lora.init: {init!r} with lora.use_dora: the conversion to a plain LoRA over the "
+                            "base cannot carry DoRA's magnitudes; turn one of them off")
+        if self.method not in REFERENCE_FREE:
+            problems.append(
+                f"lora.init: {init!r} with method {self.method!r}: its loss runs the base with the adapter "
+                f"off, which a rewritten base no longer is; use lora.init: default (or method {', '.join(REFERENCE_FREE)})")
+        return problems
 
     def resolved(self) -> dict[str, Any]:
         """Every field with its effective value, as stored with the version."""

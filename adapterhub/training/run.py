@@ -58,8 +58,8 @@ from adapterhub.training.datasets import TrainingData, load_training_data
 from adapterhub.training.distributed import Trained
 from adapterhub.training.loading import load_recipe
 from adapterhub.training.methods import Method, MethodContext, PrepareContext, get_method
+from adapterhub.training.recipe import REWRITING_INITS, RecipeBase
 from adapterhub.training.recipe import LoraConfig as LoraSettings
-from adapterhub.training.recipe import RecipeBase
 from adapterhub.training.templates import (
     RenderedExample,
     check_chat_template,
@@ -490,11 +490,36 @@ def _load_model(context: TrainingContext, plan: RunPlan) -> tuple[Any, Any]:
                 target_modules=lora.modules,
                 use_rslora=lora.use_rslora,
                 use_dora=lora.use_dora,
+                init_lora_weights=PEFT_INITS[lora.init],  # type: ignore[arg-type]
                 bias="none",
                 task_type=TaskType.CAUSAL_LM,
             ),
         )
+        if lora.init in REWRITING_INITS:
+            _save_start(model, _start_dir(plan))
     return base, model
+
+
+PEFT_INITS: dict[str, bool | str] = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
+"""``lora.init`` -> PEFT's ``init_lora_weights``."""
+
+
+def _start_dir(plan: RunPlan) -> Path:
+    """Where this process keeps a rewriting init's starting adapter (B0, A0) until it saves."""
+    return plan.run_dir / f"start-{os.getpid()}"
+
+
+def _save_start(model: Any, folder: Path) -> None:
+    """Save the adapter as PiSSA/OLoRA initialised it, for the conversion at the end.
+
+    Its config (and every checkpoint's after it) says ``init_lora_weights: true``: loading it, or
+    resuming from a checkpoint, must not decompose the already rewritten base a second time
+    (PEFT's own recipe for the conversion). A resumed run recomputes the same start: the
+    decomposition of the same base weights is deterministic.
+    """
+    model.peft_config["default"].init_lora_weights = True
+    shutil.rmtree(folder, ignore_errors=True)
+    model.save_pretrained(folder, safe_serialization=True)
 
 
 def _export_parent(context: TrainingContext, plan: RunPlan) -> Path:
@@ -672,6 +697,8 @@ def _measure(
     recipe = plan.recipe
     t = recipe.training
     state = trainer.state
+    # PiSSA/OLoRA: with the adapter off the model is W - B0 A0; this start adapter puts W back
+    start = _start_dir(plan) if recipe.lora.init in REWRITING_INITS and plan.method.task_type == "CAUSAL_LM" else None
     metrics: dict[str, Any] = {
         "train_loss": round(float(output.training_loss), 6),
         "train_loss_last": bridge.last_loss,
@@ -700,15 +727,21 @@ def _measure(
         bridge.message("forgetting check skipped: a reward model's score head does not generate text")
     elif recipe.forgetting_check:
         bridge.message("forgetting check: general-text perplexity with and without the adapter")
-        metrics.update(forgetting_metrics(model, plan.tokenizer))
+        metrics.update(forgetting_metrics(model, plan.tokenizer, base_adapter=start))
     metrics["run_wall_s"] = round(time.monotonic() - started, 2)  # model load to saved adapter
     metrics["data"] = plan.data.summary
     if t.report_to:
         metrics["tracking"] = {"report_to": list(t.report_to), "project": t.project, "run": plan.run_dir.name}
-    metrics["lora"] = {"r": recipe.lora.r, "alpha": recipe.lora.alpha, "target_modules": recipe.lora.modules}
-
+    metrics["lora"] = {"r": recipe.lora.r, "alpha": recipe.lora.alpha, "target_modules": recipe.lora.modules,
+                       "init": recipe.lora.init}
     adapter_dir = plan.run_dir / "adapter"
-    model.save_pretrained(adapter_dir, safe_serialization=True)
+    if start is None:
+        model.save_pretrained(adapter_dir, safe_serialization=True)
+    else:  # trained as B A over W - B0 A0: registered as [B, -B0] [A; A0] over W, rank 2r
+        bridge.message(f"converting the {recipe.lora.init} adapter to a plain LoRA of rank {2 * recipe.lora.r} "
+                       "over the original base")
+        model.save_pretrained(adapter_dir, safe_serialization=True, path_initial_model_for_weight_conversion=str(start))
+        metrics["lora"]["registered_r"] = 2 * recipe.lora.r
     _name_base(adapter_dir, context.base.name)  # not the local path it was loaded from
     return Trained(adapter_dir, metrics, state.global_step, state.max_steps)
 

@@ -1,0 +1,106 @@
+"""``lora.init``: PiSSA and OLoRA start at a slice of the base and train on the rest; the version
+registered is a plain LoRA of rank 2r over the original base that gives what was trained, and the
+engine serves it as PEFT does. Where the combination cannot work it is refused before loading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tinymodels import PeftReference
+
+from adapterhub import Hub
+from adapterhub.core.progress import ProgressEvent
+from adapterhub.engine import Engine, GenerationRequest, SamplingParams
+from adapterhub.errors import ConfigError
+from adapterhub.models.base import load_base
+
+R = 4
+TARGETS = ["q_proj", "v_proj"]
+
+
+def recipe(data: Path, init: str, **training: object) -> dict:  # type: ignore[type-arg]
+    return {"method": "sft", "name": f"capitals-{init}", "dataset": {"path": str(data), "eval_fraction": 0},
+            "lora": {"r": R, "alpha": 8, "dropout": 0.0, "target_modules": TARGETS, "init": init},
+            "training": {"precision": "fp32", "batch_size": 4, "max_steps": 6, "learning_rate": 5e-3,
+                         "lr_scheduler": "constant", "warmup_ratio": 0.0, **training}}
+
+
+def exported(hub: Hub, version: object, folder: Path) -> Path:
+    folder.mkdir()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        (folder / name).write_bytes(hub.registry.read_file(version, name))
+    return folder
+
+
+@pytest.mark.parametrize("init", ["pissa", "olora"])
+def test_rewriting_init_registers_a_plain_lora_that_gives_the_trained_model(
+    init: str, hub: Hub, capitals_data: Path, tmp_path: Path
+) -> None:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file
+
+    events: list[ProgressEvent] = []
+    version = hub.train(recipe(capitals_data, init), progress=events.append)
+    losses = [e.loss for e in events if e.kind == "step" and e.loss is not None]
+    assert losses[-1] < losses[0]  # it learns the memorisable set
+    assert version.recipe["lora"]["init"] == init and version.method == "sft"
+    assert version.metrics["lora"]["init"] == init and version.metrics["lora"]["registered_r"] == 2 * R
+    assert version.metrics["train_steps"] == 6 and "general_ppl_ratio" in version.metrics
+    adapter = hub.registry.load_adapter(version)
+    assert adapter.config["r"] == 2 * R and adapter.config["init_lora_weights"] is True
+
+    # The trained model, rebuilt independently: PEFT's own init rewrites a fresh base to W - B0 A0
+    # (deterministic), and the trained B, A are the first halves of the registered [B, -B0], [A; A0].
+    folder = exported(hub, version, tmp_path / "registered")
+    weights = load_file(folder / "adapter_model.safetensors")
+    trained = get_peft_model(load_base(hub.base_info.path, "fp32").model, LoraConfig(
+        r=R, lora_alpha=8, target_modules=TARGETS, init_lora_weights=init))  # type: ignore[arg-type]
+    with torch.no_grad():
+        for name, module in trained.named_modules():
+            if hasattr(module, "lora_A") and "default" in module.lora_A:
+                key = name.removeprefix("base_model.model.")
+                a, b = weights[f"base_model.model.{key}.lora_A.weight"], weights[f"base_model.model.{key}.lora_B.weight"]
+                assert not torch.equal(a[:R], module.lora_A["default"].weight)  # training moved it
+                module.lora_A["default"].weight.copy_(a[:R])
+                module.lora_B["default"].weight.copy_(b[:, :R])
+    trained.eval()
+    reference = PeftReference(hub.base_info.path, {"registered": folder})  # on the original base
+    prompt = hub.base.render_chat([{"role": "user", "content": "capital?"}])
+    with torch.inference_mode():
+        rebuilt = trained(input_ids=torch.tensor([prompt])).logits[0, -1]
+    torch.testing.assert_close(reference.logits(prompt, "registered"), rebuilt, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(reference.logits(prompt, None), rebuilt, atol=1e-3)  # and it is not the base
+
+    greedy = SamplingParams(max_tokens=6, ignore_eos=True)
+    with Engine(hub.base, hub.registry) as engine:
+        served = engine.generate(GenerationRequest(tuple(prompt), adapter=version.ref, sampling=greedy))
+    assert list(served.token_ids) == reference.greedy(prompt, "registered", greedy.max_tokens)
+
+
+def test_gaussian_init_is_recorded(hub: Hub, capitals_data: Path) -> None:
+    version = hub.train(recipe(capitals_data, "gaussian", max_steps=2))
+    assert version.recipe["lora"]["init"] == "gaussian" and version.metrics["lora"]["init"] == "gaussian"
+    assert hub.registry.load_adapter(version).config["init_lora_weights"] == "gaussian"
+
+
+@pytest.mark.parametrize(("change", "named"), [
+    ({"training": {"precision": "nf4"}}, "training.precision: bf16 or fp32"),
+    ({"training": {"precision": "int8"}}, "training.precision: bf16 or fp32"),
+    ({"lora": {"use_dora": True}}, "lora.use_dora"),
+    ({"method": "dpo"}, "method 'dpo'"),
+    ({"parent": "capitals@1"}, "parent 'capitals@1'"),
+])
+def test_combinations_that_cannot_work_are_refused_before_loading(
+    hub: Hub, capitals_data: Path, change: dict, named: str  # type: ignore[type-arg]
+) -> None:
+    spec = recipe(capitals_data, "pissa")
+    for key, value in change.items():
+        spec[key] = {**spec[key], **value} if isinstance(value, dict) else value
+    if spec["method"] == "dpo":
+        spec.pop("sft", None)
+    with pytest.raises(ConfigError, match="lora.init: 'pissa'") as refused:
+        hub.train(spec)
+    assert named in str(refused.value)
+    assert hub.list() == []  # nothing trained, nothing registered
