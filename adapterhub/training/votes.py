@@ -136,10 +136,7 @@ class PreferenceStore:
         Raises:
             ConfigError: the prompt or the answer is empty.
         """
-        problems = [f"{what} is empty" for what, text in (("prompt", prompt), ("answer", answer.text))
-                    if not text.strip()]
-        if problems:
-            raise ConfigError(problems, source="thumb")
+        check_thumb(prompt, answer)
         record = {"prompt": [{"role": "user", "content": prompt}],
                   "completion": [{"role": "assistant", "content": answer.text}],
                   "label": bool(label), "ref": answer.ref, "voter": voter, "created_at": time.time()}
@@ -202,6 +199,18 @@ def check_vote(prompt: str, best: Answer, others: Sequence[Answer]) -> None:
         )
     if problems:
         raise ConfigError(problems, source="vote")
+
+
+def check_thumb(prompt: str, answer: Answer) -> None:
+    """Refuse a thumb that cannot become a KTO row.
+
+    Raises:
+        ConfigError: the prompt or the answer is empty.
+    """
+    problems = [f"{what} is empty" for what, text in (("prompt", prompt), ("answer", answer.text))
+                if not text.strip()]
+    if problems:
+        raise ConfigError(problems, source="thumb")
 
 
 def parse_pairs(text: str) -> list[PreferencePair]:
