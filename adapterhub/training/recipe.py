@@ -93,8 +93,10 @@ class LoraConfig(RecipeSection):
     """Scale by alpha / sqrt(r) (rank-stabilised LoRA) instead of alpha / r."""
     use_dora: bool = False
     """Train DoRA (weight-decomposed LoRA: a learned magnitude per output column). PEFT trains it
-    over an nf4 base too; the serving engine refuses it (its batched kernel is plain LoRA), so
-    serve it merged into a base or through ``Hub.generate``."""
+    over an nf4, bf16 or fp32 base; over int8 it is refused (dequantising the int8 weight for the
+    magnitude leaves bitsandbytes' int8 layer unable to run its next forward). The serving engine
+    refuses DoRA (its batched kernel is plain LoRA), so serve it merged into a base or through
+    ``Hub.generate``."""
     plus_lr_ratio: float | None = Field(default=None, ge=1, le=1024)
     """LoRA+: train B at this many times the learning rate of A (the paper suggests 16); PEFT's
     LoRA+ optimizer. Unset: one learning rate for both."""
@@ -178,7 +180,9 @@ class TrainerConfig(RecipeSection):
     """Longest tokenized example; longer ones are truncated (and dropped if no loss token is left)."""
     packing: bool = True
     """Padding-free batches: a batch's examples are concatenated into one row with per-example
-    positions, so no compute is spent on pad tokens (examples never attend to each other)."""
+    positions, so no compute is spent on pad tokens (examples never attend to each other). SFT
+    only: the other methods pad each batch (TRL has no padding-free DPO, KTO... yet), so setting
+    it true for them is an error rather than a setting that does nothing."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about 20-30% slower."""
     eval_steps: int | None = Field(default=None, ge=1)
@@ -247,8 +251,15 @@ class RecipeBase(RecipeSection):
     def combination_problems(self) -> list[str]:
         """Settings that are valid alone but cannot work together, each naming its field and the
         fix (the loader reports them with the field errors, before anything loads)."""
-        init = self.lora.init
         problems: list[str] = []
+        if self.method != "sft" and self.training.packing and "packing" in self.training.model_fields_set:
+            problems.append(f"training.packing: true is SFT's padding-free batching; method {self.method!r} pads "
+                            "each batch (TRL has no padding-free path for it): remove training.packing")
+        if self.lora.use_dora and self.training.precision == "int8":
+            problems.append("lora.use_dora: true over training.precision: 'int8' fails at the second step (PEFT "
+                            "dequantises the int8 weight for DoRA's magnitude, after which bitsandbytes' int8 layer "
+                            "cannot run); set training.precision: nf4, bf16 or fp32, or turn DoRA off")
+        init = self.lora.init
         if init not in REWRITING_INITS:
             return problems
         if self.training.precision in ("nf4", "int8"):
