@@ -100,14 +100,18 @@ class LoraConfig(RecipeSection):
     plus_lr_ratio: float | None = Field(default=None, ge=1, le=1024)
     """LoRA+: train B at this many times the learning rate of A (the paper suggests 16); PEFT's
     LoRA+ optimizer. Unset: one learning rate for both."""
-    init: Literal["default", "gaussian", "pissa", "olora"] = "default"
+    init: Literal["default", "gaussian", "pissa", "olora", "loftq"] = "default"
     """How A and B start. ``default``: A random (Kaiming), B zero, so training starts at the base;
     ``gaussian``: A drawn from N(0, 1/r), B zero. ``pissa`` (the top-r singular vectors of each
     weight) and ``olora`` (its QR factors) start at a slice of the base and train on the rest,
     W - B0 A0; the registered version is converted to a plain LoRA of rank 2r over the original
     base (PEFT's conversion), so it is served on the shared base like any other. Those two need
     ``training.precision: bf16`` or ``fp32`` (PEFT cannot rewrite a 4-bit weight exactly), no
-    parent and no DoRA, and a reference-free method (sft, orpo, simpo)."""
+    DoRA, and a reference-free method (sft, orpo, simpo). ``loftq`` starts B A at the rank-r
+    part of what NF4 quantisation lost (W - dequant(Q(W))), so training starts nearer the
+    full-precision base; it needs ``training.precision: nf4`` and no DoRA, and leaves the base as
+    it is (best served on the nf4 base it corrects). Any but ``default`` needs no parent (the
+    parent's weights are the start) and is not for method reward."""
 
     @field_validator("target_modules")
     @classmethod
@@ -260,6 +264,15 @@ class RecipeBase(RecipeSection):
                             "dequantises the int8 weight for DoRA's magnitude, after which bitsandbytes' int8 layer "
                             "cannot run); set training.precision: nf4, bf16 or fp32, or turn DoRA off")
         init = self.lora.init
+        if init != "default" and self.method == "reward":
+            problems.append(f"lora.init: {init!r} with method 'reward': the reward model's LoRA and score head "
+                            "start their own way; use lora.init: default")
+            return problems
+        if init != "default" and self.parent is not None:
+            problems.append(f"lora.init: {init!r} with parent {self.parent!r}: a run from a parent starts at the "
+                            "parent's weights; remove lora.init or the parent")
+        if init == "loftq":
+            return problems + self._loftq_problems()
         if init not in REWRITING_INITS:
             return problems
         if self.training.precision in ("nf4", "int8"):
@@ -268,9 +281,6 @@ class RecipeBase(RecipeSection):
                 f"quantised base (training.precision: {self.training.precision!r}: PEFT refuses PiSSA there, and "
                 "OLoRA re-quantises the rest, so the adapter converted for the shared base would not give what "
                 "was trained); set training.precision: bf16 or fp32, or lora.init: default")
-        if self.parent is not None:
-            problems.append(f"lora.init: {init!r} with parent {self.parent!r}: a run from a parent starts at the "
-                            "parent's weights; remove lora.init or the parent")
         if self.lora.use_dora:
             problems.append(f"lora.init: {init!r} with lora.use_dora: the conversion to a plain LoRA over the "
                             "base cannot carry DoRA's magnitudes; turn one of them off")
@@ -278,6 +288,17 @@ class RecipeBase(RecipeSection):
             problems.append(
                 f"lora.init: {init!r} with method {self.method!r}: its loss runs the base with the adapter "
                 f"off, which a rewritten base no longer is; use lora.init: default (or method {', '.join(REFERENCE_FREE)})")
+        return problems
+
+    def _loftq_problems(self) -> list[str]:
+        problems = []
+        if self.training.precision != "nf4":
+            problems.append(f"lora.init: 'loftq' corrects the NF4 quantisation error of the base, and "
+                            f"training.precision is {self.training.precision!r}; set training.precision: nf4, "
+                            "or lora.init: default")
+        if self.lora.use_dora:
+            problems.append("lora.init: 'loftq' with lora.use_dora: DoRA's magnitudes are measured before LoftQ's "
+                            "start is set; turn one of them off")
         return problems
 
     def resolved(self) -> dict[str, Any]:

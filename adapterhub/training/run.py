@@ -497,11 +497,55 @@ def _load_model(context: TrainingContext, plan: RunPlan) -> tuple[Any, Any]:
         )
         if lora.init in REWRITING_INITS:
             _save_start(model, _start_dir(plan))
+        elif lora.init == "loftq":
+            _loftq_start(model, context.base.path)
     return base, model
 
 
-PEFT_INITS: dict[str, bool | str] = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
-"""``lora.init`` -> PEFT's ``init_lora_weights``."""
+def _loftq_start(model: Any, base_path: Path) -> None:
+    """LoftQ's start over the shared quantised base: each adapted layer's B, A begin as the best
+    rank-r approximation of what quantisation lost, scaling * B @ A = SVD_r(W - dequant(Q(W))).
+
+    This is LoftQ (Li et al. 2023) with the quantised weight kept, as PEFT's
+    ``replace_lora_weights_loftq`` does it (that function runs its SVD on CUDA only, and ignores
+    the LoRA scaling); the base is not rewritten, so the version is a plain LoRA over the same
+    NF4 base every adapter is served on. W comes from the base's own safetensors files.
+
+    Raises:
+        TrainingError: an adapted layer's full-precision weight is not in the base's files.
+    """
+    import torch
+    from peft.tuners.lora import LoraLayer
+    from peft.utils.integrations import dequantize_module_weight
+    from safetensors import safe_open
+
+    where = {}
+    for file in sorted(Path(base_path).glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            where.update(dict.fromkeys(f.keys(), file))
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if not isinstance(module, LoraLayer) or "default" not in module.lora_A:
+                continue
+            key = name.removeprefix("base_model.model.") + ".weight"
+            if key not in where:
+                raise TrainingError(f"lora.init: 'loftq' needs the full-precision weight {key!r}, which is not in "
+                                    f"the base's files in {str(base_path)!r}; use lora.init: default")
+            with safe_open(str(where[key]), framework="pt") as f:
+                full = f.get_tensor(key).float()  # [out, in]
+            lost = full - dequantize_module_weight(module.get_base_layer()).float().cpu()
+            u, s, vh = torch.linalg.svd(lost, full_matrices=False)
+            r, scaling = module.r["default"], module.scaling["default"]
+            root = torch.sqrt(s[:r] / scaling)  # [r]
+            a, b = module.lora_A["default"].weight, module.lora_B["default"].weight
+            a.copy_((root[:, None] * vh[:r]).to(a))  # [r, in]
+            b.copy_((u[:, :r] * root).to(b))  # [out, r]
+
+
+PEFT_INITS: dict[str, bool | str] = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora",
+                                     "loftq": True}
+"""``lora.init`` -> PEFT's ``init_lora_weights`` (LoftQ's start replaces the default one, see
+:func:`_loftq_start`)."""
 
 
 def _start_dir(plan: RunPlan) -> Path:

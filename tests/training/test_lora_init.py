@@ -104,3 +104,56 @@ def test_combinations_that_cannot_work_are_refused_before_loading(
         hub.train(spec)
     assert named in str(refused.value)
     assert hub.list() == []  # nothing trained, nothing registered
+
+
+def test_loftq_start_takes_back_part_of_what_nf4_lost(hub: Hub) -> None:
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from adapterhub.training.run import _loftq_start
+
+    prompt = torch.tensor([hub.base.render_chat([{"role": "user", "content": "capital?"}])])
+    path = hub.base_info.path
+    with torch.inference_mode():
+        full = load_base(path, "fp32").model(input_ids=prompt).logits[0]
+    model = get_peft_model(load_base(path, "nf4", for_training=True).model,
+                           LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    model.eval()
+    with torch.inference_mode():
+        quantised = model(input_ids=prompt).logits[0]  # B = 0: the nf4 base
+    _loftq_start(model, path)
+    with torch.inference_mode():
+        corrected = model(input_ids=prompt).logits[0]
+    assert (corrected - full).abs().mean() < 0.9 * (quantised - full).abs().mean()
+
+
+def test_loftq_trains_over_nf4_and_is_served_as_peft_serves_it(hub: Hub, capitals_data: Path, tmp_path: Path) -> None:
+    events: list[ProgressEvent] = []
+    version = hub.train(recipe(capitals_data, "loftq", precision="nf4"), progress=events.append)
+    losses = [e.loss for e in events if e.kind == "step" and e.loss is not None]
+    assert losses[-1] < losses[0]
+    assert version.recipe["lora"]["init"] == "loftq" and version.metrics["lora"]["init"] == "loftq"
+    adapter = hub.registry.load_adapter(version)
+    assert adapter.config["r"] == R  # a plain LoRA over the same base: nothing to convert
+    folder = exported(hub, version, tmp_path / "registered")
+    reference = PeftReference(hub.base_info.path, {"registered": folder}, "nf4")
+    prompt = hub.base.render_chat([{"role": "user", "content": "capital?"}])
+    greedy = SamplingParams(max_tokens=6, ignore_eos=True)
+    with Engine(load_base(hub.base_info.path, "nf4"), hub.registry) as engine:
+        served = engine.generate(GenerationRequest(tuple(prompt), adapter=version.ref, sampling=greedy))
+    assert list(served.token_ids) == reference.greedy(prompt, "registered", greedy.max_tokens)
+
+
+@pytest.mark.parametrize(("init", "change", "named"), [
+    ("loftq", {"training": {"precision": "bf16"}}, "set training.precision: nf4"),
+    ("loftq", {"lora": {"use_dora": True}}, "lora.use_dora"),
+    ("gaussian", {"parent": "capitals@1"}, "parent 'capitals@1'"),
+    ("gaussian", {"method": "reward"}, "method 'reward'"),
+])
+def test_other_inits_refuse_what_cannot_work(hub: Hub, capitals_data: Path, init: str, change: dict, named: str) -> None:  # type: ignore[type-arg]
+    spec = recipe(capitals_data, init, precision="nf4")
+    for key, value in change.items():
+        spec[key] = {**spec[key], **value} if isinstance(value, dict) else value
+    with pytest.raises(ConfigError, match=f"lora.init: {init!r}") as refused:
+        hub.train(spec)
+    assert named in str(refused.value) and hub.list() == []
