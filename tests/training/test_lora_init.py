@@ -157,3 +157,27 @@ def test_other_inits_refuse_what_cannot_work(hub: Hub, capitals_data: Path, init
     with pytest.raises(ConfigError, match=f"lora.init: {init!r}") as refused:
         hub.train(spec)
     assert named in str(refused.value) and hub.list() == []
+
+
+def test_a_resumed_pissa_run_registers_what_an_uninterrupted_one_does(hub: Hub, capitals_data: Path) -> None:
+    import torch
+    from safetensors.torch import load
+
+    from adapterhub.errors import TrainingError
+
+    spec = {**recipe(capitals_data, "pissa", save_steps=2), "forgetting_check": False}
+    whole = hub.train(spec)
+
+    def crash_at_step_5(event: ProgressEvent) -> None:
+        if event.kind == "step" and event.step == 5:
+            raise RuntimeError("power cut")
+
+    with pytest.raises(TrainingError, match="power cut"):
+        hub.train(spec, progress=crash_at_step_5)
+    resumed = hub.train(spec, resume=True)  # the start is decomposed again, the checkpoint not
+    assert resumed.metrics["train_steps"] == 6
+    a = load(hub.registry.read_file(whole, "adapter_model.safetensors"))
+    b = load(hub.registry.read_file(resumed, "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
