@@ -6,8 +6,8 @@ with only what its :class:`TrainingContext` gives it (base, registry, runs folde
 1. **Plan** (:func:`plan_run`): validate the recipe; check it names this hub's base; load the base's
    tokenizer; gate its chat template; load, check and fingerprint the data; check LoRA targets
    against the base's layers; resolve the parent; let the method tokenize and gate the data.
-2. **Model**: load a private copy of the frozen base (NF4 by default: QLoRA), attach a fresh LoRA,
-   or the parent version's weights, trainable.
+2. **Model**: load a private copy of the frozen base (NF4 by default: QLoRA), attach a fresh LoRA
+   (started as ``lora.init`` says), or the parent version's weights, trainable.
 3. **Train**: the method builds its ``transformers.Trainer``; the runner adds the
    :class:`~adapterhub.training.callbacks.ProgressBridge` (events, step log, cancel), checkpoints
    under ``<home>/runs/<name>-<key>/`` and resumes from there with ``resume=True``.
@@ -28,6 +28,9 @@ Design choices:
   The run loads its own frozen copy and drops it when done.
 * **The run key** (hash of resolved recipe, data, base and parent) names the checkpoint folder, so
   ``--resume`` only ever continues the same run, never a different recipe's checkpoint.
+* **One base for every version.** PiSSA and OLoRA train over a rewritten base (W - B0 A0); their
+  start is saved before training and the version is converted at save to a plain rank-2r LoRA
+  over W (PEFT's conversion), so it serves on the shared base like any other adapter.
 """
 
 from __future__ import annotations
