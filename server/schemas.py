@@ -606,6 +606,8 @@ class ThumbResponse(BaseModel):
     ref: str | None
     """The version that answered (None: the base)."""
     label: bool
+    total: int
+    """Thumbs in the hub's thumbs dataset now."""
     dataset: str | None
     """The thumbs file's path on the server, for an admin key: a KTO recipe's ``dataset.path``."""
 

@@ -100,6 +100,16 @@ class Preferences(Protocol):
         """How many pairs are stored; None when that cannot be known now (the server is unreachable)."""
         ...
 
+    def thumb(self, prompt: str, answer: Answer, label: bool) -> dict[str, Any]:
+        """Record one answer as desirable (``label`` true) or not: a row of KTO's unpaired data.
+        Returns the stored record (``ref`` is the version that answered). Raises ConfigError for
+        an empty prompt or answer."""
+        ...
+
+    def thumbs_count(self) -> int | None:
+        """How many thumbs are stored; None when that cannot be known now."""
+        ...
+
 
 @runtime_checkable
 class Backend(Protocol):

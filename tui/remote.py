@@ -59,6 +59,7 @@ from adapterhub.registry import Evaluation, Version
 from adapterhub.training.votes import (
     Answer,
     PreferencePair,
+    check_thumb,
     check_vote,
     parse_pairs,
     preferred_adapter,
@@ -359,6 +360,7 @@ class RemotePreferences:
         self._local = Path(local)
         self._path: Path | None = None
         self._total: int | None = None
+        self._thumbs: int | None = None
 
     @property
     def path(self) -> Path:
@@ -400,6 +402,24 @@ class RemotePreferences:
             except AdapterHubError:  # unreachable, or a key that may vote but not read the votes
                 return None
         return self._total
+
+    def thumb(self, prompt: str, answer: Answer, label: bool) -> dict[str, Any]:
+        check_thumb(prompt, answer)  # refused here as in-process, before a request
+        body = {"prompt": prompt, "completion": {"model": answer.ref, "content": answer.text}, "label": label}
+        stored = self._call("POST", "/v1/preferences", json=body).json()
+        self._thumbs = int(stored["total"])
+        return {"prompt": [{"role": "user", "content": prompt}],
+                "completion": [{"role": "assistant", "content": answer.text}],
+                "label": bool(stored["label"]), "ref": stored["ref"]}
+
+    def thumbs_count(self) -> int | None:
+        if self._thumbs is None:
+            try:
+                response = self._call("GET", "/v1/preferences", params={"kind": "thumbs"})
+            except AdapterHubError:  # unreachable, or a key that may vote but not read the votes
+                return None
+            self._thumbs = sum(1 for line in response.text.splitlines() if line.strip())
+        return self._thumbs
 
     def close(self) -> None:
         self._http.close()

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import math
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 GENERAL_TEXT = "data/general_text.txt"
+BASE_ADAPTER = "forgetting-base"
 
 
 def general_texts() -> list[str]:
@@ -44,12 +46,28 @@ def perplexity(model: Any, tokenizer: Any, texts: list[str], *, max_length: int 
     return math.exp(total_nll / max(1, total_tokens))
 
 
-def forgetting_metrics(peft_model: Any, tokenizer: Any) -> dict[str, float]:
-    """General-text perplexity with the adapter and without it (the base), and their ratio."""
+def forgetting_metrics(peft_model: Any, tokenizer: Any, *, base_adapter: Path | None = None) -> dict[str, float]:
+    """General-text perplexity with the adapter and without it (the base), and their ratio.
+
+    Args:
+        base_adapter: for an adapter trained over a rewritten base (PiSSA, OLoRA: W - B0 A0), its
+            saved start (B0, A0): the base is measured with it in place of the adapter, which
+            gives W back, since switching the adapter off would measure W - B0 A0.
+    """
     texts = general_texts()
     adapter_ppl = perplexity(peft_model, tokenizer, texts)
-    with peft_model.disable_adapter():
-        base_ppl = perplexity(peft_model, tokenizer, texts)
+    if base_adapter is None:
+        with peft_model.disable_adapter():
+            base_ppl = perplexity(peft_model, tokenizer, texts)
+    else:
+        active = peft_model.active_adapter
+        peft_model.load_adapter(str(base_adapter), adapter_name=BASE_ADAPTER)
+        try:
+            peft_model.set_adapter(BASE_ADAPTER)
+            base_ppl = perplexity(peft_model, tokenizer, texts)
+        finally:
+            peft_model.set_adapter(active)
+            peft_model.delete_adapter(BASE_ADAPTER)
     return {
         "general_ppl_base": round(base_ppl, 4),
         "general_ppl_adapter": round(adapter_ppl, 4),

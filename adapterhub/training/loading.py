@@ -153,6 +153,8 @@ def parse_recipe(data: Mapping[str, Any], *, root: Path | None = None, label: st
         recipe = recipe_cls.model_validate(dict(data))
     except ValidationError as e:
         problems.extend(_describe(error, recipe_cls) for error in e.errors())
+    if recipe is not None:
+        problems.extend(recipe.combination_problems())
     problems.extend(_check_files(data, root or Path.cwd()))
     if problems or recipe is None:
         raise ConfigError(list(dict.fromkeys(problems)), source=label)

@@ -28,6 +28,12 @@ from adapterhub.core.refs import AdapterRef, validate_name
 from adapterhub.errors import ConfigError
 
 ALL_LINEAR = "all-linear"
+REWRITING_INITS = ("pissa", "olora")
+"""``lora.init`` values that start the adapter at a slice of the base's weights and train on the
+rest (W_res = W - B0 A0); the registered adapter is converted back to a plain LoRA over W."""
+REFERENCE_FREE = ("sft", "orpo", "simpo")
+"""Methods whose loss never runs the base with the adapter switched off (with a rewritten base
+that would be W_res, not the base: a wrong reference policy)."""
 
 
 class RecipeSection(BaseModel):
@@ -87,11 +93,25 @@ class LoraConfig(RecipeSection):
     """Scale by alpha / sqrt(r) (rank-stabilised LoRA) instead of alpha / r."""
     use_dora: bool = False
     """Train DoRA (weight-decomposed LoRA: a learned magnitude per output column). PEFT trains it
-    over an nf4 base too; the serving engine refuses it (its batched kernel is plain LoRA), so
-    serve it merged into a base or through ``Hub.generate``."""
+    over an nf4, bf16 or fp32 base; over int8 it is refused (dequantising the int8 weight for the
+    magnitude leaves bitsandbytes' int8 layer unable to run its next forward). The serving engine
+    refuses DoRA (its batched kernel is plain LoRA), so serve it merged into a base or through
+    ``Hub.generate``."""
     plus_lr_ratio: float | None = Field(default=None, ge=1, le=1024)
     """LoRA+: train B at this many times the learning rate of A (the paper suggests 16); PEFT's
     LoRA+ optimizer. Unset: one learning rate for both."""
+    init: Literal["default", "gaussian", "pissa", "olora", "loftq"] = "default"
+    """How A and B start. ``default``: A random (Kaiming), B zero, so training starts at the base;
+    ``gaussian``: A drawn from N(0, 1/r), B zero. ``pissa`` (the top-r singular vectors of each
+    weight) and ``olora`` (its QR factors) start at a slice of the base and train on the rest,
+    W - B0 A0; the registered version is converted to a plain LoRA of rank 2r over the original
+    base (PEFT's conversion), so it is served on the shared base like any other. Those two need
+    ``training.precision: bf16`` or ``fp32`` (PEFT cannot rewrite a 4-bit weight exactly), no
+    DoRA, and a reference-free method (sft, orpo, simpo). ``loftq`` starts B A at the rank-r
+    part of what NF4 quantisation lost (W - dequant(Q(W))), so training starts nearer the
+    full-precision base; it needs ``training.precision: nf4`` and no DoRA, and leaves the base as
+    it is (best served on the nf4 base it corrects). Any but ``default`` needs no parent (the
+    parent's weights are the start) and is not for method reward."""
 
     @field_validator("target_modules")
     @classmethod
@@ -164,7 +184,9 @@ class TrainerConfig(RecipeSection):
     """Longest tokenized example; longer ones are truncated (and dropped if no loss token is left)."""
     packing: bool = True
     """Padding-free batches: a batch's examples are concatenated into one row with per-example
-    positions, so no compute is spent on pad tokens (examples never attend to each other)."""
+    positions, so no compute is spent on pad tokens (examples never attend to each other). SFT
+    only: the other methods pad each batch (TRL has no padding-free DPO, KTO... yet), so setting
+    it true for them is an error rather than a setting that does nothing."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about 20-30% slower."""
     eval_steps: int | None = Field(default=None, ge=1)
@@ -229,6 +251,55 @@ class RecipeBase(RecipeSection):
             return str(AdapterRef.parse(value))
         except ConfigError as e:
             raise ValueError(str(e)) from None
+
+    def combination_problems(self) -> list[str]:
+        """Settings that are valid alone but cannot work together, each naming its field and the
+        fix (the loader reports them with the field errors, before anything loads)."""
+        problems: list[str] = []
+        if self.method != "sft" and self.training.packing and "packing" in self.training.model_fields_set:
+            problems.append(f"training.packing: true is SFT's padding-free batching; method {self.method!r} pads "
+                            "each batch (TRL has no padding-free path for it): remove training.packing")
+        if self.lora.use_dora and self.training.precision == "int8":
+            problems.append("lora.use_dora: true over training.precision: 'int8' fails at the second step (PEFT "
+                            "dequantises the int8 weight for DoRA's magnitude, after which bitsandbytes' int8 layer "
+                            "cannot run); set training.precision: nf4, bf16 or fp32, or turn DoRA off")
+        init = self.lora.init
+        if init != "default" and self.method == "reward":
+            problems.append(f"lora.init: {init!r} with method 'reward': the reward model's LoRA and score head "
+                            "start their own way; use lora.init: default")
+            return problems
+        if init != "default" and self.parent is not None:
+            problems.append(f"lora.init: {init!r} with parent {self.parent!r}: a run from a parent starts at the "
+                            "parent's weights; remove lora.init or the parent")
+        if init == "loftq":
+            return problems + self._loftq_problems()
+        if init not in REWRITING_INITS:
+            return problems
+        if self.training.precision in ("nf4", "int8"):
+            problems.append(
+                f"lora.init: {init!r} rewrites the base's weights (W - B0 A0), which cannot be done exactly on a "
+                f"quantised base (training.precision: {self.training.precision!r}: PEFT refuses PiSSA there, and "
+                "OLoRA re-quantises the rest, so the adapter converted for the shared base would not give what "
+                "was trained); set training.precision: bf16 or fp32, or lora.init: default")
+        if self.lora.use_dora:
+            problems.append(f"lora.init: {init!r} with lora.use_dora: the conversion to a plain LoRA over the "
+                            "base cannot carry DoRA's magnitudes; turn one of them off")
+        if self.method not in REFERENCE_FREE:
+            problems.append(
+                f"lora.init: {init!r} with method {self.method!r}: its loss runs the base with the adapter "
+                f"off, which a rewritten base no longer is; use lora.init: default (or method {', '.join(REFERENCE_FREE)})")
+        return problems
+
+    def _loftq_problems(self) -> list[str]:
+        problems = []
+        if self.training.precision != "nf4":
+            problems.append(f"lora.init: 'loftq' corrects the NF4 quantisation error of the base, and "
+                            f"training.precision is {self.training.precision!r}; set training.precision: nf4, "
+                            "or lora.init: default")
+        if self.lora.use_dora:
+            problems.append("lora.init: 'loftq' with lora.use_dora: DoRA's magnitudes are measured before LoftQ's "
+                            "start is set; turn one of them off")
+        return problems
 
     def resolved(self) -> dict[str, Any]:
         """Every field with its effective value, as stored with the version."""

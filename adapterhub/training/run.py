@@ -6,8 +6,8 @@ with only what its :class:`TrainingContext` gives it (base, registry, runs folde
 1. **Plan** (:func:`plan_run`): validate the recipe; check it names this hub's base; load the base's
    tokenizer; gate its chat template; load, check and fingerprint the data; check LoRA targets
    against the base's layers; resolve the parent; let the method tokenize and gate the data.
-2. **Model**: load a private copy of the frozen base (NF4 by default: QLoRA), attach a fresh LoRA,
-   or the parent version's weights, trainable.
+2. **Model**: load a private copy of the frozen base (NF4 by default: QLoRA), attach a fresh LoRA
+   (started as ``lora.init`` says), or the parent version's weights, trainable.
 3. **Train**: the method builds its ``transformers.Trainer``; the runner adds the
    :class:`~adapterhub.training.callbacks.ProgressBridge` (events, step log, cancel), checkpoints
    under ``<home>/runs/<name>-<key>/`` and resumes from there with ``resume=True``.
@@ -28,6 +28,9 @@ Design choices:
   The run loads its own frozen copy and drops it when done.
 * **The run key** (hash of resolved recipe, data, base and parent) names the checkpoint folder, so
   ``--resume`` only ever continues the same run, never a different recipe's checkpoint.
+* **One base for every version.** PiSSA and OLoRA train over a rewritten base (W - B0 A0); their
+  start is saved before training and the version is converted at save to a plain rank-2r LoRA
+  over W (PEFT's conversion), so it serves on the shared base like any other adapter.
 """
 
 from __future__ import annotations
@@ -58,8 +61,8 @@ from adapterhub.training.datasets import TrainingData, load_training_data
 from adapterhub.training.distributed import Trained
 from adapterhub.training.loading import load_recipe
 from adapterhub.training.methods import Method, MethodContext, PrepareContext, get_method
+from adapterhub.training.recipe import REWRITING_INITS, RecipeBase
 from adapterhub.training.recipe import LoraConfig as LoraSettings
-from adapterhub.training.recipe import RecipeBase
 from adapterhub.training.templates import (
     RenderedExample,
     check_chat_template,
@@ -490,11 +493,80 @@ def _load_model(context: TrainingContext, plan: RunPlan) -> tuple[Any, Any]:
                 target_modules=lora.modules,
                 use_rslora=lora.use_rslora,
                 use_dora=lora.use_dora,
+                init_lora_weights=PEFT_INITS[lora.init],  # type: ignore[arg-type]
                 bias="none",
                 task_type=TaskType.CAUSAL_LM,
             ),
         )
+        if lora.init in REWRITING_INITS:
+            _save_start(model, _start_dir(plan))
+        elif lora.init == "loftq":
+            _loftq_start(model, context.base.path)
     return base, model
+
+
+def _loftq_start(model: Any, base_path: Path) -> None:
+    """LoftQ's start over the shared quantised base: each adapted layer's B, A begin as the best
+    rank-r approximation of what quantisation lost, scaling * B @ A = SVD_r(W - dequant(Q(W))).
+
+    This is LoftQ (Li et al. 2023) with the quantised weight kept, as PEFT's
+    ``replace_lora_weights_loftq`` does it (that function runs its SVD on CUDA only, and ignores
+    the LoRA scaling); the base is not rewritten, so the version is a plain LoRA over the same
+    NF4 base every adapter is served on. W comes from the base's own safetensors files.
+
+    Raises:
+        TrainingError: an adapted layer's full-precision weight is not in the base's files.
+    """
+    import torch
+    from peft.tuners.lora import LoraLayer
+    from peft.utils.integrations import dequantize_module_weight
+    from safetensors import safe_open
+
+    where = {}
+    for file in sorted(Path(base_path).glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            where.update(dict.fromkeys(f.keys(), file))
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if not isinstance(module, LoraLayer) or "default" not in module.lora_A:
+                continue
+            key = name.removeprefix("base_model.model.") + ".weight"
+            if key not in where:
+                raise TrainingError(f"lora.init: 'loftq' needs the full-precision weight {key!r}, which is not in "
+                                    f"the base's files in {str(base_path)!r}; use lora.init: default")
+            with safe_open(str(where[key]), framework="pt") as f:
+                full = f.get_tensor(key).float()  # [out, in]
+            lost = full - dequantize_module_weight(module.get_base_layer()).float().cpu()
+            u, s, vh = torch.linalg.svd(lost, full_matrices=False)
+            r, scaling = module.r["default"], module.scaling["default"]
+            root = torch.sqrt(s[:r] / scaling)  # [r]
+            a, b = module.lora_A["default"].weight, module.lora_B["default"].weight
+            a.copy_((root[:, None] * vh[:r]).to(a))  # [r, in]
+            b.copy_((u[:, :r] * root).to(b))  # [out, r]
+
+
+PEFT_INITS: dict[str, bool | str] = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora",
+                                     "loftq": True}
+"""``lora.init`` -> PEFT's ``init_lora_weights`` (LoftQ's start replaces the default one, see
+:func:`_loftq_start`)."""
+
+
+def _start_dir(plan: RunPlan) -> Path:
+    """Where this process keeps a rewriting init's starting adapter (B0, A0) until it saves."""
+    return plan.run_dir / f"start-{os.getpid()}"
+
+
+def _save_start(model: Any, folder: Path) -> None:
+    """Save the adapter as PiSSA/OLoRA initialised it, for the conversion at the end.
+
+    Its config (and every checkpoint's after it) says ``init_lora_weights: true``: loading it, or
+    resuming from a checkpoint, must not decompose the already rewritten base a second time
+    (PEFT's own recipe for the conversion). A resumed run recomputes the same start: the
+    decomposition of the same base weights is deterministic.
+    """
+    model.peft_config["default"].init_lora_weights = True
+    shutil.rmtree(folder, ignore_errors=True)
+    model.save_pretrained(folder, safe_serialization=True)
 
 
 def _export_parent(context: TrainingContext, plan: RunPlan) -> Path:
@@ -672,6 +744,8 @@ def _measure(
     recipe = plan.recipe
     t = recipe.training
     state = trainer.state
+    # PiSSA/OLoRA: with the adapter off the model is W - B0 A0; this start adapter puts W back
+    start = _start_dir(plan) if recipe.lora.init in REWRITING_INITS and plan.method.task_type == "CAUSAL_LM" else None
     metrics: dict[str, Any] = {
         "train_loss": round(float(output.training_loss), 6),
         "train_loss_last": bridge.last_loss,
@@ -700,15 +774,21 @@ def _measure(
         bridge.message("forgetting check skipped: a reward model's score head does not generate text")
     elif recipe.forgetting_check:
         bridge.message("forgetting check: general-text perplexity with and without the adapter")
-        metrics.update(forgetting_metrics(model, plan.tokenizer))
+        metrics.update(forgetting_metrics(model, plan.tokenizer, base_adapter=start))
     metrics["run_wall_s"] = round(time.monotonic() - started, 2)  # model load to saved adapter
     metrics["data"] = plan.data.summary
     if t.report_to:
         metrics["tracking"] = {"report_to": list(t.report_to), "project": t.project, "run": plan.run_dir.name}
-    metrics["lora"] = {"r": recipe.lora.r, "alpha": recipe.lora.alpha, "target_modules": recipe.lora.modules}
-
+    metrics["lora"] = {"r": recipe.lora.r, "alpha": recipe.lora.alpha, "target_modules": recipe.lora.modules,
+                       "init": recipe.lora.init}
     adapter_dir = plan.run_dir / "adapter"
-    model.save_pretrained(adapter_dir, safe_serialization=True)
+    if start is None:
+        model.save_pretrained(adapter_dir, safe_serialization=True)
+    else:  # trained as B A over W - B0 A0: registered as [B, -B0] [A; A0] over W, rank 2r
+        bridge.message(f"converting the {recipe.lora.init} adapter to a plain LoRA of rank {2 * recipe.lora.r} "
+                       "over the original base")
+        model.save_pretrained(adapter_dir, safe_serialization=True, path_initial_model_for_weight_conversion=str(start))
+        metrics["lora"]["registered_r"] = 2 * recipe.lora.r
     _name_base(adapter_dir, context.base.name)  # not the local path it was loaded from
     return Trained(adapter_dir, metrics, state.global_step, state.max_steps)
 

@@ -17,6 +17,11 @@ the most preferred adapter as the DPO run's parent.
 
 Each append is one ``write`` of a whole line to a file opened for appending, then ``fsync``: a
 crash leaves at most one torn last line, which reading skips.
+
+Counting (the compare screen shows the total after every vote) never rereads the whole file: a
+:class:`_Tally` remembers how far it has read and parses only the bytes appended since, by this
+process or any other (a server and a TUI can share one home). A file that shrank or was replaced
+(another inode) is counted again from the start.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,6 +100,8 @@ class PreferenceStore:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
+        self._pairs = _Tally(self.path, _is_pair)
+        self._thumbs = _Tally(self.thumbs_path, _is_thumb)
 
     @classmethod
     def in_home(cls, home: Path) -> PreferenceStore:
@@ -129,10 +136,7 @@ class PreferenceStore:
         Raises:
             ConfigError: the prompt or the answer is empty.
         """
-        problems = [f"{what} is empty" for what, text in (("prompt", prompt), ("answer", answer.text))
-                    if not text.strip()]
-        if problems:
-            raise ConfigError(problems, source="thumb")
+        check_thumb(prompt, answer)
         record = {"prompt": [{"role": "user", "content": prompt}],
                   "completion": [{"role": "assistant", "content": answer.text}],
                   "label": bool(label), "ref": answer.ref, "voter": voter, "created_at": time.time()}
@@ -161,8 +165,15 @@ class PreferenceStore:
         return preferred_adapter(self.pairs())
 
     def count(self) -> int | None:
-        """How many pairs are stored."""
-        return len(self.pairs())
+        """How many pairs are stored (as many as :meth:`pairs` returns); reads only what was
+        appended since the last count."""
+        with self._lock:
+            return self._pairs.count()
+
+    def thumbs_count(self) -> int | None:
+        """How many thumbs (KTO rows) are stored; reads only what was appended since the last count."""
+        with self._lock:
+            return self._thumbs.count()
 
     @property
     def recipe_folder(self) -> Path:
@@ -190,6 +201,18 @@ def check_vote(prompt: str, best: Answer, others: Sequence[Answer]) -> None:
         raise ConfigError(problems, source="vote")
 
 
+def check_thumb(prompt: str, answer: Answer) -> None:
+    """Refuse a thumb that cannot become a KTO row.
+
+    Raises:
+        ConfigError: the prompt or the answer is empty.
+    """
+    problems = [f"{what} is empty" for what, text in (("prompt", prompt), ("answer", answer.text))
+                if not text.strip()]
+    if problems:
+        raise ConfigError(problems, source="thumb")
+
+
 def parse_pairs(text: str) -> list[PreferencePair]:
     """The pairs of a preference JSONL text; a line that does not parse (a torn tail) is skipped."""
     pairs = []
@@ -212,6 +235,56 @@ def preferred_adapter(pairs: Sequence[PreferencePair]) -> str | None:
     wins = Counter(refs)
     best = max(wins.values())
     return [ref for ref in refs if wins[ref] == best][-1]
+
+
+class _Tally:
+    """The number of well-formed records in an append-only JSONL file, kept up to date by reading
+    only the bytes past the last complete line it counted.
+
+    Correct while other processes append (each append is whole lines, see the module docstring);
+    a file that shrank or was replaced is counted from the start. A last line without its newline
+    (a torn tail, or a write in flight) counts if it parses but is read again next time.
+    """
+
+    def __init__(self, path: Path, is_record: Callable[[Any], bool]) -> None:
+        self.path = path
+        self._is_record = is_record
+        self._file: tuple[int, int] | None = None  # (st_dev, st_ino) of the file counted
+        self._offset = 0  # bytes up to the end of the last complete line counted
+        self._total = 0  # records in those bytes
+
+    def count(self) -> int:
+        try:
+            with self.path.open("rb") as f:
+                stat = os.fstat(f.fileno())
+                if (stat.st_dev, stat.st_ino) != self._file or stat.st_size < self._offset:
+                    self._file, self._offset, self._total = (stat.st_dev, stat.st_ino), 0, 0
+                f.seek(self._offset)
+                new = f.read()
+        except FileNotFoundError:
+            self._file, self._offset, self._total = None, 0, 0
+            return 0
+        *lines, tail = new.split(b"\n")
+        self._total += sum(self._parses(line) for line in lines)
+        self._offset += len(new) - len(tail)
+        return self._total + self._parses(tail)
+
+    def _parses(self, line: bytes) -> bool:
+        if not line.strip():
+            return False
+        try:
+            return self._is_record(json.loads(line))
+        except (ValueError, KeyError, IndexError, TypeError):  # a torn line (UnicodeDecodeError is a ValueError)
+            return False
+
+
+def _is_pair(record: Any) -> bool:
+    PreferencePair.from_record(record)  # raises for anything pairs() would skip
+    return True
+
+
+def _is_thumb(record: Any) -> bool:
+    return bool(record["prompt"][0]["content"]) and "content" in record["completion"][0] and "label" in record
 
 
 def _label(ref: str | None) -> str:

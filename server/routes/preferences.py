@@ -57,7 +57,7 @@ async def vote(body: PreferenceRequest | ThumbRequest, request: Request, caller:
     def store_vote() -> PreferenceResponse | ThumbResponse:
         if isinstance(body, ThumbRequest):
             record = store.thumb(body.prompt, answer(body.completion), body.label, voter=caller.name)
-            return ThumbResponse(ref=record["ref"], label=record["label"],
+            return ThumbResponse(ref=record["ref"], label=record["label"], total=store.thumbs_count() or 0,
                                  dataset=str(store.thumbs_path) if caller.is_admin else None)
         pairs = store.vote(body.prompt, answer(body.chosen), [answer(r) for r in body.rejected], voter=caller.name)
         return PreferenceResponse(stored=len(pairs), total=store.count() or 0, chosen_ref=pairs[0].chosen.ref,

@@ -62,7 +62,7 @@ def test_votes_become_the_dataset_a_dpo_job_trains_on(tiny_base_dir: Path, tmp_p
                 thumb = httpx.post(f"{server.url}/v1/preferences", json={
                     "prompt": prompt, "completion": {"model": model, "content": f"{model} says hi"}, "label": label})
                 assert thumb.status_code == 201, thumb.text
-        assert thumb.json()["ref"] == "pirate@1" and thumb.json()["label"] is False
+        assert thumb.json()["ref"] == "pirate@1" and thumb.json()["label"] is False and thumb.json()["total"] == 4
         thumbs = [json.loads(line) for line in httpx.get(f"{server.url}/v1/preferences",
                                                          params={"kind": "thumbs"}).text.splitlines()]
         assert [(t["ref"], t["label"]) for t in thumbs] == [("json@1", True), ("pirate@1", False)] * 2

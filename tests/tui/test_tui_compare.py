@@ -163,3 +163,41 @@ def test_fake_raises_library_errors() -> None:
 
     with pytest.raises(AdapterNotFoundError):
         FakeBackend(Path("/nonexistent")).resolve("ghost")
+
+
+async def test_thumbs_mark_single_answers_as_kto_rows(fake_app, fake, tmp_path: Path) -> None:
+    from adapterhub.training.datasets import load_training_data
+    from adapterhub.training.recipe import DatasetConfig
+
+    app = fake_app()
+    async with app.run_test(size=(120, 30)) as pilot:
+        screen = await run_compare(app, pilot, "base, pirate@2, json-answers", "Capital?")
+        await pilot.press("plus")  # nothing selected yet: said how
+        await pilot.pause()
+        assert any("select an answer first" in n for n in notices(app))
+        await pilot.press("right", "right", "plus")  # column 2 is good
+        await pilot.pause()
+        columns = list(screen.query(AnswerColumn))
+        assert screen.selected_column is columns[1] and columns[1].thumb is True
+        assert "+ good" in str(columns[1].border_subtitle)
+        assert any("column 2 (pirate@2) marked good: stored for KTO, 1 thumbs in all" in n for n in notices(app))
+        await pilot.press("minus")  # one thumb per answer
+        await pilot.pause()
+        assert any("already marked good" in n for n in notices(app))
+        await pilot.press("right", "minus", "left", "left", "minus")  # column 3 bad, then the base bad
+        await pilot.pause()
+        assert [c.thumb for c in columns] == [False, True, False]
+        assert "3 thumbs" in str(screen.query_one("#compare-status", Static).render())
+        await pilot.press("2")  # a pair vote on the same answers still works
+        await pilot.pause()
+        assert screen.voted
+
+    store = PreferenceStore.in_home(fake.home)
+    rows = [json.loads(line) for line in store.thumbs_path.read_text().splitlines()]
+    assert [(r["ref"], r["label"]) for r in rows] == [("pirate@2", True), ("json-answers@1", False), (None, False)]
+    assert rows[0]["prompt"] == [{"role": "user", "content": "Capital?"}]
+    assert rows[0]["completion"] == [{"role": "assistant", "content": fake.answers["pirate@2"]}]
+    assert store.thumbs_count() == 3
+    data = load_training_data(DatasetConfig(path=str(store.thumbs_path), eval_fraction=0), root=tmp_path,
+                              formats=("unpaired_preference",), method="kto")
+    assert data.format == "unpaired_preference" and len(data.train) == 3

@@ -7,6 +7,7 @@ lm-evaluation-harness over it scoring a bundled task.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -188,6 +189,35 @@ async def test_the_loop_closes_compare_vote_dpo(app, hub) -> None:  # type: igno
         version = hub.resolve("json-dpo")
         assert (version.method, version.parent) == ("dpo", "json@1")
         assert any(k.startswith("train/rewards/") for k in version.metrics)
+
+
+async def test_thumbs_in_compare_are_the_kto_data_a_kto_run_trains_on(app, hub) -> None:  # type: ignore[no-untyped-def]
+    """Mark single answers good or bad through the real engine's columns; the rows land in the
+    hub home's thumbs file, and a KTO recipe over that file trains a child of the parent."""
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("f3")
+        await pilot.pause()
+        screen = app.screen
+        screen.query_one("#refs", Input).value = "pirate:prod, json"
+        screen.query_one("#max-tokens", Input).value = "8"
+        for prompt in ("Hello there", "What is two plus two?"):
+            screen.query_one("#prompt", Input).value = prompt
+            await pilot.press("f5")
+            await settle(pilot)
+            await pilot.press("right", "minus", "right", "plus")  # pirate bad, json good
+            await pilot.pause()
+        assert any("column 2 (json@1) marked good: stored for KTO, 4 thumbs in all" in n for n in notices(app))
+        columns = list(screen.query(AnswerColumn))
+    store = PreferenceStore.in_home(hub.home)
+    rows = [json.loads(line) for line in store.thumbs_path.read_text().splitlines()]
+    assert [(r["ref"], r["label"], r["prompt"][0]["content"]) for r in rows] == [
+        ("pirate@1", False, "Hello there"), ("json@1", True, "Hello there"),
+        ("pirate@1", False, "What is two plus two?"), ("json@1", True, "What is two plus two?")]
+    assert rows[-1]["completion"][0]["content"] == columns[1].text
+    version = hub.train({"method": "kto", "name": "json-kto", "parent": "json@1", "forgetting_check": False,
+                         "dataset": {"path": str(store.thumbs_path), "eval_fraction": 0},
+                         "training": {"precision": "fp32", "max_steps": 2, "batch_size": 4, "learning_rate": 1e-3}})
+    assert (version.method, version.parent, version.metrics["train_steps"]) == ("kto", "json@1", 2)
 
 
 async def test_evaluate_from_the_registry_and_see_the_numbers(  # type: ignore[no-untyped-def]

@@ -6,6 +6,7 @@ it with the official ``openai`` client and the admin API, never importing the se
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -208,6 +209,43 @@ async def test_train_compare_vote_and_train_the_dpo_child_over_http(
         child = Hub(home).resolve("json-dpo")
         assert (child.method, child.parent) == ("dpo", "json@1")
         assert any(k.startswith("train/rewards/") for k in child.metrics)
+
+
+async def test_thumbs_over_http_land_in_the_servers_kto_data(served: str, home: Path, tmp_path: Path) -> None:
+    """Thumbs from the TUI go through ``POST /v1/preferences`` into the server's thumbs file, with
+    the versions that answered and the key that voted; an inference key may thumb too."""
+    from adapterhub.training.datasets import load_training_data
+    from adapterhub.training.recipe import DatasetConfig
+
+    app = make_app(HttpBackend(served, home=tmp_path / "local", api_key=INFERENCE_KEY), recipe_dirs=[])
+    async with app.run_test(size=(120, 30)) as pilot:
+        await settle(pilot)
+        await pilot.press("f3")
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, CompareScreen)
+        screen.query_one("#refs", Input).value = "pirate, json"
+        screen.query_one("#max-tokens", Input).value = "8"
+        screen.query_one("#prompt", Input).value = "Hello there"
+        await pilot.press("f5")
+        await settle(pilot)
+        await pilot.press("right", "plus", "right", "minus")
+        await pilot.pause()
+        columns = list(screen.query(AnswerColumn))
+        assert [c.thumb for c in columns] == [True, False], notices(app)
+        assert any("column 2 (json@1) marked bad: stored for KTO, 2 thumbs in all" in n for n in notices(app))
+        await pilot.press("minus")
+        await pilot.pause()
+        assert any("already marked bad" in n for n in notices(app))
+    store = PreferenceStore.in_home(home)  # the server's home, not the TUI's
+    rows = [json.loads(line) for line in store.thumbs_path.read_text().splitlines()]
+    assert [(r["ref"], r["label"], r["voter"]) for r in rows] == [("pirate@1", True, "env-inference-0"),
+                                                                   ("json@1", False, "env-inference-0")]
+    assert [r["completion"][0]["content"] for r in rows] == [columns[0].text, columns[1].text]
+    assert not (tmp_path / "local" / "preferences" / "thumbs.jsonl").exists()
+    data = load_training_data(DatasetConfig(path=str(store.thumbs_path), eval_fraction=0), root=tmp_path,
+                              formats=("unpaired_preference",), method="kto")
+    assert data.format == "unpaired_preference" and len(data.train) == 2
 
 
 async def test_inference_key_lists_but_cannot_tag(served: str, tmp_path: Path) -> None:

@@ -9,6 +9,11 @@ other column (with two columns that is the pairwise "left/right is better"). The
 hub home's preference dataset, which the training screen offers to DPO (``ctrl+y``) with the most
 preferred adapter as parent. Prompts can come from a file (one per line, or JSONL with a
 ``prompt`` key); after a vote the next prompt runs by itself.
+
+One answer can also be judged alone: select its column (left/right, or click it) and press ``+``
+(good) or ``-`` (bad). That stores a thumb, one row of KTO's unpaired data (prompt, completion,
+label, the version that answered), in the same store the server's ``/v1/preferences`` writes
+(through it, for the HTTP backend); a KTO recipe trains on that file. Each answer takes one thumb.
 """
 
 from __future__ import annotations
@@ -149,6 +154,10 @@ class CompareScreen(Screen[None]):
         Binding("left_square_bracket", "previous_prompt", "Previous prompt", show=False),
         Binding("ctrl+y", "dpo_on_votes", "DPO votes"),
         Binding("escape", "focus_columns", "Vote keys", show=False),
+        Binding("left", "select_column(-1)", "Previous answer", show=False),
+        Binding("right", "select_column(1)", "Next answer", show=False),
+        Binding("plus,equals_sign", "thumb(True)", "Good answer", show=False),
+        Binding("minus", "thumb(False)", "Bad answer", show=False),
     ]
 
     def __init__(self) -> None:
@@ -307,6 +316,53 @@ class CompareScreen(Screen[None]):
             self._show_prompt(self.prompt_index + 1)
             self.run_prompt()
 
+    # ------------------------------------------------------------------ thumbs
+
+    @property
+    def selected_column(self) -> AnswerColumn | None:
+        """The column holding the focus (itself or a widget inside it), if any."""
+        node = self.focused
+        while node is not None and not isinstance(node, AnswerColumn):
+            node = node.parent  # type: ignore[assignment]
+        return node
+
+    def action_select_column(self, step: int) -> None:
+        columns = self.columns
+        if not columns:
+            return
+        current = self.selected_column
+        index = columns.index(current) + step if current is not None else (0 if step > 0 else len(columns) - 1)
+        columns[max(0, min(len(columns) - 1, index))].focus()
+
+    def action_thumb(self, label: bool) -> None:
+        """Store the selected column's answer as good (``label``) or bad: one KTO row."""
+        column = self.selected_column
+        if column is None:
+            self.notify("select an answer first: left/right (or click it), then + good or - bad", severity="warning")
+            return
+        self.store_thumb(column, label)
+
+    def store_thumb(self, column: AnswerColumn, label: bool) -> None:
+        """Store ``column``'s answer as good (``label``) or bad; refused (a notice) while it runs or
+        once it is marked."""
+        if not column.done:
+            self.notify(f"column {column.index} has not finished; wait for its answer", severity="warning")
+            return
+        if column.thumb is not None:
+            self.notify(f"column {column.index} is already marked {'good' if column.thumb else 'bad'}; "
+                        "run again to judge new answers", severity="warning")
+            return
+        try:
+            record = self.hub.preferences.thumb(self.last_prompt, Answer(column.resolved or column.ref, column.text), label)
+        except Exception as e:
+            self.hub.report(e, "storing the thumb")
+            return
+        column.mark_thumb(label)
+        total = self.hub.preferences.thumbs_count()
+        self.notify(f"column {column.index} ({record.get('ref') or 'base'}) marked {'good' if label else 'bad'}: "
+                    f"stored for KTO, {total if total is not None else '?'} thumbs in all")
+        self._status()
+
     def action_focus_columns(self) -> None:
         self.query_one("#columns").focus()
 
@@ -350,11 +406,14 @@ class CompareScreen(Screen[None]):
             parts.append(f"prompt {self.prompt_index + 1}/{len(self.prompts)}")
         columns = self.columns
         if columns and all(c.done for c in columns) and not self.voted:
-            parts.append(f"vote: 1-{len(columns)} = that column is best")
+            parts.append(f"vote: 1-{len(columns)} = that column is best, or ←/→ then +/- = one answer good/bad")
         elif self.voted:
             parts.append("voted")
         total = self.hub.preferences.count()
         parts.append(f"{total if total is not None else '?'} pairs stored")
+        thumbs = self.hub.preferences.thumbs_count()
+        if thumbs:  # shown once there are any
+            parts.append(f"{thumbs} thumbs")
         self.query_one("#compare-status", Static).update("  ·  ".join(parts))
 
     def palette_commands(self) -> Iterable[SystemCommand]:
@@ -372,3 +431,9 @@ class CompareScreen(Screen[None]):
                 f"{column.ref or 'base'} is best; store pairs against the others ({column.index})",
                 lambda i=column.index: self.action_vote(i),  # type: ignore[misc]
             )
+            for label, word in ((True, "good"), (False, "bad")):
+                yield SystemCommand(
+                    f"Mark column {column.index} {word}",
+                    f"Store {column.ref or 'base'}'s answer as {word}: one KTO row ({'+' if label else '-'})",
+                    lambda c=column, g=label: self.store_thumb(c, g),  # type: ignore[misc]
+                )

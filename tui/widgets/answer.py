@@ -19,8 +19,11 @@ from textual.widgets import Static
 from adapterhub.engine.types import GenerationChunk
 
 
-class AnswerColumn(Vertical):
+class AnswerColumn(Vertical, can_focus=True):
     """An answer column: header (index and ref), live stats and the streamed text.
+
+    Focusable (click it, or move with left/right on the compare screen), so ``+`` / ``-`` there
+    mark this one answer good or bad; the mark shows in the border.
 
     Args:
         index: 1-based column number; its vote key.
@@ -33,6 +36,8 @@ class AnswerColumn(Vertical):
     AnswerColumn { width: 1fr; height: 1fr; border: round $secondary; padding: 0 1; }
     AnswerColumn.-winner { border: double $success; }
     AnswerColumn.-error { border: round $error; }
+    AnswerColumn:focus { border: round $accent; }
+    AnswerColumn.-winner:focus { border: double $accent; }
     AnswerColumn > .answer-stats { color: $text-muted; height: auto; }
     AnswerColumn > VerticalScroll { height: 1fr; }
     """
@@ -54,6 +59,7 @@ class AnswerColumn(Vertical):
         self.finished_at: float | None = None
         self.finish_reason: str | None = None
         self.resolved: str | None = None
+        self.thumb: bool | None = None  # this answer marked good (True) or bad (False); None: not marked
 
     def compose(self) -> ComposeResult:
         yield Static("", classes="answer-stats", markup=False)
@@ -65,6 +71,7 @@ class AnswerColumn(Vertical):
         self.text, self.tokens, self.resolved = "", 0, None
         self.started, self.first_token_at, self.finished_at = self.clock(), None, None
         self.finish_reason = None
+        self.thumb = None
         self.remove_class("-winner", "-error")
         self.state = "waiting"
         self._show()
@@ -96,6 +103,11 @@ class AnswerColumn(Vertical):
 
     def mark_winner(self) -> None:
         self.add_class("-winner")
+
+    def mark_thumb(self, label: bool) -> None:
+        """Show that this answer was stored as good (``label`` true) or bad."""
+        self.thumb = label
+        self._show()
 
     @property
     def done(self) -> bool:
@@ -129,5 +141,6 @@ class AnswerColumn(Vertical):
             return
         self.query_one(".answer-stats", Static).update(self.stats_line())
         self.query_one(".answer-text", Static).update(self.text)
-        if self.resolved and self.ref is not None:
-            self.border_subtitle = self.resolved
+        marks = [self.resolved if self.resolved and self.ref is not None else "",
+                 {True: "+ good", False: "- bad", None: ""}[self.thumb]]
+        self.border_subtitle = "  ".join(m for m in marks if m)
