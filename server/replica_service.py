@@ -137,10 +137,23 @@ class ReplicaService:
             log.error("starting the replica router failed", exc_info=error)
             return
         self._tasks.append(asyncio.get_running_loop().create_task(router.watch()))
+        if self._vllm is not None:
+            self._tasks.append(asyncio.get_running_loop().create_task(self._watch_vllm(router, self._vllm)))
         if self.phase is Phase.STARTING:
             self.phase = Phase.READY
             log.info("ready: base %s over %d replicas (%d healthy)", self.base_name, len(router.replicas),
                      len(router.healthy()))
+
+    async def _watch_vllm(self, router: Router, vllm: VllmProcess) -> None:
+        """The launched vLLM ended before shutdown (a bad flag, out of memory): say so, for good."""
+        status = await vllm.wait()
+        if self.phase is Phase.STOPPING:
+            return
+        why = f"the launched vLLM exited with status {status}; its log {vllm.log_path} says why"
+        log.error("%s", why)
+        for replica in router.replicas:
+            if replica.url == vllm.url:
+                router.mark_gone(replica, why)
 
     async def wait_ready(self, timeout: float) -> bool:
         with anyio.move_on_after(timeout):
