@@ -83,6 +83,7 @@ class Forwarded:
     response: httpx.Response
     lines: AsyncIterator[str] | None = None  # a stream's lines, the first already read into first_line
     first_line: str | None = None
+    first_event: dict[str, Any] | None = None  # first_line's JSON, parsed once (None: not JSON)
 
 
 class ReplicaService:
@@ -354,6 +355,7 @@ class ReplicaService:
                 try:
                     forwarded.lines = response.aiter_lines()
                     forwarded.first_line = await _first_event(forwarded.lines)
+                    forwarded.first_event = _parse_event(forwarded.first_line)
                 except httpx.TransportError as e:
                     await response.aclose()
                     if failed_on(replica, lease, e, label, "error", broken=True):
@@ -394,6 +396,7 @@ class ReplicaService:
         outcome = "cancelled"
         finish: str | None = None  # the first choice's finish reason, the outcome as our engine counts it
         first_token = True
+        parsed = forwarded.first_event  # the first line's, parsed in forward(): not again
         try:
             async for line in _lines(forwarded):
                 if not line.startswith("data:"):
@@ -402,7 +405,7 @@ class ReplicaService:
                 if data == "[DONE]":
                     outcome = outcome if outcome == "error" else finish or "stop"
                     break
-                event = json.loads(data)
+                event, parsed = (parsed, None) if parsed is not None else (json.loads(data), None)
                 if "error" in event:
                     outcome = "error"
                     yield f"data: {data}\n\n"
@@ -482,6 +485,18 @@ async def _first_event(lines: AsyncIterator[str]) -> str | None:
         if line.startswith("data:"):
             return line
     return None
+
+
+def _parse_event(line: str | None) -> dict[str, Any] | None:
+    """A ``data:`` line's JSON object; None for ``[DONE]``, no line, or not a JSON object."""
+    data = (line or "data: [DONE]")[5:].strip()
+    if data == "[DONE]":
+        return None
+    try:
+        event = json.loads(data)
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) else None
 
 
 async def _lines(forwarded: Forwarded) -> AsyncIterator[str]:

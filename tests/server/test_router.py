@@ -307,3 +307,36 @@ async def test_a_load_that_fails_on_one_replica_is_retried_on_another(served_hom
         assert status == 200 and not service.ready().router.replicas[0].healthy
     finally:
         await service.close()
+
+
+async def test_a_streams_first_event_is_parsed_once(served_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The route reads the first event's id for its header and the stream re-encodes it: one parse."""
+    from adapterhub_server import load_settings
+    from adapterhub_server.replica_service import ReplicaService
+    from adapterhub_server.routes.proxy import _event_id
+    from adapterhub_server.schemas import ChatCompletionRequest
+
+    service = ReplicaService(load_settings(home=served_home, backend="vllm", replicas=URLS),
+                             transport=httpx.MockTransport(ScriptedReplicas()))
+    service.start_loading()
+    parsed: list[str] = []
+    loads = json.loads
+
+    def counting(text: str | bytes, **kw: object) -> object:
+        if isinstance(text, str) and "chat.completion.chunk" in text and '"ahoy"' in text:
+            parsed.append(text)
+        return loads(text, **kw)
+
+    try:
+        assert await service.wait_ready(60)
+        raw = {"model": "pirate", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+        exported = await service.adapter_for(ChatCompletionRequest.model_validate(raw))
+        monkeypatch.setattr(json, "loads", counting)
+        forwarded = await service.forward("/v1/chat/completions", raw, exported, True)
+        assert _event_id(forwarded) == "cmpl-1"
+        events = [e async for e in service.events(forwarded, exported, "chat", "pirate", False, time.perf_counter())]
+        monkeypatch.undo()
+        assert json.loads(events[0][6:])["model"] == "pirate" and events[-1] == "data: [DONE]\n\n"
+        assert len(parsed) == 1
+    finally:
+        await service.close()
