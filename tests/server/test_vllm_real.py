@@ -8,7 +8,7 @@ these tests once it exists.
 
 What runs: ``adapterhub serve --engine vllm --launch-vllm`` (the router starts ``vllm serve`` on
 a tiny base itself), our engine over the same hub as the reference (fp32 on both sides), then
-the checks of ``test_replicas.py`` against vLLM, vLLM resolving adapterhub refs by itself
+the checks of ``test_replicas.py`` against vLLM (a mix too), vLLM resolving adapterhub refs by itself
 through ``adapterhub.vllm_resolver``, and the launched vLLM stopping with the router.
 
 The tiny base here has head_dim 32 (the suite's shared one has 16): vLLM's CPU attention takes
@@ -166,6 +166,23 @@ def test_alias_moves_switch_versions_on_vllm(vllm_stack: dict[str, Any], tmp_pat
         routed = _chat(vllm_stack["router"].url, "pirate:prod")
         assert routed.headers["x-adapter-version"] == version
         assert _answer(routed) == _text(vllm_stack["reference"], version)
+
+
+def test_a_mix_over_vllm_answers_as_our_engine(vllm_stack: dict[str, Any]) -> None:
+    """A mix reaches vLLM as one derived adapter (rank 4 + 4 = its --max-lora-rank 8)."""
+    router = vllm_stack["router"].url
+    base = _client(router).models.list().data[0].id
+    mix = [{"ref": "pirate@1", "weight": 0.5}, {"ref": "json@1", "weight": 0.5}]
+
+    def chat(url: str) -> Any:
+        return _client(url).chat.completions.with_raw_response.create(
+            model=base, messages=[{"role": "user", "content": PROMPT}], max_tokens=8, temperature=0,
+            extra_body={"mix": mix})
+
+    routed = chat(router)
+    assert routed.headers["x-adapter-version"] == "0.5*pirate@1+0.5*json@1"
+    assert _answer(routed) == _answer(chat(vllm_stack["reference"]))
+    assert _answer(routed) not in (_text(router, base), _text(router, "pirate@1"), _text(router, "json@1"))
 
 
 def test_vllm_resolves_adapterhub_refs_itself(vllm_stack: dict[str, Any]) -> None:
