@@ -340,3 +340,24 @@ async def test_a_streams_first_event_is_parsed_once(served_home: Path, monkeypat
         assert len(parsed) == 1
     finally:
         await service.close()
+
+
+async def test_a_router_that_failed_to_start_says_why_on_every_503(home: Path) -> None:
+    """Every way in (new requests, admitted ones, the base's name) names the failure, not 'starting'."""
+    from fastapi import HTTPException
+
+    from adapterhub_server import load_settings
+    from adapterhub_server.replica_service import ReplicaService
+
+    service = ReplicaService(load_settings(home=home, backend="vllm", replicas=URLS),
+                             transport=httpx.MockTransport(ScriptedReplicas()))
+    service.start_loading()
+    try:
+        assert not await service.wait_ready(60)  # this home has no base
+        for get in (service.ready, lambda: service.loaded, lambda: service.base_name):
+            with pytest.raises(HTTPException) as caught:
+                get()
+            assert caught.value.status_code == 503
+            assert "the router could not start (BaseModelError" in str(caught.value.detail)
+    finally:
+        await service.close()
