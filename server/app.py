@@ -176,7 +176,7 @@ def serve(settings: ServerSettings) -> None:
     if settings.launch_vllm:
         from adapterhub_server.vllm_launch import check_vllm_installed
 
-        check_vllm_installed()  # before binding, so the CLI prints the fix
+        check_vllm_installed(settings)  # before binding, so the CLI prints the fix
     app = create_app(settings)
     service: InferenceService | ReplicaService = app.state.service
 

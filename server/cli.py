@@ -29,6 +29,7 @@ def serve(
     max_loras: Annotated[int | None, typer.Option(min=1, help="With --engine vllm: adapters per replica at once, as its --max-loras (default 8).", show_default=False)] = None,
     max_lora_rank: Annotated[int | None, typer.Option(min=1, help="With --engine vllm: the replicas' --max-lora-rank (default 16).", show_default=False)] = None,
     launch_vllm: Annotated[bool, typer.Option("--launch-vllm", help="Start one local `vllm serve` of the base as a replica (implies --engine vllm); stopped on shutdown.")] = False,
+    vllm_python: Annotated[Path | None, typer.Option(help="With --launch-vllm: the Python with vLLM installed (e.g. .venv-vllm/bin/python from `make vllm`; default this one).", show_default=False)] = None,
     home: HomeOption = None,
     registry: RegistryOption = None,
     blobs: BlobsOption = None,
@@ -47,5 +48,6 @@ def serve(
         engine={"max_slots": slots} if slots is not None else None,
         backend=engine or ("vllm" if launch_vllm else None), replicas=replica or None,
         replica_max_loras=max_loras, replica_max_lora_rank=max_lora_rank, launch_vllm=launch_vllm or None,
+        vllm_python=vllm_python,
     )
     run_server(settings)

@@ -52,10 +52,11 @@ from adapterhub.registry.export import Exported, export_mix, export_version, ser
 from adapterhub.registry.store import ensure_compatible
 from adapterhub_server.auth import RequestBudget
 from adapterhub_server.errors import sse_error_event
+from adapterhub_server.lifecycle import Phase, ServiceLifecycle
 from adapterhub_server.metrics import ServerMetrics
 from adapterhub_server.replicas import Lease, Router
 from adapterhub_server.schemas import ChatCompletionRequest, CompletionRequest
-from adapterhub_server.service import BASE_LABEL, Phase
+from adapterhub_server.service import BASE_LABEL
 from adapterhub_server.settings import ServerSettings
 from adapterhub_server.vllm_launch import VllmProcess
 
@@ -83,104 +84,87 @@ class Forwarded:
     response: httpx.Response
     lines: AsyncIterator[str] | None = None  # a stream's lines, the first already read into first_line
     first_line: str | None = None
+    first_event: dict[str, Any] | None = None  # first_line's JSON, parsed once (None: not JSON)
 
 
-class ReplicaService:
+class ReplicaService(ServiceLifecycle[RouterLoaded]):
     """Hub + router for one app, and forwarding requests to replicas."""
+
+    starting_reason = "the router is still starting; retry shortly"
+    failed_reason = "the router could not start"
 
     def __init__(self, settings: ServerSettings, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
         """``transport``: how to reach the replicas (httpx's default when None; tests pass one)."""
+        super().__init__()
         self.settings = settings
         self._transport = transport
-        self.phase = Phase.STARTING
-        self.failure: str | None = None
         self.budget = RequestBudget(settings.max_streams_per_key)
-        self._loaded: RouterLoaded | None = None
         self.metrics = ServerMetrics(None, replica_stats=self._replica_stats)
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Task[None]] = []  # watchers, cancelled on close
         self._client: httpx.AsyncClient | None = None
         self._vllm: VllmProcess | None = None  # --launch-vllm
         self._exported: dict[str, Exported] = {}  # served name -> its folder, exported this run
         self._mixes: dict[tuple[tuple[str, ...], tuple[float, ...]], Exported] = {}  # (versions, weights) -> mix
 
-    # ------------------------------------------------------------------ lifecycle
+    # ------------------------------------------------------------------ lifecycle (see lifecycle.py)
 
-    def start_loading(self) -> None:
-        self._tasks.append(asyncio.get_running_loop().create_task(self._start()))
-
-    async def _start(self) -> None:
+    async def _start(self) -> RouterLoaded:
         from adapterhub.facade import Hub
 
         s = self.settings
-        try:
-            hub = await anyio.to_thread.run_sync(lambda: Hub(s.home, registry=s.registry_url, blobs=s.blobs))
-            await anyio.to_thread.run_sync(lambda: hub.base_info)  # raises BaseModelError with the fix
-            urls = list(s.replicas)
-            if s.launch_vllm:
-                self._vllm = VllmProcess(s, hub.base_info, hub.home)
-                urls.append(await self._vllm.start())
-            headers = {}
-            if s.replica_api_key is not None:
-                headers["Authorization"] = f"Bearer {s.replica_api_key.get_secret_value()}"
-            self._client = httpx.AsyncClient(
-                transport=self._transport, timeout=httpx.Timeout(s.replica_timeout_s, connect=5.0),
-                limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
-            )
-            router = Router(urls, self._client, self.metrics, max_loras=s.replica_max_loras,
-                            affinity_slack=s.affinity_slack, health_interval_s=s.replica_health_interval_s,
-                            headers=headers)
-            self._loaded = RouterLoaded(hub, router)
-            await router.check_all()
-        except Exception as error:  # reported by /ready and every 503; the log has the trace
-            self.phase = Phase.FAILED
-            self.failure = f"{type(error).__name__}: {error}"
-            log.error("starting the replica router failed", exc_info=error)
-            return
-        self._tasks.append(asyncio.get_running_loop().create_task(router.watch()))
-        if self.phase is Phase.STARTING:
-            self.phase = Phase.READY
-            log.info("ready: base %s over %d replicas (%d healthy)", self.base_name, len(router.replicas),
-                     len(router.healthy()))
+        hub = await anyio.to_thread.run_sync(lambda: Hub(s.home, registry=s.registry_url, blobs=s.blobs))
+        await anyio.to_thread.run_sync(lambda: hub.base_info)  # raises BaseModelError with the fix
+        urls = list(s.replicas)
+        if s.launch_vllm:
+            self._vllm = VllmProcess(s, hub.base_info, hub.home)
+            urls.append(await self._vllm.start())
+        headers = {}
+        if s.replica_api_key is not None:
+            headers["Authorization"] = f"Bearer {s.replica_api_key.get_secret_value()}"
+        self._client = httpx.AsyncClient(
+            transport=self._transport, timeout=httpx.Timeout(s.replica_timeout_s, connect=5.0),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
+        )
+        router = Router(urls, self._client, self.metrics, max_loras=s.replica_max_loras,
+                        affinity_slack=s.affinity_slack, health_interval_s=s.replica_health_interval_s,
+                        headers=headers)
+        await router.check_all()
+        return RouterLoaded(hub, router)
 
-    async def wait_ready(self, timeout: float) -> bool:
-        with anyio.move_on_after(timeout):
-            while self.phase is Phase.STARTING:
-                await asyncio.sleep(0.05)
-        return self.phase is Phase.READY
+    def _on_ready(self, loaded: RouterLoaded) -> None:
+        router = loaded.router
+        self._tasks.append(asyncio.get_running_loop().create_task(router.watch()))
+        if self._vllm is not None:
+            self._tasks.append(asyncio.get_running_loop().create_task(self._watch_vllm(router, self._vllm)))
+        log.info("ready: base %s over %d replicas (%d healthy)", self.base_name, len(router.replicas),
+                 len(router.healthy()))
+
+    async def _watch_vllm(self, router: Router, vllm: VllmProcess) -> None:
+        """The launched vLLM ended before shutdown (a bad flag, out of memory): say so, for good."""
+        status = await vllm.wait()
+        if self.phase is Phase.STOPPING:
+            return
+        why = f"the launched vLLM exited with status {status}; its log {vllm.log_path} says why"
+        log.error("%s", why)
+        for replica in router.replicas:
+            if replica.url == vllm.url:
+                router.mark_gone(replica, why)
 
     def begin_drain(self, grace_s: float) -> None:
         self.phase = Phase.STOPPING
 
     async def close(self) -> None:
         self.phase = Phase.STOPPING
-        for task in self._tasks:
+        tasks = [*self._tasks, *([self._starter] if self._starter is not None else [])]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with anyio.CancelScope(shield=True):
                 await asyncio.wait({task})
         if self._client is not None:
             await self._client.aclose()
         if self._vllm is not None:
             await self._vllm.stop()
-
-    def ready(self) -> RouterLoaded:
-        if self.phase is Phase.READY and self._loaded is not None:
-            return self._loaded
-        reasons = {
-            Phase.STARTING: "the router is still starting; retry shortly",
-            Phase.STOPPING: "the server is shutting down",
-            Phase.FAILED: f"the router could not start ({self.failure}); see its log",
-        }
-        raise HTTPException(503, reasons[self.phase], headers={"Retry-After": "2"})
-
-    @property
-    def loaded(self) -> RouterLoaded:
-        if self._loaded is None:
-            raise self._not_started()
-        return self._loaded
-
-    def _not_started(self) -> HTTPException:
-        return HTTPException(503, "the router is still starting; retry shortly", headers={"Retry-After": "2"})
 
     def _replica_stats(self) -> list[tuple[str, bool, int, int]]:
         return self._loaded.router.stats() if self._loaded is not None else []
@@ -341,6 +325,7 @@ class ReplicaService:
                 try:
                     forwarded.lines = response.aiter_lines()
                     forwarded.first_line = await _first_event(forwarded.lines)
+                    forwarded.first_event = _parse_event(forwarded.first_line)
                 except httpx.TransportError as e:
                     await response.aclose()
                     if failed_on(replica, lease, e, label, "error", broken=True):
@@ -381,6 +366,7 @@ class ReplicaService:
         outcome = "cancelled"
         finish: str | None = None  # the first choice's finish reason, the outcome as our engine counts it
         first_token = True
+        parsed = forwarded.first_event  # the first line's, parsed in forward(): not again
         try:
             async for line in _lines(forwarded):
                 if not line.startswith("data:"):
@@ -389,7 +375,7 @@ class ReplicaService:
                 if data == "[DONE]":
                     outcome = outcome if outcome == "error" else finish or "stop"
                     break
-                event = json.loads(data)
+                event, parsed = (parsed, None) if parsed is not None else (json.loads(data), None)
                 if "error" in event:
                     outcome = "error"
                     yield f"data: {data}\n\n"
@@ -469,6 +455,18 @@ async def _first_event(lines: AsyncIterator[str]) -> str | None:
         if line.startswith("data:"):
             return line
     return None
+
+
+def _parse_event(line: str | None) -> dict[str, Any] | None:
+    """A ``data:`` line's JSON object; None for ``[DONE]``, no line, or not a JSON object."""
+    data = (line or "data: [DONE]")[5:].strip()
+    if data == "[DONE]":
+        return None
+    try:
+        event = json.loads(data)
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) else None
 
 
 async def _lines(forwarded: Forwarded) -> AsyncIterator[str]:

@@ -58,6 +58,7 @@ class Replica:
     loading: dict[str, asyncio.Future[None]] = field(default_factory=dict)
     using: Counter[str] = field(default_factory=Counter)  # requests holding each name now
     last_error: str | None = None
+    gone: bool = False  # it will not come back (a launched vLLM that exited): never probed again
 
     def holds(self, name: str) -> bool:
         return name in self.loaded or name in self.loading
@@ -223,6 +224,11 @@ class Router:
 
     # ------------------------------------------------------------------ health
 
+    def mark_gone(self, replica: Replica, why: str) -> None:
+        """The replica will not come back: out of routing for good, ``why`` its last error."""
+        self.mark_failed(replica, why)
+        replica.gone = True
+
     def mark_failed(self, replica: Replica, error: BaseException | str) -> None:
         if replica.healthy:
             log.warning("replica %s taken out of routing: %s", replica.url, error)
@@ -232,6 +238,8 @@ class Router:
 
     async def check(self, replica: Replica) -> bool:
         """Probe ``/health`` (and learn the base's id and context from ``/v1/models`` once)."""
+        if replica.gone:
+            return False
         try:
             response = await self.client.get(f"{replica.url}/health", headers=self.headers, timeout=5.0)
             if response.status_code != 200:

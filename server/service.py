@@ -30,7 +30,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -40,6 +39,7 @@ from adapterhub.engine.grammar import json_schema_grammar
 from adapterhub.engine.types import AdapterMix, GenerationChunk, GenerationRequest, SamplingParams
 from adapterhub.errors import AdapterHubError, ConfigError, PromptTooLongError
 from adapterhub_server.auth import RequestBudget
+from adapterhub_server.lifecycle import Phase, ServiceLifecycle
 from adapterhub_server.metrics import ServerMetrics
 from adapterhub_server.schemas import ChatCompletionRequest, CompletionRequest
 from adapterhub_server.settings import ServerSettings
@@ -52,13 +52,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("adapterhub.server")
 BASE_LABEL = "base"
-
-
-class Phase(StrEnum):
-    STARTING = "starting"
-    READY = "ready"
-    FAILED = "failed"
-    STOPPING = "stopping"
 
 
 @dataclass(frozen=True)
@@ -100,26 +93,22 @@ class OpenRequest:
             stream.cancel()
 
 
-class InferenceService:
+class InferenceService(ServiceLifecycle[Loaded]):
     """Hub + base + engine for one app, and the request plumbing around them."""
 
+    starting_reason = "the server is still loading the base model; retry shortly"
+    failed_reason = "the server could not load its model"
+
     def __init__(self, settings: ServerSettings) -> None:
+        super().__init__()
         self.settings = settings
-        self.phase = Phase.STARTING
-        self.failure: str | None = None
-        self._loaded: Loaded | None = None  # kept once set: a draining request still needs the base
         self.budget = RequestBudget(settings.max_streams_per_key)
         self.metrics = ServerMetrics(self._engine_stats)
-        self._loader: asyncio.Task[None] | None = None
         self._open: set[OpenRequest] = set()  # requests with rows in the engine
 
-    # ------------------------------------------------------------------ lifecycle
+    # ------------------------------------------------------------------ lifecycle (see lifecycle.py)
 
-    def start_loading(self) -> None:
-        """Start loading hub, base and engine off the event loop (the lifespan calls this)."""
-        self._loader = asyncio.get_running_loop().create_task(self._load())
-
-    async def _load(self) -> None:
+    async def _start(self) -> Loaded:
         import torch
 
         from adapterhub.engine.threads import single_threaded
@@ -128,17 +117,11 @@ class InferenceService:
         # adapterhub.engine.threads): this thread, and the worker that loads the base, use one.
         threads = self.settings.engine.num_threads or torch.get_num_threads()
         single_threaded()
-        try:
-            hub = await anyio.to_thread.run_sync(self._load_base)
-            self._loaded = Loaded(hub, self._start_engine(hub, threads))
-        except Exception as error:  # reported by /ready and every 503; the log has the trace
-            self.phase = Phase.FAILED
-            self.failure = f"{type(error).__name__}: {error}"
-            log.error("loading the base or engine failed", exc_info=error)
-        else:
-            if self.phase is Phase.STARTING:
-                self.phase = Phase.READY
-                log.info("ready: base %s, %d slots", self.base_name, self.settings.engine.max_slots)
+        hub = await anyio.to_thread.run_sync(self._load_base)
+        return Loaded(hub, self._start_engine(hub, threads))
+
+    def _on_ready(self, loaded: Loaded) -> None:
+        log.info("ready: base %s, %d slots", self.base_name, self.settings.engine.max_slots)
 
     def _load_base(self) -> Hub:
         from adapterhub.facade import Hub
@@ -154,13 +137,6 @@ class InferenceService:
         from adapterhub.engine import Engine
 
         return Engine(hub.base, hub.registry, self.settings.engine.model_copy(update={"num_threads": threads}))
-
-    async def wait_ready(self, timeout: float) -> bool:
-        """Wait for loading to end (ready or failed); True when ready."""
-        if self._loader is not None:
-            with anyio.move_on_after(timeout):
-                await asyncio.shield(self._loader)
-        return self.phase is Phase.READY
 
     def begin_drain(self, grace_s: float) -> None:
         """Shutdown has begun: refuse new requests now, and cancel rows still running just
@@ -178,37 +154,14 @@ class InferenceService:
     async def close(self) -> None:
         """Stop the engine: rows still running end with an error event."""
         self.phase = Phase.STOPPING
-        if self._loader is not None and not self._loader.done():
-            await asyncio.shield(self._loader)  # a half-built engine would leak its thread
+        await self._stop_starting()  # a half-built engine would leak its thread
         if self._loaded is not None:
             await anyio.to_thread.run_sync(self._loaded.engine.close)  # a second close is a no-op
-
-    def ready(self) -> Loaded:
-        """Hub and engine for a new request, or a 503 saying why they are not available."""
-        if self.phase is Phase.READY and self._loaded is not None:
-            return self._loaded
-        raise self._unavailable()
-
-    @property
-    def loaded(self) -> Loaded:
-        """Hub and engine for a request already admitted: also while draining, when :meth:`ready`
-        refuses new ones; a 503 before the load ends."""
-        if self._loaded is None:
-            raise self._unavailable()
-        return self._loaded
 
     @property
     def engine(self) -> Engine | None:
         """The engine once loaded (closed after shutdown), else None."""
         return self._loaded.engine if self._loaded is not None else None
-
-    def _unavailable(self) -> HTTPException:
-        reasons = {
-            Phase.STARTING: "the server is still loading the base model; retry shortly",
-            Phase.STOPPING: "the server is shutting down",
-            Phase.FAILED: f"the server could not load its model ({self.failure}); see its log",
-        }
-        return HTTPException(503, reasons[self.phase], headers={"Retry-After": "2"})
 
     def _engine_stats(self) -> Any:
         loaded = self._loaded if self.phase is Phase.READY else None

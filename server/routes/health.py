@@ -12,9 +12,9 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
 from adapterhub_server.deps import InferenceCaller, ServiceDep
+from adapterhub_server.lifecycle import Phase
 from adapterhub_server.metrics import CONTENT_TYPE
 from adapterhub_server.schemas import ERROR_RESPONSES
-from adapterhub_server.service import Phase
 
 router = APIRouter(tags=["health"])
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import time
 from typing import Any, Literal
 
@@ -132,10 +131,7 @@ async def _forward(
 
 
 def _event_id(forwarded: Forwarded) -> str:
-    try:
-        return str(json.loads((forwarded.first_line or "data: {}")[5:]).get("id", ""))
-    except ValueError:
-        return ""
+    return str((forwarded.first_event or {}).get("id", ""))
 
 
 def _abandon(service: ReplicaService, forwarded: Forwarded) -> None:

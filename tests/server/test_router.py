@@ -232,6 +232,46 @@ async def test_launch_vllm_names_the_wheel_to_install_where_vllm_is_missing(serv
     await service.close()
 
 
+def test_launch_vllm_takes_only_the_ranks_vllm_accepts(served_home: Path) -> None:
+    from adapterhub.errors import ConfigError
+    from adapterhub_server import load_settings
+
+    with pytest.raises(ConfigError, match=r"replica_max_lora_rank=12 with launch_vllm.*\[1, 8, 16, 32"):
+        load_settings(home=served_home, backend="vllm", launch_vllm=True, replica_max_lora_rank=12)
+    # replicas started elsewhere (SGLang, adapterhub serve) may take other ranks
+    assert load_settings(home=served_home, backend="vllm", replicas=URLS, replica_max_lora_rank=12)
+
+
+async def test_a_launched_vllm_that_exits_leaves_routing_for_good(served_home: Path, tmp_path: Path) -> None:
+    """A real child process that passes the install probe and then exits 3, as vLLM does on a
+    flag it refuses: the replica is out of routing, its error names the status and the log."""
+    from adapterhub_server import load_settings
+    from adapterhub_server.replica_service import ReplicaService
+
+    python = tmp_path / "python"
+    python.write_text('#!/bin/sh\n[ "$1" = -c ] && exit 0\necho "error: unrecognized arguments" >&2\nexit 3\n')
+    python.chmod(0o755)
+    settings = load_settings(home=served_home, backend="vllm", launch_vllm=True, vllm_python=python,
+                             replica_health_interval_s=0.05)
+    service = ReplicaService(settings)
+    service.start_loading()
+    try:
+        assert await service.wait_ready(60)
+        replica = service.ready().router.replicas[0]
+        async with asyncio.timeout(60):  # the watcher's turn comes once the process has exited
+            while not replica.gone:
+                await asyncio.sleep(0.05)
+        assert service._vllm is not None and service._vllm.command(1)[0] == str(python)
+        for _ in range(3):  # health probes leave it out, and its error as it was
+            await service.ready().router.check_all()
+        assert not replica.healthy and "exited with status 3" in (replica.last_error or "")
+        log = service._vllm.log_path
+        assert log is not None and str(log) in (replica.last_error or "")
+        assert "unrecognized arguments" in log.read_text()
+    finally:
+        await service.close()
+
+
 def test_a_replicas_error_becomes_the_library_error_its_code_names() -> None:
     from adapterhub.errors import IncompatibleAdapterError
     from adapterhub_server.replicas import replica_error
@@ -265,5 +305,59 @@ async def test_a_load_that_fails_on_one_replica_is_retried_on_another(served_hom
         assert forwarded.lease.replica.url == URLS[1]
         status, _ = await service.answer(forwarded, exported, "chat", "json", time.perf_counter())
         assert status == 200 and not service.ready().router.replicas[0].healthy
+    finally:
+        await service.close()
+
+
+async def test_a_streams_first_event_is_parsed_once(served_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The route reads the first event's id for its header and the stream re-encodes it: one parse."""
+    from adapterhub_server import load_settings
+    from adapterhub_server.replica_service import ReplicaService
+    from adapterhub_server.routes.proxy import _event_id
+    from adapterhub_server.schemas import ChatCompletionRequest
+
+    service = ReplicaService(load_settings(home=served_home, backend="vllm", replicas=URLS),
+                             transport=httpx.MockTransport(ScriptedReplicas()))
+    service.start_loading()
+    parsed: list[str] = []
+    loads = json.loads
+
+    def counting(text: str | bytes, **kw: object) -> object:
+        if isinstance(text, str) and "chat.completion.chunk" in text and '"ahoy"' in text:
+            parsed.append(text)
+        return loads(text, **kw)
+
+    try:
+        assert await service.wait_ready(60)
+        raw = {"model": "pirate", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+        exported = await service.adapter_for(ChatCompletionRequest.model_validate(raw))
+        monkeypatch.setattr(json, "loads", counting)
+        forwarded = await service.forward("/v1/chat/completions", raw, exported, True)
+        assert _event_id(forwarded) == "cmpl-1"
+        events = [e async for e in service.events(forwarded, exported, "chat", "pirate", False, time.perf_counter())]
+        monkeypatch.undo()
+        assert json.loads(events[0][6:])["model"] == "pirate" and events[-1] == "data: [DONE]\n\n"
+        assert len(parsed) == 1
+    finally:
+        await service.close()
+
+
+async def test_a_router_that_failed_to_start_says_why_on_every_503(home: Path) -> None:
+    """Every way in (new requests, admitted ones, the base's name) names the failure, not 'starting'."""
+    from fastapi import HTTPException
+
+    from adapterhub_server import load_settings
+    from adapterhub_server.replica_service import ReplicaService
+
+    service = ReplicaService(load_settings(home=home, backend="vllm", replicas=URLS),
+                             transport=httpx.MockTransport(ScriptedReplicas()))
+    service.start_loading()
+    try:
+        assert not await service.wait_ready(60)  # this home has no base
+        for get in (service.ready, lambda: service.loaded, lambda: service.base_name):
+            with pytest.raises(HTTPException) as caught:
+                get()
+            assert caught.value.status_code == 503
+            assert "the router could not start (BaseModelError" in str(caught.value.detail)
     finally:
         await service.close()

@@ -157,6 +157,20 @@ def test_vllm_load_with_path_imports_a_new_version(client: TestClient, tiny_base
     assert relative.status_code == 400
 
 
+def test_vllm_load_of_the_same_folder_again_reuses_its_version(
+        client: TestClient, tiny_base_dir: Path, tmp_path: Path, make_lora: Any) -> None:
+    """A router loads a digest name again after unloading it for room: same files, same version."""
+    folder = make_lora(tiny_base_dir, tmp_path / "sql", seed=5)
+    other = make_lora(tiny_base_dir, tmp_path / "sql2", seed=6)
+    for path in (folder, folder, other, folder):
+        loaded = client.post("/v1/load_lora_adapter", json={"lora_name": "sql.v1-0123abcd", "lora_path": str(path)})
+        assert loaded.status_code == 200, loaded.text
+        assert client.post("/v1/unload_lora_adapter", json={"lora_name": "sql.v1-0123abcd"}).status_code == 200
+    versions = [v["ref"] for v in client.get("/admin/versions").json()["data"] if v["name"] == "sql.v1-0123abcd"]
+    # other files make a version of their own, and the name means the latest load's weights
+    assert versions == ["sql.v1-0123abcd@1", "sql.v1-0123abcd@2", "sql.v1-0123abcd@3"]
+
+
 def test_registry_routes_for_the_tui(client: TestClient) -> None:
     from adapterhub.protocol import VersionInfo, VersionList
 
