@@ -1,30 +1,34 @@
-"""Held-out quality of the bundled alignment adapters against their parents: the issue's table.
+"""Held-out quality of the bundled alignment adapters against their parents and the base: the issue's table.
 
-    python recipes/eval_alignment.py concise-dpo concise-simpo concise-orpo arithmetic-grpo concise-ppo
+    python recipes/eval_alignment.py concise-dpo concise-orpo concise-simpo concise-kto arithmetic-grpo
 
-Each ref is compared with its own parent (the version it was trained from; the bare base when it
-has none), on prompts that no training set contains, with greedy decoding:
+Each ref is compared with its own parent (the version it was trained from) and with the bare
+base, on prompts that no training set contains (``tests/training/test_bundled_recipes.py`` checks
+that), with greedy decoding. Each ref's, parent's and the base's answers are generated once per run.
 
-* **dpo / orpo / simpo** (``recipes/data/concise_eval.jsonl``, 30 questions): a rule judge that
-  matches the taught preference, *the shorter answer wins* (word count; a tie is half a win; an
-  empty answer always loses). Also shown: mean words, the share of answers with assistant filler
-  ("question", "hope", "help", "glad", "happy", "feel free", "let me know"), and the share that
-  still contain the expected word for the 17 questions that have one (Oslo, Saturn, Fe ...), so a
-  win by saying nothing would show.
-* **grpo** (``recipes/data/arithmetic_eval.jsonl``, 30 problems): format rate (the reply is
-  exactly ``Answer: <integer>``) and accuracy (that integer is right).
+* **dpo / orpo / simpo / kto** (``recipes/data/concise_eval.jsonl``, 30 questions): shortness and
+  correctness side by side. Shortness: a rule judge that matches the taught preference, *the
+  shorter answer wins* (word count; a tie is half a win; an empty answer always loses), against
+  the parent and against the base, and the mean words. Correctness: the share of the 20 factual
+  questions (Oslo, Saturn, Fe ...) whose answer names the expected fact, so a win by saying
+  less of the fact shows. Also the share with assistant filler ("question", "hope", "help",
+  "glad", "happy", "feel free", "let me know").
+* **grpo / sft on arithmetic** (``recipes/data/arithmetic_eval.jsonl``, 30 problems): format rate
+  (the reply is exactly ``Answer: <integer>``) and accuracy (that integer is right).
 * **ppo** (concise questions): the mean score of the PPO run's reward model on the parent's and
   the policy's answers, and the KL of the policy to the parent, estimated on one sample per
   prompt at the training temperature (sum over tokens of log π - log π_parent).
 
-Prints a Markdown table (for the issue note) after the per-prompt answers. Use ``--home`` for a
-hub home other than ``$ADAPTERHUB_HOME``.
+Prints a Markdown table (for the issue note) after the per-prompt answers, then the wall and CPU
+seconds of the evaluation and the machine. Use ``--home`` for a hub home other than
+``$ADAPTERHUB_HOME``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
@@ -73,6 +77,14 @@ class Generator:
         self.base = hub.base
         self.tokenizer = self.base.tokenizer
         self.reference = ReferencePath(self.base, hub.registry)
+        self.cache: dict[tuple[str | None, int, int], list[str]] = {}
+
+    def texts(self, ref: str | None, prompts: list[list[dict[str, str]]], *, max_tokens: int) -> list[str]:
+        """Greedy answers of ``ref`` (None: the base), generated once per run for these prompts."""
+        key = (ref, hash(json.dumps(prompts)), max_tokens)
+        if key not in self.cache:
+            self.cache[key] = [t for t, _, _ in self.generate(ref, prompts, max_tokens=max_tokens)]
+        return self.cache[key]
 
     def generate(
         self,
@@ -146,68 +158,65 @@ def eval_concise(
 ) -> dict[str, Any]:
     rows = read_rows(CONCISE_EVAL)
     prompts = [r["prompt"] for r in rows]
-    mine = gen.generate(version.ref, prompts, max_tokens=max_tokens)
-    theirs = gen.generate(parent, prompts, max_tokens=max_tokens)
+    # The base first: loading an adapter into the reference path moves the bare base's logits
+    # (measured: up to 1.7 on one prompt), so the base column is taken before any adapter loads.
+    base = gen.texts(None, prompts, max_tokens=max_tokens)
+    mine = gen.texts(version.ref, prompts, max_tokens=max_tokens)
+    theirs = gen.texts(parent, prompts, max_tokens=max_tokens)
     print(f"\n## {version.ref} ({version.method}) vs {parent or 'base'}")
-    score = 0.0
-    for row, (a, _, _), (b, _, _) in zip(rows, mine, theirs, strict=True):
+    for row, a, b in zip(rows, mine, theirs, strict=True):
         s = concise_judge(a, b)
-        score += s
         print(
             f"{'W' if s == 1 else 'T' if s == 0.5 else 'L'} {one_line(row['prompt'][-1]['content'], 34):<34} | "
             f"{one_line(a)} | {one_line(b)}"
         )
-    keyed = [
-        (r, a, b)
-        for r, (a, _, _), (b, _, _) in zip(rows, mine, theirs, strict=True)
-        if r["keywords"]
-    ]
+    keyed = [i for i, r in enumerate(rows) if r["keywords"]]
     n = len(rows)
+
+    def named(answers: list[str]) -> int:
+        return sum(has_keyword(answers[i], rows[i]["keywords"]) for i in keyed)
+
     return {
         "ref": version.ref,
         "method": version.method,
         "parent": parent or "base",
-        "win_rate": score / n,
-        "words": (sum(words(a) for a, _, _ in mine) / n, sum(words(b) for b, _, _ in theirs) / n),
-        "filler": (
-            sum(has_filler(a) for a, _, _ in mine) / n,
-            sum(has_filler(b) for b, _, _ in theirs) / n,
-        ),
-        "keyword": (
-            sum(has_keyword(a, r["keywords"]) for r, a, _ in keyed) / len(keyed),
-            sum(has_keyword(b, r["keywords"]) for r, _, b in keyed) / len(keyed),
-        ),
+        "n": n,
+        "factual": len(keyed),
+        "win_rate": sum(map(concise_judge, mine, theirs)) / n,
+        "win_rate_base": sum(map(concise_judge, mine, base)) / n,
+        "words": tuple(sum(map(words, x)) / n for x in (mine, theirs, base)),
+        "filler": tuple(sum(map(has_filler, x)) / n for x in (mine, theirs, base)),
+        "keyword": tuple(named(x) for x in (mine, theirs, base)),
     }
 
 
 def eval_arithmetic(gen: Generator, version: Any, parent: str | None) -> dict[str, Any]:
     rows = read_rows(ARITHMETIC_EVAL)
     prompts = [r["prompt"] for r in rows]
-    mine = gen.generate(version.ref, prompts, max_tokens=10)
-    theirs = gen.generate(parent, prompts, max_tokens=10)
+    answers = {ref: gen.texts(ref, prompts, max_tokens=10) for ref in (None, version.ref, parent)}  # base first
     print(f"\n## {version.ref} ({version.method}) vs {parent or 'base'}")
 
     def grade(text: str, answer: str) -> tuple[bool, bool]:
         match = FORMAT.fullmatch(text.strip())
         return bool(match), bool(match and match.group(1) == answer)
 
-    counts = [0, 0, 0, 0]  # format mine, acc mine, format parent, acc parent
-    for row, (a, _, _), (b, _, _) in zip(rows, mine, theirs, strict=True):
-        fa, ca = grade(a, row["answer"])
-        fb, cb = grade(b, row["answer"])
-        for i, hit in enumerate((fa, ca, fb, cb)):
-            counts[i] += hit
+    graded = {ref: [grade(t, r["answer"]) for t, r in zip(texts, rows, strict=True)]
+              for ref, texts in answers.items()}
+    for i, row in enumerate(rows):
+        a, b = answers[version.ref][i], answers[parent][i]
         print(
-            f"{one_line(row['prompt'][-1]['content'], 16):<16} = {row['answer']:>3} | {'+' if ca else '-'} "
-            f"{one_line(a, 20):<20} | {'+' if cb else '-'} {one_line(b, 20)}"
+            f"{one_line(row['prompt'][-1]['content'], 16):<16} = {row['answer']:>3} | "
+            f"{'+' if graded[version.ref][i][1] else '-'} {one_line(a, 20):<20} | "
+            f"{'+' if graded[parent][i][1] else '-'} {one_line(b, 20)}"
         )
-    n = len(rows)
+    order = (version.ref, parent, None)
     return {
         "ref": version.ref,
         "method": version.method,
         "parent": parent or "base",
-        "format": (counts[0] / n, counts[2] / n),
-        "accuracy": (counts[1] / n, counts[3] / n),
+        "n": len(rows),
+        "format": tuple(sum(f for f, _ in graded[ref]) for ref in order),
+        "accuracy": tuple(sum(c for _, c in graded[ref]) for ref in order),
     }
 
 
@@ -263,43 +272,42 @@ def eval_ppo(gen: Generator, version: Any, parent: str | None, max_tokens: int) 
 
 def table(results: list[dict[str, Any]]) -> str:
     lines = [
-        "| adapter | method | vs | held-out measure | adapter | parent |",
-        "|---|---|---|---|---|---|",
+        "| adapter | method | parent | held-out measure | adapter | parent | base |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in results:
         head = f"| {r['ref']} | {r['method']} | {r['parent']} |"
         if "win_rate" in r:
-            lines.append(
-                f"{head} rule-judge win rate (shorter wins), 30 prompts | **{r['win_rate']:.0%}** | — |"
-            )
-            lines.append(f"{head} mean words | {r['words'][0]:.1f} | {r['words'][1]:.1f} |")
-            lines.append(
-                f"{head} answers with filler | {r['filler'][0]:.0%} | {r['filler'][1]:.0%} |"
-            )
-            lines.append(
-                f"{head} expected word present (17 factual) | {r['keyword'][0]:.0%} | {r['keyword'][1]:.0%} |"
-            )
+            n, k = r["n"], r["factual"]
+            lines += [
+                f"{head} shorter answer wins, {n} prompts (vs parent / vs base) | "
+                f"**{r['win_rate']:.0%}** / **{r['win_rate_base']:.0%}** | — | — |",
+                f"{head} mean words | **{r['words'][0]:.1f}** | {r['words'][1]:.1f} | {r['words'][2]:.1f} |",
+                f"{head} answers with filler | {r['filler'][0]:.0%} | {r['filler'][1]:.0%} | {r['filler'][2]:.0%} |",
+                f"{head} names the expected fact, {k} factual | **{r['keyword'][0]}/{k}** | "
+                f"{r['keyword'][1]}/{k} | {r['keyword'][2]}/{k} |",
+            ]
         elif "accuracy" in r:
-            lines.append(
-                f"{head} format rate, 30 problems | **{r['format'][0]:.0%}** | {r['format'][1]:.0%} |"
-            )
-            lines.append(
-                f"{head} accuracy, 30 problems | **{r['accuracy'][0]:.0%}** | {r['accuracy'][1]:.0%} |"
-            )
+            n = r["n"]
+            f, a = r["format"], r["accuracy"]
+            lines += [
+                f"{head} format rate, {n} problems | **{f[0]}/{n}** | {f[1]}/{n} | {f[2]}/{n} |",
+                f"{head} accuracy, {n} problems | **{a[0]}/{n}** | {a[1]}/{n} | {a[2]}/{n} |",
+            ]
         else:
-            lines.append(
+            lines += [
                 f"{head} mean reward of {r['reward_model']}, 30 prompts | **{r['reward'][0]:+.3f}** | "
-                f"{r['reward'][1]:+.3f} |"
-            )
-            lines.append(f"{head} KL(policy ‖ parent), sampled, nats/answer | {r['kl']:.3f} | 0 |")
-            lines.append(f"{head} mean words | {r['words'][0]:.1f} | {r['words'][1]:.1f} |")
+                f"{r['reward'][1]:+.3f} | — |",
+                f"{head} KL(policy ‖ parent), sampled, nats/answer | {r['kl']:.3f} | 0 | — |",
+                f"{head} mean words | {r['words'][0]:.1f} | {r['words'][1]:.1f} | — |",
+            ]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "refs", nargs="+", help="adapter refs (dpo, orpo, simpo, grpo or ppo versions)"
+        "refs", nargs="+", help="adapter refs (dpo, orpo, simpo, kto, ppo or sft versions on the concise data; grpo or sft on arithmetic)"
     )
     parser.add_argument(
         "--home", default=None, help="hub home (default $ADAPTERHUB_HOME or ~/.adapterhub)"
@@ -314,18 +322,22 @@ def main(argv: list[str] | None = None) -> int:
     hub = Hub(args.home)
     gen = Generator(hub)
     results = []
-    started = time.monotonic()
+    started, cpu = time.monotonic(), os.times()
     for ref in args.refs:
         version = hub.resolve(ref)
-        if version.method in ("dpo", "orpo", "simpo"):
-            results.append(eval_concise(gen, version, version.parent, args.max_tokens))
-        elif version.method == "grpo":
-            results.append(eval_arithmetic(gen, version, version.parent))
-        elif version.method == "ppo":
+        task = "arithmetic" if "arithmetic" in str(version.recipe["dataset"].get("path")) else "concise"
+        if version.method == "ppo":
             results.append(eval_ppo(gen, version, version.parent, args.max_tokens))
+        elif task == "arithmetic" and version.method in ("sft", "grpo", "rloo"):
+            results.append(eval_arithmetic(gen, version, version.parent))
+        elif task == "concise" and version.method in ("sft", "dpo", "orpo", "simpo", "kto"):
+            results.append(eval_concise(gen, version, version.parent, args.max_tokens))
         else:
             print(f"{version.ref}: method {version.method!r} has no held-out measure here; skipped")
-    print(f"\n{table(results)}\n\n[{time.monotonic() - started:.0f}s on {hub.precision}]")
+    used = os.times()
+    cpu_s = used.user + used.system - cpu.user - cpu.system
+    print(f"\n{table(results)}\n\n[evaluation: {time.monotonic() - started:.0f}s wall, {cpu_s:.0f}s CPU "
+          f"(user+sys) on {hub.platform.summary()}; base in {hub.precision}]")
     return 0
 
 

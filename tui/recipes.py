@@ -17,7 +17,7 @@ import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -35,8 +35,9 @@ from adapterhub.errors import ConfigError
 if TYPE_CHECKING:
     from adapterhub_tui.backend import Preferences
 
-Method = Literal["sft", "dpo", "orpo", "simpo", "grpo", "reward", "ppo"]
-METHODS: tuple[str, ...] = ("sft", "dpo", "orpo", "simpo", "grpo", "reward", "ppo")
+Method = Literal["sft", "dpo", "orpo", "simpo", "kto", "reward", "grpo", "rloo", "ppo"]
+METHODS: tuple[str, ...] = get_args(Method)
+"""The library's methods in its order (a test keeps them equal to ``adapterhub.training.methods.METHODS``)."""
 
 FORM_FIELDS: dict[str, str] = {
     "method": "method",

@@ -1,12 +1,21 @@
-"""Build the arithmetic prompts for GRPO (``arithmetic_train.jsonl``, ``arithmetic_eval.jsonl``).
+"""Build the arithmetic data: GRPO prompts, the SFT parent's answers and the held-out problems.
 
-Prompt-only data with the exact answer beside each prompt: GRPO's reward functions check the reply
-format (``Answer: <integer>`` and nothing else) and the number. Each prompt is a short
-conversation: one solved example (a different random problem per row, so copying its number is
-never right) and then the question. Zero-shot, SmolLM2-135M never uses the format, so a format
-reward would have nothing to compare; with the worked example it uses the format but answers
-almost at random (greedy: 0/24 right in our check), which leaves GRPO a task to improve.
-Single-digit sums and differences; fixed seed; held-out questions never appear in training::
+Files written next to this script:
+
+* ``arithmetic_train.jsonl``: 80 prompts for GRPO, the exact answer beside each (``answer``), so
+  the reward functions can check the format (``Answer: <integer>`` and nothing else) and the number;
+* ``arithmetic_sft.jsonl``: the same 80 prompts with the answer written out
+  (``Answer: <integer>``), for the SFT parent of the SFT -> GRPO chain;
+* ``arithmetic_eval.jsonl``: 30 held-out problems for ``recipes/eval_alignment.py``.
+
+Each prompt is a short conversation: one solved example and then the question. Zero-shot,
+SmolLM2-135M never uses the format, so a format reward would have nothing to compare; with the
+worked example it uses the format but answers poorly (greedy: 7/30 held-out problems right),
+which leaves SFT and GRPO a task to improve. Single-digit sums and differences, fixed seed.
+
+Held out means held out everywhere: the 30 held-out questions are drawn first, and every worked
+example (in training and in held-out prompts alike) is a *training* question, so no training row
+shows a held-out question or its answer, not even as an example::
 
     .venv/bin/python recipes/data/build_arithmetic.py
 """
@@ -19,6 +28,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 INSTRUCTION = "Reply with only 'Answer: ' followed by the number."
+HELD_OUT = 30
+QUESTIONS = 110
 
 
 def problem(rng: random.Random) -> tuple[str, int]:
@@ -29,31 +40,47 @@ def problem(rng: random.Random) -> tuple[str, int]:
     return f"What is {a} - {b}?", a - b
 
 
+def prompt_for(question: str, demo: str, demo_answer: int) -> list[dict[str, str]]:
+    return [
+        {"role": "user", "content": f"{demo} {INSTRUCTION}"},
+        {"role": "assistant", "content": f"Answer: {demo_answer}"},
+        {"role": "user", "content": f"{question} {INSTRUCTION}"},
+    ]
+
+
+def write(name: str, rows: list[dict[str, object]]) -> None:
+    with open(HERE / name, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
 def main() -> None:
     rng = random.Random(6)
     questions: dict[str, int] = {}
-    while len(questions) < 110:
+    while len(questions) < QUESTIONS:
         question, answer = problem(rng)
         questions.setdefault(question, answer)
     order = sorted(questions)
     rng.shuffle(order)
-    rows = []
-    for question in order:
-        while True:
-            demo, demo_answer = problem(rng)
-            if demo != question:
-                break
-        prompt = [
-            {"role": "user", "content": f"{demo} {INSTRUCTION}"},
-            {"role": "assistant", "content": f"Answer: {demo_answer}"},
-            {"role": "user", "content": f"{question} {INSTRUCTION}"},
-        ]
-        rows.append({"prompt": prompt, "answer": str(questions[question])})
-    for name, part in (("arithmetic_train.jsonl", rows[30:]), ("arithmetic_eval.jsonl", rows[:30])):
-        with open(HERE / name, "w") as f:
-            for row in part:
-                f.write(json.dumps(row) + "\n")
-    print(f"{len(rows) - 30} training prompts, 30 held-out prompts")
+    held_out, train = order[:HELD_OUT], order[HELD_OUT:]
+
+    def row(question: str) -> dict[str, object]:
+        demo = rng.choice([q for q in train if q != question])
+        return {"prompt": prompt_for(question, demo, questions[demo]), "answer": str(questions[question])}
+
+    train_rows = [row(q) for q in train]
+    eval_rows = [row(q) for q in held_out]
+    sft_rows = [
+        {"prompt": r["prompt"], "completion": [{"role": "assistant", "content": f"Answer: {r['answer']}"}]}
+        for r in train_rows
+    ]
+    shown = {m["content"].removesuffix(f" {INSTRUCTION}") for r in train_rows for m in r["prompt"]}  # type: ignore[attr-defined]
+    if shown & set(held_out):
+        raise SystemExit(f"held-out problems leak into training: {sorted(shown & set(held_out))!r}")
+    write("arithmetic_train.jsonl", train_rows)
+    write("arithmetic_sft.jsonl", sft_rows)
+    write("arithmetic_eval.jsonl", eval_rows)
+    print(f"{len(train_rows)} training prompts (GRPO and SFT), {len(eval_rows)} held-out prompts")
 
 
 if __name__ == "__main__":

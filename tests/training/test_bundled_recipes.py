@@ -60,3 +60,46 @@ def _eval_module():  # type: ignore[no-untyped-def]
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+HELD_OUT = {
+    "concise_eval.jsonl": {"chatty-sft", "concise-dpo", "concise-orpo", "concise-simpo", "concise-kto",
+                           "concise-rm", "concise-ppo"},
+    "arithmetic_eval.jsonl": {"arithmetic-sft", "arithmetic-grpo"},
+    "sft_heldout.jsonl": {"pirate-sft", "json-sft"},
+}
+"""Each held-out file -> the adapters the eval scripts judge on it (a chain shares one file)."""
+
+
+def _user_turns(value: object) -> list[str]:
+    """Every user message in a row's prompt/messages (a string prompt is one user turn)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [m["content"] for m in value if isinstance(m, dict) and m.get("role") == "user"]
+    return []
+
+
+def _shown(path: Path) -> set[str]:
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return {u for r in rows for u in _user_turns(r.get("prompt")) + _user_turns(r.get("messages"))}
+
+
+@pytest.mark.parametrize("held_out", sorted(HELD_OUT))
+def test_held_out_questions_are_in_no_training_set_of_their_adapters(held_out: str) -> None:
+    """The question each held-out prompt asks is in no training file of the adapters judged on
+    it, nor of their parents and reward models, not even as a worked example inside another
+    prompt (the arithmetic prompts carry one)."""
+    rows = [json.loads(line) for line in (RECIPES / "data" / held_out).read_text().splitlines()]
+    asked = {_user_turns(r["prompt"])[-1] for r in rows}
+    assert len(asked) == len(rows) >= 20
+    recipes = {r.name: (r, root) for r, root in map(load_recipe, ALL)}
+    assert set().union(*HELD_OUT.values()) == set(recipes)  # every bundled adapter is judged somewhere
+    for name in HELD_OUT[held_out]:
+        recipe, root = recipes[name]
+        lineage = {recipe.parent, getattr(getattr(recipe, "ppo", None), "reward_model", None)} - {None}
+        assert lineage <= HELD_OUT[held_out], (name, lineage)  # parents are judged on the same file
+        assert recipe.dataset.path is not None
+        path = (root / recipe.dataset.path).resolve()
+        assert path.name not in HELD_OUT, f"{name} trains on a held-out file"
+        assert not _shown(path) & asked, (name, sorted(_shown(path) & asked))

@@ -197,3 +197,20 @@ def test_form_model_and_command(recipe_dir: Path, monkeypatch) -> None:
     form, problems = check_form({"method": "sft", "name": "x", "r": "", "steps": ""}, root=recipe_dir)
     assert problems == {} and form is not None and overrides(recipe, form) == {"name": "x"}
     assert format_eta(3725) == "1:02:05" and format_eta(None) == "?"
+
+
+def test_every_bundled_recipe_fills_a_valid_form() -> None:
+    """Each recipe under recipes/ opens in the training screen's form with no problem, and the
+    form offers every method the library trains (a KTO recipe was a form error before)."""
+    from adapterhub.training.methods import METHODS as LIBRARY_METHODS
+    from adapterhub_tui.recipes import METHODS as FORM_METHODS
+    from adapterhub_tui.recipes import find_recipes, form_values
+
+    assert tuple(LIBRARY_METHODS) == FORM_METHODS
+    bundled = Path(__file__).resolve().parents[2] / "recipes"
+    recipes = find_recipes([bundled])
+    assert {"concise-kto", "arithmetic-sft", "arithmetic-grpo"} <= {r.title for r in recipes}
+    for recipe in recipes:
+        form, problems = check_form(form_values(recipe), root=recipe.path.parent)
+        assert problems == {} and form is not None, (recipe.title, problems)
+        assert overrides(recipe, form) == {}, recipe.title
