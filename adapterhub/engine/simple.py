@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from adapterhub.models.base import cpu_packing_kept
 from adapterhub.registry import ensure_compatible
 
 if TYPE_CHECKING:
@@ -64,7 +65,9 @@ class ReferencePath:
     def _load(self, version: Any, name: str) -> None:
         from peft import PeftModel
 
-        with tempfile.TemporaryDirectory() as tmp:
+        # PEFT reads the base's state dict while it loads, which would unpack (and move) NF4
+        # weights bitsandbytes packed for the CPU; they are put back as they were
+        with tempfile.TemporaryDirectory() as tmp, cpu_packing_kept(self.base.model):
             self.registry.export(version, tmp)  # checksums verified here
             if self._peft is None:
                 model = PeftModel.from_pretrained(_sharing_copy(self.base.model), tmp, adapter_name=name)

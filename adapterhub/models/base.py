@@ -30,7 +30,8 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -475,6 +476,32 @@ def keep_4bit_differentiable(model: Any) -> None:
     for module in model.modules():
         if isinstance(module, bnb.nn.Linear4bit):
             module.support_avx512bf16_for_cpu = False
+
+
+@contextmanager
+def cpu_packing_kept(model: Any) -> Iterator[None]:
+    """Keep every NF4 weight that bitsandbytes packed for its CPU kernel exactly as it is.
+
+    bitsandbytes (0.50) unpacks a packed ``Linear4bit`` weight whenever the layer's state dict is
+    read, and its inverse quantises the absmax statistics again (8-bit, with a new offset), so the
+    next forward packs slightly different weights: every round trip moves the base. PEFT reads the
+    state dict when it loads an adapter, which moved a shared base's logits by up to 1.7 after one
+    adapter load. Inside this block anything may read state dicts; on leaving it, each weight
+    that was packed gets its packed bytes and statistics back. Layers never packed are left alone.
+    """
+    kept = []
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        state = getattr(weight, "quant_state", None)
+        if getattr(state, "packing_format_for_cpu", False):
+            kept.append((weight, weight.data, state, dict(vars(state))))
+    try:
+        yield
+    finally:
+        for weight, data, state, fields in kept:
+            vars(state).clear()
+            vars(state).update(fields)
+            weight.data, weight.quant_state = data, state
 
 
 def load_skeleton(path: Path | str) -> Any:
