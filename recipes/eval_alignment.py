@@ -76,6 +76,7 @@ class Generator:
 
         self.base = hub.base
         self.tokenizer = self.base.tokenizer
+        self.registry = hub.registry
         self.reference = ReferencePath(self.base, hub.registry)
         self.cache: dict[tuple[str | None, int, int], list[str]] = {}
 
@@ -221,6 +222,7 @@ def eval_arithmetic(gen: Generator, version: Any, parent: str | None) -> dict[st
 
 
 def eval_ppo(gen: Generator, version: Any, parent: str | None, max_tokens: int) -> dict[str, Any]:
+    from adapterhub.models.base import cpu_packing_kept
     from adapterhub.training.reward_model import load_reward_scorer
 
     rm_ref = version.recipe["ppo"]["reward_model"]
@@ -229,19 +231,20 @@ def eval_ppo(gen: Generator, version: Any, parent: str | None, max_tokens: int) 
     prompts = [r["prompt"] for r in rows]
     mine = gen.generate(version.ref, prompts, max_tokens=max_tokens)
     theirs = gen.generate(parent, prompts, max_tokens=max_tokens)
-    model = gen.model_for(version.ref)
     info = gen.base.info
-    scorer = load_reward_scorer(
-        gen.hub.registry,
-        rm_ref,
-        model,
-        gen.tokenizer,
-        base_fingerprint=info.fingerprint,
-        template_hash=info.template_hash,
-        adapter_name="eval_reward",
-    )
-    reward_mine = scorer.score(prompts, [a for a, _, _ in mine])
-    reward_theirs = scorer.score(prompts, [b for b, _, _ in theirs])
+    # the reward adapter joins the policy's PEFT model; its loading must not move the NF4 base
+    with gen.reference.activated(version.ref) as model, cpu_packing_kept(gen.base.model):
+        scorer = load_reward_scorer(
+            gen.registry,
+            rm_ref,
+            model,
+            gen.tokenizer,
+            base_fingerprint=info.fingerprint,
+            template_hash=info.template_hash,
+            adapter_name="eval_reward",
+        )
+        reward_mine = scorer.score(prompts, [a for a, _, _ in mine])
+        reward_theirs = scorer.score(prompts, [b for b, _, _ in theirs])
     print(f"\n## {version.ref} ({version.method}) vs {parent or 'base'}, scored by {rm_ref}")
     for row, (a, _, _), (b, _, _), ra, rb in zip(
         rows, mine, theirs, reward_mine, reward_theirs, strict=True
