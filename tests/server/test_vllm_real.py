@@ -56,6 +56,8 @@ def find_vllm_python() -> tuple[str | None, str]:
     if importlib.util.find_spec("vllm") is not None:
         return sys.executable, ""
     venv = REPO / ".venv-vllm" / "bin" / "python"
+    if venv.exists() and not (REPO / ".venv-vllm" / ".installed").exists():
+        return None, "the build of .venv-vllm did not finish; rebuild it: `rm -rf .venv-vllm && make vllm`"
     if venv.exists():
         if _imports_vllm(str(venv)):
             return str(venv), ""
