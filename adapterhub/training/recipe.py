@@ -105,7 +105,8 @@ class LoraConfig(RecipeSection):
     ``gaussian``: A drawn from N(0, 1/r), B zero. ``pissa`` (the top-r singular vectors of each
     weight) and ``olora`` (its QR factors) start at a slice of the base and train on the rest,
     W - B0 A0; the registered version is converted to a plain LoRA of rank 2r over the original
-    base (PEFT's conversion), so it is served on the shared base like any other. Those two need
+    base (PEFT's conversion), so it is served on the shared base like any other, by a server
+    whose ``max_lora_rank`` is at least 2r (the default 16 serves r up to 8). Those two need
     ``training.precision: bf16`` or ``fp32`` (PEFT cannot rewrite a 4-bit weight exactly), no
     DoRA, and a reference-free method (sft, orpo, simpo). ``loftq`` starts B A at the rank-r
     part of what NF4 quantisation lost (W - dequant(Q(W))), so training starts nearer the

@@ -786,7 +786,7 @@ def _measure(
         model.save_pretrained(adapter_dir, safe_serialization=True)
     else:  # trained as B A over W - B0 A0: registered as [B, -B0] [A; A0] over W, rank 2r
         bridge.message(f"converting the {recipe.lora.init} adapter to a plain LoRA of rank {2 * recipe.lora.r} "
-                       "over the original base")
+                       f"over the original base: serve it with max_lora_rank >= {2 * recipe.lora.r}")
         model.save_pretrained(adapter_dir, safe_serialization=True, path_initial_model_for_weight_conversion=str(start))
         metrics["lora"]["registered_r"] = 2 * recipe.lora.r
     _name_base(adapter_dir, context.base.name)  # not the local path it was loaded from

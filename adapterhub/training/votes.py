@@ -144,11 +144,18 @@ class PreferenceStore:
         return record
 
     def _append(self, path: Path, lines: str) -> None:
-        """One ``write`` of whole lines, then ``fsync`` (a crash leaves at most a torn last line)."""
+        """One ``write`` of whole lines, then ``fsync`` (a crash leaves at most a torn last line,
+        which the next append ends with a newline first, so the new lines stay whole)."""
+        data = lines.encode("utf-8")
         with self._lock:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("a", encoding="utf-8") as f:
-                f.write(lines)
+            with path.open("a+b") as f:
+                end = f.seek(0, os.SEEK_END)
+                if end:
+                    f.seek(end - 1)
+                    if f.read(1) != b"\n":
+                        data = b"\n" + data
+                f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
 
@@ -216,7 +223,9 @@ def check_thumb(prompt: str, answer: Answer) -> None:
 def parse_pairs(text: str) -> list[PreferencePair]:
     """The pairs of a preference JSONL text; a line that does not parse (a torn tail) is skipped."""
     pairs = []
-    for line in text.splitlines():
+    for line in text.split("\n"):  # not splitlines(): U+2028 and the like are inside records
+        if not line.strip():
+            continue
         try:
             pairs.append(PreferencePair.from_record(json.loads(line)))
         except (ValueError, KeyError, IndexError, TypeError):
@@ -270,10 +279,15 @@ class _Tally:
         return self._total + self._parses(tail)
 
     def _parses(self, line: bytes) -> bool:
+        return self.parses(self._is_record, line)
+
+    @staticmethod
+    def parses(is_record: Callable[[Any], bool], line: bytes) -> bool:
+        """Whether one line is a whole record of the kind ``is_record`` accepts."""
         if not line.strip():
             return False
         try:
-            return self._is_record(json.loads(line))
+            return is_record(json.loads(line))
         except (ValueError, KeyError, IndexError, TypeError):  # a torn line (UnicodeDecodeError is a ValueError)
             return False
 
@@ -281,6 +295,11 @@ class _Tally:
 def _is_pair(record: Any) -> bool:
     PreferencePair.from_record(record)  # raises for anything pairs() would skip
     return True
+
+
+def count_thumbs(text: str) -> int:
+    """The KTO rows of a thumbs JSONL text, counted as the store counts them (a torn line is not one)."""
+    return sum(_Tally.parses(_is_thumb, line) for line in text.encode("utf-8").split(b"\n"))
 
 
 def _is_thumb(record: Any) -> bool:

@@ -53,3 +53,17 @@ def test_torn_tail_and_replaced_file(tmp_path: Path) -> None:
     assert store.count() == 1 == len(store.pairs())
     store.path.unlink()
     assert store.count() == 0
+
+
+def test_a_vote_after_a_torn_tail_is_kept_and_line_separators_stay_inside_records(tmp_path: Path) -> None:
+    store = PreferenceStore.in_home(tmp_path)
+    store.vote("p1", A, [B])
+    store.thumb("t1", A, True)
+    for path in (store.path, store.thumbs_path):
+        with path.open("a") as f:
+            f.write('{"prompt": [{"role": "user", "con')  # a crash mid-write
+    store.vote("p2", Answer("a@1", "one\u2028two\u0085three"), [B])  # separators splitlines() splits on
+    store.thumb("t2", A, False)
+    assert store.count() == 2 == len(store.pairs())
+    assert store.pairs()[-1].chosen.text == "one\u2028two\u0085three"
+    assert store.thumbs_count() == 2

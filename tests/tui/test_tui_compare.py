@@ -165,6 +165,19 @@ def test_fake_raises_library_errors() -> None:
         FakeBackend(Path("/nonexistent")).resolve("ghost")
 
 
+async def test_a_clicked_answer_is_selected_and_the_arrows_still_move(fake_app) -> None:
+    app = fake_app()
+    async with app.run_test(size=(120, 30)) as pilot:
+        screen = await run_compare(app, pilot, "base, pirate@2, json-answers", "Capital?")
+        columns = list(screen.query(AnswerColumn))
+        assert await pilot.click("#answer-1 .answer-text")  # the text, not the column's border
+        await pilot.pause()
+        assert screen.selected_column is columns[0] and app.focused is columns[0]
+        await pilot.press("right")  # not swallowed by a scroll view inside the column
+        await pilot.pause()
+        assert screen.selected_column is columns[1]
+
+
 async def test_thumbs_mark_single_answers_as_kto_rows(fake_app, fake, tmp_path: Path) -> None:
     from adapterhub.training.datasets import load_training_data
     from adapterhub.training.recipe import DatasetConfig

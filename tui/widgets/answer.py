@@ -63,7 +63,9 @@ class AnswerColumn(Vertical, can_focus=True):
 
     def compose(self) -> ComposeResult:
         yield Static("", classes="answer-stats", markup=False)
-        with VerticalScroll():
+        # not focusable: a click on the text selects the column, and the screen's left/right
+        # move between answers instead of scrolling this view (the mouse wheel still scrolls it)
+        with VerticalScroll(can_focus=False):
             yield Static("", classes="answer-text", markup=False)
 
     def reset(self) -> None:
