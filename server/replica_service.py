@@ -125,10 +125,15 @@ class ReplicaService(ServiceLifecycle[RouterLoaded]):
             transport=self._transport, timeout=httpx.Timeout(s.replica_timeout_s, connect=5.0),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
         )
-        router = Router(urls, self._client, self.metrics, max_loras=s.replica_max_loras,
-                        affinity_slack=s.affinity_slack, health_interval_s=s.replica_health_interval_s,
-                        headers=headers)
-        await router.check_all()
+        try:
+            router = Router(urls, self._client, self.metrics, max_loras=s.replica_max_loras,
+                            affinity_slack=s.affinity_slack, health_interval_s=s.replica_health_interval_s,
+                            headers=headers)
+            await router.check_all()
+        except BaseException:  # a start that failed holds no vLLM (and its memory) until shutdown
+            with anyio.CancelScope(shield=True):
+                await self._release()
+            raise
         return RouterLoaded(hub, router)
 
     def _on_ready(self, loaded: RouterLoaded) -> None:
@@ -161,8 +166,13 @@ class ReplicaService(ServiceLifecycle[RouterLoaded]):
         for task in tasks:
             with anyio.CancelScope(shield=True):
                 await asyncio.wait({task})
-        if self._client is not None:
-            await self._client.aclose()
+        await self._release()
+
+    async def _release(self) -> None:
+        """Close the replicas' client and stop the launched vLLM (each once)."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
         if self._vllm is not None:
             await self._vllm.stop()
 
