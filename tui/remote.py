@@ -101,7 +101,7 @@ class HttpBackend:
     def __init__(
         self, url: str, *, home: Path, api_key: str | None = None, timeout: float = 30.0
     ) -> None:
-        from openai import AsyncOpenAI
+        from openai import AsyncOpenAI, Timeout
 
         self.url = url.rstrip("/")
         self._home = Path(home)
@@ -109,7 +109,9 @@ class HttpBackend:
         self._http = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=timeout)
         self._openai = AsyncOpenAI(
             base_url=f"{self.url}/v1", api_key=api_key or "none", max_retries=0,
-            timeout=httpx.Timeout(timeout, read=None),
+            # openai's own Timeout: the client may run on httpx or httpx2 (openai >= 3.63), which
+            # refuse each other's Timeout
+            timeout=Timeout(timeout, read=None),
         )
         self._admin = True
         self._base_name: str | None = None

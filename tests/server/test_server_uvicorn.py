@@ -358,13 +358,13 @@ def test_graceful_shutdown_finishes_short_requests_and_cancels_long_ones(
         assert next(lines).startswith("data: ")
         thread = threading.Thread(target=lambda: short.update(reply=httpx.post(
             f"{running.url}/v1/completions", timeout=60,
-            json={"model": base, "prompt": "hi", "max_tokens": 40, "ignore_eos": True})))
+            json={"model": base, "prompt": "hi", "max_tokens": 150, "ignore_eos": True})))
         thread.start()
         assert wait_rows(running, lambda rows: rows == 2) == 2
         running.process.send_signal(signal.SIGTERM)
         thread.join(60)
         reply = short["reply"]
-        assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] == 40
+        assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] == 150
         rest = [line for line in lines if line]  # ends just before the grace period is over
         assert rest[-1] == "data: [DONE]"  # cancelled, but cleanly: a whole SSE stream
         assert json.loads(rest[-2][len("data: "):])["choices"][0]["finish_reason"] == "cancelled"
